@@ -1,0 +1,61 @@
+# meshgate — build, test and demo. Every target installs the Debian packages
+# it needs when they are missing, so a fresh machine needs only Go and make.
+
+SHELL      := /bin/bash
+GO         ?= go
+BIN        := bin/meshgate
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS    := -X main.version=$(VERSION)
+# Packages the tests and the demo drive for real: iptables/ip6tables,
+# iproute2 (ip, bridge), curl as the HTTP client, socat as a plain TCP peer.
+APT_PACKAGES := iptables iproute2 curl socat procps ca-certificates
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+E2E_TIMEOUT ?= 30m
+
+export PATH := $(PATH):/usr/local/go/bin
+
+.PHONY: all build deps vet unit e2e test demo golden clean
+
+all: build
+
+## deps: install missing Debian packages (apt-get update runs once, only if needed)
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "make: installing$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+## build: the meshgate binary in bin/
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meshgate
+
+## vet: gofmt and go vet
+vet:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## unit: the tests that need no root (race detector on)
+unit:
+	$(GO) test -race -short -count=1 ./...
+
+## e2e: everything, including real iptables in real network namespaces (root)
+e2e: deps
+	@if [ "$$(id -u)" != 0 ]; then echo "make e2e: needs root (network namespaces, iptables): run 'sudo make e2e'"; exit 1; fi
+	$(GO) test -count=1 -p 1 -timeout $(E2E_TIMEOUT) ./...
+
+## test: the whole suite — vet, unit tests with -race, then the root tests and e2e
+test: deps vet unit e2e
+
+## golden: rewrite the redirect golden files after an intended rule change
+golden:
+	$(GO) test ./redirect -run Golden -update
+
+## demo: a local mesh of namespace pods with real traffic and a report (root)
+demo: deps build
+	$(SUDO) ./$(BIN) demo
+
+clean:
+	rm -rf bin
