@@ -30,6 +30,7 @@ var commands = map[string]command{
 	"enroll":   {summary: "from the host, enroll a running container: apply rules in its namespace and start its sidecar", run: runEnroll},
 	"demo":     {summary: "build a local mesh of network namespaces, send traffic through it, print a report", run: runDemo},
 	"version":  {summary: "print the version", run: runVersion},
+	"demo-app": {summary: "the example workload of the demo and the e2e tests", hidden: true, run: runDemoApp},
 }
 
 // errUsage marks an error already explained by a usage message.

@@ -1,0 +1,342 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"meshgate/topology"
+)
+
+// bin is the meshgate binary under test, built once by TestMain.
+var bin string
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	if testing.Short() || os.Geteuid() != 0 {
+		// Every test skips itself with the reason.
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "meshgate-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	// The sidecar runs as UID 1337: it must be able to reach the binary.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	bin = filepath.Join(dir, "meshgate")
+	build := exec.Command("go", "build", "-o", bin, "meshgate/cmd/meshgate")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: building meshgate:", err)
+		return 1
+	}
+	code := m.Run()
+	if left := topology.Leftovers(); len(left) > 0 {
+		fmt.Fprintln(os.Stderr, "e2e: namespaces left behind:", left)
+		return 1
+	}
+	return code
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("e2e: needs root, network namespaces and iptables; skipped in -short")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("e2e: needs root to create network namespaces and iptables rules")
+	}
+	for _, tool := range []string{"iptables", "ip6tables", "curl", "ip"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("e2e: %s not found: run 'make deps' (apt-get install iptables iproute2 curl)", tool)
+		}
+	}
+}
+
+// newLab builds a lab with the named pods and removes it when the test ends,
+// failing the test if anything is left behind.
+func newLab(t *testing.T, names ...string) []*topology.Pod {
+	t.Helper()
+	lab, err := topology.New(topology.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ns := lab.Namespaces()
+		if err := lab.Close(); err != nil {
+			t.Errorf("lab cleanup: %v", err)
+		}
+		for _, n := range ns {
+			if _, err := os.Stat("/run/netns/" + n); err == nil {
+				t.Errorf("namespace %s left behind", n)
+			}
+		}
+	})
+	pods := make([]*topology.Pod, len(names))
+	for i, n := range names {
+		if pods[i], err = lab.AddPod(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return pods
+}
+
+// publicTempDir is a temporary directory that the sidecar's UID can read.
+func publicTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "meshgate-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// meshgate runs the binary on the host and returns its combined output.
+func meshgate(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+	return string(out), err
+}
+
+func mustMeshgate(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := meshgate(t, args...)
+	if err != nil {
+		t.Fatalf("meshgate %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// startApp runs the example workload in pod: HTTP on 8080, TCP echo on 9000.
+func startApp(t *testing.T, pod *topology.Pod) *topology.Process {
+	t.Helper()
+	p, err := pod.Start([]string{bin, "demo-app", "--name", pod.Name, "--http", ":8080", "--echo", ":9000"}, topology.ProcOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitListening(t, pod, netip.AddrPortFrom(pod.IPv4, 8080), p)
+	waitListening(t, pod, netip.AddrPortFrom(pod.IPv4, 9000), p)
+	return p
+}
+
+// waitListening waits until addr accepts connections inside pod.
+func waitListening(t *testing.T, pod *topology.Pod, addr netip.AddrPort, p *topology.Process) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		c, err := pod.Dial(ctx, "tcp", addr.String())
+		cancel()
+		if err == nil {
+			c.Close()
+			return
+		}
+		if p != nil && p.Exited() {
+			t.Fatalf("%s exited before listening on %s:\n%s", p.Cmd.Path, addr, p.Output())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listening on %s in pod %s: %v", addr, pod.Name, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sidecar is a meshgate proxy running in a pod.
+type sidecar struct {
+	pod  *topology.Pod
+	proc *topology.Process
+}
+
+// enrollOpts says how to enroll a pod by hand (redirect + proxy).
+type enrollOpts struct {
+	redirectArgs []string // extra flags for meshgate redirect
+	proxyConfig  string   // YAML for --config; empty runs on defaults
+	uid          *uint32  // run the proxy as this UID; nil = 1337
+	root         bool     // run the proxy as root
+}
+
+// enroll starts a sidecar in pod and installs the redirect rules, the way
+// an init container and a sidecar container would; both are undone when
+// the test ends.
+func enroll(t *testing.T, pod *topology.Pod, o enrollOpts) *sidecar {
+	t.Helper()
+	args := []string{bin, "proxy", "--log-level", "debug"}
+	if o.proxyConfig != "" {
+		f := filepath.Join(publicTempDir(t), "proxy.yaml")
+		if err := os.WriteFile(f, []byte(o.proxyConfig), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--config", f)
+	}
+	var po topology.ProcOptions
+	if !o.root {
+		uid := uint32(1337)
+		if o.uid != nil {
+			uid = *o.uid
+		}
+		po.UID = &uid
+	}
+	proc, err := pod.Start(args, po)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &sidecar{pod: pod, proc: proc}
+	t.Cleanup(func() {
+		if err := proc.Stop(10 * time.Second); err != nil {
+			t.Errorf("sidecar in %s: exit: %v\n%s", pod.Name, err, tail(proc.Output(), 20))
+		}
+		if t.Failed() {
+			t.Logf("sidecar log of %s:\n%s", pod.Name, tail(proc.Output(), 40))
+		}
+	})
+	sc.waitReady(t)
+	rargs := append([]string{"redirect", "--netns", pod.Path()}, o.redirectArgs...)
+	mustMeshgate(t, rargs...)
+	t.Cleanup(func() {
+		if out, err := meshgate(t, "redirect", "--netns", pod.Path(), "--cleanup"); err != nil {
+			t.Errorf("redirect --cleanup in %s: %v\n%s", pod.Name, err, out)
+		}
+	})
+	return sc
+}
+
+func (s *sidecar) waitReady(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, _, err := podGet(s.pod, "http://127.0.0.1:15021/healthz/ready")
+		if err == nil && code == 200 {
+			return
+		}
+		if s.proc.Exited() {
+			t.Fatalf("sidecar in %s exited:\n%s", s.pod.Name, s.proc.Output())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sidecar in %s not ready after 10s (code %d, %v):\n%s", s.pod.Name, code, err, tail(s.proc.Output(), 20))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// podGet makes an HTTP GET from inside pod (for the sidecar's own
+// endpoints, which are never captured).
+func podGet(pod *topology.Pod, url string) (int, string, error) {
+	resp, err := pod.HTTPClient(5 * time.Second).Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// metrics scrapes the sidecar's Prometheus endpoint.
+func (s *sidecar) metrics(t *testing.T) topology.Samples {
+	t.Helper()
+	m, err := s.pod.Scrape(ctxFor(t, 10*time.Second), 15020)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// conns returns the connections opened through the sidecar in direction.
+func (s *sidecar) conns(t *testing.T, direction string) float64 {
+	return s.metrics(t)["meshgate_tcp_connections_opened_total{direction="+direction+"}"]
+}
+
+// logLine is one JSON line of a sidecar's log.
+type logLine map[string]any
+
+// closedConns returns the sidecar's "connection closed" log lines.
+func (s *sidecar) closedConns() []logLine {
+	var out []logLine
+	sc := bufio.NewScanner(strings.NewReader(s.proc.Output()))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var l logLine
+		if json.Unmarshal(sc.Bytes(), &l) == nil && l["msg"] == "connection closed" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// waitLog waits until a "connection closed" line in direction with dst
+// appears in the sidecar's log (lines are written when a connection ends,
+// which can be a moment after the client saw its answer).
+func (s *sidecar) waitLog(t *testing.T, direction, dst string) logLine {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, l := range s.closedConns() {
+			if l["direction"] == direction && l["dst"] == dst {
+				return l
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sidecar in %s logged no %s connection to %s; log:\n%s", s.pod.Name, direction, dst, tail(s.proc.Output(), 30))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// hostPort formats addr:port with brackets for IPv6.
+func hostPort(a netip.Addr, port int) string {
+	return net.JoinHostPort(a.String(), strconv.Itoa(port))
+}
+
+// url returns http://addr:port/path.
+func url(a netip.Addr, port int, path string) string {
+	return "http://" + hostPort(a, port) + path
+}
+
+// curl runs curl inside pod and returns its stdout.
+func curl(t *testing.T, pod *topology.Pod, args ...string) string {
+	t.Helper()
+	argv := append([]string{"curl", "-sS", "--fail", "--max-time", "20"}, args...)
+	out, err := pod.Run(ctxFor(t, 30*time.Second), argv...)
+	if err != nil {
+		t.Fatalf("curl in %s: %v", pod.Name, err)
+	}
+	return out
+}

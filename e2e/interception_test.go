@@ -1,0 +1,354 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"meshgate/topology"
+)
+
+// family picks the IPv4 or IPv6 address of a pod.
+type family struct {
+	name        string
+	addr        func(*topology.Pod) netip.Addr
+	passthrough string // the inbound sidecar's source address toward the app
+}
+
+var families = []family{
+	{"ipv4", func(p *topology.Pod) netip.Addr { return p.IPv4 }, "127.0.0.6"},
+	{"ipv6", func(p *topology.Pod) netip.Addr { return p.IPv6 }, "::6"},
+}
+
+// TestPodToPodHTTP: a request from pod a to pod b's HTTP server leaves a
+// through a's sidecar and enters b through b's, for IPv4 and IPv6; both
+// sidecars record the original destination, the server sees the request,
+// and multi-megabyte bodies arrive intact both ways.
+func TestPodToPodHTTP(t *testing.T) {
+	needRoot(t)
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			pods := newLab(t, "a", "b")
+			a, b := pods[0], pods[1]
+			startApp(t, b)
+			sa := enroll(t, a, enrollOpts{})
+			sb := enroll(t, b, enrollOpts{})
+			dst := fam.addr(b)
+			want := hostPort(dst, 8080)
+
+			var seen struct{ Name, Method, Path, Remote string }
+			body := curl(t, a, url(dst, 8080, "/"))
+			if err := json.Unmarshal([]byte(body), &seen); err != nil {
+				t.Fatalf("response %q: %v", body, err)
+			}
+			if seen.Name != "b" || seen.Method != "GET" || seen.Path != "/" {
+				t.Errorf("server saw %+v, want GET / answered by b", seen)
+			}
+			// The app sees the inbound sidecar's passthrough source: proof
+			// that the request entered through b's sidecar.
+			if host, _, _ := net.SplitHostPort(seen.Remote); host != fam.passthrough {
+				t.Errorf("server saw remote %s, want the sidecar's %s", seen.Remote, fam.passthrough)
+			}
+			out := sa.waitLog(t, "outbound", want)
+			in := sb.waitLog(t, "inbound", want)
+			if out["error"] != nil || in["error"] != nil {
+				t.Errorf("connection errors: outbound %v, inbound %v", out["error"], in["error"])
+			}
+
+			// 8 MB down: the body hash matches the server's.
+			dir := t.TempDir()
+			file := filepath.Join(dir, "down")
+			hdrs := curl(t, a, "-D", "-", "-o", file, url(dst, 8080, "/bytes?n=8000000"))
+			m := regexp.MustCompile(`(?i)x-content-sha256: ([0-9a-f]{64})`).FindStringSubmatch(hdrs)
+			if m == nil {
+				t.Fatalf("no X-Content-Sha256 in %q", hdrs)
+			}
+			if got := fileSHA(t, file); got != m[1] {
+				t.Errorf("8 MB download: sha256 %s, server sent %s", got, m[1])
+			}
+
+			// 6 MB up: the server's hash of what it received matches.
+			up := filepath.Join(dir, "up")
+			data := make([]byte, 6<<20)
+			rand.Read(data)
+			os.WriteFile(up, data, 0o644)
+			var res struct {
+				Length int64
+				SHA256 string
+			}
+			body = curl(t, a, "--data-binary", "@"+up, "-H", "Content-Type: application/octet-stream", url(dst, 8080, "/sha256"))
+			if err := json.Unmarshal([]byte(body), &res); err != nil {
+				t.Fatalf("upload response %q: %v", body, err)
+			}
+			if sum := sha256.Sum256(data); res.Length != int64(len(data)) || res.SHA256 != hex.EncodeToString(sum[:]) {
+				t.Errorf("6 MB upload: server got %d bytes sha256 %s", res.Length, res.SHA256)
+			}
+
+			// Both sidecars counted the bytes in their own direction.
+			time.Sleep(100 * time.Millisecond)
+			ma, mb := sa.metrics(t), sb.metrics(t)
+			if v := ma["meshgate_tcp_received_bytes_total{direction=outbound}"]; v < 8e6 {
+				t.Errorf("a outbound received bytes = %v, want ≥ 8e6", v)
+			}
+			if v := ma["meshgate_tcp_sent_bytes_total{direction=outbound}"]; v < 6<<20 {
+				t.Errorf("a outbound sent bytes = %v, want ≥ 6 MiB", v)
+			}
+			if v := mb["meshgate_tcp_sent_bytes_total{direction=inbound}"]; v < 6<<20 {
+				t.Errorf("b inbound sent bytes = %v, want ≥ 6 MiB", v)
+			}
+			if v := mb["meshgate_tcp_connections_opened_total{direction=inbound}"]; v != 3 {
+				t.Errorf("b inbound connections = %v, want 3 (one per curl)", v)
+			}
+			if v := ma["meshgate_tcp_connections_active{direction=outbound}"]; v != 0 {
+				t.Errorf("a outbound active connections = %v after all clients finished, want 0", v)
+			}
+		})
+	}
+}
+
+func fileSHA(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	io.Copy(h, f)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// TestOutboundBypass: excluded ports and CIDRs leave the pod without its
+// sidecar, and an include list captures only that range.
+func TestOutboundBypass(t *testing.T) {
+	needRoot(t)
+	t.Run("exclude", func(t *testing.T) {
+		pods := newLab(t, "a", "b", "c")
+		a, b, c := pods[0], pods[1], pods[2]
+		startApp(t, b)
+		startApp(t, c)
+		sb := enroll(t, b, enrollOpts{})
+		enroll(t, c, enrollOpts{})
+		sa := enroll(t, a, enrollOpts{redirectArgs: []string{
+			"--exclude-outbound-ports", "9000",
+			"--exclude-outbound-cidrs", c.IPv4.String() + "/32",
+		}})
+
+		echo(t, a, hostPort(b.IPv4, 9000), []byte("port 9000 is excluded"))
+		if n := sa.conns(t, "outbound"); n != 0 {
+			t.Errorf("excluded port 9000: a's sidecar saw %v outbound connections, want 0", n)
+		}
+		if n := sb.conns(t, "inbound"); n != 1 {
+			t.Errorf("b's sidecar saw %v inbound connections, want 1 (inbound capture is b's own)", n)
+		}
+		curl(t, a, url(c.IPv4, 8080, "/"))
+		if n := sa.conns(t, "outbound"); n != 0 {
+			t.Errorf("excluded CIDR: a's sidecar saw %v outbound connections, want 0", n)
+		}
+		curl(t, a, url(b.IPv4, 8080, "/"))
+		if n := sa.conns(t, "outbound"); n != 1 {
+			t.Errorf("b:8080 is not excluded: a's sidecar saw %v outbound connections, want 1", n)
+		}
+	})
+	t.Run("include", func(t *testing.T) {
+		pods := newLab(t, "a", "b", "c")
+		a, b, c := pods[0], pods[1], pods[2]
+		startApp(t, b)
+		startApp(t, c)
+		sa := enroll(t, a, enrollOpts{redirectArgs: []string{"--include-outbound-cidrs", c.IPv4.String() + "/32"}})
+		curl(t, a, url(b.IPv4, 8080, "/"))
+		if n := sa.conns(t, "outbound"); n != 0 {
+			t.Errorf("b is outside the include list: a's sidecar saw %v outbound connections, want 0", n)
+		}
+		curl(t, a, url(c.IPv4, 8080, "/"))
+		sa.waitLog(t, "outbound", hostPort(c.IPv4, 8080))
+		if n := sa.conns(t, "outbound"); n != 1 {
+			t.Errorf("c is in the include list: a's sidecar saw %v outbound connections, want 1", n)
+		}
+	})
+}
+
+// echo sends msg to a TCP echo server from inside pod, half-closes, and
+// checks the whole message comes back after the half-close.
+func echo(t *testing.T, pod *topology.Pod, addr string, msg []byte) {
+	t.Helper()
+	c, err := pod.Dial(ctxFor(t, 10*time.Second), "tcp", addr)
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", addr, pod.Name, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(msg)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("echo from %s: read after half-close: %v", addr, err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("echo to %s: write: %v", addr, err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("echo from %s: got %d bytes, want %d identical", addr, len(got), len(msg))
+	}
+}
+
+// TestTCPEchoHalfClose: an opaque TCP protocol passes both sidecars, and a
+// client that shuts down its write side still reads the whole reply.
+func TestTCPEchoHalfClose(t *testing.T) {
+	needRoot(t)
+	pods := newLab(t, "a", "b")
+	a, b := pods[0], pods[1]
+	startApp(t, b)
+	sa := enroll(t, a, enrollOpts{})
+	sb := enroll(t, b, enrollOpts{})
+	msg := make([]byte, 3<<20)
+	rand.Read(msg)
+	echo(t, a, hostPort(b.IPv4, 9000), msg)
+	out := sa.waitLog(t, "outbound", hostPort(b.IPv4, 9000))
+	sb.waitLog(t, "inbound", hostPort(b.IPv4, 9000))
+	if out["bytes_sent"] != float64(len(msg)) || out["bytes_received"] != float64(len(msg)) {
+		t.Errorf("a's sidecar logged sent=%v received=%v, want %d each way", out["bytes_sent"], out["bytes_received"], len(msg))
+	}
+	// socat, a real TCP client, shutting down its side after stdin ends.
+	if _, err := os.Stat("/usr/bin/socat"); err == nil {
+		cmd := []string{"sh", "-c", "printf 'hello over the mesh' | socat -t 5 - TCP:" + hostPort(b.IPv4, 9000)}
+		got, err := a.Run(ctxFor(t, 20*time.Second), cmd...)
+		if err != nil || got != "hello over the mesh" {
+			t.Errorf("socat echo = %q, %v", got, err)
+		}
+	}
+}
+
+// TestNoLoop: the proxy's own upstream connections are not captured, with
+// only the mark exemption and with only the UID exemption.
+func TestNoLoop(t *testing.T) {
+	needRoot(t)
+	cases := []struct {
+		name string
+		o    enrollOpts
+	}{
+		// Rules exempt only mark 0x539; the proxy runs as root, marking.
+		{"mark-only", enrollOpts{redirectArgs: []string{"--proxy-uid", "none"}, root: true}},
+		// Rules exempt only UID 1337; the proxy runs as 1337 and does not mark.
+		{"uid-only", enrollOpts{redirectArgs: []string{"--proxy-mark", "0"}, proxyConfig: "mark: 0\n"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pods := newLab(t, "a", "b")
+			a, b := pods[0], pods[1]
+			startApp(t, b)
+			sa := enroll(t, a, tc.o)
+			curl(t, a, url(b.IPv4, 8080, "/"))
+			sa.waitLog(t, "outbound", hostPort(b.IPv4, 8080))
+			time.Sleep(200 * time.Millisecond) // a loop would keep opening connections
+			if n := sa.conns(t, "outbound"); n != 1 {
+				t.Errorf("a's sidecar opened %v outbound connections for one request, want 1 (a loop captures its own)", n)
+			}
+			if n := sa.conns(t, "inbound"); n != 0 {
+				t.Errorf("a's sidecar saw %v inbound connections, want 0", n)
+			}
+		})
+	}
+}
+
+// saveRules returns iptables-save and ip6tables-save of pod, without the
+// timestamp comments and with counters zeroed, so two saves compare equal
+// when the rules are equal.
+func saveRules(t *testing.T, pod *topology.Pod) string {
+	t.Helper()
+	var b strings.Builder
+	for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
+		out, err := pod.Run(ctxFor(t, 10*time.Second), cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "#") {
+				continue
+			}
+			b.WriteString(regexp.MustCompile(`\[\d+:\d+\]`).ReplaceAllString(line, "[0:0]"))
+			b.WriteByte('\n')
+		}
+	}
+	return b.String()
+}
+
+// TestRedirectIdempotentAndCleanup: a second redirect changes nothing, and
+// cleanup gives back exactly the rules the namespace had before, both in a
+// fresh namespace and in one that already had rules of its own.
+func TestRedirectIdempotentAndCleanup(t *testing.T) {
+	needRoot(t)
+	for _, existing := range []bool{false, true} {
+		name := "fresh"
+		if existing {
+			name = "with-own-rules"
+		}
+		t.Run(name, func(t *testing.T) {
+			pods := newLab(t, "a")
+			a := pods[0]
+			ctx := ctxFor(t, 30*time.Second)
+			if existing {
+				for _, r := range [][]string{
+					{"iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "5555", "-j", "RETURN"},
+					{"iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"},
+					{"ip6tables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "5555", "-j", "RETURN"},
+				} {
+					if _, err := a.Run(ctx, r...); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			before := saveRules(t, a)
+			args := []string{"redirect", "--netns", a.Path(), "--capture-dns", "--ipv6=on"}
+			mustMeshgate(t, args...)
+			first := saveRules(t, a)
+			if !strings.Contains(first, "MESHGATE_OUTPUT") || !strings.Contains(first, "MESHGATE_DNS") {
+				t.Fatalf("after redirect, rules lack our chains:\n%s", first)
+			}
+			mustMeshgate(t, args...)
+			if second := saveRules(t, a); second != first {
+				t.Errorf("second redirect changed the rules:\nfirst:\n%s\nsecond:\n%s", first, second)
+			}
+			mustMeshgate(t, "redirect", "--netns", a.Path(), "--cleanup")
+			if after := saveRules(t, a); after != before {
+				t.Errorf("cleanup did not restore the rules:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+			mustMeshgate(t, "redirect", "--netns", a.Path(), "--cleanup") // twice is fine
+		})
+	}
+}
+
+// TestRedirectBadInputChangesNothing: a refused redirect names the flag and
+// leaves the namespace untouched.
+func TestRedirectBadInputChangesNothing(t *testing.T) {
+	needRoot(t)
+	a := newLab(t, "a")[0]
+	before := saveRules(t, a)
+	out, err := meshgate(t, "redirect", "--netns", a.Path(), "--exclude-outbound-cidrs", "10.0.0.0/33")
+	if err == nil {
+		t.Fatalf("redirect with a bad CIDR succeeded:\n%s", out)
+	}
+	if !strings.Contains(out, "--exclude-outbound-cidrs") || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("error should be one line naming --exclude-outbound-cidrs, got:\n%s", out)
+	}
+	if after := saveRules(t, a); after != before {
+		t.Errorf("a refused redirect changed the rules:\n%s", after)
+	}
+}
