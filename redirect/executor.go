@@ -95,6 +95,15 @@ type system struct {
 // before Apply has no ChainOwner and is left in place, even empty.
 const ChainOwner = "MESHGATE_OWNED_TABLE"
 
+// builtinPolicyChains are the chains of each table (iptables-nft creates them on first use).
+var builtinPolicyChains = map[string][]string{
+	"raw":      {"PREROUTING", "OUTPUT"},
+	"mangle":   {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
+	"nat":      {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+	"filter":   {"INPUT", "FORWARD", "OUTPUT"},
+	"security": {"INPUT", "FORWARD", "OUTPUT"},
+}
+
 // managedTables are the tables Build may use, in the order Apply visits
 // them; cleanupTables are the tables Cleanup looks in for chains of ours.
 var (
@@ -625,7 +634,7 @@ func ensure(a *applier, desc string, wanted bool, has func() (bool, error), add,
 		}
 	case !wanted && present:
 		if err := a.tx.step("delete "+desc, del, add); err != nil {
-			return fmt.Errorf("redirect: apply: delete %s: %w", desc, err)
+			return fmt.Errorf("redirect: apply %s: delete stale: %w", desc, err)
 		}
 	}
 	return nil
@@ -717,9 +726,11 @@ func (cl *cleaner) table(f Family, ipt iptablesAPI, name string) []error {
 			}
 		}
 	}
+	// ChainOwner goes last, once everything else is gone, so that a
+	// Cleanup that fails half way still knows next time whose table it is.
 	var ours []string
 	for _, c := range live.chains {
-		if strings.HasPrefix(c, ChainPrefix) {
+		if strings.HasPrefix(c, ChainPrefix) && c != ChainOwner {
 			ours = append(ours, c)
 		}
 	}
@@ -736,7 +747,13 @@ func (cl *cleaner) table(f Family, ipt iptablesAPI, name string) []error {
 			errs = append(errs, fmt.Errorf("redirect: cleanup %s: delete chain: %w", where(f, name, c), toolErr(err)))
 		}
 	}
-	if len(errs) == 0 && live.has(ChainOwner) && cl.sys.tables.CanDelete() {
+	if len(errs) > 0 || !live.has(ChainOwner) {
+		return errs
+	}
+	if err := cl.done("delete chain "+where(f, name, ChainOwner), func() error { return ipt.DeleteChain(name, ChainOwner) }); err != nil {
+		return append(errs, fmt.Errorf("redirect: cleanup %s: delete chain: %w", where(f, name, ChainOwner), toolErr(err)))
+	}
+	if cl.sys.tables.CanDelete() {
 		deleted, err := cl.sys.tables.DeleteIfEmpty(f, name)
 		switch {
 		case err != nil:

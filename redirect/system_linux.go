@@ -231,15 +231,6 @@ func (nftTables) Exists(f Family, table string) (bool, error) {
 	return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == table }), nil
 }
 
-// builtinPolicyChains are the chains iptables-nft creates in each table.
-var builtinPolicyChains = map[string][]string{
-	"raw":      {"PREROUTING", "OUTPUT"},
-	"mangle":   {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
-	"nat":      {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
-	"filter":   {"INPUT", "FORWARD", "OUTPUT"},
-	"security": {"INPUT", "FORWARD", "OUTPUT"},
-}
-
 func (nftTables) DeleteIfEmpty(f Family, name string) (bool, error) {
 	c, err := nftables.New()
 	if err != nil {
