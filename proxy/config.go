@@ -1,0 +1,412 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Config is the proxy's whole configuration: one YAML file whose fields
+// override DefaultConfig. Field names are the YAML keys (see the json tags;
+// sigs.k8s.io/yaml goes through encoding/json). Every field is typed, so
+// after Validate the proxy trusts it as is.
+type Config struct {
+	// Mode is how the namespace's rules deliver inbound connections:
+	// "redirect" (iptables REDIRECT; the original destination comes from
+	// SO_ORIGINAL_DST) or "tproxy" (iptables TPROXY; the inbound listener is
+	// IP_TRANSPARENT and the original destination is the accepted socket's
+	// local address). Outbound capture is REDIRECT in both modes.
+	Mode Mode `json:"mode"`
+	// LogLevel is debug, info, warn or error. The --log-level flag
+	// overrides it.
+	LogLevel string `json:"logLevel"`
+	// Mark is the SO_MARK put on every connection the proxy dials, so the
+	// capture rules (which exempt it) never send the proxy's own traffic
+	// back to itself. Written as 0x539 or 1337. 0 dials unmarked and
+	// relies on the proxy UID exemption alone.
+	Mark Mark `json:"mark"`
+	// Outbound is the listener for connections the app makes.
+	Outbound OutboundConfig `json:"outbound"`
+	// Inbound is the listener for connections made to the app.
+	Inbound InboundConfig `json:"inbound"`
+	// Admin serves /config, /quitquitquit and /debug/pprof/. Keep it on
+	// loopback: it can stop the proxy.
+	Admin ServerConfig `json:"admin"`
+	// Metrics serves Prometheus /metrics.
+	Metrics ServerConfig `json:"metrics"`
+	// Health serves /healthz/ready and /healthz/live.
+	Health ServerConfig `json:"health"`
+	// Timeouts bound connecting, idling and draining.
+	Timeouts Timeouts `json:"timeouts"`
+}
+
+// OutboundConfig configures the outbound capture listener.
+type OutboundConfig struct {
+	// Port is where the rules redirect the app's outbound connections; it
+	// is bound on every IPv4 and IPv6 address. 0 picks a free port (tests).
+	Port uint16 `json:"port"`
+}
+
+// InboundConfig configures the inbound capture listener and the
+// connections it makes to the app.
+type InboundConfig struct {
+	// Port is where the rules redirect connections made to the app; it is
+	// bound on every IPv4 and IPv6 address. 0 picks a free port (tests).
+	Port uint16 `json:"port"`
+	// PassthroughSourceIPv4 is the source address of the proxy's IPv4
+	// connections to the app; the rules leave connections from it alone,
+	// so they are not captured again.
+	PassthroughSourceIPv4 netip.Addr `json:"passthroughSourceIPv4"`
+	// PassthroughSourceIPv6 is the same for IPv6. When it is not assigned
+	// in the namespace the proxy connects without an explicit source.
+	PassthroughSourceIPv6 netip.Addr `json:"passthroughSourceIPv6"`
+}
+
+// ServerConfig is the listen address of one of the proxy's HTTP servers.
+type ServerConfig struct {
+	// Address is the IP and port to listen on. An unspecified IP (0.0.0.0
+	// or ::) listens on every address, IPv4 and IPv6. Port 0 picks a free
+	// port (tests).
+	Address netip.AddrPort `json:"address"`
+}
+
+// Timeouts bound the life of connections.
+type Timeouts struct {
+	// Connect bounds dialing the original destination or the app.
+	Connect Duration `json:"connect"`
+	// Idle closes a connection when no byte has moved either way for
+	// this long.
+	Idle Duration `json:"idle"`
+	// DrainGrace is how long in-flight connections may run after shutdown
+	// starts (SIGTERM, /quitquitquit) before they are closed. 0 closes
+	// them at once.
+	DrainGrace Duration `json:"drainGrace"`
+}
+
+// Mode is the interception mode, see Config.Mode.
+type Mode string
+
+// The interception modes.
+const (
+	ModeRedirect Mode = "redirect"
+	ModeTProxy   Mode = "tproxy"
+)
+
+// The ports of shared/DESIGN.md §3.
+const (
+	DefaultOutboundPort = 15001
+	DefaultInboundPort  = 15006
+	DefaultAdminPort    = 15000
+	DefaultMetricsPort  = 15020
+	DefaultHealthPort   = 15021
+	// DefaultMark is the proxy's socket mark, 1337.
+	DefaultMark Mark = 0x539
+)
+
+// DefaultConfig returns the configuration of shared/DESIGN.md §3, which
+// the proxy runs on when no file is given. A config file overrides it
+// field by field.
+func DefaultConfig() Config {
+	return Config{
+		Mode:     ModeRedirect,
+		LogLevel: "info",
+		Mark:     DefaultMark,
+		Outbound: OutboundConfig{Port: DefaultOutboundPort},
+		Inbound: InboundConfig{
+			Port:                  DefaultInboundPort,
+			PassthroughSourceIPv4: netip.AddrFrom4([4]byte{127, 0, 0, 6}),
+			PassthroughSourceIPv6: netip.MustParseAddr("::6"),
+		},
+		Admin:   ServerConfig{Address: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), DefaultAdminPort)},
+		Metrics: ServerConfig{Address: netip.AddrPortFrom(netip.IPv4Unspecified(), DefaultMetricsPort)},
+		Health:  ServerConfig{Address: netip.AddrPortFrom(netip.IPv4Unspecified(), DefaultHealthPort)},
+		Timeouts: Timeouts{
+			Connect:    Duration(10 * time.Second),
+			Idle:       Duration(time.Hour),
+			DrainGrace: Duration(5 * time.Second),
+		},
+	}
+}
+
+// LoadConfig reads the YAML file at path over DefaultConfig and validates
+// the result. Unknown fields are errors; all validation problems are
+// reported together, one per line.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("proxy: read config: %w", err)
+	}
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("proxy: config %s: %w", path, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, fmt.Errorf("proxy: config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig parses YAML over DefaultConfig, strictly: unknown and
+// duplicate fields are errors. Every field that is unknown or cannot be
+// read is reported, each with its path. It does not validate.
+func ParseConfig(data []byte) (Config, error) {
+	// First pass, on the generic document: name every unknown field and
+	// every unreadable value with its path. encoding/json would stop at the
+	// first one and say neither where it is nor (for unknown fields) in
+	// which section, and it matches field names case-insensitively.
+	j, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		msg := strings.TrimPrefix(err.Error(), "error converting YAML to JSON: ")
+		return Config{}, errors.New(strings.Replace(msg, "unmarshal errors:\n  ", "", 1))
+	}
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.UseNumber()
+	var doc any
+	if err := dec.Decode(&doc); err != nil {
+		return Config{}, err
+	}
+	var errs []error
+	checkDoc(doc, reflect.TypeFor[Config](), "", &errs)
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+
+	cfg := DefaultConfig()
+	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
+		// Not reached after checkDoc, short of a bug in it.
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+var (
+	jsonUnmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
+
+// checkDoc walks the generic document v against the Go type t, appending
+// an error for each unknown field and each value that t's field types
+// cannot decode.
+func checkDoc(v any, t reflect.Type, path string, errs *[]error) {
+	if v == nil {
+		return // null leaves the default
+	}
+	pt := reflect.PointerTo(t)
+	if t.Kind() == reflect.Struct && !pt.Implements(jsonUnmarshalerType) && !pt.Implements(textUnmarshalerType) {
+		fields := map[string]reflect.Type{}
+		var names []string
+		for f := range t.Fields() {
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			fields[name] = f.Type
+			names = append(names, name)
+		}
+		m, ok := v.(map[string]any)
+		if !ok {
+			*errs = append(*errs, fmt.Errorf("%s: want a section with fields %s", pathOr(path), strings.Join(names, ", ")))
+			return
+		}
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			p := k
+			if path != "" {
+				p = path + "." + k
+			}
+			ft, ok := fields[k]
+			if !ok {
+				*errs = append(*errs, fmt.Errorf("%s: unknown field; want one of %s", p, strings.Join(names, ", ")))
+				continue
+			}
+			checkDoc(m[k], ft, p, errs)
+		}
+		return
+	}
+	b, err := json.Marshal(v)
+	if err == nil {
+		err = json.Unmarshal(b, reflect.New(t).Interface())
+	}
+	if err != nil {
+		*errs = append(*errs, fmt.Errorf("%s: %s", pathOr(path), describeValueError(err, t, v)))
+	}
+}
+
+func pathOr(path string) string {
+	if path == "" {
+		return "config"
+	}
+	return path
+}
+
+// describeValueError says why the value v does not fit type t.
+func describeValueError(err error, t reflect.Type, v any) string {
+	var fe *fieldError
+	if errors.As(err, &fe) {
+		return fe.msg
+	}
+	var got string
+	switch v := v.(type) {
+	case string:
+		got = strconv.Quote(v)
+	case json.Number:
+		got = v.String()
+	case bool:
+		got = strconv.FormatBool(v)
+	case []any:
+		got = "a list"
+	case map[string]any:
+		got = "a section"
+	}
+	switch t {
+	case reflect.TypeFor[uint16]():
+		return fmt.Sprintf("%s is not a port; want a number from 0 to 65535", got)
+	case reflect.TypeFor[netip.Addr]():
+		return fmt.Sprintf("%s is not an IP address; want e.g. 127.0.0.6 or ::6", got)
+	case reflect.TypeFor[netip.AddrPort]():
+		return fmt.Sprintf("%s is not an IP:port address; want e.g. 127.0.0.1:15000 or [::1]:15000", got)
+	}
+	if t.Kind() == reflect.String {
+		return fmt.Sprintf("%s is not a string", got)
+	}
+	return fmt.Sprintf("%s: %v", got, err)
+}
+
+// fieldError is a value that its own type could not parse, explained by
+// that type.
+type fieldError struct{ msg string }
+
+func (e *fieldError) Error() string { return e.msg }
+
+// Validate reports every problem of c at once (errors.Join, one per line),
+// each naming the field and the fix.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	switch c.Mode {
+	case ModeRedirect, ModeTProxy:
+	default:
+		bad("mode: %q is not a mode; want redirect or tproxy", string(c.Mode))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("logLevel: %q is not a level; want debug, info, warn or error", c.LogLevel)
+	}
+
+	if !c.Inbound.PassthroughSourceIPv4.Is4() {
+		bad("inbound.passthroughSourceIPv4: want an IPv4 address, e.g. 127.0.0.6")
+	}
+	if a := c.Inbound.PassthroughSourceIPv6; !a.Is6() || a.Is4In6() {
+		bad("inbound.passthroughSourceIPv6: want an IPv6 address, e.g. ::6")
+	}
+
+	// Ports: each server needs its own (they all share the wildcard
+	// addresses), and an address must be given.
+	type portUse struct {
+		field string
+		port  uint16
+	}
+	uses := []portUse{{"outbound.port", c.Outbound.Port}, {"inbound.port", c.Inbound.Port}}
+	for _, s := range []struct {
+		field string
+		addr  netip.AddrPort
+		eg    string
+	}{
+		{"admin.address", c.Admin.Address, "127.0.0.1:15000"},
+		{"metrics.address", c.Metrics.Address, "0.0.0.0:15020"},
+		{"health.address", c.Health.Address, "0.0.0.0:15021"},
+	} {
+		if !s.addr.IsValid() {
+			bad("%s: want an IP:port address, e.g. %s", s.field, s.eg)
+			continue
+		}
+		uses = append(uses, portUse{s.field, s.addr.Port()})
+	}
+	for i, u := range uses {
+		for _, prev := range uses[:i] {
+			if u.port != 0 && u.port == prev.port {
+				bad("%s: port %d is also %s; give each listener its own port", u.field, u.port, prev.field)
+				break
+			}
+		}
+	}
+
+	if c.Timeouts.Connect <= 0 {
+		bad("timeouts.connect: must be > 0, e.g. 5s")
+	}
+	if c.Timeouts.Idle <= 0 {
+		bad("timeouts.idle: must be > 0, e.g. 1h")
+	}
+	if c.Timeouts.DrainGrace < 0 {
+		bad("timeouts.drainGrace: must be >= 0, e.g. 5s")
+	}
+	return errors.Join(errs...)
+}
+
+// Duration is a time.Duration written as a Go duration string, "5s",
+// "1m30s", "1h".
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// String formats d like time.Duration.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalJSON writes d as a duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads a duration string. A bare number is refused: it
+// would be ambiguous (seconds? nanoseconds?).
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return &fieldError{fmt.Sprintf("%s is not a duration; want a number with a unit, e.g. \"5s\" or \"1m30s\"", b)}
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return &fieldError{fmt.Sprintf("%q is not a duration; want a number with a unit, e.g. \"5s\" or \"1m30s\"", s)}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Mark is a socket mark (SO_MARK). In YAML it may be written as a number
+// (1337, 0x539) or a string ("0x539"); it is printed in hex.
+type Mark uint32
+
+// String formats m in hex, as iptables prints marks.
+func (m Mark) String() string { return "0x" + strconv.FormatUint(uint64(m), 16) }
+
+// MarshalJSON writes m as a hex string.
+func (m Mark) MarshalJSON() ([]byte, error) { return json.Marshal(m.String()) }
+
+// UnmarshalJSON reads a number or a string in decimal, 0x hex or 0o octal.
+func (m *Mark) UnmarshalJSON(b []byte) error {
+	s := string(b)
+	if uq, err := strconv.Unquote(s); err == nil {
+		s = uq
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(s), 0, 32)
+	if err != nil {
+		return &fieldError{fmt.Sprintf("%s is not a mark; want a 32-bit number, e.g. 0x539 or 1337", b)}
+	}
+	*m = Mark(v)
+	return nil
+}
