@@ -1,0 +1,323 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+)
+
+// Direction says which way a captured connection goes.
+type Direction uint8
+
+// The two directions. Their String values label metrics and logs.
+const (
+	// Outbound connections are made by the app, to anywhere.
+	Outbound Direction = iota
+	// Inbound connections are made to the app, from anywhere.
+	Inbound
+)
+
+// String returns "outbound" or "inbound".
+func (d Direction) String() string {
+	if d == Inbound {
+		return "inbound"
+	}
+	return "outbound"
+}
+
+// OriginalDstFunc returns the address a captured connection was made to
+// before the namespace's rules sent it to the proxy. It is the seam
+// between interception and forwarding: by default it is SO_ORIGINAL_DST
+// (or, for inbound in tproxy mode, the socket's local address), and tests
+// and benchmarks that cannot install iptables rules (no root) replace it,
+// for instance with a function returning a loopback backend's address.
+// It runs on the connection's goroutine and may be called concurrently.
+type OriginalDstFunc func(dir Direction, c *net.TCPConn) (netip.AddrPort, error)
+
+// Option configures a Proxy beyond its Config.
+type Option func(*Proxy)
+
+// WithOriginalDst replaces the original-destination lookup (see
+// OriginalDstFunc). The loop guard still applies to what fn returns.
+func WithOriginalDst(fn OriginalDstFunc) Option {
+	return func(p *Proxy) { p.origDst = fn }
+}
+
+// WithRegistry registers the proxy's metrics with reg and serves reg on
+// the metrics port. Without it the proxy owns a registry that also holds
+// the Go runtime and process collectors.
+func WithRegistry(reg *prometheus.Registry) Option {
+	return func(p *Proxy) { p.reg = reg }
+}
+
+// withCopyMode picks how bytes are moved (tests and benchmarks compare).
+func withCopyMode(m copyMode) Option {
+	return func(p *Proxy) { p.copyMode = m }
+}
+
+// Addrs are the addresses a running proxy is bound to; with port 0 in the
+// Config they are how a test finds its proxy.
+type Addrs struct {
+	// Outbound and Inbound hold the IPv4 listener, then the IPv6 one when
+	// the namespace has IPv6.
+	Outbound []netip.AddrPort
+	Inbound  []netip.AddrPort
+	Admin    netip.AddrPort
+	Metrics  netip.AddrPort
+	Health   netip.AddrPort
+}
+
+// Proxy is the L4 data plane: capture listeners, the per-connection
+// pipeline (see the package doc) and the admin, metrics and health
+// servers. Create it with New and start it with Run, once.
+type Proxy struct {
+	cfg      Config
+	log      *zap.Logger
+	reg      *prometheus.Registry
+	metrics  *metrics
+	origDst  OriginalDstFunc // nil: the default lookup of cfg.Mode
+	copyMode copyMode        // how forward moves bytes; tests set copyBuffer
+
+	started atomic.Bool
+	ready   chan struct{} // closed once every listener is bound and serving
+	addrs   Addrs         // written before ready is closed
+
+	listening atomic.Bool // all listeners up
+	draining  atomic.Bool // shutdown started
+	quit      chan struct{}
+	quitOnce  sync.Once
+
+	// Set by Run before any connection is served, then read-only.
+	markOn   bool                // SO_MARK can be set (CAP_NET_ADMIN)
+	ownPorts map[uint16]struct{} // ports of the capture listeners, for the loop guard
+
+	// noSource[family] is set once binding the passthrough source failed
+	// with EADDRNOTAVAIL (::6 is rarely assigned): later inbound
+	// connections of that family go without an explicit source.
+	noSource [2]atomic.Bool // 0: IPv4, 1: IPv6
+
+	mu     sync.Mutex
+	conns  map[*net.TCPConn]struct{} // client sides in flight
+	killed bool                      // grace period over: close new arrivals too
+}
+
+// New returns a Proxy for cfg that logs to log (nil: nowhere); it binds
+// nothing until Run. It fails if cfg does not validate or the metrics
+// cannot be registered.
+func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("proxy: invalid config: %w", err)
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	p := &Proxy{
+		cfg:   cfg,
+		log:   log,
+		ready: make(chan struct{}),
+		quit:  make(chan struct{}),
+		conns: make(map[*net.TCPConn]struct{}),
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	if p.reg == nil {
+		p.reg = prometheus.NewRegistry()
+		p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	m, err := newMetrics(p.reg)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: register metrics: %w", err)
+	}
+	p.metrics = m
+	return p, nil
+}
+
+// Ready is closed once Run has bound every listener and serves them.
+func (p *Proxy) Ready() <-chan struct{} { return p.ready }
+
+// Addrs returns the bound addresses; they are set once Ready is closed.
+func (p *Proxy) Addrs() Addrs {
+	select {
+	case <-p.ready:
+		return p.addrs
+	default:
+		return Addrs{}
+	}
+}
+
+// Run binds the listeners, serves until ctx is cancelled or /quitquitquit
+// is posted, then drains: it stops accepting, reports not ready, lets
+// in-flight connections finish for timeouts.drainGrace, closes the rest
+// and returns nil. A bind failure is returned at once, with nothing left
+// bound.
+func (p *Proxy) Run(ctx context.Context) error {
+	if !p.started.CompareAndSwap(false, true) {
+		return errors.New("proxy: Run called twice")
+	}
+	p.markOn = p.checkMark()
+
+	capture, servers, err := p.bind()
+	if err != nil {
+		return err
+	}
+	p.ownPorts = make(map[uint16]struct{})
+	for _, l := range capture {
+		p.ownPorts[l.addr.Port()] = struct{}{}
+	}
+
+	// In-flight connections outlive ctx for the grace period, so they get a
+	// context of their own, cancelled only when the grace period is over.
+	connCtx, killConns := context.WithCancel(context.WithoutCancel(ctx))
+	defer killConns()
+
+	var acceptWG, connWG, serveWG sync.WaitGroup
+	serveErr := make(chan error, len(servers))
+	for _, s := range servers {
+		serveWG.Go(func() {
+			if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- fmt.Errorf("proxy: %s server on %s: %w", s.name, s.ln.Addr(), err)
+			}
+		})
+	}
+	stopAccept := make(chan struct{})
+	for _, l := range capture {
+		acceptWG.Go(func() { p.acceptLoop(connCtx, l, stopAccept, &connWG) })
+	}
+	p.listening.Store(true)
+	close(p.ready)
+	p.log.Info("proxy ready",
+		zap.String("mode", string(p.cfg.Mode)),
+		zap.Stringers("outbound", p.addrs.Outbound),
+		zap.Stringers("inbound", p.addrs.Inbound),
+		zap.Stringer("admin", p.addrs.Admin),
+		zap.Stringer("metrics", p.addrs.Metrics),
+		zap.Stringer("health", p.addrs.Health))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		p.log.Info("shutting down: signal received")
+	case <-p.quit:
+		p.log.Info("shutting down: /quitquitquit")
+	case runErr = <-serveErr:
+		p.log.Error("shutting down: server failed", zap.Error(runErr))
+	}
+
+	// Phase 1: stop accepting and report not ready; existing connections
+	// keep going.
+	p.draining.Store(true)
+	close(stopAccept)
+	for _, l := range capture {
+		l.ln.Close()
+	}
+	acceptWG.Wait()
+
+	// Phase 2: let them finish within the grace period, then cut them.
+	grace := p.cfg.Timeouts.DrainGrace.D()
+	p.log.Info("draining", zap.Int("connections", p.inFlight()), zap.Duration("grace_period", grace))
+	drained := make(chan struct{})
+	go func() { connWG.Wait(); close(drained) }()
+	timer := time.NewTimer(grace)
+	select {
+	case <-drained:
+		timer.Stop()
+	case <-timer.C:
+		if n := p.killAll(); n > 0 {
+			p.log.Warn("grace period over: closing connections", zap.Int("connections", n))
+		}
+		killConns()
+		<-drained
+	}
+
+	// Phase 3: the HTTP servers go last, so /healthz/ready keeps saying 503
+	// while draining.
+	for _, s := range servers {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if err := s.srv.Shutdown(sctx); err != nil {
+			s.srv.Close()
+		}
+		cancel()
+	}
+	serveWG.Wait()
+	p.log.Info("proxy stopped")
+	return runErr
+}
+
+// inFlight returns how many connections are being served.
+func (p *Proxy) inFlight() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
+// track registers a client connection for force-closing; it reports false
+// when the grace period is already over.
+func (p *Proxy) track(c *net.TCPConn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.killed {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *Proxy) untrack(c *net.TCPConn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+}
+
+// killAll resets every client connection in flight; their forwarders see
+// the error and close the upstream side.
+func (p *Proxy) killAll() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.killed = true
+	for c := range p.conns {
+		reset(c)
+	}
+	return len(p.conns)
+}
+
+// reset closes c with an RST rather than a FIN, so the peer sees a failed
+// stream and not one that ended cleanly.
+func reset(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
+}
+
+// checkMark reports whether sockets can be marked, logging once when not.
+func (p *Proxy) checkMark() bool {
+	if p.cfg.Mark == 0 {
+		p.log.Info("socket mark disabled (mark: 0): the proxy UID exemption alone keeps its traffic out of the capture")
+		return false
+	}
+	if err := probeMark(uint32(p.cfg.Mark)); err != nil {
+		p.log.Warn("cannot mark sockets; continuing unmarked: the proxy UID exemption must keep its traffic out of the capture",
+			zap.Stringer("mark", p.cfg.Mark), zap.Error(err),
+			zap.String("hint", "setting SO_MARK needs CAP_NET_ADMIN"))
+		return false
+	}
+	return true
+}
+
+// isBindAddrNotAvail reports whether err is a failed bind of a dial's
+// source address (and not, say, ephemeral ports running out at connect).
+func isBindAddrNotAvail(err error) bool {
+	var se *os.SyscallError
+	return errors.As(err, &se) && se.Syscall == "bind" && errors.Is(se.Err, syscall.EADDRNOTAVAIL)
+}

@@ -1,0 +1,737 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"sigs.k8s.io/yaml"
+)
+
+func TestOutboundEcho(t *testing.T) {
+	copyModes(t, func(t *testing.T, mode Option) {
+		be := startBackend(t, "127.0.0.1:0", echo)
+		r := startProxy(t, testConfig(), to(be.addr()), mode)
+
+		c := dial(t, r.out())
+		if got := roundTrip(t, c, "hello"); got != "hello" {
+			t.Fatalf("echo = %q, want hello", got)
+		}
+		if got := roundTrip(t, c, "again!"); got != "again!" {
+			t.Fatalf("echo = %q, want again!", got)
+		}
+		src := c.LocalAddr().String()
+		c.CloseWrite()
+		if err := expectClosed(t, c, 5*time.Second); err != nil {
+			t.Fatalf("after half-close: %v, want EOF", err)
+		}
+		c.Close()
+
+		e := r.closedLogs(t, 1)[0]
+		if e.Level != zapcore.InfoLevel {
+			t.Errorf("level = %v, want info", e.Level)
+		}
+		for k, want := range map[string]string{
+			"direction":      "outbound",
+			"src":            src,
+			"dst":            be.addr(),
+			"bytes_sent":     "11",
+			"bytes_received": "11",
+			"error":          "<missing>",
+		} {
+			if got := field(e, k); got != want {
+				t.Errorf("log field %s = %q, want %q", k, got, want)
+			}
+		}
+		if _, ok := e.ContextMap()["duration"]; !ok {
+			t.Error("log line has no duration")
+		}
+		if n := r.logs.FilterMessage("connection accepted").Len(); n != 1 {
+			t.Errorf("%d debug lines on accept, want 1", n)
+		}
+
+		for name, want := range map[string]float64{
+			"meshgate_tcp_connections_opened_total": 1,
+			"meshgate_tcp_connections_closed_total": 1,
+			"meshgate_tcp_connections_active":       0,
+			"meshgate_tcp_sent_bytes_total":         11,
+			"meshgate_tcp_received_bytes_total":     11,
+			"meshgate_tcp_connect_failures_total":   0,
+		} {
+			if got := r.metric(t, name, Outbound); got != want {
+				t.Errorf("%s{direction=outbound} = %v, want %v", name, got, want)
+			}
+			if got := r.metric(t, name, Inbound); got != 0 {
+				t.Errorf("%s{direction=inbound} = %v, want 0", name, got)
+			}
+		}
+	})
+}
+
+// TestHalfClose: the backend answers only once it has read the whole
+// request (EOF), so the reply arrives only if the client's CloseWrite
+// crosses the proxy; and the client still reads the full reply after
+// shutting its write side.
+func TestHalfClose(t *testing.T) {
+	copyModes(t, func(t *testing.T, mode Option) {
+		be := startBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+			h := sha256.New()
+			n, _ := io.Copy(h, c)
+			fmt.Fprintf(c, "%d %x", n, h.Sum(nil))
+			for range 100 { // a reply longer than one segment
+				c.Write(bytes.Repeat([]byte("z"), 1000))
+			}
+		})
+		r := startProxy(t, testConfig(), to(be.addr()), mode)
+
+		c := dial(t, r.out())
+		req := bytes.Repeat([]byte("request "), 10000)
+		if _, err := c.Write(req); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		reply, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("read reply: %v", err)
+		}
+		want := fmt.Sprintf("%d %x", len(req), sha256.Sum256(req)) + strings.Repeat("z", 100000)
+		if string(reply) != want {
+			t.Fatalf("reply is %d bytes starting %.80q, want %d bytes starting %.80q", len(reply), reply, len(want), want)
+		}
+		e := r.closedLogs(t, 1)[0]
+		if got, want := field(e, "bytes_sent"), fmt.Sprint(len(req)); got != want {
+			t.Errorf("bytes_sent = %s, want %s", got, want)
+		}
+		if got, want := field(e, "bytes_received"), fmt.Sprint(len(want)); got != want {
+			t.Errorf("bytes_received = %s, want %s", got, want)
+		}
+	})
+}
+
+// TestLargeTransfer sends 16 MiB each way at once and compares hashes.
+func TestLargeTransfer(t *testing.T) {
+	copyModes(t, func(t *testing.T, mode Option) {
+		const size = 16 << 20
+		be := startBackend(t, "127.0.0.1:0", echo)
+		r := startProxy(t, testConfig(), to(be.addr()), mode)
+
+		c := dial(t, r.out())
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		data := make([]byte, size)
+		rand.Read(data)
+		werr := make(chan error, 1)
+		go func() {
+			_, err := c.Write(data)
+			if err == nil {
+				err = c.CloseWrite()
+			}
+			werr <- err
+		}()
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		if err := <-werr; err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		if n != size || !bytes.Equal(h.Sum(nil), sha256New(data)) {
+			t.Fatalf("got %d bytes, hash mismatch=%v; want %d bytes intact", n, !bytes.Equal(h.Sum(nil), sha256New(data)), size)
+		}
+		r.closedLogs(t, 1)
+		if got := r.metric(t, "meshgate_tcp_sent_bytes_total", Outbound); got != size {
+			t.Errorf("sent bytes = %v, want %d", got, size)
+		}
+		if got := r.metric(t, "meshgate_tcp_received_bytes_total", Outbound); got != size {
+			t.Errorf("received bytes = %v, want %d", got, size)
+		}
+	})
+}
+
+// copyModes runs fn once per way of moving bytes: splice(2), the
+// default, and the buffer copy it falls back to.
+func copyModes(t *testing.T, fn func(t *testing.T, mode Option)) {
+	for _, m := range []struct {
+		name string
+		mode copyMode
+	}{{"splice", copySplice}, {"buffer", copyBuffer}} {
+		t.Run(m.name, func(t *testing.T) { fn(t, withCopyMode(m.mode)) })
+	}
+}
+
+func sha256New(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
+
+// TestBytesCountedLive: a connection's bytes show in the metrics while it
+// is still open.
+func TestBytesCountedLive(t *testing.T) {
+	copyModes(t, func(t *testing.T, mode Option) {
+		be := startBackend(t, "127.0.0.1:0", echo)
+		r := startProxy(t, testConfig(), to(be.addr()), mode)
+
+		c := dial(t, r.out())
+		roundTrip(t, c, strings.Repeat("x", 1000))
+		// The echo can reach the client a moment before the proxy's
+		// goroutine adds the bytes it wrote; the connection stays open.
+		waitFor(t, func() bool {
+			return r.metric(t, "meshgate_tcp_sent_bytes_total", Outbound) == 1000 &&
+				r.metric(t, "meshgate_tcp_received_bytes_total", Outbound) == 1000
+		})
+		if got := r.metric(t, "meshgate_tcp_connections_active", Outbound); got != 1 {
+			t.Errorf("active = %v, want 1", got)
+		}
+		if got := r.metric(t, "meshgate_tcp_connections_closed_total", Outbound); got != 0 {
+			t.Errorf("closed = %v, want 0: the bytes must show while the connection is open", got)
+		}
+	})
+}
+
+func TestIdleTimeout(t *testing.T) {
+	copyModes(t, func(t *testing.T, mode Option) {
+		be := startBackend(t, "127.0.0.1:0", echo)
+		cfg := testConfig()
+		cfg.Timeouts.Idle = Duration(300 * time.Millisecond)
+		r := startProxy(t, cfg, to(be.addr()), mode)
+
+		t.Run("traffic keeps it open", func(t *testing.T) {
+			// A proxy of its own with a longer idle timeout, so a loaded
+			// machine's scheduling hiccups do not pass for silence.
+			cfg := cfg
+			cfg.Timeouts.Idle = Duration(800 * time.Millisecond)
+			r := startProxy(t, cfg, to(be.addr()), mode)
+			c := dial(t, r.out())
+			// 2.5 idle periods of traffic: the deadlines must be moved on.
+			for i := range 20 {
+				roundTrip(t, c, fmt.Sprint(i%10))
+				time.Sleep(100 * time.Millisecond)
+			}
+			c.Close()
+			e := r.closedLogs(t, 1)[0]
+			if got := field(e, "error"); got != "<missing>" {
+				t.Errorf("error = %s, want none", got)
+			}
+		})
+		t.Run("silence closes it", func(t *testing.T) {
+			c := dial(t, r.out())
+			roundTrip(t, c, "hi")
+			start := time.Now()
+			expectClosed(t, c, 5*time.Second)
+			if d := time.Since(start); d < 250*time.Millisecond {
+				t.Errorf("closed after %v, before the idle timeout", d)
+			}
+			e := r.closedLogs(t, 1)[0]
+			if got := field(e, "error"); !strings.Contains(got, "idle timeout: no bytes either way for 300ms") {
+				t.Errorf("error = %q, want an idle timeout", got)
+			}
+		})
+		t.Run("reply held back by a client that reads nothing", func(t *testing.T) {
+			// The client half-closes and never reads, and the backend's
+			// writes fill every buffer: the proxy's only work left is a
+			// blocked write, which the idle timeout must end too.
+			flood := startBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+				buf := make([]byte, 64<<10)
+				for {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			})
+			r := startProxy(t, cfg, to(flood.addr()), mode)
+			c := dial(t, r.out())
+			c.SetReadBuffer(4096)
+			c.CloseWrite()
+			e := r.closedLogs(t, 1)[0]
+			if got := field(e, "error"); !strings.Contains(got, "write to client: idle timeout") {
+				t.Errorf("error = %q, want an idle timeout in the write to the client", got)
+			}
+		})
+	})
+}
+
+// TestResetPropagates: a peer that resets is seen as a reset on the other
+// side, never as a clean end that would pass a truncated stream for a
+// complete one.
+func TestResetPropagates(t *testing.T) {
+	copyModes(t, func(t *testing.T, mode Option) {
+		t.Run("upstream resets", func(t *testing.T) {
+			be := startBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+				io.WriteString(c, "partial")
+				time.Sleep(50 * time.Millisecond)
+				reset(c)
+			})
+			r := startProxy(t, testConfig(), to(be.addr()), mode)
+			c := dial(t, r.out())
+			err := expectClosed(t, c, 5*time.Second)
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("client read: %v, want a reset", err)
+			}
+			if got := field(r.closedLogs(t, 1)[0], "error"); !strings.Contains(got, "read from upstream") || !strings.Contains(got, "connection reset by peer") {
+				t.Errorf("error = %q, want the upstream's reset", got)
+			}
+		})
+		t.Run("client resets", func(t *testing.T) {
+			upErr := make(chan error, 1)
+			be := startBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				_, err := io.Copy(io.Discard, c)
+				upErr <- err
+			})
+			r := startProxy(t, testConfig(), to(be.addr()), mode)
+			c := dial(t, r.out())
+			io.WriteString(c, "x")
+			waitFor(t, func() bool { return r.metric(t, "meshgate_tcp_sent_bytes_total", Outbound) == 1 })
+			reset(c)
+			if err := <-upErr; !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("upstream read: %v, want a reset", err)
+			}
+		})
+	})
+}
+
+func TestConnectFailure(t *testing.T) {
+	t.Run("refused", func(t *testing.T) {
+		// A port nobody listens on.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closed := ln.Addr().String()
+		ln.Close()
+		r := startProxy(t, testConfig(), to(closed))
+
+		err = expectRefused(t, r.out())
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("client read: %v, want a reset (the destination refused)", err)
+		}
+		e := r.closedLogs(t, 1)[0]
+		if e.Level != zapcore.WarnLevel {
+			t.Errorf("level = %v, want warn", e.Level)
+		}
+		if got := field(e, "error"); !strings.Contains(got, "connection refused") {
+			t.Errorf("error = %q, want connection refused", got)
+		}
+		if got := field(e, "dst"); got != closed {
+			t.Errorf("dst = %q, want %q", got, closed)
+		}
+		if got := r.metric(t, "meshgate_tcp_connect_failures_total", Outbound); got != 1 {
+			t.Errorf("connect failures = %v, want 1", got)
+		}
+		if got := r.metric(t, "meshgate_tcp_connections_closed_total", Outbound); got != 1 {
+			t.Errorf("closed = %v, want 1", got)
+		}
+	})
+	t.Run("timeout", func(t *testing.T) {
+		black := blackhole(t)
+		cfg := testConfig()
+		cfg.Timeouts.Connect = Duration(300 * time.Millisecond)
+		r := startProxy(t, cfg, to(black))
+
+		start := time.Now()
+		expectRefused(t, r.out())
+		if d := time.Since(start); d < 250*time.Millisecond {
+			t.Errorf("gave up after %v, before the connect timeout", d)
+		}
+		e := r.closedLogs(t, 1)[0]
+		if got := field(e, "error"); !strings.Contains(got, "timeout") {
+			t.Errorf("error = %q, want a timeout", got)
+		}
+		if got := r.metric(t, "meshgate_tcp_connect_failures_total", Outbound); got != 1 {
+			t.Errorf("connect failures = %v, want 1", got)
+		}
+	})
+}
+
+// blackhole returns a loopback address where connects hang: a listener
+// with a backlog of 0 that never accepts, its one queue slot already
+// taken, so the kernel drops further SYNs.
+func blackhole(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	// Fill the accept queue.
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			break
+		}
+		t.Cleanup(func() { c.Close() })
+		if i > 8 {
+			t.Skip("cannot make a blackhole: the kernel keeps accepting SYNs")
+		}
+	}
+	return addr
+}
+
+func TestLoopGuard(t *testing.T) {
+	t.Run("destination is the outbound listener", func(t *testing.T) {
+		var r *running
+		r = startProxy(t, testConfig(), WithOriginalDst(func(Direction, *net.TCPConn) (netip.AddrPort, error) {
+			return r.Addrs().Outbound[0], nil // 0.0.0.0:port: the proxy itself
+		}))
+		expectRefused(t, r.out())
+		e := r.closedLogs(t, 1)[0]
+		if e.Level != zapcore.WarnLevel {
+			t.Errorf("level = %v, want warn", e.Level)
+		}
+		if got := field(e, "error"); !strings.Contains(got, "loop guard") {
+			t.Errorf("error = %q, want the loop guard", got)
+		}
+		// Never dialed: one connection only, the client's.
+		if got := r.metric(t, "meshgate_tcp_connections_opened_total", Outbound); got != 1 {
+			t.Errorf("opened = %v, want 1 (the proxy dialed itself)", got)
+		}
+	})
+	t.Run("destination is the inbound listener on loopback", func(t *testing.T) {
+		var r *running
+		r = startProxy(t, testConfig(), WithOriginalDst(func(Direction, *net.TCPConn) (netip.AddrPort, error) {
+			return netip.MustParseAddrPort(r.in()), nil
+		}))
+		expectRefused(t, r.out())
+		if got := field(r.closedLogs(t, 1)[0], "error"); !strings.Contains(got, "loop guard") {
+			t.Errorf("error = %q, want the loop guard", got)
+		}
+		if got := r.metric(t, "meshgate_tcp_connections_opened_total", Inbound); got != 0 {
+			t.Errorf("inbound opened = %v, want 0", got)
+		}
+	})
+	t.Run("connected to the capture port directly", func(t *testing.T) {
+		// The real lookup: nothing redirected this connection.
+		r := startProxy(t, testConfig())
+		expectRefused(t, r.out())
+		e := r.closedLogs(t, 1)[0]
+		got := field(e, "error")
+		if !strings.Contains(got, "not redirected") && !strings.Contains(got, "loop guard") {
+			t.Errorf("error = %q, want not redirected or loop guard", got)
+		}
+		if e.Level != zapcore.WarnLevel {
+			t.Errorf("level = %v, want warn", e.Level)
+		}
+		if got := r.metric(t, "meshgate_tcp_connections_opened_total", Outbound); got != 1 {
+			t.Errorf("opened = %v, want 1", got)
+		}
+	})
+}
+
+func TestInbound(t *testing.T) {
+	t.Run("IPv4 from the passthrough source", func(t *testing.T) {
+		be := startBackend(t, "127.0.0.1:0", echo)
+		r := startProxy(t, testConfig(), to(be.addr()))
+		c := dial(t, r.in())
+		if got := roundTrip(t, c, "in"); got != "in" {
+			t.Fatalf("echo = %q", got)
+		}
+		c.Close()
+		e := r.closedLogs(t, 1)[0]
+		if got := field(e, "direction"); got != "inbound" {
+			t.Errorf("direction = %s, want inbound", got)
+		}
+		if srcs := be.sources(); len(srcs) != 1 || srcs[0].Addr() != netip.MustParseAddr("127.0.0.6") {
+			t.Errorf("app saw connections from %v, want 127.0.0.6", srcs)
+		}
+		if got := r.metric(t, "meshgate_tcp_sent_bytes_total", Inbound); got != 2 {
+			t.Errorf("inbound sent = %v, want 2", got)
+		}
+	})
+	t.Run("IPv6 without ::6 falls back", func(t *testing.T) {
+		if len(ifAddrs6(t)) == 0 {
+			t.Skip("no IPv6 on loopback")
+		}
+		be := startBackend(t, "[::1]:0", echo)
+		cfg := testConfig()
+		r := startProxy(t, cfg, to(be.addr()))
+		for range 2 {
+			c := dial(t, r.in())
+			if got := roundTrip(t, c, "in6"); got != "in6" {
+				t.Fatalf("echo = %q", got)
+			}
+			c.Close()
+		}
+		r.closedLogs(t, 2)
+		srcs := be.sources()
+		if len(srcs) != 2 {
+			t.Fatalf("app saw %d connections, want 2", len(srcs))
+		}
+		assigned := false
+		for _, a := range ifAddrs6(t) {
+			assigned = assigned || a == netip.MustParseAddr("::6")
+		}
+		if want := netip.MustParseAddr("::6"); assigned && srcs[0].Addr() != want {
+			t.Errorf("source %v, want %v (assigned here)", srcs[0].Addr(), want)
+		}
+		if !assigned {
+			if n := r.logs.FilterMessageSnippet("passthrough source not assigned").Len(); n != 1 {
+				t.Errorf("%d fallback debug lines, want 1 (the failure is remembered)", n)
+			}
+		}
+	})
+}
+
+// ifAddrs6 lists the IPv6 addresses of this namespace.
+func ifAddrs6(t *testing.T) []netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() == nil {
+			ip, _ := netip.AddrFromSlice(n.IP)
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// TestHTTPBackend puts a real net/http server behind the proxy.
+func TestHTTPBackend(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s %d", r.Method, r.URL.Path, len(body))
+	})}
+	done := make(chan struct{})
+	go func() { srv.Serve(ln); close(done) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+
+	r := startProxy(t, testConfig(), to(ln.Addr().String()))
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		// The app "connects to the backend"; the rules would send it to
+		// the outbound listener.
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", r.out())
+	}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	for i := range 3 { // keep-alive: one connection, three requests
+		resp, err := client.Post("http://"+ln.Addr().String()+"/upload", "text/plain", strings.NewReader(strings.Repeat("b", 100*i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf("POST /upload %d", 100*i); string(body) != want {
+			t.Errorf("response %q, want %q", body, want)
+		}
+	}
+	if got := r.metric(t, "meshgate_tcp_connections_opened_total", Outbound); got != 1 {
+		t.Errorf("opened = %v, want 1 (keep-alive)", got)
+	}
+}
+
+func TestHealthAndAdmin(t *testing.T) {
+	cfg := testConfig()
+	r := startProxy(t, cfg)
+	a := r.Addrs()
+	if len(a.Outbound) == 0 || len(a.Inbound) == 0 || !a.Admin.IsValid() || !a.Metrics.IsValid() || !a.Health.IsValid() {
+		t.Fatalf("Addrs() = %+v, want every listener", a)
+	}
+	if len(ifAddrs6(t)) > 0 {
+		if len(a.Outbound) != 2 || !a.Outbound[1].Addr().Is6() {
+			t.Errorf("outbound listeners %v, want IPv4 and IPv6", a.Outbound)
+		}
+	}
+
+	health := "http://" + a.Health.String()
+	admin := "http://" + a.Admin.String()
+	for _, tc := range []struct {
+		method, url string
+		code        int
+		body        string
+	}{
+		{"GET", health + "/healthz/ready", 200, "ready\n"},
+		{"GET", health + "/healthz/live", 200, "live\n"},
+		{"GET", admin + "/quitquitquit", 405, "use POST\n"},
+		{"GET", admin + "/debug/pprof/cmdline", 200, ""},
+		{"GET", admin + "/nope", 404, "404 page not found\n"},
+	} {
+		code, body := httpGet(t, tc.method, tc.url)
+		if code != tc.code || (tc.body != "" && body != tc.body) {
+			t.Errorf("%s %s = %d %q, want %d %q", tc.method, tc.url, code, body, tc.code, tc.body)
+		}
+	}
+
+	code, body := httpGet(t, "GET", admin+"/config")
+	var got Config
+	if err := yaml.UnmarshalStrict([]byte(body), &got); code != 200 || err != nil || got != cfg {
+		t.Errorf("/config = %d %v\n%s\nwant the effective config", code, err, body)
+	}
+	code, body = httpGet(t, "GET", admin+"/config?format=json")
+	if code != 200 || !strings.Contains(body, `"mark": "0x539"`) || !strings.Contains(body, `"connect": "10s"`) {
+		t.Errorf("/config?format=json = %d\n%s", code, body)
+	}
+}
+
+func TestMetricsEndpoint(t *testing.T) {
+	be := startBackend(t, "127.0.0.1:0", echo)
+	r := startProxy(t, testConfig(), to(be.addr()))
+	c := dial(t, r.out())
+	roundTrip(t, c, "12345")
+	c.Close()
+	r.closedLogs(t, 1)
+	code, body := httpGet(t, "GET", "http://"+r.Addrs().Metrics.String()+"/metrics")
+	if code != 200 {
+		t.Fatalf("/metrics = %d", code)
+	}
+	for _, line := range []string{
+		`meshgate_tcp_connections_opened_total{direction="outbound"} 1`,
+		`meshgate_tcp_connections_opened_total{direction="inbound"} 0`,
+		`meshgate_tcp_connections_closed_total{direction="outbound"} 1`,
+		`meshgate_tcp_connections_active{direction="outbound"} 0`,
+		`meshgate_tcp_sent_bytes_total{direction="outbound"} 5`,
+		`meshgate_tcp_received_bytes_total{direction="outbound"} 5`,
+		`meshgate_tcp_connect_failures_total{direction="outbound"} 0`,
+		`meshgate_tcp_connect_failures_total{direction="inbound"} 0`,
+	} {
+		if !strings.Contains(body, line+"\n") {
+			t.Errorf("/metrics lacks %q", line)
+		}
+	}
+}
+
+func TestDrain(t *testing.T) {
+	t.Run("in-flight connection finishes within the grace period", func(t *testing.T) {
+		be := startBackend(t, "127.0.0.1:0", echo)
+		r := startProxy(t, testConfig(), to(be.addr()))
+		out, health := r.out(), "http://"+r.Addrs().Health.String()
+
+		c := dial(t, r.out())
+		roundTrip(t, c, "before")
+		r.cancel()
+
+		// Not ready any more, and no new connections.
+		waitFor(t, func() bool { code, _ := httpGet(t, "GET", health+"/healthz/ready"); return code == 503 })
+		if code, body := httpGet(t, "GET", health+"/healthz/live"); code != 200 {
+			t.Errorf("live while draining = %d %q, want 200", code, body)
+		}
+		if nc, err := net.DialTimeout("tcp", out, time.Second); err == nil {
+			nc.Close()
+			t.Error("new connection accepted while draining")
+		}
+
+		// The old one still works, then ends on its own.
+		if got := roundTrip(t, c, "during"); got != "during" {
+			t.Errorf("echo while draining = %q", got)
+		}
+		c.CloseWrite()
+		if err := expectClosed(t, c, 5*time.Second); err != nil {
+			t.Errorf("in-flight connection ended with %v, want EOF", err)
+		}
+		start := time.Now()
+		if err := r.stop(); err != nil {
+			t.Fatalf("Run = %v, want nil", err)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("Run took %v after the last connection ended; grace period not cut short", d)
+		}
+		if got := field(r.closedLogs(t, 1)[0], "error"); got != "<missing>" {
+			t.Errorf("drained connection error = %s, want none", got)
+		}
+	})
+	t.Run("stragglers are closed after the grace period", func(t *testing.T) {
+		be := startBackend(t, "127.0.0.1:0", echo)
+		cfg := testConfig()
+		cfg.Timeouts.DrainGrace = Duration(200 * time.Millisecond)
+		r := startProxy(t, cfg, to(be.addr()))
+		c := dial(t, r.out())
+		roundTrip(t, c, "x")
+		start := time.Now()
+		if err := r.stop(); err != nil {
+			t.Fatalf("Run = %v, want nil", err)
+		}
+		if d := time.Since(start); d < 200*time.Millisecond || d > 3*time.Second {
+			t.Errorf("Run returned after %v, want just after the 200ms grace period", d)
+		}
+		if err := expectClosed(t, c, time.Second); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("straggler read %v, want a reset", err)
+		}
+		if n := r.logs.FilterMessage("grace period over: closing connections").Len(); n != 1 {
+			t.Errorf("%d force-close lines, want 1", n)
+		}
+	})
+	t.Run("quitquitquit", func(t *testing.T) {
+		r := startProxy(t, testConfig())
+		code, body := httpGet(t, "POST", "http://"+r.Addrs().Admin.String()+"/quitquitquit")
+		if code != 200 || body != "draining\n" {
+			t.Errorf("POST /quitquitquit = %d %q", code, body)
+		}
+		select {
+		case err := <-r.errc:
+			if err != nil {
+				t.Errorf("Run = %v, want nil", err)
+			}
+			r.once.Do(func() {}) // already stopped
+		case <-time.After(5 * time.Second):
+			t.Fatal("Run still running 5s after /quitquitquit")
+		}
+	})
+}
+
+func TestBindFailure(t *testing.T) {
+	busy, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	port := uint16(busy.Addr().(*net.TCPAddr).Port)
+
+	cfg := testConfig()
+	cfg.Inbound.Port = port
+	p, err := New(cfg, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = p.Run(context.Background())
+	want := fmt.Sprintf("proxy: inbound listener 0.0.0.0:%d: port %d already in use: is another sidecar running in this namespace?", port, port)
+	if err == nil || err.Error() != want {
+		t.Fatalf("Run = %v, want %q", err, want)
+	}
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("error does not wrap EADDRINUSE")
+	}
+	// Nothing was left bound: the outbound listener bound before the
+	// failure was closed again (goleak checks the goroutines).
+	if err := p.Run(context.Background()); err == nil || err.Error() != "proxy: Run called twice" {
+		t.Errorf("second Run = %v", err)
+	}
+}
+
+func TestNewRejectsInvalidConfig(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Timeouts.Connect = 0
+	_, err := New(cfg, zap.NewNop())
+	if want := "proxy: invalid config: timeouts.connect: must be > 0, e.g. 5s"; err == nil || err.Error() != want {
+		t.Errorf("New = %v, want %q", err, want)
+	}
+}

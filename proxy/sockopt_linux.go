@@ -1,0 +1,83 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// markControl returns a net.Dialer.Control that puts mark on the socket
+// before it connects, so the capture rules (which exempt the mark) do
+// not send the proxy's own connections back to it.
+func markControl(mark uint32) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return os.NewSyscallError("setsockopt SO_MARK", serr)
+		}
+		return nil
+	}
+}
+
+// probeMark checks once that sockets can be marked. Setting SO_MARK needs
+// CAP_NET_ADMIN; without it the caller carries on unmarked.
+func probeMark(mark uint32) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return os.NewSyscallError("socket", err)
+		}
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
+		return os.NewSyscallError("setsockopt SO_MARK", err)
+	}
+	return nil
+}
+
+// transparentControl is a net.ListenConfig.Control that makes a listener
+// IP_TRANSPARENT (IPv4) or IPV6_TRANSPARENT (IPv6), so TPROXY rules can
+// hand it connections addressed to any destination.
+func transparentControl(network, address string, c syscall.RawConn) error {
+	level, opt, name := unix.SOL_IP, unix.IP_TRANSPARENT, "IP_TRANSPARENT"
+	if strings.HasSuffix(network, "6") {
+		level, opt, name = unix.SOL_IPV6, unix.IPV6_TRANSPARENT, "IPV6_TRANSPARENT"
+	}
+	var serr error
+	if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), level, opt, 1) }); err != nil {
+		return err
+	}
+	if serr != nil {
+		err := os.NewSyscallError("setsockopt "+name, serr)
+		if errors.Is(serr, unix.EPERM) {
+			return fmt.Errorf("%w (tproxy mode needs CAP_NET_ADMIN)", err)
+		}
+		return err
+	}
+	return nil
+}
+
+// ipv6Disabled reports whether this network namespace has IPv6 turned off.
+// The kernel may have no IPv6 at all (no /proc/sys/net/ipv6), or it may be
+// disabled by sysctl, in which case binding [::] still succeeds but no
+// address can ever reach it.
+func ipv6Disabled() (bool, string) {
+	b, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+	if errors.Is(err, os.ErrNotExist) {
+		return true, "the kernel has no IPv6"
+	}
+	if err == nil && strings.TrimSpace(string(b)) == "1" {
+		return true, "net.ipv6.conf.all.disable_ipv6 is 1"
+	}
+	return false, ""
+}
