@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net"
 	"net/netip"
 	"os"
@@ -281,8 +282,9 @@ func (nftTables) DeleteIfEmpty(f Family, name string) (bool, error) {
 		return false, fmt.Errorf("list objects of %s: %w", name, err)
 	}
 	// Use counts everything in the table; anything we did not list
-	// above keeps it.
-	if len(sets)+len(flowtables)+len(objs) > 0 || t.Use != uint32(n) {
+	// above keeps it. google/nftables v0.3.0 decodes this big-endian
+	// attribute in host order, so accept either byte order.
+	if use := uint32(n); len(sets)+len(flowtables)+len(objs) > 0 || (t.Use != use && t.Use != bits.ReverseBytes32(use)) {
 		return false, nil
 	}
 	c.DelTable(t)
