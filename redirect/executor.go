@@ -167,9 +167,11 @@ func Cleanup(ctx context.Context, o Options) error {
 			return err
 		}
 		cl := &cleaner{ctx: ctx, sys: sys, log: log}
-		err = cl.cleanup()
-		log.Info("redirect rules removed", zap.String("backend", sys.backend), zap.Int("changes", cl.changes), zap.Error(err))
-		return err
+		if err := cl.cleanup(); err != nil {
+			return err
+		}
+		log.Info("redirect rules removed", zap.String("backend", sys.backend), zap.Int("changes", cl.changes))
+		return nil
 	})
 }
 
