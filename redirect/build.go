@@ -31,6 +31,7 @@ const (
 // Family is an IP address family.
 type Family int
 
+// The address families: iptables and ip6tables.
 const (
 	IPv4 Family = 4
 	IPv6 Family = 6

@@ -136,7 +136,7 @@ func Apply(ctx context.Context, c Config, o Options) error {
 		if c, err = resolveIPv6(c, sys, log); err != nil {
 			return err
 		}
-		a := &applier{ctx: ctx, sys: sys, log: log}
+		a := &applier{ctx: ctx, sys: sys, log: log, tx: txn{log: log}}
 		if err := a.apply(Build(c)); err != nil {
 			if rerr := a.tx.rollback(); rerr != nil {
 				return errors.Join(err, fmt.Errorf("redirect: undoing the changes also failed, the namespace may be half-configured; run 'meshgate redirect --cleanup': %w", rerr))
@@ -283,7 +283,6 @@ type applier struct {
 }
 
 func (a *applier) apply(rs Ruleset) error {
-	a.tx.log = a.log
 	for _, f := range []Family{IPv4, IPv6} {
 		want := FamilyRules{Family: f}
 		for _, fr := range rs.Families {

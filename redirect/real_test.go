@@ -518,28 +518,39 @@ func TestRealBackendDetection(t *testing.T) {
 	if lookTool("iptables-legacy") == "" {
 		t.Skip("iptables-legacy is not installed")
 	}
-	path := newNetns(t)
-	run(t, path, "iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
-	beforeNft := save(t, path, "iptables-nft-save", "ip6tables-nft-save")
-	beforeLegacy := save(t, path, "iptables-legacy-save")
-	cfg := DefaultConfig()
-	cfg.IPv6 = IPv6Off
-	o := Options{NetnsPath: path, Logger: zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))}
-	if err := Apply(context.Background(), cfg, o); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(save(t, path, "iptables-legacy-save"), "-A MESHGATE_OUTPUT") {
-		t.Errorf("rules are not in the legacy backend")
-	}
-	if got := save(t, path, "iptables-nft-save", "ip6tables-nft-save"); got != beforeNft {
-		t.Errorf("rules went to nft as well:\n%s", got)
-	}
-	if err := Cleanup(context.Background(), o); err != nil {
-		t.Fatal(err)
-	}
-	// Legacy tables outlive their rules: compare without empty tables.
-	if got := dropEmptyTables(save(t, path, "iptables-legacy-save")); got != dropEmptyTables(beforeLegacy) {
-		t.Errorf("after Cleanup, legacy:\n%s\nbefore:\n%s", got, beforeLegacy)
+	for _, tc := range goldenCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			path := newNetns(t)
+			run(t, path, "iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
+			beforeNft := save(t, path, "iptables-nft-save", "ip6tables-nft-save")
+			beforeLegacy := save(t, path, "iptables-legacy-save", "ip6tables-legacy-save")
+			c := &counting{}
+			o := c.opts(t, path)
+			if err := Apply(context.Background(), tc.cfg, o); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(save(t, path, "iptables-legacy-save"), "-A MESHGATE_OUTPUT") {
+				t.Errorf("rules are not in the legacy backend")
+			}
+			if got := save(t, path, "iptables-nft-save", "ip6tables-nft-save"); got != beforeNft {
+				t.Errorf("rules went to nft as well:\n%s", got)
+			}
+			// Legacy prints rules as nft does: a second Apply finds them right.
+			c.n = 0
+			if err := Apply(context.Background(), tc.cfg, o); err != nil {
+				t.Fatal(err)
+			}
+			if c.n != 0 {
+				t.Errorf("second Apply on legacy made %d changes, want none", c.n)
+			}
+			if err := Cleanup(context.Background(), o); err != nil {
+				t.Fatal(err)
+			}
+			// Legacy tables outlive their rules: compare without empty tables.
+			if got := dropEmptyTables(save(t, path, "iptables-legacy-save", "ip6tables-legacy-save")); got != dropEmptyTables(beforeLegacy) {
+				t.Errorf("after Cleanup, legacy:\n%s\nbefore:\n%s", got, beforeLegacy)
+			}
+		})
 	}
 }
 

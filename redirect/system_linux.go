@@ -114,8 +114,8 @@ func findBackends() (found map[string]*backendTools, defaultMode string) {
 func detectBackend(log *zap.Logger) (*backendTools, error) {
 	found, defaultMode := findBackends()
 	if len(found) == 0 {
-		return nil, fmt.Errorf("%w (looked for iptables-nft, iptables-legacy and iptables in $PATH and %s); install it: apt-get install iptables (Debian, Ubuntu), apk add iptables (Alpine), dnf install iptables-nft (Fedora, RHEL)",
-			ErrNoIPTables, strings.Join(sbinDirs, ", "))
+		return nil, fmt.Errorf("%w (looked for iptables-nft, iptables-legacy and iptables in %s); install it: apt-get install iptables (Debian, Ubuntu), apk add iptables (Alpine), dnf install iptables-nft (Fedora, RHEL)",
+			ErrNoIPTables, strings.Join(append([]string{"$PATH"}, sbinDirs...), ", "))
 	}
 	if len(found) == 1 {
 		for _, be := range found {
