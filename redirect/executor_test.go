@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"strings"
 	"testing"
 
@@ -504,5 +503,4 @@ func TestToolErr(t *testing.T) {
 	if toolErr(plain) != plain {
 		t.Error("a non-iptables error was changed")
 	}
-	_ = netip.Addr{}
 }
