@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // HTTPClient returns a client whose connections are made from inside the
@@ -42,7 +43,7 @@ func (p *Pod) Scrape(ctx context.Context, port uint16) (Samples, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("scrape %s in %s: %s", url, p.Name, resp.Status)
 	}
-	var tp expfmt.TextParser
+	tp := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := tp.TextToMetricFamilies(resp.Body)
 	if err != nil {
 		return nil, fmt.Errorf("scrape %s in %s: %w", url, p.Name, err)
