@@ -352,3 +352,33 @@ func TestRedirectBadInputChangesNothing(t *testing.T) {
 		t.Errorf("a refused redirect changed the rules:\n%s", after)
 	}
 }
+
+// TestLoopDetected: when the rules do not exempt the proxy (here: only the
+// UID is exempt, but the proxy runs as root without marking), its own
+// upstream connection is captured again. The proxy must notice and refuse
+// it with a log line that says how to fix the rules, not loop or hang.
+func TestLoopDetected(t *testing.T) {
+	needRoot(t)
+	pods := newLab(t, "a", "b")
+	a, b := pods[0], pods[1]
+	startApp(t, b)
+	sa := enroll(t, a, enrollOpts{redirectArgs: []string{"--proxy-mark", "0"}, proxyConfig: "mark: 0\n", root: true})
+	out, err := a.Run(ctxFor(t, 30*time.Second), "curl", "-sS", "--max-time", "10", url(b.IPv4, 8080, "/"))
+	if err == nil {
+		t.Fatalf("request through a looping sidecar succeeded: %q", out)
+	}
+	if strings.Contains(err.Error(), "timed out") {
+		t.Errorf("the loop was not broken: curl timed out (%v)", err)
+	}
+	if !strings.Contains(sa.proc.Output(), "captured again") {
+		t.Errorf("sidecar log does not name the loop:\n%s", tail(sa.proc.Output(), 10))
+	}
+	// The loop was cut after a few hops, not left to run away.
+	time.Sleep(200 * time.Millisecond)
+	if n := sa.conns(t, "outbound"); n > 10 {
+		t.Errorf("sidecar accepted %v outbound connections for one request: the loop ran on", n)
+	}
+	if n := sa.metrics(t)["meshgate_tcp_connections_active{direction=outbound}"]; n != 0 {
+		t.Errorf("%v looped connections still active", n)
+	}
+}

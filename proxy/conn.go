@@ -16,6 +16,12 @@ import (
 // itself: dialing it would loop.
 var errLoop = errors.New("loop guard: the original destination is this proxy's own capture port")
 
+// errCaptured refuses a connection that the proxy itself opened: its own
+// upstream connection came back to a capture listener, so the rules do not
+// exempt the proxy. Forwarding it would dial again and loop for ever.
+var errCaptured = errors.New("loop guard: this connection was opened by the proxy itself and captured again; " +
+	"the redirect rules must exempt the proxy's socket mark (--proxy-mark) or its UID (--proxy-uid)")
+
 // outcome is what happened to one connection, for its log line.
 type outcome struct {
 	dst      netip.AddrPort // original destination; invalid if unknown
@@ -78,12 +84,22 @@ func (p *Proxy) pipeline(ctx context.Context, l *captureListener, client *net.TC
 	if p.isSelf(dst, client) {
 		return outcome{dst: dst, err: errLoop, refused: true}
 	}
+	// Checked as late as possible before dialing: the dial that opened
+	// this connection registers itself when it returns, which can be just
+	// after this connection was accepted. A loop missed here is caught one
+	// hop later, and the refusal unwinds the whole chain.
+	if _, ok := p.upstreams.Load(addrPort(client.RemoteAddr())); ok {
+		return outcome{dst: dst, err: errCaptured, refused: true}
+	}
 	upstream, err := p.dial(ctx, l.dir, dst)
 	if err != nil {
 		m.connectFailures.Inc()
 		return outcome{dst: dst, err: err, refused: true}
 	}
 	defer upstream.Close()
+	local := addrPort(upstream.LocalAddr())
+	p.upstreams.Store(local, struct{}{})
+	defer p.upstreams.Delete(local)
 	sent, received, err := forward(client, upstream, p.cfg.Timeouts.Idle.D(), p.copyMode, m)
 	return outcome{dst: dst, sent: sent, received: received, err: err}
 }
