@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -182,33 +181,11 @@ func TestOutboundBypass(t *testing.T) {
 	})
 }
 
-// echo sends msg to a TCP echo server from inside pod, half-closes, and
-// checks the whole message comes back after the half-close.
+// echo checks a TCP echo round trip with half-close from inside pod.
 func echo(t *testing.T, pod *topology.Pod, addr string, msg []byte) {
 	t.Helper()
-	c, err := pod.Dial(ctxFor(t, 10*time.Second), "tcp", addr)
-	if err != nil {
-		t.Fatalf("dial %s from %s: %v", addr, pod.Name, err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(msg)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		werr <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("echo from %s: read after half-close: %v", addr, err)
-	}
-	if err := <-werr; err != nil {
-		t.Fatalf("echo to %s: write: %v", addr, err)
-	}
-	if !bytes.Equal(got, msg) {
-		t.Fatalf("echo from %s: got %d bytes, want %d identical", addr, len(got), len(msg))
+	if err := pod.Echo(ctxFor(t, 20*time.Second), addr, msg); err != nil {
+		t.Fatal(err)
 	}
 }
 

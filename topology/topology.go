@@ -10,9 +10,11 @@
 package topology
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -344,4 +346,37 @@ func (p *Pod) Dial(ctx context.Context, network, addr string) (net.Conn, error) 
 		return err
 	})
 	return c, err
+}
+
+// Echo is a TCP echo client run from inside the pod: it sends msg to addr,
+// shuts down its write side (TCP half-close) and reads until the server
+// closes, failing unless exactly msg came back.
+func (p *Pod) Echo(ctx context.Context, addr string, msg []byte) error {
+	c, err := p.Dial(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("dial %s from %s: %w", addr, p.Name, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(msg)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	got, rerr := io.ReadAll(c)
+	if err := <-werr; err != nil {
+		return fmt.Errorf("echo to %s: write: %w", addr, err)
+	}
+	if rerr != nil {
+		return fmt.Errorf("echo from %s: read after half-close: %w", addr, rerr)
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("echo from %s: got %d bytes back, want the %d sent", addr, len(got), len(msg))
+	}
+	return nil
 }

@@ -155,7 +155,7 @@ func (d *demo) run(ctx context.Context, requests int) error {
 	msg := make([]byte, 64<<10)
 	rand.Read(msg)
 	for i := 0; i < 10; i++ {
-		if err := echoOnce(ctx, client, net.JoinHostPort(echoPod.IPv4.String(), "9000"), msg); err != nil {
+		if err := echoSession(ctx, client, net.JoinHostPort(echoPod.IPv4.String(), "9000"), msg); err != nil {
 			return fmt.Errorf("echo session %d: %w", i+1, err)
 		}
 	}
@@ -231,32 +231,10 @@ func waitDial(ctx context.Context, p *topology.Pod, addr netip.AddrPort) error {
 	}
 }
 
-func echoOnce(ctx context.Context, p *topology.Pod, addr string, msg []byte) error {
+func echoSession(ctx context.Context, p *topology.Pod, addr string, msg []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, err := p.Dial(ctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	dl, _ := ctx.Deadline()
-	c.SetDeadline(dl)
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(msg)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		werr <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err := errors.Join(err, <-werr); err != nil {
-		return err
-	}
-	if string(got) != string(msg) {
-		return fmt.Errorf("echo returned %d bytes, want the %d sent", len(got), len(msg))
-	}
-	return nil
+	return p.Echo(ctx, addr, msg)
 }
 
 func humanBytes(v float64) string {
