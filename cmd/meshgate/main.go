@@ -70,7 +70,10 @@ func mainExit(args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		return 2
 	default:
-		fmt.Fprintf(stderr, "meshgate %s: %s\n", name, oneLine(err))
+		// Library errors carry their package prefix ("proxy: ..."); when
+		// it repeats the command's name, say it once.
+		msg := strings.TrimPrefix(oneLine(err), name+": ")
+		fmt.Fprintf(stderr, "meshgate %s: %s\n", name, msg)
 		return 1
 	}
 }

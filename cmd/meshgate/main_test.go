@@ -25,6 +25,8 @@ func TestDispatch(t *testing.T) {
 		{name: "command help", args: []string{"help", "enroll"}, code: 0, stderr: "Usage: meshgate enroll"},
 		{name: "unknown flag", args: []string{"version", "--bogus"}, code: 2, stderr: "flag provided but not defined: -bogus"},
 		{name: "stray argument", args: []string{"version", "extra"}, code: 2, stderr: `unexpected argument "extra"`},
+		{name: "package prefix said once", args: []string{"proxy", "--config", "/nonexistent/proxy.yaml"}, code: 1,
+			stderr: "meshgate proxy: read config: open /nonexistent/proxy.yaml: no such file or directory\n", stderrOne: true},
 		{name: "demo-app needs something to serve", args: []string{"demo-app"}, code: 1,
 			stderr: "meshgate demo-app: nothing to serve: give --http ADDR, --echo ADDR or both", stderrOne: true},
 	}
