@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -40,7 +41,9 @@ can mark its sockets); its PID file and log are kept under --state-dir.
 "meshgate enroll --cleanup" with the same --pid or --netns removes the
 rules first, then drains and stops the sidecar.
 
-The rule flags are those of "meshgate redirect" (see its --help).
+The rule flags are those of "meshgate redirect" (see its --help). With
+--pid and --capture-dns, the DNS servers to capture are read from the
+workload's own /proc/PID/root/etc/resolv.conf.
 
 Examples:
   meshgate enroll --pid 4242
@@ -66,6 +69,10 @@ Examples:
 		problems = append(problems, errors.New("--pid or --netns is required: which workload to enroll?"))
 	case *pid < 0:
 		problems = append(problems, fmt.Errorf("--pid %d: want a process ID", *pid))
+	}
+	if *pid > 0 && !flagSet(fs, "resolv-conf") {
+		// The workload's DNS servers are in its own root, not the host's.
+		_ = fs.Set("resolv-conf", fmt.Sprintf("/proc/%d/root/etc/resolv.conf", *pid))
 	}
 	rules, err := ruleConfig()
 	if err != nil {
@@ -120,6 +127,13 @@ Examples:
 	fmt.Fprintf(stdout, "enrolled %s: sidecar pid %d, log %s\nundo with: meshgate enroll --cleanup --netns %s\n",
 		path, spid, st.logPath(), path)
 	return nil
+}
+
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // enrollState is the directory of one enrolled namespace, named after the
