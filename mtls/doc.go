@@ -1,0 +1,21 @@
+// Package mtls holds the mesh's identities and the mutual TLS between
+// sidecars (shared/DESIGN.md §6).
+//
+// A workload's identity is a SPIFFE ID of the form
+// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account> (WorkloadID,
+// ParseWorkloadID), carried as the URI SAN of an X.509 certificate. The
+// certificate and the trust bundles come from a Source: a directory of PEM
+// files that is reloaded when it changes (DirSource, which follows
+// Kubernetes' symlink swap), or the SPIFFE Workload API
+// (WorkloadAPISource, for SPIRE). ServerConfig and ClientConfig build TLS
+// 1.3 configurations that read the Source at every handshake, so a rotated
+// certificate or bundle is used at once with no restart and no dropped
+// connection; both verify the peer's chain against the bundle of its trust
+// domain and then ask an Authorizer whether that identity may talk to us
+// (inbound) or is the one we meant to reach (outbound), on full and
+// resumed handshakes alike. Reason turns a refused handshake into a short
+// label for logs and metrics.
+//
+// The mesh certificate authority that issues these certificates is the
+// sub-package ca.
+package mtls
