@@ -1,0 +1,20 @@
+// Package sniff classifies the first bytes of a connection without
+// consuming them: the proxy peeks, asks this package what it has seen, and
+// replays the bytes to whoever handles the connection next
+// (shared/DESIGN.md §5).
+//
+// Everything here is pure: functions of a byte slice, no I/O, no clock,
+// safe on any input (each parser has a native fuzz test). A parser answers
+// one of three ways, so the caller knows whether to read on:
+//
+//   - a result: the bytes are what the parser looks for;
+//   - ErrNeedMore: a prefix of it so far; read more and ask again;
+//   - ErrNotMatch (wrapped, with the reason): it is something else, and no
+//     further bytes can change that.
+//
+// ParseClientHello reads a TLS ClientHello (RFC 8446 §4.1.2) far enough to
+// report the server name (SNI, RFC 6066 §3) and the offered application
+// protocols (ALPN, RFC 7301). The inbound side uses the ALPN to recognise
+// mesh TLS from another sidecar ("meshgate/tcp", ...); protocol detection
+// (HTTP/1.x, HTTP/2, app TLS) will grow here beside it.
+package sniff
