@@ -228,7 +228,7 @@ func (v *verifier) verify(certs []*x509.Certificate) (spiffeid.ID, error) {
 	}
 	id, chains, err := verifyChain(certs, v.bundles, v.opts.time(), v.usage)
 	if err != nil {
-		return id, err
+		return id, fmt.Errorf("mtls: peer %w", err)
 	}
 	if err := v.authz(id, chains); err != nil {
 		if !errors.Is(err, ErrWrongTrustDomain) && !errors.Is(err, ErrWrongIdentity) {
@@ -241,27 +241,29 @@ func (v *verifier) verify(certs []*x509.Certificate) (spiffeid.ID, error) {
 
 // verifyChain verifies an X509-SVID chain (leaf first) at now against the
 // bundle of the leaf's trust domain, for the extended key usage usage
-// (ExtKeyUsageAny for either). Every error wraps one of the Err variables.
+// (ExtKeyUsageAny for either). Every error wraps one of the Err variables,
+// and starts with the certificate's SPIFFE ID (or, lacking one, its
+// subject and serial).
 func verifyChain(certs []*x509.Certificate, bundles x509bundle.Source, now time.Time, usage x509.ExtKeyUsage) (spiffeid.ID, [][]*x509.Certificate, error) {
 	leaf := certs[0]
 	id, err := x509svid.IDFromCert(leaf)
 	if err != nil {
-		return spiffeid.ID{}, nil, fmt.Errorf("mtls: peer certificate %q (serial %x): %w: %v", leaf.Subject, leaf.SerialNumber, ErrWrongIdentity, err)
+		return spiffeid.ID{}, nil, fmt.Errorf("certificate %q (serial %x): %w: %v", leaf.Subject, leaf.SerialNumber, ErrWrongIdentity, err)
 	}
 	switch {
 	case leaf.IsCA:
-		return id, nil, fmt.Errorf("mtls: peer %s: %w: a CA certificate used as a leaf", id, ErrBadCertificate)
+		return id, nil, fmt.Errorf("%s: %w: a CA certificate used as a leaf", id, ErrBadCertificate)
 	case leaf.KeyUsage&(x509.KeyUsageCertSign|x509.KeyUsageCRLSign) != 0:
-		return id, nil, fmt.Errorf("mtls: peer %s: %w: a leaf with certificate or CRL signing key usage", id, ErrBadCertificate)
+		return id, nil, fmt.Errorf("%s: %w: a leaf with certificate or CRL signing key usage", id, ErrBadCertificate)
 	}
 	// Validity first, so that an expired leaf is reported as expired
 	// whatever else is wrong with it.
 	if err := checkValidity(leaf, now); err != nil {
-		return id, nil, fmt.Errorf("mtls: peer %s: %w", id, err)
+		return id, nil, fmt.Errorf("%s: %w", id, err)
 	}
 	bundle, err := bundles.GetX509BundleForTrustDomain(id.TrustDomain())
 	if err != nil {
-		return id, nil, fmt.Errorf("mtls: peer %s: %w: no trust bundle for trust domain %s", id, ErrWrongTrustDomain, id.TrustDomain())
+		return id, nil, fmt.Errorf("%s: %w: no trust bundle for trust domain %s", id, ErrWrongTrustDomain, id.TrustDomain())
 	}
 	roots := x509.NewCertPool()
 	for _, r := range bundle.X509Authorities() {
@@ -284,7 +286,7 @@ func verifyChain(certs []*x509.Certificate, bundles x509bundle.Source, now time.
 		return id, chains, nil
 	}
 	if _, ok := errors.AsType[x509.UnknownAuthorityError](err); ok {
-		return id, nil, fmt.Errorf("mtls: peer %s: %w: no chain to a root of the %s trust bundle", id, ErrUnknownCA, id.TrustDomain())
+		return id, nil, fmt.Errorf("%s: %w: no chain to a root of the %s trust bundle", id, ErrUnknownCA, id.TrustDomain())
 	}
 	if e, ok := errors.AsType[x509.CertificateInvalidError](err); ok && e.Reason == x509.Expired {
 		// An intermediate or root out of its validity period.
@@ -292,9 +294,9 @@ func verifyChain(certs []*x509.Certificate, bundles x509bundle.Source, now time.
 		if expiryReason(e) == ReasonNotYetValid {
 			sentinel = ErrNotYetValid
 		}
-		return id, nil, fmt.Errorf("mtls: peer %s: %w: %s: %s", id, sentinel, e.Cert.Subject, e.Detail)
+		return id, nil, fmt.Errorf("%s: %w: %s: %s", id, sentinel, e.Cert.Subject, e.Detail)
 	}
-	return id, nil, fmt.Errorf("mtls: peer %s: %w: %w", id, ErrBadCertificate, err)
+	return id, nil, fmt.Errorf("%s: %w: %w", id, ErrBadCertificate, err)
 }
 
 // checkValidity says whether cert is within its validity period at now.
