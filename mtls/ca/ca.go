@@ -90,6 +90,9 @@ func Init(dir string, td spiffeid.TrustDomain, opts ...InitOption) (*CA, error) 
 	if td.IsZero() {
 		return nil, fmt.Errorf("mtls/ca: init %s: empty trust domain", dir)
 	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("mtls/ca: init %s: %w", dir, err)
+	}
 	if !o.overwrite {
 		for _, name := range []string{RootCertFile, RootKeyFile, IntermediateCertFile, IntermediateKeyFile} {
 			if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
@@ -98,9 +101,6 @@ func Init(dir string, td spiffeid.TrustDomain, opts ...InitOption) (*CA, error) 
 				return nil, fmt.Errorf("mtls/ca: init %s: %w", dir, err)
 			}
 		}
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("mtls/ca: init %s: %w", dir, err)
 	}
 
 	now := o.now()
@@ -252,7 +252,7 @@ func (c *CA) Issue(id spiffeid.ID, dnsNames []string, ttl time.Duration, pub cry
 	}
 	for _, n := range dnsNames {
 		if err := ValidateDNSName(n); err != nil {
-			return nil, fail("%v", err)
+			return nil, fail("DNS name %q: %v", n, err)
 		}
 	}
 	k, ok := pub.(*ecdsa.PublicKey)
@@ -291,9 +291,9 @@ func (c *CA) Issue(id spiffeid.ID, dnsNames []string, ttl time.Duration, pub cry
 
 // ValidateDNSName checks a name for a certificate's DNS SAN: dot-separated
 // labels of letters, digits and '-', optionally starting with "*." for a
-// wildcard.
+// wildcard. The error says what is wrong, not which name.
 func ValidateDNSName(name string) error {
-	bad := func(why string) error { return fmt.Errorf("DNS name %q: %s", name, why) }
+	bad := errors.New
 	rest := strings.TrimPrefix(name, "*.")
 	if rest == "" {
 		return bad("empty")
@@ -312,7 +312,7 @@ func ValidateDNSName(name string) error {
 		}
 		for _, r := range label {
 			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
-				return bad(fmt.Sprintf("%q is not allowed; want letters, digits, '-' and '.'", r))
+				return fmt.Errorf("%q is not allowed; want letters, digits, '-' and '.'", r)
 			}
 		}
 	}
