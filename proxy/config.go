@@ -9,11 +9,13 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
 )
 
@@ -47,8 +49,10 @@ type Config struct {
 	Metrics ServerConfig `json:"metrics"`
 	// Health serves /healthz/ready and /healthz/live.
 	Health ServerConfig `json:"health"`
-	// Timeouts bound connecting, idling and draining.
+	// Timeouts bound connecting, handshakes, idling and draining.
 	Timeouts Timeouts `json:"timeouts"`
+	// MTLS says which connections are mutual TLS between sidecars.
+	MTLS MTLSConfig `json:"mtls"`
 }
 
 // OutboundConfig configures the outbound capture listener.
@@ -85,6 +89,10 @@ type ServerConfig struct {
 type Timeouts struct {
 	// Connect bounds dialing the original destination or the app.
 	Connect Duration `json:"connect"`
+	// Handshake bounds the start of a mesh connection: inbound on a port
+	// with mTLS on, the wait for the client's first bytes and the TLS
+	// handshake; outbound to the mesh, the TLS handshake.
+	Handshake Duration `json:"handshake"`
 	// Idle closes a connection when no byte has moved either way for
 	// this long.
 	Idle Duration `json:"idle"`
@@ -92,6 +100,94 @@ type Timeouts struct {
 	// starts (SIGTERM, /quitquitquit) before they are closed. 0 closes
 	// them at once.
 	DrainGrace Duration `json:"drainGrace"`
+}
+
+// MTLSConfig says which connections are mutual TLS between sidecars
+// (shared/DESIGN.md §5, §6). The certificates themselves are not config:
+// they come through WithMeshTLS (--cert-dir).
+//
+// Inbound, a mesh connection is recognised by its ClientHello offering
+// an ALPN protocol "meshgate/..."; the proxy terminates the TLS and hands
+// the app plaintext. Outbound, a connection to a destination in MeshCIDRs
+// is sent as TLS 1.3 with ALPN "meshgate/tcp" to the destination's address,
+// where the peer's rules deliver it to its sidecar.
+type MTLSConfig struct {
+	// Mode is what inbound connections must be, and whether outbound ones
+	// to the mesh are mTLS:
+	//   - strict: inbound takes mesh mTLS only; anything else is reset.
+	//   - permissive: inbound takes mesh mTLS and plaintext both, for
+	//     clients without a sidecar (while a namespace migrates).
+	//   - disable: no mTLS either way: inbound bytes go to the app as they
+	//     come, outbound connections are plaintext, to the mesh too.
+	// Outbound is the same in strict and permissive: mTLS to MeshCIDRs.
+	//
+	// Unset (the default) means strict when the proxy has certificates
+	// (WithMeshTLS; --cert-dir) and disable when it has none: giving a
+	// sidecar an identity turns mTLS on, and only a visible choice
+	// (permissive) lets plaintext in. strict or permissive without
+	// certificates is an error at New. /config shows the mode in effect.
+	Mode MTLSMode `json:"mode"`
+	// PortModes overrides Mode for inbound connections to the listed app
+	// ports (the original destination port), e.g. {8080: permissive}.
+	PortModes map[uint16]MTLSMode `json:"portModes"`
+	// MeshCIDRs are the destinations that run a meshgate sidecar:
+	// outbound connections to them are mTLS. Empty: none but
+	// Destinations (until discovery feeds it, --mesh-cidrs or this list
+	// says which).
+	MeshCIDRs []netip.Prefix `json:"meshCIDRs"`
+	// PlaintextOutsideMesh allows outbound connections to destinations
+	// outside MeshCIDRs, in plaintext, as without a mesh. It defaults to
+	// true: a sidecar carries every outbound connection of its app,
+	// including those to databases, cloud APIs and the internet, which
+	// have no sidecar and cannot speak mesh mTLS, so refusing them by
+	// default would break apps on enrollment; the app's own TLS to them
+	// still passes through untouched. false refuses them (a reset,
+	// logged and counted), for namespaces that must talk to the mesh
+	// only.
+	PlaintextOutsideMesh bool `json:"plaintextOutsideMesh"`
+	// Destinations pin the SPIFFE ID that the server at a mesh
+	// destination must present; the most specific CIDR wins. A listed
+	// CIDR is in the mesh whether MeshCIDRs covers it or not. A mesh
+	// destination not listed must present an identity of the proxy's own
+	// trust domain.
+	Destinations []MTLSDestination `json:"destinations"`
+	// GreetingHold matters in permissive mode only. There the proxy
+	// connects to the app while it waits for the client's first bytes, so
+	// that an app that speaks first (MySQL, SMTP: server-first protocols)
+	// is heard at once and its greeting passed on to a plaintext client,
+	// which says nothing until greeted. A client sidecar, though, always
+	// speaks first, and its ClientHello may still be on the wire when the
+	// app greets: the greeting is held back this long after the client
+	// connected, in case a ClientHello arrives, so that a mesh client is
+	// not answered in plaintext. It adds at most this much to a plaintext
+	// client's first greeting, and nothing to anything else. 0 passes the
+	// greeting on at once.
+	GreetingHold Duration `json:"greetingHold"`
+}
+
+// MTLSDestination pins the identity of the sidecars at a mesh
+// destination.
+type MTLSDestination struct {
+	// CIDR is the destination addresses, e.g. 10.1.2.0/24 or 10.1.2.3/32.
+	CIDR netip.Prefix `json:"cidr"`
+	// Identity is the SPIFFE ID the server there must present, e.g.
+	// spiffe://cluster.local/ns/shop/sa/payments.
+	Identity spiffeid.ID `json:"identity"`
+}
+
+// MTLSMode is what inbound connections must be, see MTLSConfig.Mode.
+type MTLSMode string
+
+// The mTLS modes.
+const (
+	MTLSStrict     MTLSMode = "strict"
+	MTLSPermissive MTLSMode = "permissive"
+	MTLSDisable    MTLSMode = "disable"
+)
+
+// valid reports whether m is one of the modes (unset is not).
+func (m MTLSMode) valid() bool {
+	return m == MTLSStrict || m == MTLSPermissive || m == MTLSDisable
 }
 
 // Mode is the interception mode, see Config.Mode.
@@ -133,8 +229,13 @@ func DefaultConfig() Config {
 		Health:  ServerConfig{Address: netip.AddrPortFrom(netip.IPv4Unspecified(), DefaultHealthPort)},
 		Timeouts: Timeouts{
 			Connect:    Duration(10 * time.Second),
+			Handshake:  Duration(10 * time.Second),
 			Idle:       Duration(time.Hour),
 			DrainGrace: Duration(5 * time.Second),
+		},
+		MTLS: MTLSConfig{
+			PlaintextOutsideMesh: true,
+			GreetingHold:         Duration(10 * time.Millisecond),
 		},
 	}
 }
@@ -235,6 +336,42 @@ func checkDoc(v any, t reflect.Type, path string, errs *[]error) {
 		}
 		return
 	}
+	if !pt.Implements(jsonUnmarshalerType) && !pt.Implements(textUnmarshalerType) {
+		switch t.Kind() {
+		case reflect.Slice:
+			l, ok := v.([]any)
+			if !ok {
+				*errs = append(*errs, fmt.Errorf("%s: want a list", pathOr(path)))
+				return
+			}
+			for i, e := range l {
+				checkDoc(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i), errs)
+			}
+			return
+		case reflect.Map:
+			m, ok := v.(map[string]any)
+			if !ok {
+				*errs = append(*errs, fmt.Errorf("%s: want a map", pathOr(path)))
+				return
+			}
+			keys := make([]string, 0, len(m))
+			for k := range m {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				p := path + "." + k
+				if t.Key() == reflect.TypeFor[uint16]() {
+					if _, err := strconv.ParseUint(k, 10, 16); err != nil {
+						*errs = append(*errs, fmt.Errorf("%s: %q is not a port; want a number from 1 to 65535", p, k))
+						continue
+					}
+				}
+				checkDoc(m[k], t.Elem(), p, errs)
+			}
+			return
+		}
+	}
 	b, err := json.Marshal(v)
 	if err == nil {
 		err = json.Unmarshal(b, reflect.New(t).Interface())
@@ -277,6 +414,10 @@ func describeValueError(err error, t reflect.Type, v any) string {
 		return fmt.Sprintf("%s is not an IP address; want e.g. 127.0.0.6 or ::6", got)
 	case reflect.TypeFor[netip.AddrPort]():
 		return fmt.Sprintf("%s is not an IP:port address; want e.g. 127.0.0.1:15000 or [::1]:15000", got)
+	case reflect.TypeFor[netip.Prefix]():
+		return fmt.Sprintf("%s is not a CIDR; want e.g. 10.0.0.0/8 or fd00::/8", got)
+	case reflect.TypeFor[spiffeid.ID]():
+		return fmt.Sprintf("%s is not a SPIFFE ID (%v); want e.g. spiffe://cluster.local/ns/default/sa/web", got, err)
 	}
 	if t.Kind() == reflect.String {
 		return fmt.Sprintf("%s is not a string", got)
@@ -348,13 +489,89 @@ func (c Config) Validate() error {
 	if c.Timeouts.Connect <= 0 {
 		bad("timeouts.connect: must be > 0, e.g. 5s")
 	}
+	if c.Timeouts.Handshake <= 0 {
+		bad("timeouts.handshake: must be > 0, e.g. 10s")
+	}
 	if c.Timeouts.Idle <= 0 {
 		bad("timeouts.idle: must be > 0, e.g. 1h")
 	}
 	if c.Timeouts.DrainGrace < 0 {
 		bad("timeouts.drainGrace: must be >= 0, e.g. 5s")
 	}
+	errs = append(errs, c.MTLS.validate()...)
 	return errors.Join(errs...)
+}
+
+// validate reports the problems of the mtls section. Whether the modes
+// have the certificates they need is New's to check: certificates are
+// not config.
+func (c MTLSConfig) validate() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if c.Mode != "" && !c.Mode.valid() {
+		bad("mtls.mode: %q is not a mode; want strict, permissive or disable, or leave it unset", string(c.Mode))
+	}
+	ports := make([]uint16, 0, len(c.PortModes))
+	for port := range c.PortModes {
+		ports = append(ports, port)
+	}
+	slices.Sort(ports)
+	for _, port := range ports {
+		switch m := c.PortModes[port]; {
+		case port == 0:
+			bad("mtls.portModes.0: 0 is not a port; want a number from 1 to 65535")
+		case !m.valid():
+			bad("mtls.portModes.%d: %q is not a mode; want strict, permissive or disable", port, string(m))
+		}
+	}
+
+	// A prefix must be in its canonical form: 10.1.2.3/8 is most likely a
+	// typo for a /32 or for 10.0.0.0/8, and an IPv4-mapped IPv6 prefix
+	// would never match (destinations are compared unmapped).
+	checkPrefix := func(field string, p netip.Prefix) bool {
+		switch {
+		case !p.IsValid():
+			bad("%s: want a CIDR, e.g. 10.0.0.0/8 or fd00::/8", field)
+		case p.Addr().Is4In6():
+			bad("%s: %s is IPv4-mapped and would never match; write it as IPv4, e.g. %s",
+				field, p, netip.PrefixFrom(p.Addr().Unmap(), max(0, p.Bits()-96)).Masked())
+		case p != p.Masked():
+			bad("%s: %s has bits set past the /%d; want %s", field, p, p.Bits(), p.Masked())
+		default:
+			return true
+		}
+		return false
+	}
+	seen := map[netip.Prefix]string{}
+	for i, p := range c.MeshCIDRs {
+		field := fmt.Sprintf("mtls.meshCIDRs[%d]", i)
+		if !checkPrefix(field, p) {
+			continue
+		}
+		if prev, ok := seen[p]; ok {
+			bad("%s: %s is also %s; list it once", field, p, prev)
+			continue
+		}
+		seen[p] = field
+	}
+	clear(seen)
+	for i, d := range c.Destinations {
+		field := fmt.Sprintf("mtls.destinations[%d]", i)
+		if checkPrefix(field+".cidr", d.CIDR) {
+			if prev, ok := seen[d.CIDR]; ok {
+				bad("%s.cidr: %s is also %s.cidr; give each CIDR one identity", field, d.CIDR, prev)
+			}
+			seen[d.CIDR] = field
+		}
+		if d.Identity.IsZero() {
+			bad("%s.identity: want a SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/web", field)
+		}
+	}
+	if c.GreetingHold < 0 {
+		bad("mtls.greetingHold: must be >= 0, e.g. 10ms")
+	}
+	return errs
 }
 
 // Duration is a time.Duration written as a Go duration string, "5s",

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
 )
 
@@ -43,10 +46,15 @@ func TestDefaultConfigIsDesign(t *testing.T) {
 		{"source4", c.Inbound.PassthroughSourceIPv4.String(), "127.0.0.6"},
 		{"source6", c.Inbound.PassthroughSourceIPv6.String(), "::6"},
 		{"connect", c.Timeouts.Connect.String(), "10s"},
+		{"handshake", c.Timeouts.Handshake.String(), "10s"},
 		{"idle", c.Timeouts.Idle.String(), "1h0m0s"},
 		{"drain", c.Timeouts.DrainGrace.String(), "5s"},
 		{"mode", string(c.Mode), "redirect"},
 		{"log", c.LogLevel, "info"},
+		{"mtls mode: resolved at New", string(c.MTLS.Mode), ""},
+		{"plaintext outside the mesh", strconv.FormatBool(c.MTLS.PlaintextOutsideMesh), "true"},
+		{"greeting hold", c.MTLS.GreetingHold.String(), "10ms"},
+		{"mesh CIDRs", fmt.Sprint(c.MTLS.MeshCIDRs), "[]"},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s = %s, want %s", tc.name, tc.got, tc.want)
@@ -55,6 +63,26 @@ func TestDefaultConfigIsDesign(t *testing.T) {
 }
 
 func itoa(p uint16) string { return strconv.Itoa(int(p)) }
+
+// configOpts compare Configs: netip and spiffeid values by value, and an
+// empty list or map as none.
+var configOpts = cmp.Options{
+	cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
+	cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }),
+	cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }),
+	cmp.Comparer(func(a, b spiffeid.ID) bool { return a == b }),
+	cmpopts.EquateEmpty(),
+}
+
+func mustID(s string) spiffeid.ID { return spiffeid.RequireFromString(s) }
+
+func prefixes(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
 
 func TestValidate(t *testing.T) {
 	tests := []struct {
@@ -87,6 +115,56 @@ func TestValidate(t *testing.T) {
 			"inbound.port: port 15001 is also outbound.port; give each listener its own port"},
 		{"metrics on health port", func(c *Config) { c.Health.Address = netip.MustParseAddrPort("0.0.0.0:15020") },
 			"health.address: port 15020 is also metrics.address; give each listener its own port"},
+		{"mtls strict with mesh", func(c *Config) {
+			c.MTLS.Mode = MTLSStrict
+			c.MTLS.PortModes = map[uint16]MTLSMode{8080: MTLSPermissive, 9090: MTLSDisable}
+			c.MTLS.MeshCIDRs = prefixes("10.0.0.0/8", "fd00::/8")
+			c.MTLS.Destinations = []MTLSDestination{
+				{CIDR: netip.MustParsePrefix("10.1.0.0/16"), Identity: mustID("spiffe://cluster.local/ns/a/sa/b")},
+				{CIDR: netip.MustParsePrefix("10.1.2.3/32"), Identity: mustID("spiffe://cluster.local/ns/a/sa/c")},
+				{CIDR: netip.MustParsePrefix("fd00::/64"), Identity: mustID("spiffe://cluster.local/ns/a/sa/d")},
+			}
+			c.MTLS.GreetingHold = 0
+		}, ""},
+		{"zero handshake timeout", func(c *Config) { c.Timeouts.Handshake = 0 },
+			"timeouts.handshake: must be > 0, e.g. 10s"},
+		{"bad mtls mode", func(c *Config) { c.MTLS.Mode = "on" },
+			`mtls.mode: "on" is not a mode; want strict, permissive or disable, or leave it unset`},
+		{"bad port modes", func(c *Config) {
+			c.MTLS.PortModes = map[uint16]MTLSMode{0: MTLSStrict, 8080: "", 80: "lax"}
+		}, strings.Join([]string{
+			"mtls.portModes.0: 0 is not a port; want a number from 1 to 65535",
+			`mtls.portModes.80: "lax" is not a mode; want strict, permissive or disable`,
+			`mtls.portModes.8080: "" is not a mode; want strict, permissive or disable`,
+		}, "\n")},
+		{"bad mesh CIDRs", func(c *Config) {
+			c.MTLS.MeshCIDRs = []netip.Prefix{{}, netip.MustParsePrefix("10.1.2.3/8"),
+				netip.MustParsePrefix("::ffff:10.0.0.0/104"), netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("10.0.0.0/8")}
+		}, strings.Join([]string{
+			"mtls.meshCIDRs[0]: want a CIDR, e.g. 10.0.0.0/8 or fd00::/8",
+			"mtls.meshCIDRs[1]: 10.1.2.3/8 has bits set past the /8; want 10.0.0.0/8",
+			"mtls.meshCIDRs[2]: ::ffff:10.0.0.0/104 is IPv4-mapped and would never match; write it as IPv4, e.g. 10.0.0.0/8",
+			"mtls.meshCIDRs[4]: 10.0.0.0/8 is also mtls.meshCIDRs[3]; list it once",
+		}, "\n")},
+		{"destinations outside the mesh CIDRs", func(c *Config) {
+			c.MTLS.Destinations = []MTLSDestination{{CIDR: netip.MustParsePrefix("10.0.1.0/24"), Identity: mustID("spiffe://td/ns/a/sa/b")}}
+		}, ""},
+		{"bad destinations", func(c *Config) {
+			id := mustID("spiffe://cluster.local/ns/a/sa/b")
+			c.MTLS.Destinations = []MTLSDestination{
+				{CIDR: netip.MustParsePrefix("10.0.1.0/24")},
+				{Identity: id},
+				{CIDR: netip.MustParsePrefix("10.0.1.0/24"), Identity: id},
+				{CIDR: netip.MustParsePrefix("10.0.1.1/24"), Identity: id},
+			}
+		}, strings.Join([]string{
+			"mtls.destinations[0].identity: want a SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/web",
+			"mtls.destinations[1].cidr: want a CIDR, e.g. 10.0.0.0/8 or fd00::/8",
+			"mtls.destinations[2].cidr: 10.0.1.0/24 is also mtls.destinations[0].cidr; give each CIDR one identity",
+			"mtls.destinations[3].cidr: 10.0.1.1/24 has bits set past the /24; want 10.0.1.0/24",
+		}, "\n")},
+		{"negative greeting hold", func(c *Config) { c.MTLS.GreetingHold = Duration(-time.Millisecond) },
+			"mtls.greetingHold: must be >= 0, e.g. 10ms"},
 		{"everything wrong at once", func(c *Config) {
 			c.Mode = ""
 			c.LogLevel = ""
@@ -94,7 +172,8 @@ func TestValidate(t *testing.T) {
 			c.Inbound.PassthroughSourceIPv6 = netip.Addr{}
 			c.Metrics.Address = netip.AddrPort{}
 			c.Health.Address = netip.MustParseAddrPort("127.0.0.1:15006")
-			c.Timeouts = Timeouts{Connect: -1, Idle: 0, DrainGrace: -1}
+			c.Timeouts = Timeouts{Connect: -1, Handshake: 1, Idle: 0, DrainGrace: -1}
+			c.MTLS.Mode = "x"
 		}, strings.Join([]string{
 			`mode: "" is not a mode; want redirect or tproxy`,
 			`logLevel: "" is not a level; want debug, info, warn or error`,
@@ -105,6 +184,7 @@ func TestValidate(t *testing.T) {
 			"timeouts.connect: must be > 0, e.g. 5s",
 			"timeouts.idle: must be > 0, e.g. 1h",
 			"timeouts.drainGrace: must be >= 0, e.g. 5s",
+			`mtls.mode: "x" is not a mode; want strict, permissive or disable, or leave it unset`,
 		}, "\n")},
 	}
 	for _, tc := range tests {
@@ -146,7 +226,15 @@ inbound:
 admin: {address: "[::1]:16000"}
 metrics: {address: "0.0.0.0:16020"}
 health: {address: "10.0.0.1:16021"}
-timeouts: {connect: 1s, idle: 30m, drainGrace: 0s}
+timeouts: {connect: 1s, handshake: 2s, idle: 30m, drainGrace: 0s}
+mtls:
+  mode: permissive
+  portModes: {8080: strict, "9090": disable}
+  meshCIDRs: [10.0.0.0/8, "fd00::/8"]
+  plaintextOutsideMesh: false
+  destinations:
+  - {cidr: 10.1.0.0/16, identity: "spiffe://cluster.local/ns/shop/sa/payments"}
+  greetingHold: 5ms
 `, want: func(c *Config) {
 			*c = Config{
 				Mode: ModeTProxy, LogLevel: "debug", Mark: 1,
@@ -157,7 +245,15 @@ timeouts: {connect: 1s, idle: 30m, drainGrace: 0s}
 				Admin:    ServerConfig{Address: netip.MustParseAddrPort("[::1]:16000")},
 				Metrics:  ServerConfig{Address: netip.MustParseAddrPort("0.0.0.0:16020")},
 				Health:   ServerConfig{Address: netip.MustParseAddrPort("10.0.0.1:16021")},
-				Timeouts: Timeouts{Connect: Duration(time.Second), Idle: Duration(30 * time.Minute)},
+				Timeouts: Timeouts{Connect: Duration(time.Second), Handshake: Duration(2 * time.Second), Idle: Duration(30 * time.Minute)},
+				MTLS: MTLSConfig{
+					Mode:      MTLSPermissive,
+					PortModes: map[uint16]MTLSMode{8080: MTLSStrict, 9090: MTLSDisable},
+					MeshCIDRs: prefixes("10.0.0.0/8", "fd00::/8"),
+					Destinations: []MTLSDestination{{CIDR: netip.MustParsePrefix("10.1.0.0/16"),
+						Identity: mustID("spiffe://cluster.local/ns/shop/sa/payments")}},
+					GreetingHold: Duration(5 * time.Millisecond),
+				},
 			}
 		}},
 		{name: "mark in decimal", yaml: "mark: 1337", want: func(c *Config) { c.Mark = 0x539 }},
@@ -165,11 +261,11 @@ timeouts: {connect: 1s, idle: 30m, drainGrace: 0s}
 		{name: "null section keeps defaults", yaml: "timeouts:\n", want: func(*Config) {}},
 
 		{name: "unknown top-level field", yaml: "port: 1",
-			wantErr: "port: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts"},
+			wantErr: "port: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls"},
 		{name: "unknown nested field", yaml: "timeouts:\n  read: 1s",
-			wantErr: "timeouts.read: unknown field; want one of connect, idle, drainGrace"},
+			wantErr: "timeouts.read: unknown field; want one of connect, handshake, idle, drainGrace"},
 		{name: "field names are case-sensitive", yaml: "logLEVEL: debug",
-			wantErr: "logLEVEL: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts"},
+			wantErr: "logLEVEL: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls"},
 		{name: "port out of range", yaml: "outbound:\n  port: 70000",
 			wantErr: "outbound.port: 70000 is not a port; want a number from 0 to 65535"},
 		{name: "port as a string", yaml: "inbound:\n  port: \"15006\"",
@@ -187,16 +283,44 @@ timeouts: {connect: 1s, idle: 30m, drainGrace: 0s}
 		{name: "section as a scalar", yaml: "outbound: 15001",
 			wantErr: "outbound: want a section with fields port"},
 		{name: "list at the top", yaml: "- mode: redirect",
-			wantErr: "config: want a section with fields mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts"},
+			wantErr: "config: want a section with fields mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls"},
+		{name: "mtls values that do not parse", yaml: `
+mtls:
+  mode: 1
+  portModes: {http: strict, 70000: strict, 8080: [strict]}
+  meshCIDRs: [10.0.0.0, 10.0.0.0/33, {cidr: 1}]
+  destinations:
+  - {cidr: 10.0.0.0/8, identity: "https://example.org/x"}
+  - {cidr: 10.0.0.0/8, identity: "spiffe://example.org/a/../b", name: x}
+  - 10.0.0.0/8
+`, wantErr: strings.Join([]string{
+			"mtls.destinations[0].identity: \"https://example.org/x\" is not a SPIFFE ID (scheme is missing or invalid); want e.g. spiffe://cluster.local/ns/default/sa/web",
+			"mtls.destinations[1].identity: \"spiffe://example.org/a/../b\" is not a SPIFFE ID (path cannot contain dot segments); want e.g. spiffe://cluster.local/ns/default/sa/web",
+			"mtls.destinations[1].name: unknown field; want one of cidr, identity",
+			"mtls.destinations[2]: want a section with fields cidr, identity",
+			`mtls.meshCIDRs[0]: "10.0.0.0" is not a CIDR; want e.g. 10.0.0.0/8 or fd00::/8`,
+			`mtls.meshCIDRs[1]: "10.0.0.0/33" is not a CIDR; want e.g. 10.0.0.0/8 or fd00::/8`,
+			"mtls.meshCIDRs[2]: a section is not a CIDR; want e.g. 10.0.0.0/8 or fd00::/8",
+			"mtls.mode: 1 is not a string",
+			`mtls.portModes.70000: "70000" is not a port; want a number from 1 to 65535`,
+			"mtls.portModes.8080: a list is not a string",
+			`mtls.portModes.http: "http" is not a port; want a number from 1 to 65535`,
+		}, "\n")},
+		{name: "mtls lists of the wrong shape", yaml: "mtls: {meshCIDRs: 10.0.0.0/8, portModes: [1], destinations: {a: 1}}",
+			wantErr: strings.Join([]string{
+				"mtls.destinations: want a list",
+				"mtls.meshCIDRs: want a list",
+				"mtls.portModes: want a map",
+			}, "\n")},
 		{name: "duplicate field", yaml: "mode: redirect\nmode: tproxy",
 			wantErr: `yaml: line 2: key "mode" already set in map`},
 		{name: "not yaml", yaml: "mode: [",
 			wantErr: "yaml: line 1: did not find expected node content"},
 		{name: "every problem at once", yaml: "mode: 1\nfoo: 1\ntimeouts:\n  connect: x\n  bar: 2\n",
 			wantErr: strings.Join([]string{
-				"foo: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts",
+				"foo: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls",
 				"mode: 1 is not a string",
-				"timeouts.bar: unknown field; want one of connect, idle, drainGrace",
+				"timeouts.bar: unknown field; want one of connect, handshake, idle, drainGrace",
 				`timeouts.connect: "x" is not a duration; want a number with a unit, e.g. "5s" or "1m30s"`,
 			}, "\n")},
 	}
@@ -217,8 +341,7 @@ timeouts: {connect: 1s, idle: 30m, drainGrace: 0s}
 			}
 			want := DefaultConfig()
 			tc.want(&want)
-			if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
-				cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+			if diff := cmp.Diff(want, got, configOpts); diff != "" {
 				t.Errorf("config mismatch (-want +got):\n%s", diff)
 			}
 		})
@@ -259,7 +382,11 @@ func TestLoadConfig(t *testing.T) {
 
 // TestConfigRoundTrip checks that what /config prints reads back the same.
 func TestConfigRoundTrip(t *testing.T) {
-	for _, c := range []Config{DefaultConfig(), testConfig()} {
+	full := DefaultConfig()
+	full.MTLS = MTLSConfig{Mode: MTLSStrict, PortModes: map[uint16]MTLSMode{8080: MTLSPermissive},
+		MeshCIDRs:    prefixes("10.0.0.0/8"),
+		Destinations: []MTLSDestination{{CIDR: netip.MustParsePrefix("10.1.0.0/16"), Identity: mustID("spiffe://td/ns/a/sa/b")}}}
+	for _, c := range []Config{DefaultConfig(), testConfig(), full} {
 		b, err := yaml.Marshal(c)
 		if err != nil {
 			t.Fatal(err)
@@ -268,8 +395,8 @@ func TestConfigRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ParseConfig(%s): %v", b, err)
 		}
-		if got != c {
-			t.Errorf("round trip of\n%s\ngave %+v, want %+v", b, got, c)
+		if diff := cmp.Diff(c, got, configOpts); diff != "" {
+			t.Errorf("round trip of\n%s\nmismatch (-want +got):\n%s", b, diff)
 		}
 	}
 }
@@ -278,7 +405,9 @@ func FuzzParseConfig(f *testing.F) {
 	b, _ := yaml.Marshal(DefaultConfig())
 	f.Add(b)
 	for _, s := range []string{"", "mark: 0x539", "timeouts: {connect: 1s}", "outbound: {port: 70000}",
-		"admin: {address: '[::1]:1'}", "a: [", "- 1", "mode: tproxy\nmode: redirect", "inbound: {passthroughSourceIPv6: '::6'}"} {
+		"admin: {address: '[::1]:1'}", "a: [", "- 1", "mode: tproxy\nmode: redirect", "inbound: {passthroughSourceIPv6: '::6'}",
+		"mtls: {mode: strict, portModes: {8080: permissive}, meshCIDRs: [10.0.0.0/8]}",
+		"mtls: {destinations: [{cidr: 10.1.0.0/16, identity: 'spiffe://td/ns/a/sa/b'}]}"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -298,8 +427,8 @@ func FuzzParseConfig(f *testing.F) {
 		if err != nil {
 			t.Fatalf("ParseConfig(Marshal(c)) for %q: %v\n%s", data, err, out)
 		}
-		if again != c {
-			t.Fatalf("round trip of %q: got %+v, want %+v", data, again, c)
+		if diff := cmp.Diff(c, again, configOpts); diff != "" {
+			t.Fatalf("round trip of %q mismatch (-want +got):\n%s", data, diff)
 		}
 		_ = c.Validate()
 	})

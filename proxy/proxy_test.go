@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"sigs.k8s.io/yaml"
@@ -584,8 +585,11 @@ func TestHealthAndAdmin(t *testing.T) {
 
 	code, body := httpGet(t, "GET", admin+"/config")
 	var got Config
-	if err := yaml.UnmarshalStrict([]byte(body), &got); code != 200 || err != nil || got != cfg {
+	want := cfg
+	if err := yaml.UnmarshalStrict([]byte(body), &got); code != 200 || err != nil {
 		t.Errorf("/config = %d %v\n%s\nwant the effective config", code, err, body)
+	} else if diff := cmp.Diff(want, got, configOpts); diff != "" {
+		t.Errorf("/config is not the effective config (-want +got):\n%s", diff)
 	}
 	code, body = httpGet(t, "GET", admin+"/config?format=json")
 	if code != 200 || !strings.Contains(body, `"mark": "0x539"`) || !strings.Contains(body, `"connect": "10s"`) {
