@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"time"
@@ -28,8 +29,16 @@ type outcome struct {
 	sent     int64          // client → upstream
 	received int64          // upstream → client
 	err      error
-	refused  bool // never forwarded: no destination, loop, or dial failure
+	refused  bool    // never forwarded: no destination, loop, dial or handshake failure, policy
+	mtls     bool    // mesh mTLS was used, or tried
+	tls      tlsInfo // the mesh handshake's peer and resumption
+	reason   string  // why it was refused, when a reason other than err is worth a field
+	alerted  bool    // refused with a TLS alert: close gracefully so the client can read it
 }
+
+// alertLinger bounds how long a client refused with a TLS alert is given
+// to read it, see lingerClose.
+const alertLinger = 500 * time.Millisecond
 
 // handle serves one captured connection from accept to close and writes
 // its one log line.
@@ -44,20 +53,23 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 	}
 
 	o := p.pipeline(ctx, l, client, m)
-	if o.refused {
+	switch {
+	case o.refused && o.alerted:
+		lingerClose(client)
+	case o.refused:
 		reset(client)
-	} else {
+	default:
 		client.Close()
 	}
 	m.closed.Inc()
 	m.active.Dec()
 
 	lvl := zapcore.InfoLevel
-	if o.refused {
+	if o.refused || o.reason != "" {
 		lvl = zapcore.WarnLevel
 	}
 	if ce := p.log.Check(lvl, "connection closed"); ce != nil {
-		fields := make([]zap.Field, 0, 7)
+		fields := make([]zap.Field, 0, 11)
 		fields = append(fields, zap.Stringer("direction", l.dir), zap.Stringer("src", src))
 		if o.dst.IsValid() {
 			fields = append(fields, zap.Stringer("dst", o.dst))
@@ -65,7 +77,13 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 		fields = append(fields,
 			zap.Int64("bytes_sent", o.sent),
 			zap.Int64("bytes_received", o.received),
-			zap.Duration("duration", time.Since(start)))
+			zap.Duration("duration", time.Since(start)),
+			zap.Bool("mtls", o.mtls),
+			zap.String("peer_identity", o.tls.peer.String()),
+			zap.Bool("tls_resumed", o.tls.resumed))
+		if o.reason != "" {
+			fields = append(fields, zap.String("reason", o.reason))
+		}
 		if o.err != nil {
 			fields = append(fields, zap.Error(o.err))
 		}
@@ -73,9 +91,25 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 	}
 }
 
+// lingerClose closes a connection that was just sent a TLS alert so that
+// the peer reads the alert: a FIN after it, then the peer's bytes read
+// and dropped until it closes (a close with unread bytes would send a
+// reset, and a reset makes the peer's kernel discard the alert unread),
+// for alertLinger at most; a peer still sending then is reset.
+func lingerClose(c *net.TCPConn) {
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(alertLinger))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		reset(c)
+		return
+	}
+	c.Close()
+}
+
 // pipeline runs the stages of one connection: original destination, loop
-// guard, dial, forward. Later stages (mTLS termination, protocol
-// detection, L7) slot in between the loop guard and the dial.
+// guard, then the direction's own: inbound, mTLS termination by ALPN (see
+// inbound.go); outbound, mTLS origination to the mesh (outbound.go);
+// then dial and forward. Protocol detection and L7 slot in after mTLS.
 func (p *Proxy) pipeline(ctx context.Context, l *captureListener, client *net.TCPConn, m *dirMetrics) outcome {
 	dst, err := p.originalDst(l, client)
 	if err != nil {
@@ -91,17 +125,39 @@ func (p *Proxy) pipeline(ctx context.Context, l *captureListener, client *net.TC
 	if _, ok := p.upstreams.Load(addrPort(client.RemoteAddr())); ok {
 		return outcome{dst: dst, err: errCaptured, refused: true}
 	}
-	upstream, err := p.dial(ctx, l.dir, dst)
+	if l.dir == Inbound {
+		return p.inbound(ctx, client, dst, m)
+	}
+	return p.outbound(ctx, client, dst, m)
+}
+
+// plain dials dst and forwards the connection as it is: the L4 path.
+func (p *Proxy) plain(ctx context.Context, dir Direction, client *net.TCPConn, dst netip.AddrPort, m *dirMetrics) outcome {
+	upstream, err := p.dialUpstream(ctx, dir, dst)
 	if err != nil {
 		m.connectFailures.Inc()
 		return outcome{dst: dst, err: err, refused: true}
 	}
-	defer upstream.Close()
-	local := addrPort(upstream.LocalAddr())
-	p.upstreams.Store(local, struct{}{})
-	defer p.upstreams.Delete(local)
-	sent, received, err := forward(client, upstream, p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	defer p.closeUpstream(upstream)
+	sent, received, err := forward(leg{tcp: client}, leg{tcp: upstream}, p.cfg.Timeouts.Idle.D(), p.copyMode, m)
 	return outcome{dst: dst, sent: sent, received: received, err: err}
+}
+
+// dialUpstream dials dst (see dial) and registers the connection with the
+// loop guard until closeUpstream.
+func (p *Proxy) dialUpstream(ctx context.Context, dir Direction, dst netip.AddrPort) (*net.TCPConn, error) {
+	c, err := p.dial(ctx, dir, dst)
+	if err != nil {
+		return nil, err
+	}
+	p.upstreams.Store(addrPort(c.LocalAddr()), struct{}{})
+	return c, nil
+}
+
+// closeUpstream closes a connection of dialUpstream.
+func (p *Proxy) closeUpstream(c *net.TCPConn) {
+	p.upstreams.Delete(addrPort(c.LocalAddr()))
+	c.Close()
 }
 
 // originalDst finds where the client was going.

@@ -6,7 +6,8 @@
 // made to the app to the inbound capture listener (15006). Each accepted
 // connection runs through one pipeline of narrow stages:
 //
-//		accept → original destination → loop guard → dial → forward
+//		accept → original destination → loop guard → (inbound: mTLS termination by ALPN)
+//		       → dial (outbound: mTLS origination to the mesh) → forward
 //
 //	  - accept: one IPv4 and one IPv6 listener per direction (the IPv6 one
 //	    is skipped when the namespace has no IPv6).
@@ -18,15 +19,27 @@
 //	  - loop guard: a connection bound for the proxy's own capture port on
 //	    a local address, or one that was never redirected, is refused, never
 //	    dialed.
+//	  - mTLS termination (inbound.go): by the mode of the app's port
+//	    (MTLSConfig), the first bytes are peeked under a deadline and
+//	    parsed (package sniff); a ClientHello offering ALPN meshgate/tcp
+//	    is mesh TLS from another sidecar, terminated with the certificates
+//	    of MeshTLS (WithMeshTLS); plaintext is refused (strict) or
+//	    replayed to the app (permissive). In permissive mode the app is
+//	    dialed while the client's first bytes are awaited, so a
+//	    server-first app is heard at once (firstBytesRace).
 //	  - dial: outbound to the original destination, inbound to the app at
 //	    the original destination's address from the passthrough source
 //	    127.0.0.6 / ::6; both marked with SO_MARK so the rules let them by.
-//	  - forward: a bidirectional copy that keeps TCP half-close, with an
-//	    idle timeout and byte counters that move as the bytes do.
+//	    Outbound to the mesh (mtls.meshCIDRs), the connection is TLS 1.3
+//	    with ALPN meshgate/tcp, the server's SPIFFE ID checked (outbound.go).
+//	  - forward: a bidirectional copy that keeps TCP half-close (across
+//	    TLS as close_notify), with an idle timeout and byte counters that
+//	    move as the bytes do. Plaintext legs use splice(2), TLS legs a
+//	    pooled buffer.
 //
-// Mesh mTLS termination (by ALPN) and protocol detection will slot in
-// between the loop guard and the dial; L7 HTTP replaces forward for the
-// protocols it understands.
+// Protocol detection will slot in after mTLS termination (reusing the
+// peek and the race); L7 HTTP replaces forward for the protocols it
+// understands.
 //
 // Beside the listeners, the proxy serves Prometheus metrics (15020), the
 // health probes (15021) and an admin API on loopback (15000). Run drains

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -32,9 +33,50 @@ const (
 	copyBuffer                 // a pooled buffer only (tests, benchmarks)
 )
 
+// leg is one side of a forwarded connection.
+type leg struct {
+	// tcp is the socket: deadlines, half-close, reset and splice act on it.
+	tcp *net.TCPConn
+	// tls, when set, is the mesh TLS carried on tcp: bytes are read and
+	// written through it, and splice cannot be used.
+	tls *tls.Conn
+	// pending holds bytes already read from this side (while peeking at
+	// the connection) and not yet written to the other: forward writes
+	// them first. pendingBuf is their pooled buffer, put back after.
+	pending    []byte
+	pendingBuf *[]byte
+}
+
+// Read reads from the leg: plaintext, whether it is TLS or not.
+func (l *leg) Read(b []byte) (int, error) {
+	if l.tls != nil {
+		return l.tls.Read(b)
+	}
+	return l.tcp.Read(b)
+}
+
+// closeWrite ends the leg's write side: for TLS a close_notify alert
+// (which the peer sidecar reads as EOF, RFC 8446 §6.1), then a FIN.
+func (l *leg) closeWrite() error {
+	if l.tls != nil {
+		if err := l.tls.CloseWrite(); err != nil {
+			return err
+		}
+	}
+	return l.tcp.CloseWrite()
+}
+
+// releasePending puts the pending bytes' buffer back.
+func (l *leg) releasePending() {
+	if l.pendingBuf != nil {
+		peekPool.Put(l.pendingBuf)
+	}
+	l.pending, l.pendingBuf = nil, nil
+}
+
 // flow is the state two copy directions share.
 type flow struct {
-	client, upstream *net.TCPConn
+	client, upstream leg
 	idle             time.Duration
 	mode             copyMode
 	last             atomic.Int64 // time of the last byte either way, unix ns
@@ -51,12 +93,13 @@ type direction struct {
 }
 
 // forward copies client→upstream and upstream→client until both ways have
-// ended. An EOF one way half-closes the other side (CloseWrite) and the
-// other way goes on: TCP half-close is preserved end to end. Any failure
-// one way (reset, idle timeout) resets both connections, so neither peer
-// mistakes a broken stream for a complete one. Bytes are added to the
-// counters as they flow.
-func forward(client, upstream *net.TCPConn, idle time.Duration, mode copyMode, m *dirMetrics) (sent, received int64, err error) {
+// ended. An EOF one way half-closes the other side (CloseWrite, or a TLS
+// close_notify) and the other way goes on: TCP half-close is preserved
+// end to end, across mesh TLS too. Any failure one way (reset, idle
+// timeout) resets both connections, so neither peer mistakes a broken
+// stream for a complete one. Bytes (plaintext bytes, on a TLS leg) are
+// added to the counters as they flow, pending bytes first.
+func forward(client, upstream leg, idle time.Duration, mode copyMode, m *dirMetrics) (sent, received int64, err error) {
 	f := &flow{client: client, upstream: upstream, idle: idle, mode: mode}
 	// Idle detection costs nothing per read: both sockets get a deadline
 	// one idle period out; when one fires, the shared last-activity time
@@ -64,31 +107,41 @@ func forward(client, upstream *net.TCPConn, idle time.Duration, mode copyMode, m
 	// this way) or whether the connection is idle.
 	now := time.Now()
 	f.last.Store(now.UnixNano())
-	client.SetDeadline(now.Add(idle))
-	upstream.SetDeadline(now.Add(idle))
+	client.tcp.SetDeadline(now.Add(idle))
+	upstream.tcp.SetDeadline(now.Add(idle))
 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		received = f.copy(client, upstream, &direction{"upstream", "client", m.received})
+		received = f.copy(&f.client, &f.upstream, &direction{"upstream", "client", m.received})
 	}()
-	sent = f.copy(upstream, client, &direction{"client", "upstream", m.sent})
+	sent = f.copy(&f.upstream, &f.client, &direction{"client", "upstream", m.sent})
 	<-done
 	return sent, received, f.err
 }
 
 // copy moves bytes from src to dst until src's EOF, which it passes on as
 // a half-close of dst, or until a failure, which aborts the flow.
-func (f *flow) copy(dst, src *net.TCPConn, d *direction) int64 {
+func (f *flow) copy(dst, src *leg, d *direction) int64 {
 	var (
 		n   int64
 		err error
 	)
-	if f.mode == copySplice {
-		n, err = f.spliceCopy(dst, src, d)
+	if len(src.pending) > 0 {
+		n, err = f.write(dst, src.pending)
+		d.counter.Add(float64(n))
+		src.releasePending()
+		if err != nil {
+			f.fail(fmt.Errorf("write to %s: %w", d.dstName, err))
+			return n
+		}
 	}
-	if f.mode == copyBuffer || errors.Is(err, errSpliceUnsupported) {
-		var more int64
+	var more int64
+	if f.mode == copySplice && src.tls == nil && dst.tls == nil {
+		more, err = f.spliceCopy(dst.tcp, src.tcp, d)
+		n += more
+	}
+	if f.mode == copyBuffer || src.tls != nil || dst.tls != nil || errors.Is(err, errSpliceUnsupported) {
 		more, err = f.bufferCopy(dst, src, d)
 		n += more
 	}
@@ -99,7 +152,7 @@ func (f *flow) copy(dst, src *net.TCPConn, d *direction) int64 {
 }
 
 // bufferCopy is copy through a pooled buffer.
-func (f *flow) bufferCopy(dst, src *net.TCPConn, d *direction) (int64, error) {
+func (f *flow) bufferCopy(dst, src *leg, d *direction) (int64, error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -119,23 +172,38 @@ func (f *flow) bufferCopy(dst, src *net.TCPConn, d *direction) (int64, error) {
 			continue
 		}
 		if rerr == io.EOF {
-			if err := dst.CloseWrite(); err != nil {
+			if err := dst.closeWrite(); err != nil {
 				return total, fmt.Errorf("half-close %s: %w", d.dstName, err)
 			}
 			return total, nil
 		}
-		if f.extend(rerr, src.SetReadDeadline) {
+		if f.extend(rerr, src.tcp.SetReadDeadline) {
 			continue
 		}
 		return total, fmt.Errorf("read from %s: %w", d.srcName, f.idleOr(rerr))
 	}
 }
 
-// write writes all of b, riding over deadlines while the flow is active.
-func (f *flow) write(dst *net.TCPConn, b []byte) (int64, error) {
+// write writes all of b to dst, riding over deadlines while the flow is
+// active. A TLS leg cannot ride over one (a timed-out TLS write leaves
+// the stream corrupt), so each of its writes gets a deadline one idle
+// period out instead: a TLS write fails when it has made no progress for
+// that long.
+func (f *flow) write(dst *leg, b []byte) (int64, error) {
+	if dst.tls != nil {
+		dst.tcp.SetWriteDeadline(time.Now().Add(f.idle))
+		n, err := dst.tls.Write(b)
+		if n > 0 {
+			f.touch()
+		}
+		if err != nil {
+			return int64(n), f.idleOr(err)
+		}
+		return int64(n), nil
+	}
 	var total int64
 	for {
-		n, err := dst.Write(b)
+		n, err := dst.tcp.Write(b)
 		total += int64(n)
 		if err == nil {
 			f.touch()
@@ -145,7 +213,7 @@ func (f *flow) write(dst *net.TCPConn, b []byte) (int64, error) {
 			f.touch()
 		}
 		b = b[n:]
-		if !f.extend(err, dst.SetWriteDeadline) {
+		if !f.extend(err, dst.tcp.SetWriteDeadline) {
 			return total, f.idleOr(err)
 		}
 	}
@@ -182,7 +250,7 @@ func (f *flow) fail(err error) {
 	f.once.Do(func() {
 		f.err = err
 		f.aborted.Store(true)
-		reset(f.client)
-		reset(f.upstream)
+		reset(f.client.tcp)
+		reset(f.upstream.tcp)
 	})
 }

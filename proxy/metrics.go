@@ -8,6 +8,17 @@ import (
 // children resolved once so the hot path never looks up labels.
 type metrics struct {
 	dir [2]dirMetrics // indexed by Direction
+
+	// handshakes counts mesh TLS handshakes by direction, result
+	// ("ok", "failed"), reason (the failure's label, "" when ok), resumed
+	// ("true", "false") and peer_identity (the peer's SPIFFE ID, "" when
+	// not known).
+	handshakes *prometheus.CounterVec
+	// plaintextRefused counts connections refused for not being mesh
+	// mTLS, by direction and port: inbound, in strict mode (the app's
+	// port); outbound, outside the mesh with mtls.plaintextOutsideMesh
+	// false (the destination port).
+	plaintextRefused *prometheus.CounterVec
 }
 
 // dirMetrics are the collectors of one direction.
@@ -48,12 +59,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "meshgate_tcp_connect_failures_total",
 		Help: "Failed attempts to connect to a connection's original destination (refused, unreachable, timed out).",
 	}, labels)
-	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures} {
+	handshakes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshgate_tls_handshakes_total",
+		Help: "Mesh mTLS handshakes between sidecars, by result, failure reason, session resumption and the peer's SPIFFE ID.",
+	}, []string{"direction", "result", "reason", "resumed", "peer_identity"})
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshgate_mtls_plaintext_refused_total",
+		Help: "Connections refused for not being mesh mTLS: inbound in strict mode, by the app's port; outbound outside the mesh when plaintext is not allowed there, by destination port.",
+	}, []string{"direction", "port"})
+	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
-	m := &metrics{}
+	m := &metrics{handshakes: handshakes, plaintextRefused: refused}
 	for _, d := range []Direction{Outbound, Inbound} {
 		l := d.String()
 		m.dir[d] = dirMetrics{

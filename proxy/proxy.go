@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -89,6 +91,8 @@ type Proxy struct {
 	metrics  *metrics
 	origDst  OriginalDstFunc // nil: the default lookup of cfg.Mode
 	copyMode copyMode        // how forward moves bytes; tests set copyBuffer
+	meshTLS  MeshTLS         // WithMeshTLS; nil: no certificates
+	mesh     *meshState      // cfg.MTLS resolved against meshTLS
 
 	started atomic.Bool
 	ready   chan struct{} // closed once every listener is bound and serving
@@ -138,6 +142,17 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 	for _, o := range opts {
 		o(p)
 	}
+	mesh, err := newMeshState(cfg.MTLS, p.meshTLS)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: invalid config: %w", err)
+	}
+	p.mesh = mesh
+	// The config is the caller's; keep a copy, with the mode in effect
+	// for /config.
+	p.cfg.MTLS.Mode = mesh.mode
+	p.cfg.MTLS.PortModes = maps.Clone(cfg.MTLS.PortModes)
+	p.cfg.MTLS.MeshCIDRs = slices.Clone(cfg.MTLS.MeshCIDRs)
+	p.cfg.MTLS.Destinations = slices.Clone(cfg.MTLS.Destinations)
 	if p.reg == nil {
 		p.reg = prometheus.NewRegistry()
 		p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -205,6 +220,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	close(p.ready)
 	p.log.Info("proxy ready",
 		zap.String("mode", string(p.cfg.Mode)),
+		zap.String("mtls", string(p.mesh.mode)),
 		zap.Stringers("outbound", p.addrs.Outbound),
 		zap.Stringers("inbound", p.addrs.Inbound),
 		zap.Stringer("admin", p.addrs.Admin),

@@ -1,0 +1,199 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"time"
+
+	"meshgate/proxy/sniff"
+)
+
+// inbound serves a connection made to the app, by the mode of the app's
+// port (MTLSConfig):
+//
+//   - disable: forwarded as it comes (the L4 path).
+//   - strict: the first bytes must be a ClientHello offering a mesh
+//     protocol; the TLS is terminated with MeshTLS.ServerConfig and the
+//     app dialed only then, so an unauthenticated client never reaches
+//     it. Any other ClientHello is terminated too, to be refused after
+//     (or by) the handshake as no sidecar, so that the port looks to a
+//     TLS scanner like what it is, a TLS 1.3 server that requires a
+//     client certificate. Anything else is reset. A client sidecar always
+//     speaks first, so the wait for its bytes needs no race.
+//   - permissive: the same for mesh TLS, and anything else is forwarded
+//     as plaintext with the peeked bytes replayed. The app is dialed
+//     while the client's first bytes are awaited (firstBytesRace), so a
+//     server-first app's greeting reaches a silent plaintext client at
+//     once (after mtls.greetingHold) instead of after a timeout.
+//
+// The first bytes and the handshake together get timeouts.handshake.
+func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, dst netip.AddrPort, m *dirMetrics) outcome {
+	mode := p.mesh.inboundMode(dst.Port())
+	if mode == MTLSDisable {
+		return p.plain(ctx, Inbound, client, dst, m)
+	}
+	start := time.Now()
+	timeout := p.cfg.Timeouts.Handshake.D()
+	pc := &peekConn{TCPConn: client}
+	defer pc.release()
+	race := firstBytesRace{client: pc, settled: helloSettled, deadline: start.Add(timeout)}
+	if mode == MTLSPermissive {
+		race.dial = func(ctx context.Context) (*net.TCPConn, error) {
+			c, err := p.dialUpstream(ctx, Inbound, dst)
+			if err != nil {
+				return nil, &dialError{err}
+			}
+			return c, nil
+		}
+		race.drop = p.closeUpstream
+		race.holdUntil = start.Add(p.cfg.MTLS.GreetingHold.D())
+	}
+	op, err := race.run(ctx)
+	if err != nil {
+		if de, ok := errors.AsType[*dialError](err); ok {
+			m.connectFailures.Inc()
+			err = de.err
+		}
+		return outcome{dst: dst, err: err, refused: true}
+	}
+	upstream := leg{tcp: op.upstream, pending: op.greeting, pendingBuf: op.greetBuf}
+	if op.upstream != nil {
+		defer p.closeUpstream(op.upstream)
+	}
+
+	var (
+		hello    sniff.ClientHello
+		helloErr = errors.New("no bytes")
+	)
+	if len(pc.peeked()) > 0 {
+		hello, helloErr = sniff.ParseClientHello(pc.peeked())
+	}
+	mesh, served := false, ""
+	if helloErr == nil {
+		mesh, served = offersMesh(hello.ALPN)
+	}
+	switch {
+	case mesh && served == "":
+		upstream.releasePending()
+		err := &handshakeError{reason: reasonUnsupported, err: fmt.Errorf("client offers mesh protocols %q, none of which this sidecar serves (%q)", hello.ALPN, meshProtocols)}
+		p.countHandshake(Inbound, tlsInfo{}, err)
+		return outcome{dst: dst, err: err, refused: true, mtls: true, reason: refusedUnsupported}
+	case mesh, helloErr == nil && mode == MTLSStrict:
+		return p.terminate(ctx, pc, upstream, dst, start.Add(timeout), &hello, m)
+	case mode == MTLSStrict:
+		p.metrics.plaintextRefused.WithLabelValues(Inbound.String(), strconv.Itoa(int(dst.Port()))).Inc()
+		return outcome{dst: dst, err: notMeshError(op, pc.peeked(), helloErr, timeout), refused: true, reason: refusedStrict}
+	}
+
+	// Permissive, and not mesh TLS: plaintext, as it came.
+	if op.upErr != nil {
+		upstream.releasePending()
+		return outcome{dst: dst, err: fmt.Errorf("read from upstream: %w", op.upErr), refused: true}
+	}
+	pending, pendingBuf := pc.take()
+	o := outcome{dst: dst}
+	o.sent, o.received, o.err = forward(leg{tcp: client, pending: pending, pendingBuf: pendingBuf}, upstream,
+		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	return o
+}
+
+// terminate runs the server side of mesh TLS on the client, then
+// forwards the plaintext to the app (dialed now, unless permissive mode
+// dialed it already).
+func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream leg, dst netip.AddrPort, deadline time.Time, hello *sniff.ClientHello, m *dirMetrics) outcome {
+	o := outcome{dst: dst, mtls: true}
+	mc, err := p.accept(pc, deadline, hello)
+	if err != nil {
+		upstream.releasePending()
+		o.err, o.refused, o.reason = err, true, reasonOf(err)
+		if he, ok := errors.AsType[*handshakeError](err); ok {
+			o.alerted = he.alerted
+		}
+		return o
+	}
+	o.tls = mc.info
+	if upstream.tcp == nil {
+		c, err := p.dialUpstream(ctx, Inbound, dst)
+		if err != nil {
+			m.connectFailures.Inc()
+			o.err, o.refused = err, true
+			return o
+		}
+		defer p.closeUpstream(c)
+		upstream.tcp = c
+	}
+	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, tls: mc.conn}, upstream, p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	return o
+}
+
+// accept runs the server side of a mesh handshake on pc (whose ClientHello
+// hello was peeked and is replayed) until deadline, and checks the
+// protocol and the client's SPIFFE ID. It counts the handshake either
+// way; an error is a *handshakeError.
+func (p *Proxy) accept(pc *peekConn, deadline time.Time, hello *sniff.ClientHello) (meshConn, error) {
+	cfg := p.mesh.serverConfig()
+	if cfg == nil {
+		err := &handshakeError{reason: reasonNotReady, err: errors.New("mesh TLS: no server certificate yet")}
+		p.countHandshake(Inbound, tlsInfo{}, err)
+		return meshConn{}, err
+	}
+	tc := tls.Server(pc, cfg)
+	pc.SetDeadline(deadline)
+	err := tc.Handshake()
+	alerted := err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+	var info tlsInfo
+	if err == nil {
+		st := tc.ConnectionState()
+		// Only meshgate/tcp is served so far, and the ClientHello offered
+		// it: the handshake picked it.
+		info, err = peerInfo(&st, alpnTCP)
+	}
+	if err != nil {
+		he := p.handshakeFailed(err, p.cfg.Timeouts.Handshake.D())
+		he.err = fmt.Errorf("mesh TLS from client: %w", he.err)
+		if mesh, _ := offersMesh(hello.ALPN); !mesh {
+			// Whatever failed, the cause is a client that is no sidecar.
+			he.reason = reasonALPN
+			he.err = fmt.Errorf("client offers no mesh protocol (ALPN %q), it is not a meshgate sidecar: %w", hello.ALPN, he.err)
+		}
+		he.alerted = alerted
+		err = he
+	}
+	p.countHandshake(Inbound, info, err)
+	return meshConn{conn: tc, info: info}, err
+}
+
+// dialError marks the upstream dial failing during a firstBytesRace.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// helloSettled says whether the peeked bytes settle what the client is:
+// a ClientHello or not.
+func helloSettled(b []byte) bool {
+	_, err := sniff.ParseClientHello(b)
+	return err != sniff.ErrNeedMore
+}
+
+// notMeshError says what a client refused in strict mode sent instead of
+// mesh TLS.
+func notMeshError(op opening, peeked []byte, helloErr error, timeout time.Duration) error {
+	switch {
+	case len(peeked) == 0 && op.clientEOF:
+		return errors.New("client closed without sending a ClientHello")
+	case len(peeked) == 0 && op.first == speakerServer:
+		return errors.New("the app spoke first and the client sent no ClientHello")
+	case len(peeked) == 0:
+		return fmt.Errorf("client sent nothing within timeouts.handshake (%v)", timeout)
+	case errors.Is(helloErr, sniff.ErrNeedMore):
+		return fmt.Errorf("client sent %d bytes of a ClientHello, not all of it, within timeouts.handshake (%v)", len(peeked), timeout)
+	}
+	return fmt.Errorf("client sent no TLS ClientHello: %w", helloErr)
+}

@@ -1,0 +1,102 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+)
+
+// errOutsideMesh refuses an outbound connection to a destination without
+// a sidecar when config allows no plaintext there.
+var errOutsideMesh = errors.New("destination is outside mtls.meshCIDRs and mtls.plaintextOutsideMesh is false: " +
+	"add it to mtls.meshCIDRs if it runs a sidecar, or allow plaintext outside the mesh")
+
+// outbound serves a connection the app made: to the mesh, as mTLS with
+// ALPN meshgate/tcp to the destination's address (the peer's rules hand it
+// to its sidecar); elsewhere, plaintext where allowed.
+func (p *Proxy) outbound(ctx context.Context, client *net.TCPConn, dst netip.AddrPort, m *dirMetrics) outcome {
+	s := p.mesh
+	if !s.inMesh(dst.Addr()) {
+		if !s.plainOut {
+			p.metrics.plaintextRefused.WithLabelValues(Outbound.String(), strconv.Itoa(int(dst.Port()))).Inc()
+			return outcome{dst: dst, err: errOutsideMesh, refused: true, reason: refusedOutside}
+		}
+		return p.plain(ctx, Outbound, client, dst, m)
+	}
+	if !s.outboundMTLS() {
+		return p.plain(ctx, Outbound, client, dst, m)
+	}
+
+	upstream, err := p.dialUpstream(ctx, Outbound, dst)
+	if err != nil {
+		m.connectFailures.Inc()
+		return outcome{dst: dst, err: err, refused: true, mtls: true}
+	}
+	defer p.closeUpstream(upstream)
+	o := outcome{dst: dst, mtls: true}
+	tc, err := p.originate(ctx, upstream, dst, alpnTCP)
+	if err != nil {
+		o.err, o.refused, o.reason = err, true, reasonOf(err)
+		return o
+	}
+	o.tls = tc.info
+	o.sent, o.received, o.err = forward(leg{tcp: client}, leg{tcp: upstream, tls: tc.conn},
+		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	if o.err != nil && o.received == 0 && isRemoteAlert(o.err) {
+		// In TLS 1.3 the client's handshake ends before the server has
+		// verified the client's certificate; a refusal comes as the
+		// server's first record, an alert.
+		o.reason = "refused by peer: " + p.meshTLS.Reason(o.err)
+	}
+	return o
+}
+
+// isRemoteAlert reports whether err is a TLS alert the peer sent.
+func isRemoteAlert(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "remote error"
+}
+
+// meshConn is a mesh TLS connection after its handshake.
+type meshConn struct {
+	conn *tls.Conn
+	info tlsInfo
+}
+
+// originate runs the client side of mesh TLS for proto over upstream,
+// within timeouts.handshake, and checks that the server is a meshgate
+// sidecar serving proto (by the ALPN it picked) with a SPIFFE ID. It
+// counts the handshake either way; an error is a *handshakeError.
+func (p *Proxy) originate(ctx context.Context, upstream *net.TCPConn, dst netip.AddrPort, proto string) (meshConn, error) {
+	cfg := p.mesh.clientConfig(p.mesh.expected(dst.Addr()), proto)
+	if cfg == nil {
+		err := &handshakeError{reason: reasonNotReady, err: errors.New("mesh TLS to " + dst.String() + ": no client certificate yet")}
+		p.countHandshake(Outbound, tlsInfo{}, err)
+		return meshConn{}, err
+	}
+	tc := tls.Client(upstream, cfg)
+	// A deadline rather than HandshakeContext, which would cost a
+	// goroutine per handshake; ctx (cancelled when the drain's grace
+	// period is over) interrupts it the same way.
+	upstream.SetDeadline(time.Now().Add(p.cfg.Timeouts.Handshake.D()))
+	stop := context.AfterFunc(ctx, func() { upstream.SetDeadline(aLongTimeAgo) })
+	err := tc.Handshake()
+	stop()
+	var info tlsInfo
+	if err == nil {
+		st := tc.ConnectionState()
+		info, err = peerInfo(&st, proto)
+	}
+	if err != nil {
+		he := p.handshakeFailed(err, p.cfg.Timeouts.Handshake.D())
+		he.err = fmt.Errorf("mesh TLS to %s: %w", dst, he.err)
+		err = he
+	}
+	p.countHandshake(Outbound, info, err)
+	return meshConn{conn: tc, info: info}, err
+}

@@ -1,0 +1,27 @@
+package proxy
+
+import (
+	"net"
+
+	"golang.org/x/sys/unix"
+)
+
+// waitReadable blocks until c has bytes to read, its peer's FIN or an
+// error, or until its read deadline passes, without reading anything: the
+// caller takes a buffer only once there is something to put in it. A
+// socket error is left for the caller's Read to report.
+func waitReadable(c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var b [1]byte
+	return rc.Read(func(fd uintptr) bool {
+		for {
+			_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			if err != unix.EINTR {
+				return err != unix.EAGAIN
+			}
+		}
+	})
+}
