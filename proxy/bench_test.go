@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"io"
 	"net"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,8 +78,12 @@ func entry(b *testing.B, path, backend string, opts ...Option) string {
 	if path == "direct" {
 		return backend
 	}
-	cfg := testConfig()
-	p, err := New(cfg, zap.NewNop(), append([]Option{WithRegistry(prometheus.NewRegistry()), to(backend)}, opts...)...)
+	return benchProxy(b, testConfig(), append([]Option{to(backend)}, opts...)...).out()
+}
+
+// benchProxy runs a proxy that logs nowhere until the benchmark ends.
+func benchProxy(b *testing.B, cfg Config, opts ...Option) *running {
+	p, err := New(cfg, zap.NewNop(), append([]Option{WithRegistry(prometheus.NewRegistry())}, opts...)...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -95,7 +101,186 @@ func entry(b *testing.B, path, backend string, opts ...Option) string {
 	case err := <-done:
 		b.Fatal(err)
 	}
-	return (&running{Proxy: p}).out()
+	return &running{Proxy: p}
+}
+
+// BenchmarkMesh measures a pair of sidecars, client → client sidecar →
+// server sidecar → backend, on loopback: with mesh mTLS between them
+// ("mtls-pair"), as plain L4 proxies ("l4-pair"), against talking to the
+// backend directly; throughput and round trip as BenchmarkL4. Beside
+// them, "tls-floor" is one crypto/tls connection with the same
+// certificates and no proxy: what the mTLS itself costs.
+//
+// Run: go test -run '^$' -bench Mesh -benchtime 2s ./proxy
+func BenchmarkMesh(b *testing.B) {
+	sink := startBackend(b, "127.0.0.1:0", discardAndCount)
+	echoer := startBackend(b, "127.0.0.1:0", echo)
+	mca := newMeshCA(b)
+	for _, path := range []string{"direct", "l4-pair", "mtls-pair", "tls-floor"} {
+		b.Run(path, func(b *testing.B) {
+			b.Run("throughput", func(b *testing.B) {
+				benchThroughput(b, meshEntry(b, path, mca, sink.addr(), true))
+			})
+			b.Run("rtt", func(b *testing.B) {
+				benchRTT(b, meshEntry(b, path, mca, echoer.addr(), true))
+			})
+		})
+	}
+}
+
+// BenchmarkMeshConnect measures new connections through the pair: per
+// op, connect, send a byte, read its echo, close. With mTLS, each is a
+// full handshake (no session cache) or a resumed one; the tls-floor
+// variants are the same handshakes with crypto/tls alone. Connections
+// per second are 1e9 / ns/op.
+//
+// Run: go test -run '^$' -bench MeshConnect -benchtime 3000x ./proxy
+func BenchmarkMeshConnect(b *testing.B) {
+	echoer := startBackend(b, "127.0.0.1:0", echo)
+	mca := newMeshCA(b)
+	for _, tc := range []struct {
+		name, path string
+		resume     bool
+	}{
+		{"direct", "direct", false},
+		{"l4-pair", "l4-pair", false},
+		{"mtls-pair/full", "mtls-pair", false},
+		{"mtls-pair/resumed", "mtls-pair", true},
+		{"tls-floor/full", "tls-floor", false},
+		{"tls-floor/resumed", "tls-floor", true},
+	} {
+		addr := meshEntry(b, tc.path, mca, echoer.addr(), tc.resume)
+		// serial: one client after the other (latency per connection);
+		// parallel: 4 clients per CPU at once (what the machine sustains).
+		b.Run(tc.name+"/serial", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				connectOnce(b, addr)
+			}
+		})
+		b.Run(tc.name+"/parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetParallelism(4)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					connectOnce(b, addr)
+				}
+			})
+		})
+	}
+}
+
+// connectOnce connects to addr, sends a byte, reads its echo and closes.
+func connectOnce(b *testing.B, addr string) {
+	one := []byte{'x'}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := c.Write(one); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, one); err != nil {
+		b.Fatal(err)
+	}
+	// Reset, not FIN: a benchmark of thousands of connections must not
+	// run out of ports in TIME_WAIT.
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+}
+
+// meshEntry returns the address a benchmark's client dials for path.
+func meshEntry(b *testing.B, path string, mca *meshCA, backend string, resume bool) string {
+	switch path {
+	case "direct":
+		return backend
+	case "tls-floor":
+		return tlsFloor(b, mca, backend, resume)
+	}
+	scfg, ccfg := testConfig(), testConfig()
+	var sopts, copts []Option
+	if path == "mtls-pair" {
+		cm, sm := mca.meshes()
+		cm.quiet, sm.quiet = true, true
+		if !resume {
+			cm.cache = nil
+		}
+		sopts, copts = []Option{WithMeshTLS(sm)}, []Option{WithMeshTLS(cm)}
+		ccfg.MTLS.MeshCIDRs = prefixes("127.0.0.0/8")
+	}
+	srv := benchProxy(b, scfg, append(sopts, to(backend))...)
+	return benchProxy(b, ccfg, append(copts, to(srv.in()))...).out()
+}
+
+// tlsFloor runs a relay that is only crypto/tls: the client dials it in
+// plaintext on loopback, as it would a sidecar, and it relays over one
+// mTLS connection (meshgate's certificates and configs, no proxy) to a
+// TLS server that relays to backend. It is what two sidecars cost if
+// all they did was the TLS, built from the same parts.
+func tlsFloor(b *testing.B, mca *meshCA, backend string, resume bool) string {
+	cm, sm := mca.meshes()
+	cm.quiet, sm.quiet = true, true
+	if !resume {
+		cm.cache = nil
+	}
+	scfg := meshConfig(sm.ServerConfig(), meshProtocols)
+	ccfg := meshConfig(cm.ClientConfig(nil), []string{alpnTCP})
+
+	tlsLn, err := tls.Listen("tcp", "127.0.0.1:0", scfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	plainLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	closeWrite := func(c net.Conn) {
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}
+	relay := func(a, z net.Conn) {
+		var inner sync.WaitGroup
+		inner.Go(func() { io.Copy(a, z); closeWrite(a) })
+		io.Copy(z, a)
+		closeWrite(z)
+		inner.Wait()
+		a.Close()
+		z.Close()
+	}
+	serve := func(ln net.Listener, dial func() (net.Conn, error)) {
+		wg.Go(func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				wg.Go(func() {
+					u, err := dial()
+					if err != nil {
+						c.Close()
+						return
+					}
+					relay(c, u)
+				})
+			}
+		})
+	}
+	serve(tlsLn, func() (net.Conn, error) { return net.Dial("tcp", backend) })
+	serve(plainLn, func() (net.Conn, error) {
+		c, err := tls.Dial("tcp", tlsLn.Addr().String(), ccfg)
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
+	})
+	b.Cleanup(func() {
+		tlsLn.Close()
+		plainLn.Close()
+		wg.Wait()
+	})
+	return plainLn.Addr().String()
 }
 
 func benchThroughput(b *testing.B, addr string) {
