@@ -113,9 +113,15 @@ func lingerClose(c *net.TCPConn) {
 func (p *Proxy) pipeline(ctx context.Context, l *captureListener, client *net.TCPConn, m *dirMetrics) outcome {
 	dst, err := p.originalDst(l, client)
 	if err != nil {
+		if l.dir == Inbound && errors.Is(err, errNotRedirected) {
+			return p.probe(ctx, client, outcome{err: err, refused: true})
+		}
 		return outcome{err: err, refused: true}
 	}
 	if p.isSelf(dst, client) {
+		if l.dir == Inbound {
+			return p.probe(ctx, client, outcome{dst: dst, err: errLoop, refused: true})
+		}
 		return outcome{dst: dst, err: errLoop, refused: true}
 	}
 	// Checked as late as possible before dialing: the dial that opened

@@ -69,7 +69,7 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, dst netip.Addr
 
 	var (
 		hello    sniff.ClientHello
-		helloErr = errors.New("no bytes")
+		helloErr = errNoBytes
 	)
 	if len(pc.peeked()) > 0 {
 		hello, helloErr = sniff.ParseClientHello(pc.peeked())
@@ -167,6 +167,44 @@ func (p *Proxy) accept(pc *peekConn, deadline time.Time, hello *sniff.ClientHell
 	}
 	p.countHandshake(Inbound, info, err)
 	return meshConn{conn: tc, info: info}, err
+}
+
+// errNoBytes: the client sent nothing to parse.
+var errNoBytes = errors.New("no bytes")
+
+// probe answers a connection made to the inbound listener itself rather
+// than redirected to it, which has nowhere to go (refusal says why), when
+// mTLS is on: if it opens with a ClientHello, the mesh handshake is run
+// before the refusal. So the mesh port shows a TLS scanner (sslscan, with
+// a client certificate) what mesh peers get: TLS 1.3 only, a client
+// certificate required.
+func (p *Proxy) probe(ctx context.Context, client *net.TCPConn, refusal outcome) outcome {
+	if p.mesh.tls == nil || p.mesh.mode == MTLSDisable {
+		return refusal
+	}
+	deadline := time.Now().Add(p.cfg.Timeouts.Handshake.D())
+	pc := &peekConn{TCPConn: client}
+	defer pc.release()
+	race := firstBytesRace{client: pc, settled: helloSettled, deadline: deadline}
+	if _, err := race.run(ctx); err != nil || len(pc.peeked()) == 0 {
+		return refusal
+	}
+	hello, err := sniff.ParseClientHello(pc.peeked())
+	if err != nil {
+		return refusal
+	}
+	refusal.mtls = true
+	mc, err := p.accept(pc, deadline, &hello)
+	if err != nil {
+		refusal.reason = reasonOf(err)
+		refusal.err = fmt.Errorf("%w; its TLS handshake failed too: %w", refusal.err, err)
+		if he, ok := errors.AsType[*handshakeError](err); ok {
+			refusal.alerted = he.alerted
+		}
+		return refusal
+	}
+	refusal.tls = mc.info
+	return refusal
 }
 
 // dialError marks the upstream dial failing during a firstBytesRace.

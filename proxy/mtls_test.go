@@ -765,3 +765,41 @@ func TestMeshDestinations(t *testing.T) {
 		}
 	}
 }
+
+// TestMeshProbe: a connection made to the inbound port itself (a TLS
+// scanner's) is refused, having nowhere to go, but only after the mesh
+// handshake: the port shows TLS 1.3 and nothing older.
+func TestMeshProbe(t *testing.T) {
+	mca := newMeshCA(t)
+	_, sm := mca.meshes()
+	srv := startProxy(t, testConfig(), WithMeshTLS(sm)) // the real original destination lookup
+	cert := mca.client.TLSCertificate()
+
+	c := dial(t, srv.in())
+	tlc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}})
+	if err := tlc.Handshake(); err != nil {
+		t.Fatalf("TLS 1.3 handshake with the inbound port: %v", err)
+	}
+	if v := tlc.ConnectionState().Version; v != tls.VersionTLS13 {
+		t.Errorf("version %x, want TLS 1.3", v)
+	}
+	tlc.Read(make([]byte, 1))
+	e := srv.closedLogs(t, 1)[0]
+	got := field(e, "error")
+	if !strings.Contains(got, "not redirected") && !strings.Contains(got, "loop guard") {
+		t.Errorf("error = %q, want the refusal of a connection with nowhere to go", got)
+	}
+	checkFields(t, "probe", e.ContextMap(), map[string]string{"mtls": "true", "reason": "alpn_mismatch"})
+
+	c = dial(t, srv.in())
+	err := tls.Client(c, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}).Handshake()
+	if err == nil || !strings.Contains(err.Error(), "protocol version") {
+		t.Errorf("TLS 1.2 handshake: %v, want a protocol version alert", err)
+	}
+
+	// Without mTLS the port answers nothing: a reset.
+	plain := startProxy(t, testConfig())
+	if err := expectRefused(t, plain.in()); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("without mTLS: %v, want a reset", err)
+	}
+}
