@@ -125,7 +125,7 @@ func parseDir(f dirFiles, now time.Time) (*dirState, error) {
 		return nil, fmt.Errorf("%s: %w", BundleFile, err)
 	}
 	bundles := x509bundle.NewSet(x509bundle.FromX509Authorities(svid.ID.TrustDomain(), roots))
-	if _, _, err := verifyChain(certs, bundles, now, x509.ExtKeyUsageAny); err != nil {
+	if _, _, err := verifyChain(certs, bundles, now, x509.ExtKeyUsageAny, nil); err != nil {
 		return nil, fmt.Errorf("%s does not verify against %s: %w", CertFile, BundleFile, err)
 	}
 	return &dirState{files: f, svid: svid, bundles: bundles}, nil

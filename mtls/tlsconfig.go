@@ -1,6 +1,7 @@
 package mtls
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -202,13 +203,14 @@ type verifier struct {
 	authz   Authorizer
 	opts    options
 	usage   x509.ExtKeyUsage
+	cache   *chainCache
 }
 
 func newVerifier(src x509bundle.Source, authz Authorizer, o options, usage x509.ExtKeyUsage) *verifier {
 	if authz == nil {
 		panic("mtls: nil Authorizer; use AuthorizeAny to accept every verified peer")
 	}
-	return &verifier{bundles: src, authz: authz, opts: o, usage: usage}
+	return &verifier{bundles: src, authz: authz, opts: o, usage: usage, cache: newChainCache()}
 }
 
 func (v *verifier) verifyConnection(cs tls.ConnectionState) error {
@@ -226,7 +228,7 @@ func (v *verifier) verify(certs []*x509.Certificate) (spiffeid.ID, error) {
 	if len(certs) == 0 {
 		return spiffeid.ID{}, fmt.Errorf("mtls: peer: %w", ErrNoCertificate)
 	}
-	id, chains, err := verifyChain(certs, v.bundles, v.opts.time(), v.usage)
+	id, chains, err := verifyChain(certs, v.bundles, v.opts.time(), v.usage, v.cache)
 	if err != nil {
 		return id, fmt.Errorf("mtls: peer %w", err)
 	}
@@ -243,8 +245,8 @@ func (v *verifier) verify(certs []*x509.Certificate) (spiffeid.ID, error) {
 // bundle of the leaf's trust domain, for the extended key usage usage
 // (ExtKeyUsageAny for either). Every error wraps one of the Err variables,
 // and starts with the certificate's SPIFFE ID (or, lacking one, its
-// subject and serial).
-func verifyChain(certs []*x509.Certificate, bundles x509bundle.Source, now time.Time, usage x509.ExtKeyUsage) (spiffeid.ID, [][]*x509.Certificate, error) {
+// subject and serial). A non-nil cache remembers chains that verified.
+func verifyChain(certs []*x509.Certificate, bundles x509bundle.Source, now time.Time, usage x509.ExtKeyUsage, cache *chainCache) (spiffeid.ID, [][]*x509.Certificate, error) {
 	leaf := certs[0]
 	id, err := x509svid.IDFromCert(leaf)
 	if err != nil {
@@ -265,9 +267,12 @@ func verifyChain(certs []*x509.Certificate, bundles x509bundle.Source, now time.
 	if err != nil {
 		return id, nil, fmt.Errorf("%s: %w: no trust bundle for trust domain %s", id, ErrWrongTrustDomain, id.TrustDomain())
 	}
-	roots := x509.NewCertPool()
-	for _, r := range bundle.X509Authorities() {
-		roots.AddCert(r)
+	var key [sha256.Size]byte
+	if cache != nil {
+		key = chainKey(certs)
+		if chains, ok := cache.get(key, bundle, now); ok {
+			return id, chains, nil
+		}
 	}
 	var inter *x509.CertPool
 	if len(certs) > 1 {
@@ -277,12 +282,15 @@ func verifyChain(certs []*x509.Certificate, bundles x509bundle.Source, now time.
 		}
 	}
 	chains, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         roots,
+		Roots:         cache.pool(bundle),
 		Intermediates: inter,
 		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{usage},
 	})
 	if err == nil {
+		if cache != nil {
+			cache.put(key, bundle, chains)
+		}
 		return id, chains, nil
 	}
 	if _, ok := errors.AsType[x509.UnknownAuthorityError](err); ok {
