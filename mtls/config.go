@@ -43,6 +43,23 @@ func newOptions(opts []Option) options {
 	return o
 }
 
+// resumeMargin is how long before its peer's certificate expires a
+// session stops being resumed. crypto/tls checks the expiry when it picks
+// a session (client) or accepts one (server), and VerifyConnection checks
+// again a round trip later: without a margin, a session picked a moment
+// before the expiry would be refused a moment after it, failing the
+// connection where a full handshake (with the peer's renewed certificate)
+// would have succeeded.
+const resumeMargin = 5 * time.Second
+
+// resumeClock is the tls.Config.Time of our configs: the clock, ahead by
+// resumeMargin. crypto/tls uses it only for session and ticket-key
+// lifetimes (the certificate checks are ours, on the true clock), which it
+// thus ends resumeMargin early.
+func (o options) resumeClock() func() time.Time {
+	return func() time.Time { return o.time().Add(resumeMargin) }
+}
+
 func (o options) time() time.Time {
 	if o.now != nil {
 		return o.now()

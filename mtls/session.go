@@ -129,7 +129,7 @@ type clientSessions struct {
 
 func (c *clientSessions) Put(key string, cs *tls.ClientSessionState) {
 	if _, ss, err := cs.ResumptionState(); err == nil && ss != nil {
-		if svid, err := c.svid.GetX509SVID(); err == nil {
+		if svid, err := c.svid.GetX509SVID(); err == nil && svid != nil {
 			if mark, ok := c.marks.mark(svid.ID.TrustDomain()); ok {
 				ss.Extra = append(ss.Extra, mark)
 			}

@@ -102,7 +102,7 @@ func ServerConfig(src Source, authz Authorizer, opts ...Option) *tls.Config {
 			return cert.get()
 		},
 		VerifyConnection: v.verifyConnection,
-		Time:             o.now,
+		Time:             o.resumeClock(),
 	}
 	serverSessions(cfg, &trustMarks{bundles: src})
 	return cfg
@@ -144,7 +144,7 @@ func ClientConfig(src Source, authz Authorizer, opts ...Option) *tls.Config {
 		},
 		VerifyConnection:   v.verifyConnection,
 		ClientSessionCache: cache,
-		Time:               o.now,
+		Time:               o.resumeClock(),
 	}
 }
 

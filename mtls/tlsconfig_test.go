@@ -414,6 +414,23 @@ func TestResumptionReverified(t *testing.T) {
 			t.Error("the session of the full handshake does not resume")
 		}
 	})
+	t.Run("server's certificate about to expire", func(t *testing.T) {
+		// A session is not offered within resumeMargin of its server
+		// certificate's expiry: the full handshake gets the renewed one,
+		// instead of a resumption refused a round trip later.
+		ca := testca.New(t, "a.example")
+		soon := ca.Issue(t, serverID, testca.LeafOptions{NotAfter: time.Now().Add(resumeMargin / 2)})
+		srvSrc := newMemSource(t, soon, ca)
+		srv := startServer(t, ServerConfig(srvSrc, AuthorizeMemberOf(tdA)))
+		cli := ClientConfig(newMemSource(t, ca.Issue(t, clientID, testca.LeafOptions{}), ca), AuthorizeMemberOf(tdA))
+		srv.dial(t, cli)
+		renewed := ca.Issue(t, serverID, testca.LeafOptions{})
+		srvSrc.setLeaf(t, renewed)
+		x := srv.dial(t, cli)
+		if x.client.err != nil || x.client.cs.DidResume || x.client.cs.PeerCertificates[0].SerialNumber.Cmp(renewed.Cert.SerialNumber) != 0 {
+			t.Errorf("want a full handshake with the renewed certificate; resumed %v, err %v", x.client.cs.DidResume, x.client.err)
+		}
+	})
 	t.Run("server's certificate expires", func(t *testing.T) {
 		ca := testca.New(t, "a.example")
 		start := time.Now().Truncate(time.Second)
