@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,6 +36,8 @@ Subcommands:
   init    create a CA (a root and an intermediate) in a directory
   issue   issue a workload certificate into a directory the sidecar reads
           with 'meshgate proxy --cert-dir'
+  serve   issue short-lived workload certificates over the network, which
+          sidecars renew on their own
 
 Run 'meshgate ca <subcommand> --help' for its flags.
 
@@ -56,11 +59,13 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runCAInit(args[1:], stdout, stderr)
 	case "issue":
 		return runCAIssue(args[1:], stdout, stderr)
+	case "serve":
+		return runCAServe(ctx, args[1:], stderr)
 	case "help", "-h", "-help", "--help":
 		usage()
 		return flag.ErrHelp
 	}
-	fmt.Fprintf(stderr, "meshgate ca: unknown subcommand %q; want init or issue (see 'meshgate ca --help')\n", args[0])
+	fmt.Fprintf(stderr, "meshgate ca: unknown subcommand %q; want init, issue or serve (see 'meshgate ca --help')\n", args[0])
 	return errUsage
 }
 
@@ -293,4 +298,104 @@ func trimPrefix(err error, prefix string) error {
 		return errors.New(s)
 	}
 	return err
+}
+
+func runCAServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("ca serve", "--dir DIR --listen ADDR [--ttl 1h] [--tokens FILE] [--dns NAME]... [--also-trust FILE]...", `
+Serve the CA in --dir (made by 'meshgate ca init') over the network, so
+sidecars get short-lived certificates and renew them on their own, with
+no certificate files to hand out.
+
+A sidecar sends a certificate signing request for its SPIFFE ID, made with
+a new ECDSA P-256 key that never leaves it, over TLS 1.3 (JSON over HTTPS,
+POST /v1/sign). Its first certificate it obtains with a bootstrap token
+from --tokens; after that it renews at about half the certificate's life,
+authenticated by the certificate it holds, which can renew its own
+identity only. Every certificate issued and every request refused is
+logged (the audit log), with the token's fingerprint, never the token.
+
+--tokens holds one bootstrap token per line: the SPIFFE ID the token may
+obtain, a space, the token (at least 32 characters, e.g. from 'openssl
+rand -hex 16'); lines starting with # are comments. The file is read again
+at every bootstrap request: add or remove lines with no restart. Without
+--tokens, only renewals are served.
+
+The server presents a certificate for spiffe://<trust-domain>/meshgate/ca,
+which it issues itself; sidecars check that identity, and verify it on the
+first contact with the CA's root.pem. It stops on SIGTERM or Ctrl-C,
+finishing the requests in flight.
+
+Example:
+  echo "spiffe://cluster.local/ns/default/sa/web $(openssl rand -hex 16)" >> /etc/meshgate/tokens
+  meshgate ca serve --dir /etc/meshgate/ca --listen :15012 --ttl 1h --tokens /etc/meshgate/tokens`, stderr)
+	dir := fs.String("dir", "", "the CA's `DIR` (from 'meshgate ca init')")
+	listen := fs.String("listen", "", "listen on `ADDR`, e.g. :15012 or 10.0.0.5:15012")
+	ttl := fs.Duration("ttl", time.Hour, "how long the certificates issued are valid; sidecars renew at about half of it")
+	tokens := fs.String("tokens", "", "bootstrap tokens `FILE` (see above); without it, renewals only")
+	var dnsNames, alsoTrust stringList
+	fs.Var(&dnsNames, "dns", "a DNS `NAME` of the server, for its own certificate (repeat for several)")
+	fs.Var(&alsoTrust, "also-trust", "add the roots in PEM `FILE` to the bundle handed out and trusted (repeat for several); for a root rotation")
+	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	if err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+
+	var problems []error
+	if *dir == "" {
+		problems = append(problems, errors.New("--dir is required: the CA's directory, made by 'meshgate ca init'"))
+	}
+	if *listen == "" {
+		problems = append(problems, errors.New("--listen is required: the address to serve on, e.g. --listen :15012"))
+	} else if _, port, err := net.SplitHostPort(*listen); err != nil || port == "" {
+		problems = append(problems, fmt.Errorf("--listen %q: want an address like :15012 or 10.0.0.5:15012", *listen))
+	}
+	if *ttl <= 0 {
+		problems = append(problems, fmt.Errorf("--ttl %s: want a positive duration, e.g. 1h", *ttl))
+	}
+	for _, n := range dnsNames {
+		if err := ca.ValidateDNSName(n); err != nil {
+			problems = append(problems, fmt.Errorf("--dns %q: %v", n, err))
+		}
+	}
+	var extraRoots []*x509.Certificate
+	for _, f := range alsoTrust {
+		roots, err := readRoots(f)
+		if err != nil {
+			problems = append(problems, fmt.Errorf("--also-trust %s: %v; want a PEM file of root certificates, like a CA's root.pem", f, err))
+		}
+		extraRoots = append(extraRoots, roots...)
+	}
+	log, err := newLogger(*logLevel)
+	if err != nil {
+		problems = append(problems, err)
+	}
+	if len(problems) > 0 {
+		return errors.Join(problems...)
+	}
+	defer log.Sync()
+
+	c, err := ca.Load(*dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("--dir %s: no CA there (%v); create one with 'meshgate ca init --dir %s --trust-domain TD'",
+			*dir, trimPrefix(err, "mtls/ca: load "+*dir+": "), *dir)
+	case err != nil:
+		return fmt.Errorf("--dir %s: %v", *dir, trimPrefix(err, "mtls/ca: load "+*dir+": "))
+	}
+	srv, err := ca.NewServer(c, ca.ServerOptions{TTL: *ttl, TokensFile: *tokens, DNSNames: dnsNames, ExtraRoots: extraRoots, Log: log})
+	if err != nil {
+		msg := strings.TrimPrefix(err.Error(), "mtls/ca: serve: ")
+		if rest, ok := strings.CutPrefix(msg, "tokens file "+*tokens+", "); ok {
+			return fmt.Errorf("--tokens %s: %s", *tokens, rest)
+		}
+		if rest, ok := strings.CutPrefix(msg, "tokens file: "); ok {
+			return fmt.Errorf("--tokens %s: %s", *tokens, rest)
+		}
+		return errors.New(msg)
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %v", *listen, err)
+	}
+	return srv.Serve(ctx, ln)
 }

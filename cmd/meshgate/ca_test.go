@@ -3,14 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"meshgate/mtls"
 	"meshgate/mtls/ca"
@@ -122,7 +127,7 @@ func TestCAUsage(t *testing.T) {
 	}{
 		{"no subcommand", []string{"ca"}, 2, "Usage: meshgate ca <subcommand> [flags]\n"},
 		{"unknown subcommand", []string{"ca", "sign"}, 2,
-			"meshgate ca: unknown subcommand \"sign\"; want init or issue (see 'meshgate ca --help')\n"},
+			"meshgate ca: unknown subcommand \"sign\"; want init, issue or serve (see 'meshgate ca --help')\n"},
 		{"refusal", []string{"ca", "issue", "--dir", "/nonexistent", "--id", "spiffe://a.example/ns/default/sa/web", "--out", "/nonexistent/out"}, 1,
 			"meshgate ca: --dir /nonexistent: no CA there (root.pem: open /nonexistent/root.pem: no such file or directory); create one with 'meshgate ca init --dir /nonexistent --trust-domain a.example'\n"},
 	} {
@@ -141,7 +146,10 @@ func TestCAHelp(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"--help"}, []string{"Usage: meshgate ca <subcommand> [flags]", "spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>", "init ", "issue ", "Example"}},
+		{[]string{"--help"}, []string{"Usage: meshgate ca <subcommand> [flags]", "spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>", "init ", "issue ", "serve ", "Example"}},
+		{[]string{"serve", "--help"}, []string{"Usage: meshgate ca serve --dir DIR --listen ADDR [--ttl 1h] [--tokens FILE] [--dns NAME]... [--also-trust FILE]...",
+			"bootstrap token", "audit log", "openssl rand -hex 16", "spiffe://<trust-domain>/meshgate/ca",
+			"-dir DIR", "-listen ADDR", "-ttl duration", "(default 1h0m0s)", "-tokens FILE", "-dns NAME", "-also-trust FILE", "-log-level level", "Example:"}},
 		{[]string{"init", "--help"}, []string{"Usage: meshgate ca init --dir DIR --trust-domain TD [--force]", "root.key", "0600",
 			"-dir DIR", "-trust-domain TD", "-force", "Example:"}},
 		{[]string{"issue", "--help"}, []string{
@@ -245,5 +253,85 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestCAServeRejects pins the refusals of 'meshgate ca serve'.
+func TestCAServeRejects(t *testing.T) {
+	caDir := newTestCA(t)
+	tmp := t.TempDir()
+	short := filepath.Join(tmp, "short-tokens")
+	os.WriteFile(short, []byte("spiffe://a.example/ns/default/sa/web secret\n"), 0o600)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"without flags", []string{"serve"}, strings.Join([]string{
+			"--dir is required: the CA's directory, made by 'meshgate ca init'",
+			"--listen is required: the address to serve on, e.g. --listen :15012",
+		}, "\n")},
+		{"port missing", []string{"serve", "--dir", caDir, "--listen", "10.0.0.5"},
+			`--listen "10.0.0.5": want an address like :15012 or 10.0.0.5:15012`},
+		{"zero lifetime and a bad level", []string{"serve", "--dir", caDir, "--listen", ":0", "--ttl", "0s", "--log-level", "loud"}, strings.Join([]string{
+			"--ttl 0s: want a positive duration, e.g. 1h",
+			`--log-level "loud": want debug, info, warn or error`,
+		}, "\n")},
+		{"no CA", []string{"serve", "--dir", tmp, "--listen", "127.0.0.1:0"},
+			"--dir " + tmp + ": no CA there (root.pem: open " + tmp + "/root.pem: no such file or directory); create one with 'meshgate ca init --dir " + tmp + " --trust-domain TD'"},
+		{"missing tokens file", []string{"serve", "--dir", caDir, "--listen", "127.0.0.1:0", "--tokens", filepath.Join(tmp, "none")},
+			"--tokens " + filepath.Join(tmp, "none") + ": open " + filepath.Join(tmp, "none") + ": no such file or directory"},
+		{"weak token", []string{"serve", "--dir", caDir, "--listen", "127.0.0.1:0", "--tokens", short},
+			"--tokens " + short + ": line 1: token shorter than 32 characters; make one with: openssl rand -hex 16"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			err := runCA(context.Background(), tc.args, &stdout, &stderr)
+			if err == nil || err.Error() != tc.want {
+				t.Fatalf("error:\n got %v\nwant %s", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestCAServe runs 'meshgate ca serve' and gets a certificate from it with
+// a bootstrap token; the server stops when its context ends.
+func TestCAServe(t *testing.T) {
+	caDir := newTestCA(t)
+	c, err := ca.Load(caDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const token = "0123456789abcdef0123456789abcdef"
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	os.WriteFile(tokens, []byte("spiffe://a.example/ns/default/sa/web "+token+"\n"), 0o600)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	var stderr bytes.Buffer
+	go func() {
+		done <- runCA(ctx, []string{"serve", "--dir", caDir, "--listen", addr, "--ttl", "10m", "--tokens", tokens, "--log-level", "error"}, io.Discard, &stderr)
+	}()
+	id := spiffeid.RequireFromString("spiffe://a.example/ns/default/sa/web")
+	var src *mtls.CAClientSource
+	waitUntil(t, "the CA server", func() bool {
+		src, err = mtls.NewCAClientSource(ctx, mtls.CAClientConfig{Server: addr, ID: id, Token: token, Roots: []*x509.Certificate{c.Root()}}, nil)
+		return err == nil
+	})
+	leaf := src.CurrentSVID().Certificates[0]
+	if src.CurrentSVID().ID != id || leaf.NotAfter.Sub(leaf.NotBefore) != 10*time.Minute+ca.ClockSkew {
+		t.Errorf("got %s valid %s to %s", src.CurrentSVID().ID, leaf.NotBefore, leaf.NotAfter)
+	}
+	src.Close()
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("serve returned %v", err)
 	}
 }

@@ -27,7 +27,7 @@ type command struct {
 var commands = map[string]command{
 	"redirect": {summary: "install (or --cleanup) the iptables rules that send a namespace's traffic through the sidecar", run: runRedirect},
 	"proxy":    {summary: "run the sidecar proxy (no config needed: the defaults work)", run: runProxy},
-	"ca":       {summary: "run the mesh certificate authority: init, issue", run: runCA},
+	"ca":       {summary: "run the mesh certificate authority: init, issue, serve", run: runCA},
 	"enroll":   {summary: "from the host, enroll a running container: apply rules in its namespace and start its sidecar", run: runEnroll},
 	"demo":     {summary: "build a local mesh of network namespaces, send traffic through it, print a report", run: runDemo},
 	"version":  {summary: "print the version", run: runVersion},
