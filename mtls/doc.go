@@ -6,8 +6,9 @@
 // ParseWorkloadID), carried as the URI SAN of an X.509 certificate. The
 // certificate and the trust bundles come from a Source: a directory of PEM
 // files that is reloaded when it changes (DirSource, which follows
-// Kubernetes' symlink swap), or the SPIFFE Workload API
-// (WorkloadAPISource, for SPIRE). ServerConfig and ClientConfig build TLS
+// Kubernetes' symlink swap), the mesh CA server, renewing short-lived
+// certificates at about half their life (CAClientSource), or the SPIFFE
+// Workload API (WorkloadAPISource, for SPIRE). ServerConfig and ClientConfig build TLS
 // 1.3 configurations that read the Source at every handshake, so a rotated
 // certificate or bundle is used at once with no restart and no dropped
 // connection; both verify the peer's chain against the bundle of its trust
@@ -16,6 +17,12 @@
 // resumed handshakes alike. Reason turns a refused handshake into a short
 // label for logs and metrics.
 //
-// The mesh certificate authority that issues these certificates is the
-// sub-package ca.
+// Sessions are resumed (TLS 1.3 PSK) between sidecars, and a session is
+// set aside instead of failing when the trust bundle it was verified under
+// changes or its peer's certificate is about to expire (session.go); chains
+// that verified are remembered, so a resumed handshake costs no more than
+// crypto/tls's own (verifycache.go).
+//
+// The mesh certificate authority that issues these certificates, and its
+// server ("meshgate ca serve"), are the sub-package ca.
 package mtls
