@@ -75,9 +75,10 @@ type caState struct {
 }
 
 // NewCAClientSource gets the first certificate, with cfg.Token, before it
-// returns (or fails when ctx is done), then renews it in the background
-// until Close. log gets a line per certificate and per failed renewal;
-// nil logs nothing.
+// returns: an unreachable server, a refusal or the end of ctx is an error
+// (retrying is the caller's choice). It then renews the certificate in the
+// background until Close. log gets a line per certificate and per failed
+// renewal; nil logs nothing.
 func NewCAClientSource(ctx context.Context, cfg CAClientConfig, log *zap.Logger) (*CAClientSource, error) {
 	if log == nil {
 		log = zap.NewNop()
