@@ -2,8 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"net/netip"
+	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"meshgate/mtls"
 	"meshgate/proxy"
 )
 
@@ -39,12 +47,40 @@ unknown fields are errors. For example:
   health: {address: "0.0.0.0:15021"}
   timeouts: {connect: 10s, idle: 1h, drainGrace: 5s}
 
+  mtls:
+    mode: strict            # strict, permissive or disable (--mtls-mode)
+    portModes: {8080: permissive}
+    meshCIDRs: [10.0.0.0/8] # destinations with a sidecar (--mesh-cidrs)
+    destinations:           # the identity a destination must present
+    - {cidr: 10.1.2.0/24, identity: "spiffe://cluster.local/ns/shop/sa/payments"}
+    plaintextOutsideMesh: true
+
+Mesh mTLS needs the sidecar's certificate, from one of three sources:
+
+  --cert-dir DIR       cert.pem, key.pem and bundle.pem (from 'meshgate ca
+                       issue', or a Kubernetes secret volume), reloaded
+                       when they change
+  --ca-server ADDR     'meshgate ca serve': a short-lived certificate for
+                       --id, first obtained with the token in
+                       --ca-token-file, verified with --ca-root, then
+                       renewed at about half its life
+  --workload-api ADDR  the SPIFFE Workload API (a SPIRE agent), e.g.
+                       unix:///run/spire/sockets/agent.sock
+
+With a certificate mTLS is strict unless --mtls-mode says otherwise;
+without one it is off. A rotated certificate is used for new handshakes at
+once; open connections are not touched.
+
 GET /config on the admin port shows the configuration in effect.`
 
 func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("proxy", "[--config FILE] [--log-level LEVEL]", proxyDescription, stderr)
+	fs := newFlagSet("proxy", "[--config FILE] [--log-level LEVEL] [--cert-dir DIR | --ca-server ADDR ... | --workload-api ADDR] [--mtls-mode MODE] [--mesh-cidrs LIST]", proxyDescription, stderr)
 	configPath := fs.String("config", "", "YAML config `file` (default: none, the defaults above)")
 	logLevel := fs.String("log-level", "", "log `level`: debug, info, warn or error (overrides logLevel in the config; default info)")
+	mtlsMode := fs.String("mtls-mode", "", "`mode` of mesh mTLS: strict, permissive or disable (overrides mtls.mode)")
+	meshCIDRs := fs.String("mesh-cidrs", "", "comma-separated `CIDRs` of the destinations that run a sidecar, e.g. 10.0.0.0/8,fd00::/8 (overrides mtls.meshCIDRs)")
+	var certs certFlags
+	certs.add(fs)
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
@@ -56,18 +92,76 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
+	var problems []error
 	if *logLevel != "" {
 		cfg.LogLevel = *logLevel
 	}
+	if *mtlsMode != "" {
+		switch m := proxy.MTLSMode(*mtlsMode); m {
+		case proxy.MTLSStrict, proxy.MTLSPermissive, proxy.MTLSDisable:
+			cfg.MTLS.Mode = m
+		default:
+			problems = append(problems, fmt.Errorf("--mtls-mode %q: want strict, permissive or disable", *mtlsMode))
+		}
+	}
+	if flagSet(fs, "mesh-cidrs") {
+		prefixes, err := parseCIDRList(*meshCIDRs)
+		if err != nil {
+			problems = append(problems, fmt.Errorf("--mesh-cidrs: %v", err))
+		}
+		cfg.MTLS.MeshCIDRs = prefixes
+	}
+	problems = append(problems, certs.check()...)
 	log, err := newLogger(cfg.LogLevel)
 	if err != nil {
-		return err
+		problems = append(problems, err)
+	}
+	if len(problems) > 0 {
+		return errors.Join(problems...)
 	}
 	defer log.Sync()
 
-	p, err := proxy.New(cfg, log)
+	src, err := certs.open(ctx, log)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	opts := []proxy.Option{proxy.WithRegistry(reg)}
+	if src != nil {
+		defer src.Close()
+		reg.MustRegister(certCollector{src})
+		opts = append(opts, proxy.WithMeshTLS(mtls.NewMesh(src)))
+	}
+	p, err := proxy.New(cfg, log, opts...)
 	if err != nil {
 		return err
 	}
 	return p.Run(ctx)
+}
+
+// parseCIDRList parses a comma-separated list of CIDRs, each in its
+// canonical form; an empty list is none.
+func parseCIDRList(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	var problems []string
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		switch {
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("%q is not a CIDR; want e.g. 10.0.0.0/8 or fd00::/8", f))
+		case p != p.Masked():
+			problems = append(problems, fmt.Sprintf("%s has bits set past the /%d; want %s", f, p.Bits(), p.Masked()))
+		default:
+			out = append(out, p)
+		}
+	}
+	if len(problems) > 0 {
+		return nil, errors.New(strings.Join(problems, "; "))
+	}
+	return out, nil
 }
