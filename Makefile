@@ -8,8 +8,9 @@ VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo d
 LDFLAGS    := -X main.version=$(VERSION)
 # Packages the tests and the demo drive for real: iptables/ip6tables,
 # iproute2 (ip, bridge), curl as the HTTP client, socat as a plain TCP peer,
-# tcpdump and tshark to capture and read what crosses the wire.
-APT_PACKAGES := iptables iproute2 curl socat procps ca-certificates tcpdump tshark
+# tcpdump and tshark to capture and read what crosses the wire, openssl and
+# sslscan as TLS clients of the sidecar.
+APT_PACKAGES := iptables iproute2 curl socat procps ca-certificates tcpdump tshark openssl sslscan
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 E2E_TIMEOUT ?= 30m
 

@@ -78,6 +78,13 @@ func needRoot(t *testing.T) {
 // failing the test if anything is left behind.
 func newLab(t *testing.T, names ...string) []*topology.Pod {
 	t.Helper()
+	_, pods := newLabWith(t, names...)
+	return pods
+}
+
+// newLabWith is newLab that also returns the lab, for captures.
+func newLabWith(t *testing.T, names ...string) (*topology.Lab, []*topology.Pod) {
+	t.Helper()
 	lab, err := topology.New(topology.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +106,7 @@ func newLab(t *testing.T, names ...string) []*topology.Pod {
 			t.Fatal(err)
 		}
 	}
-	return pods
+	return lab, pods
 }
 
 // publicTempDir is a temporary directory that the sidecar's UID can read.
@@ -184,6 +191,7 @@ type sidecar struct {
 type enrollOpts struct {
 	redirectArgs []string // extra flags for meshgate redirect
 	proxyConfig  string   // YAML for --config; empty runs on defaults
+	proxyArgs    []string // extra flags for meshgate proxy
 	uid          *uint32  // run the proxy as this UID; nil = 1337
 	root         bool     // run the proxy as root
 }
@@ -201,6 +209,7 @@ func enroll(t *testing.T, pod *topology.Pod, o enrollOpts) *sidecar {
 		}
 		args = append(args, "--config", f)
 	}
+	args = append(args, o.proxyArgs...)
 	var po topology.ProcOptions
 	if !o.root {
 		uid := uint32(1337)

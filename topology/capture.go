@@ -17,6 +17,10 @@ type Capture struct {
 	proc *Process
 	// File is the pcap file being written.
 	File string
+	// DecodeAs are tshark's "-d" rules for reading the file, e.g.
+	// "tcp.port==8080,tls": tshark takes a well-known port by its
+	// protocol (8080 is HTTP to it), so mesh TLS there must be named.
+	DecodeAs []string
 }
 
 // Capture starts tcpdump on the bridge-side end of pod's veth with the
@@ -69,6 +73,9 @@ func (c *Capture) Stop() error {
 // prints the named fields, one packet a line (tshark -T fields).
 func (c *Capture) Fields(ctx context.Context, display string, fields ...string) (string, error) {
 	argv := []string{"-n", "-r", c.File, "-T", "fields"}
+	for _, d := range c.DecodeAs {
+		argv = append(argv, "-d", d)
+	}
 	if display != "" {
 		argv = append(argv, "-Y", display)
 	}
