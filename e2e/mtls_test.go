@@ -55,11 +55,16 @@ func chownSidecar(t *testing.T, dir string) {
 // meshOpts enrolls a pod with mTLS: its certificates, the mode, and the
 // lab's subnets as the mesh.
 func meshOpts(certDir, mode string, pods ...*topology.Pod) enrollOpts {
+	return enrollOpts{proxyArgs: append([]string{"--cert-dir", certDir}, meshArgs(mode, pods...)...)}
+}
+
+// meshArgs are the proxy flags of mode with pods as the mesh.
+func meshArgs(mode string, pods ...*topology.Pod) []string {
 	var cidrs []string
 	for _, p := range pods {
 		cidrs = append(cidrs, p.IPv4.String()+"/32", p.IPv6.String()+"/128")
 	}
-	return enrollOpts{proxyArgs: []string{"--cert-dir", certDir, "--mtls-mode", mode, "--mesh-cidrs", strings.Join(cidrs, ",")}}
+	return []string{"--mtls-mode", mode, "--mesh-cidrs", strings.Join(cidrs, ",")}
 }
 
 // tlsHandshakes sums the sidecar's handshake counter over the samples whose

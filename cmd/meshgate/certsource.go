@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,7 +129,11 @@ func (c *certFlags) open(ctx context.Context, log *zap.Logger) (certSource, erro
 	case c.dir != "":
 		src, err := mtls.NewDirSource(c.dir, log)
 		if err != nil {
-			return nil, fmt.Errorf("--cert-dir %s: %v", c.dir, strings.TrimPrefix(err.Error(), "mtls: cert dir "+c.dir+": "))
+			msg := strings.TrimPrefix(err.Error(), "mtls: cert dir "+c.dir+": ")
+			if errors.Is(err, fs.ErrNotExist) {
+				msg += "; want cert.pem, key.pem and bundle.pem there, e.g. from 'meshgate ca issue --out " + c.dir + "'"
+			}
+			return nil, fmt.Errorf("--cert-dir %s: %s", c.dir, msg)
 		}
 		return src, nil
 	case c.workloadAPI != "":
@@ -168,22 +175,36 @@ func (c *certFlags) openCA(ctx context.Context, log *zap.Logger) (certSource, er
 	}
 }
 
-// certCollector exports the certificate the sidecar presents: when it
-// expires, and which one it is.
+// certCollector exports the certificate the sidecar presents (when it
+// expires, which one it is, which root it chains to) and the size of its
+// trust bundle: what to watch during a rotation.
 type certCollector struct{ src certSource }
 
-var certExpiryDesc = prometheus.NewDesc("meshgate_tls_certificate_expiry_timestamp_seconds",
-	"When the workload certificate the sidecar presents expires (Unix time), by its SPIFFE ID and serial number (hex).",
-	[]string{"spiffe_id", "serial"}, nil)
+var (
+	certExpiryDesc = prometheus.NewDesc("meshgate_tls_certificate_expiry_timestamp_seconds",
+		"When the workload certificate the sidecar presents expires (Unix time), by its SPIFFE ID, serial number (hex) "+
+			"and the key ID (hex) of the root it chains to, which 'openssl x509 -noout -ext subjectKeyIdentifier' shows for a root.pem.",
+		[]string{"spiffe_id", "serial", "root_key_id"}, nil)
+	bundleRootsDesc = prometheus.NewDesc("meshgate_tls_trust_bundle_roots",
+		"Roots in the sidecar's trust bundle for its own trust domain: 2 while a root rotation is under way.",
+		[]string{"trust_domain"}, nil)
+)
 
-func (c certCollector) Describe(ch chan<- *prometheus.Desc) { ch <- certExpiryDesc }
+func (c certCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- certExpiryDesc
+	ch <- bundleRootsDesc
+}
 
 func (c certCollector) Collect(ch chan<- prometheus.Metric) {
 	svid := c.src.CurrentSVID()
 	if svid == nil || len(svid.Certificates) == 0 {
 		return
 	}
-	leaf := svid.Certificates[0]
+	leaf, top := svid.Certificates[0], svid.Certificates[len(svid.Certificates)-1]
 	ch <- prometheus.MustNewConstMetric(certExpiryDesc, prometheus.GaugeValue,
-		float64(leaf.NotAfter.Unix()), svid.ID.String(), leaf.SerialNumber.Text(16))
+		float64(leaf.NotAfter.Unix()), svid.ID.String(), leaf.SerialNumber.Text(16), hex.EncodeToString(top.AuthorityKeyId))
+	td := svid.ID.TrustDomain()
+	if b, err := c.src.GetX509BundleForTrustDomain(td); err == nil {
+		ch <- prometheus.MustNewConstMetric(bundleRootsDesc, prometheus.GaugeValue, float64(len(b.X509Authorities())), td.Name())
+	}
 }
