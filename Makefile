@@ -6,11 +6,12 @@ GO         ?= go
 BIN        := bin/meshgate
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -X main.version=$(VERSION)
-# Packages the tests and the demo drive for real: iptables/ip6tables,
+# Packages the tests and the demo drive for real: iptables/ip6tables, nft
+# (the redirect tests read the nf_tables ruleset back with it),
 # iproute2 (ip, bridge), curl as the HTTP client, socat as a plain TCP peer,
 # tcpdump and tshark to capture and read what crosses the wire, openssl and
 # sslscan as TLS clients of the sidecar.
-APT_PACKAGES := iptables iproute2 curl socat procps ca-certificates tcpdump tshark openssl sslscan
+APT_PACKAGES := iptables nftables iproute2 curl socat procps ca-certificates tcpdump tshark openssl sslscan
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 E2E_TIMEOUT ?= 30m
 
