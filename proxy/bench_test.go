@@ -3,14 +3,22 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
+
+	"meshgate/internal/testca"
+	"meshgate/mtls"
 )
 
 // BenchmarkL4 measures what one proxy on loopback costs against talking to
@@ -109,7 +117,8 @@ func benchProxy(b *testing.B, cfg Config, opts ...Option) *running {
 // ("mtls-pair"), as plain L4 proxies ("l4-pair"), against talking to the
 // backend directly; throughput and round trip as BenchmarkL4. Beside
 // them, "tls-floor" is one crypto/tls connection with the same
-// certificates and no proxy: what the mTLS itself costs.
+// certificates and no proxy: what the mTLS itself costs. The mesh TLS is
+// package mtls's, as the sidecar runs it.
 //
 // Run: go test -run '^$' -bench Mesh -benchtime 2s ./proxy
 func BenchmarkMesh(b *testing.B) {
@@ -200,11 +209,7 @@ func meshEntry(b *testing.B, path string, mca *meshCA, backend string, resume bo
 	scfg, ccfg := testConfig(), testConfig()
 	var sopts, copts []Option
 	if path == "mtls-pair" {
-		cm, sm := mca.meshes()
-		cm.quiet, sm.quiet = true, true
-		if !resume {
-			cm.cache = nil
-		}
+		cm, sm := mca.realMeshes(b, resume)
 		sopts, copts = []Option{WithMeshTLS(sm)}, []Option{WithMeshTLS(cm)}
 		ccfg.MTLS.MeshCIDRs = prefixes("127.0.0.0/8")
 	}
@@ -218,11 +223,7 @@ func meshEntry(b *testing.B, path string, mca *meshCA, backend string, resume bo
 // TLS server that relays to backend. It is what two sidecars cost if
 // all they did was the TLS, built from the same parts.
 func tlsFloor(b *testing.B, mca *meshCA, backend string, resume bool) string {
-	cm, sm := mca.meshes()
-	cm.quiet, sm.quiet = true, true
-	if !resume {
-		cm.cache = nil
-	}
+	cm, sm := mca.realMeshes(b, resume)
 	scfg := meshConfig(sm.ServerConfig(), meshProtocols)
 	ccfg := meshConfig(cm.ClientConfig(nil), []string{alpnTCP})
 
@@ -281,6 +282,51 @@ func tlsFloor(b *testing.B, mca *meshCA, backend string, resume bool) string {
 		wg.Wait()
 	})
 	return plainLn.Addr().String()
+}
+
+// realMeshes returns the client's and the server's MeshTLS as the
+// sidecar runs them: package mtls's Mesh over the test certificates.
+// Without resume the client keeps no sessions, so every connection is a
+// full handshake.
+func (c *meshCA) realMeshes(b *testing.B, resume bool) (client, server *mtls.Mesh) {
+	var copts []mtls.Option
+	if !resume {
+		copts = append(copts, mtls.WithSessionCache(noSessions{}))
+	}
+	return mtls.NewMesh(newStaticSource(b, c.client, c.ca), copts...), mtls.NewMesh(newStaticSource(b, c.server, c.ca))
+}
+
+// noSessions is a session cache that keeps nothing.
+type noSessions struct{}
+
+func (noSessions) Get(string) (*tls.ClientSessionState, bool) { return nil, false }
+func (noSessions) Put(string, *tls.ClientSessionState)        {}
+
+// staticSource is an mtls.Source of one certificate and one CA's root.
+type staticSource struct {
+	svid   *x509svid.SVID
+	bundle *x509bundle.Bundle
+}
+
+func newStaticSource(t testing.TB, leaf *testca.Leaf, ca *testca.CA) *staticSource {
+	id, err := x509svid.IDFromCert(leaf.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := spiffeid.RequireTrustDomainFromString(ca.TrustDomain)
+	return &staticSource{
+		svid:   &x509svid.SVID{ID: id, Certificates: leaf.Chain, PrivateKey: leaf.Key},
+		bundle: x509bundle.FromX509Authorities(td, []*x509.Certificate{ca.Root}),
+	}
+}
+
+func (s *staticSource) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
+
+func (s *staticSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	if td != s.bundle.TrustDomain() {
+		return nil, errors.New("no bundle for " + td.String())
+	}
+	return s.bundle, nil
 }
 
 func benchThroughput(b *testing.B, addr string) {
