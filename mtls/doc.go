@@ -23,6 +23,12 @@
 // that verified are remembered, so a resumed handshake costs no more than
 // crypto/tls's own (verifycache.go).
 //
+// Mesh puts these together for the sidecar: over one Source it hands
+// package proxy the configs that terminate and originate mesh
+// connections, a new server config whenever the certificate or bundle
+// changes (so no session ticket outlives a rotation), and one client
+// config per identity expected, all sharing a session cache.
+//
 // The mesh certificate authority that issues these certificates, and its
 // server ("meshgate ca serve"), are the sub-package ca.
 package mtls

@@ -18,8 +18,8 @@ import (
 
 // MeshTLS supplies the TLS configs of mesh connections. It is the seam
 // between the data plane and wherever certificates come from (a
-// directory, the mesh CA, the SPIFFE Workload API): cmd adapts package
-// mtls to it, tests build it from plain tls.Configs. Its methods are
+// directory, the mesh CA, the SPIFFE Workload API): mtls.Mesh is the
+// implementation the sidecar runs; tests build one from plain tls.Configs. Its methods are
 // called for every mesh connection, concurrently.
 type MeshTLS interface {
 	// ServerConfig terminates inbound mesh TLS: it requires and verifies
