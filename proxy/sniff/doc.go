@@ -15,6 +15,9 @@
 // ParseClientHello reads a TLS ClientHello (RFC 8446 §4.1.2) far enough to
 // report the server name (SNI, RFC 6066 §3) and the offered application
 // protocols (ALPN, RFC 7301). The inbound side uses the ALPN to recognise
-// mesh TLS from another sidecar ("meshgate/tcp", ...); protocol detection
-// (HTTP/1.x, HTTP/2, app TLS) will grow here beside it.
+// mesh TLS from another sidecar ("meshgate/tcp", ...).
+//
+// Detect classifies a connection's first bytes for protocol detection: a
+// TLS ClientHello (the app's own TLS, with its SNI and ALPN), an HTTP/1.x
+// request line, the HTTP/2 prior-knowledge preface, or opaque bytes.
 package sniff
