@@ -53,7 +53,52 @@ type Config struct {
 	Timeouts Timeouts `json:"timeouts"`
 	// MTLS says which connections are mutual TLS between sidecars.
 	MTLS MTLSConfig `json:"mtls"`
+	// Protocols says how the proxy tells what a connection speaks.
+	Protocols ProtocolsConfig `json:"protocols"`
 }
+
+// ProtocolsConfig is protocol detection (shared/DESIGN.md §5). An
+// outbound connection's first bytes are peeked and classified (package
+// sniff: the app's own TLS, HTTP/1.x, HTTP/2, or opaque bytes) while the
+// destination is dialed, so that a server that speaks first (MySQL,
+// SMTP, SSH: server-first protocols) is heard at once and its greeting
+// passed on: detection never waits for a client that waits for the
+// server. Such a destination is then remembered as server-first and its
+// next connections are not detected at all.
+type ProtocolsConfig struct {
+	// DetectTimeout is how long an outbound connection waits for the
+	// app's first bytes before it is taken for opaque, when the server
+	// has not spoken either. It costs nothing to server-first protocols
+	// (the server's greeting ends the wait) and is no delay to the
+	// connection's bytes, which flow on as opaque.
+	DetectTimeout Duration `json:"detectTimeout"`
+	// Ports declares what is spoken at destination ports: opaque (no
+	// detection and no wait: the bytes pass as they are) or detect. The
+	// defaults declare the ports of well-known server-first and binary
+	// protocols opaque (see DefaultOpaquePorts); list a port to change it,
+	// e.g. {3306: detect, 7000: opaque}.
+	Ports map[uint16]PortProtocol `json:"ports"`
+	// ServerFirstMemory is how long a destination whose server spoke first
+	// is remembered as server-first (its connections then skip detection).
+	// 0 remembers nothing.
+	ServerFirstMemory Duration `json:"serverFirstMemory"`
+}
+
+// PortProtocol is a port's declared protocol, see ProtocolsConfig.Ports.
+type PortProtocol string
+
+// The port declarations.
+const (
+	PortOpaque PortProtocol = "opaque"
+	PortDetect PortProtocol = "detect"
+)
+
+// DefaultOpaquePorts are declared opaque by default: server-first
+// protocols (SSH 22, SMTP 25 and 587, POP3 110, IMAP 143, MySQL/MariaDB
+// 3306 and Galera 4444, PostgreSQL 5432 (client-first, but binary and
+// latency-sensitive), Redis 6379, Elasticsearch transport 9300, memcached
+// 11211, MongoDB 27017) and DNS over TCP (53).
+var DefaultOpaquePorts = []uint16{22, 25, 53, 110, 143, 587, 3306, 4444, 5432, 6379, 9300, 11211, 27017}
 
 // OutboundConfig configures the outbound capture listener.
 type OutboundConfig struct {
@@ -237,7 +282,20 @@ func DefaultConfig() Config {
 			PlaintextOutsideMesh: true,
 			GreetingHold:         Duration(10 * time.Millisecond),
 		},
+		Protocols: ProtocolsConfig{
+			DetectTimeout:     Duration(time.Second),
+			Ports:             defaultPortProtocols(),
+			ServerFirstMemory: Duration(10 * time.Minute),
+		},
 	}
+}
+
+func defaultPortProtocols() map[uint16]PortProtocol {
+	m := make(map[uint16]PortProtocol, len(DefaultOpaquePorts))
+	for _, p := range DefaultOpaquePorts {
+		m[p] = PortOpaque
+	}
+	return m
 }
 
 // LoadConfig reads the YAML file at path over DefaultConfig and validates
@@ -499,7 +557,34 @@ func (c Config) Validate() error {
 		bad("timeouts.drainGrace: must be >= 0, e.g. 5s")
 	}
 	errs = append(errs, c.MTLS.validate()...)
+	errs = append(errs, c.Protocols.validate()...)
 	return errors.Join(errs...)
+}
+
+// validate reports the problems of the protocols section.
+func (c ProtocolsConfig) validate() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.DetectTimeout <= 0 {
+		bad("protocols.detectTimeout: must be > 0, e.g. 1s")
+	}
+	ports := make([]uint16, 0, len(c.Ports))
+	for port := range c.Ports {
+		ports = append(ports, port)
+	}
+	slices.Sort(ports)
+	for _, port := range ports {
+		switch pp := c.Ports[port]; {
+		case port == 0:
+			bad("protocols.ports.0: 0 is not a port; want a number from 1 to 65535")
+		case pp != PortOpaque && pp != PortDetect:
+			bad("protocols.ports.%d: %q is not a declaration; want opaque or detect", port, string(pp))
+		}
+	}
+	if c.ServerFirstMemory < 0 {
+		bad("protocols.serverFirstMemory: must be >= 0, e.g. 10m")
+	}
+	return errs
 }
 
 // validate reports the problems of the mtls section. Whether the modes

@@ -55,6 +55,9 @@ func TestDefaultConfigIsDesign(t *testing.T) {
 		{"plaintext outside the mesh", strconv.FormatBool(c.MTLS.PlaintextOutsideMesh), "true"},
 		{"greeting hold", c.MTLS.GreetingHold.String(), "10ms"},
 		{"mesh CIDRs", fmt.Sprint(c.MTLS.MeshCIDRs), "[]"},
+		{"detect timeout", c.Protocols.DetectTimeout.String(), "1s"},
+		{"server-first memory", c.Protocols.ServerFirstMemory.String(), "10m0s"},
+		{"opaque ports", fmt.Sprint(c.Protocols.Ports), "map[22:opaque 25:opaque 53:opaque 110:opaque 143:opaque 587:opaque 3306:opaque 4444:opaque 5432:opaque 6379:opaque 9300:opaque 11211:opaque 27017:opaque]"},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s = %s, want %s", tc.name, tc.got, tc.want)
@@ -126,6 +129,16 @@ func TestValidate(t *testing.T) {
 			}
 			c.MTLS.GreetingHold = 0
 		}, ""},
+		{"bad protocols", func(c *Config) {
+			c.Protocols.DetectTimeout = 0
+			c.Protocols.Ports = map[uint16]PortProtocol{0: PortOpaque, 8080: "http", 3306: PortDetect}
+			c.Protocols.ServerFirstMemory = Duration(-time.Second)
+		}, strings.Join([]string{
+			"protocols.detectTimeout: must be > 0, e.g. 1s",
+			"protocols.ports.0: 0 is not a port; want a number from 1 to 65535",
+			`protocols.ports.8080: "http" is not a declaration; want opaque or detect`,
+			"protocols.serverFirstMemory: must be >= 0, e.g. 10m",
+		}, "\n")},
 		{"zero handshake timeout", func(c *Config) { c.Timeouts.Handshake = 0 },
 			"timeouts.handshake: must be > 0, e.g. 10s"},
 		{"bad mtls mode", func(c *Config) { c.MTLS.Mode = "on" },
@@ -235,6 +248,10 @@ mtls:
   destinations:
   - {cidr: 10.1.0.0/16, identity: "spiffe://cluster.local/ns/shop/sa/payments"}
   greetingHold: 5ms
+protocols:
+  detectTimeout: 300ms
+  ports: {3306: detect, 7000: opaque}
+  serverFirstMemory: 0s
 `, want: func(c *Config) {
 			*c = Config{
 				Mode: ModeTProxy, LogLevel: "debug", Mark: 1,
@@ -254,6 +271,9 @@ mtls:
 						Identity: mustID("spiffe://cluster.local/ns/shop/sa/payments")}},
 					GreetingHold: Duration(5 * time.Millisecond),
 				},
+				Protocols: ProtocolsConfig{DetectTimeout: Duration(300 * time.Millisecond),
+					Ports:             map[uint16]PortProtocol{22: PortOpaque, 25: PortOpaque, 53: PortOpaque, 110: PortOpaque, 143: PortOpaque, 587: PortOpaque, 3306: PortDetect, 4444: PortOpaque, 5432: PortOpaque, 6379: PortOpaque, 7000: PortOpaque, 9300: PortOpaque, 11211: PortOpaque, 27017: PortOpaque},
+					ServerFirstMemory: 0},
 			}
 		}},
 		{name: "mark in decimal", yaml: "mark: 1337", want: func(c *Config) { c.Mark = 0x539 }},
@@ -261,11 +281,11 @@ mtls:
 		{name: "null section keeps defaults", yaml: "timeouts:\n", want: func(*Config) {}},
 
 		{name: "unknown top-level field", yaml: "port: 1",
-			wantErr: "port: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls"},
+			wantErr: "port: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols"},
 		{name: "unknown nested field", yaml: "timeouts:\n  read: 1s",
 			wantErr: "timeouts.read: unknown field; want one of connect, handshake, idle, drainGrace"},
 		{name: "field names are case-sensitive", yaml: "logLEVEL: debug",
-			wantErr: "logLEVEL: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls"},
+			wantErr: "logLEVEL: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols"},
 		{name: "port out of range", yaml: "outbound:\n  port: 70000",
 			wantErr: "outbound.port: 70000 is not a port; want a number from 0 to 65535"},
 		{name: "port as a string", yaml: "inbound:\n  port: \"15006\"",
@@ -283,7 +303,7 @@ mtls:
 		{name: "section as a scalar", yaml: "outbound: 15001",
 			wantErr: "outbound: want a section with fields port"},
 		{name: "list at the top", yaml: "- mode: redirect",
-			wantErr: "config: want a section with fields mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls"},
+			wantErr: "config: want a section with fields mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols"},
 		{name: "mtls values that do not parse", yaml: `
 mtls:
   mode: 1
@@ -318,7 +338,7 @@ mtls:
 			wantErr: "yaml: line 1: did not find expected node content"},
 		{name: "every problem at once", yaml: "mode: 1\nfoo: 1\ntimeouts:\n  connect: x\n  bar: 2\n",
 			wantErr: strings.Join([]string{
-				"foo: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls",
+				"foo: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols",
 				"mode: 1 is not a string",
 				"timeouts.bar: unknown field; want one of connect, handshake, idle, drainGrace",
 				`timeouts.connect: "x" is not a duration; want a number with a unit, e.g. "5s" or "1m30s"`,

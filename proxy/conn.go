@@ -11,6 +11,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"meshgate/proxy/sniff"
 )
 
 // errLoop refuses a connection whose original destination is the proxy
@@ -29,11 +31,12 @@ type outcome struct {
 	sent     int64          // client → upstream
 	received int64          // upstream → client
 	err      error
-	refused  bool    // never forwarded: no destination, loop, dial or handshake failure, policy
-	mtls     bool    // mesh mTLS was used, or tried
-	tls      tlsInfo // the mesh handshake's peer and resumption
-	reason   string  // why it was refused, when a reason other than err is worth a field
-	alerted  bool    // refused with a TLS alert: close gracefully so the client can read it
+	refused  bool       // never forwarded: no destination, loop, dial or handshake failure, policy
+	mtls     bool       // mesh mTLS was used, or tried
+	tls      tlsInfo    // the mesh handshake's peer and resumption
+	reason   string     // why it was refused, when a reason other than err is worth a field
+	alerted  bool       // refused with a TLS alert: close gracefully so the client can read it
+	detected *detection // the protocol verdict, when there was one
 }
 
 // alertLinger bounds how long a client refused with a TLS alert is given
@@ -69,7 +72,7 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 		lvl = zapcore.WarnLevel
 	}
 	if ce := p.log.Check(lvl, "connection closed"); ce != nil {
-		fields := make([]zap.Field, 0, 11)
+		fields := make([]zap.Field, 0, 16)
 		fields = append(fields, zap.Stringer("direction", l.dir), zap.Stringer("src", src))
 		if o.dst.IsValid() {
 			fields = append(fields, zap.Stringer("dst", o.dst))
@@ -81,6 +84,15 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 			zap.Bool("mtls", o.mtls),
 			zap.String("peer_identity", o.tls.peer.String()),
 			zap.Bool("tls_resumed", o.tls.resumed))
+		if d := o.detected; d != nil {
+			fields = append(fields, zap.Stringer("protocol", d.proto.Protocol), zap.String("detected_by", d.by))
+			if d.proto.Protocol == sniff.TLS {
+				fields = append(fields, zap.String("sni", d.proto.Hello.ServerName), zap.Strings("alpn", d.proto.Hello.ALPN))
+			}
+			if d.proto.Protocol == sniff.HTTP1 {
+				fields = append(fields, zap.String("http_method", d.proto.Method), zap.String("http_version", d.proto.Version))
+			}
+		}
 		if o.reason != "" {
 			fields = append(fields, zap.String("reason", o.reason))
 		}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -117,8 +118,8 @@ type opening struct {
 	// clientEOF: the client closed its side before its bytes settled
 	// anything.
 	clientEOF bool
-	// upstream is the connection dialed during the wait, nil if none was.
-	upstream *net.TCPConn
+	// upstream is the connection dialed during the wait, zero if none was.
+	upstream upConn
 	// greeting is what the upstream sent first; greetBuf is its pooled
 	// buffer (put back once the greeting is written).
 	greeting []byte
@@ -138,22 +139,39 @@ type opening struct {
 type firstBytesRace struct {
 	client  *peekConn
 	settled func(peeked []byte) bool
-	// dial, when set, connects the upstream during the wait; drop closes
-	// what it dialed when the connection is lost.
-	dial func(ctx context.Context) (*net.TCPConn, error)
-	drop func(*net.TCPConn)
+	// dial, when set, connects the upstream during the wait (with mesh
+	// TLS, the handshake included); drop closes what it dialed when the
+	// connection is lost.
+	dial func(ctx context.Context) (upConn, error)
+	drop func(upConn)
 	// deadline bounds the whole wait.
 	deadline time.Time
 	// holdUntil is the earliest moment an upstream that spoke first is
 	// taken for a server-first protocol while the client is silent; until
 	// then the client may still speak and win (see MTLSConfig.GreetingHold).
 	holdUntil time.Time
+	// quiet, when set, ends the wait once the client has sent bytes that
+	// do not settle anything and then nothing more for this long: a
+	// client waiting for an answer to a few bytes is not kept waiting for
+	// the deadline.
+	quiet time.Duration
+	// upstreamEnds ends the wait when the upstream speaks while the
+	// client's bytes are still unsettled: it is answering them.
+	upstreamEnds bool
+}
+
+// upConn is an upstream connection dialed during a firstBytesRace: the
+// socket, and the mesh TLS on it when there is one (its first bytes are
+// then read through the TLS).
+type upConn struct {
+	tcp *net.TCPConn
+	tls *tls.Conn
 }
 
 // upReport is what the dialing goroutine found.
 type upReport struct {
-	conn  *net.TCPConn
-	err   error   // dial failure (conn nil) or first read failure
+	conn  upConn
+	err   error   // dial failure (conn zero) or first read failure
 	bp    *[]byte // pooled buffer of the first bytes
 	n     int     // how many first bytes
 	spoke bool    // the upstream sent bytes, closed, or failed first
@@ -194,7 +212,7 @@ func (r *firstBytesRace) run(ctx context.Context) (opening, error) {
 			if rep.err == nil {
 				mu.Lock()
 				if !stopped {
-					dialed = rep.conn
+					dialed = rep.conn.tcp
 				}
 				stop := stopped
 				mu.Unlock()
@@ -246,6 +264,13 @@ func (r *firstBytesRace) run(ctx context.Context) (opening, error) {
 				o.first = speakerClient
 				break
 			}
+			if r.quiet > 0 {
+				want = time.Now().Add(r.quiet)
+				if want.After(r.deadline) {
+					want = r.deadline
+				}
+				c.SetReadDeadline(want)
+			}
 			continue
 		}
 		if err == nil {
@@ -257,7 +282,7 @@ func (r *firstBytesRace) run(ctx context.Context) (opening, error) {
 		}
 		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			collect(true)
-			if up != nil && up.conn != nil {
+			if up != nil && up.conn.tcp != nil {
 				up.release()
 				r.drop(up.conn)
 			}
@@ -269,7 +294,7 @@ func (r *firstBytesRace) run(ctx context.Context) (opening, error) {
 			case rep := <-upc:
 				// The goroutine has reported (and interrupted the read).
 				up = &rep
-				if up.conn == nil {
+				if up.conn.tcp == nil {
 					<-upDone
 					return opening{}, up.err
 				}
@@ -281,7 +306,7 @@ func (r *firstBytesRace) run(ctx context.Context) (opening, error) {
 				}
 			default:
 			}
-			if o.first != speakerNone {
+			if o.first != speakerNone || (up != nil && up.spoke && spoke && r.upstreamEnds) {
 				break
 			}
 		}
@@ -296,10 +321,10 @@ func (r *firstBytesRace) run(ctx context.Context) (opening, error) {
 	}
 	collect(false)
 	if up != nil {
-		if up.conn == nil {
+		if up.conn.tcp == nil {
 			return opening{}, up.err
 		}
-		up.conn.SetReadDeadline(time.Time{})
+		up.conn.tcp.SetReadDeadline(time.Time{})
 		o.upstream, o.upErr = up.conn, up.err
 		if up.bp != nil {
 			o.greeting, o.greetBuf = (*up.bp)[:up.n], up.bp
@@ -309,16 +334,22 @@ func (r *firstBytesRace) run(ctx context.Context) (opening, error) {
 }
 
 // readFirst waits for the dialed upstream's first bytes, unless
-// interrupted by a read deadline in the past.
+// interrupted by a read deadline in the past. Through TLS, the read
+// itself waits (records that carry no data, session tickets, come
+// first), so the buffer is taken at once; a TLS read cut short by a
+// deadline loses nothing (crypto/tls keeps a partial record).
 func (rep *upReport) readFirst() {
-	err := waitReadable(rep.conn)
-	if err == nil {
+	var err error
+	if rep.conn.tls != nil {
 		rep.bp = peekPool.Get().(*[]byte)
-		rep.n, err = rep.conn.Read(*rep.bp)
-		if rep.n == 0 {
-			peekPool.Put(rep.bp)
-			rep.bp = nil
-		}
+		rep.n, err = rep.conn.tls.Read(*rep.bp)
+	} else if err = waitReadable(rep.conn.tcp); err == nil {
+		rep.bp = peekPool.Get().(*[]byte)
+		rep.n, err = rep.conn.tcp.Read(*rep.bp)
+	}
+	if rep.bp != nil && rep.n == 0 {
+		peekPool.Put(rep.bp)
+		rep.bp = nil
 	}
 	switch {
 	case rep.n > 0 || errors.Is(err, io.EOF):

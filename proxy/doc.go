@@ -7,7 +7,8 @@
 // connection runs through one pipeline of narrow stages:
 //
 //		accept → original destination → loop guard → (inbound: mTLS termination by ALPN)
-//		       → dial (outbound: mTLS origination to the mesh) → forward
+//		       → (outbound: protocol detection while dialing, with mTLS origination to the mesh)
+//		       → forward
 //
 //	  - accept: one IPv4 and one IPv6 listener per direction (the IPv6 one
 //	    is skipped when the namespace has no IPv6).
@@ -27,6 +28,15 @@
 //	    replayed to the app (permissive). In permissive mode the app is
 //	    dialed while the client's first bytes are awaited, so a
 //	    server-first app is heard at once (firstBytesRace).
+//	  - protocol detection (protocol.go), outbound: unless the port is
+//	    declared opaque (ProtocolsConfig; the well-known server-first
+//	    ports are by default) or the destination spoke first before, the
+//	    app's first bytes are peeked and classified by package sniff (its
+//	    own TLS, with SNI and ALPN; HTTP/1.x; HTTP/2; opaque) while the
+//	    destination is dialed and watched in the same race, so a
+//	    server-first protocol is heard at once and never waits for a
+//	    detection timeout. The bytes pass as they are; the verdict labels
+//	    the log line and the metrics.
 //	  - dial: outbound to the original destination, inbound to the app at
 //	    the original destination's address from the passthrough source
 //	    127.0.0.6 / ::6; both marked with SO_MARK so the rules let them by.
@@ -37,9 +47,7 @@
 //	    move as the bytes do. Plaintext legs use splice(2), TLS legs a
 //	    pooled buffer.
 //
-// Protocol detection will slot in after mTLS termination (reusing the
-// peek and the race); L7 HTTP replaces forward for the protocols it
-// understands.
+// L7 HTTP will replace forward for the protocols detection recognises.
 //
 // Beside the listeners, the proxy serves Prometheus metrics (15020), the
 // health probes (15021) and an admin API on loopback (15000). Run drains

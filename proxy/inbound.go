@@ -44,14 +44,14 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, dst netip.Addr
 	defer pc.release()
 	race := firstBytesRace{client: pc, settled: helloSettled, deadline: start.Add(timeout)}
 	if mode == MTLSPermissive {
-		race.dial = func(ctx context.Context) (*net.TCPConn, error) {
+		race.dial = func(ctx context.Context) (upConn, error) {
 			c, err := p.dialUpstream(ctx, Inbound, dst)
 			if err != nil {
-				return nil, &dialError{err}
+				return upConn{}, &dialError{err}
 			}
-			return c, nil
+			return upConn{tcp: c}, nil
 		}
-		race.drop = p.closeUpstream
+		race.drop = func(u upConn) { p.closeUpstream(u.tcp) }
 		race.holdUntil = start.Add(p.cfg.MTLS.GreetingHold.D())
 	}
 	op, err := race.run(ctx)
@@ -62,9 +62,9 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, dst netip.Addr
 		}
 		return outcome{dst: dst, err: err, refused: true}
 	}
-	upstream := leg{tcp: op.upstream, pending: op.greeting, pendingBuf: op.greetBuf}
-	if op.upstream != nil {
-		defer p.closeUpstream(op.upstream)
+	upstream := leg{tcp: op.upstream.tcp, pending: op.greeting, pendingBuf: op.greetBuf}
+	if op.upstream.tcp != nil {
+		defer p.closeUpstream(op.upstream.tcp)
 	}
 
 	var (

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -19,6 +21,16 @@ type metrics struct {
 	// port); outbound, outside the mesh with mtls.plaintextOutsideMesh
 	// false (the destination port).
 	plaintextRefused *prometheus.CounterVec
+	// detections counts protocol detections by direction, protocol (see
+	// sniff.Protocol) and how it was decided (see the verdict constants).
+	detections *prometheus.CounterVec
+	// detectSeconds is how long detection took, by direction: from
+	// accept to the verdict (0 for declared and remembered ones).
+	detectSeconds *prometheus.HistogramVec
+	// appTLS counts the app's own TLS connections passed through, by
+	// direction and SNI (at most maxSNILabels names; then "other").
+	appTLS  *prometheus.CounterVec
+	sniSeen sniLabels
 }
 
 // dirMetrics are the collectors of one direction.
@@ -67,12 +79,29 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "meshgate_mtls_plaintext_refused_total",
 		Help: "Connections refused for not being mesh mTLS: inbound in strict mode, by the app's port; outbound outside the mesh when plaintext is not allowed there, by destination port.",
 	}, []string{"direction", "port"})
-	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused} {
+	detections := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshgate_protocol_detections_total",
+		Help: "Protocol detections, by direction, protocol (tls, http1, http2, opaque) and how it was decided " +
+			"(client: its first bytes; server_first: the server spoke first; declared: protocols.ports; remembered: " +
+			"a server-first destination seen before; incomplete: the client's bytes settled nothing; timeout: nobody spoke " +
+			"within protocols.detectTimeout; client_closed).",
+	}, []string{"direction", "protocol", "by"})
+	detectSeconds := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "meshgate_protocol_detection_duration_seconds",
+		Help:    "Time from accepting a connection to its protocol verdict, while the upstream is dialed alongside.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"direction"})
+	appTLS := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshgate_app_tls_connections_total",
+		Help: "Connections on which the app speaks TLS itself, passed through untouched, by direction and SNI " +
+			"(\"\" when none was sent; \"other\" past the first 1000 names).",
+	}, []string{"direction", "sni"})
+	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
-	m := &metrics{handshakes: handshakes, plaintextRefused: refused}
+	m := &metrics{handshakes: handshakes, plaintextRefused: refused, detections: detections, detectSeconds: detectSeconds, appTLS: appTLS}
 	for _, d := range []Direction{Outbound, Inbound} {
 		l := d.String()
 		m.dir[d] = dirMetrics{
@@ -85,4 +114,31 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// maxSNILabels bounds the SNI label values of meshgate_app_tls_connections_total,
+// so a client making up names cannot grow the metrics without end.
+const maxSNILabels = 1000
+
+// sniLabels hands out SNI label values: the name itself for the first
+// maxSNILabels names, "other" after.
+type sniLabels struct {
+	mu   sync.Mutex
+	seen map[string]struct{}
+}
+
+func (l *sniLabels) label(sni string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.seen[sni]; ok {
+		return sni
+	}
+	if len(l.seen) >= maxSNILabels {
+		return "other"
+	}
+	if l.seen == nil {
+		l.seen = make(map[string]struct{})
+	}
+	l.seen[sni] = struct{}{}
+	return sni
 }

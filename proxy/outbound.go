@@ -18,18 +18,27 @@ var errOutsideMesh = errors.New("destination is outside mtls.meshCIDRs and mtls.
 
 // outbound serves a connection the app made: to the mesh, as mTLS with
 // ALPN meshgate/tcp to the destination's address (the peer's rules hand it
-// to its sidecar); elsewhere, plaintext where allowed.
+// to its sidecar); elsewhere, plaintext where allowed. Its protocol is
+// detected while the destination is dialed (detectOutbound), unless its
+// port is declared opaque or it is known to speak first.
 func (p *Proxy) outbound(ctx context.Context, client *net.TCPConn, dst netip.AddrPort, m *dirMetrics) outcome {
 	s := p.mesh
-	if !s.inMesh(dst.Addr()) {
-		if !s.plainOut {
-			p.metrics.plaintextRefused.WithLabelValues(Outbound.String(), strconv.Itoa(int(dst.Port()))).Inc()
-			return outcome{dst: dst, err: errOutsideMesh, refused: true, reason: refusedOutside}
-		}
-		return p.plain(ctx, Outbound, client, dst, m)
+	inMesh := s.inMesh(dst.Addr())
+	if !inMesh && !s.plainOut {
+		p.metrics.plaintextRefused.WithLabelValues(Outbound.String(), strconv.Itoa(int(dst.Port()))).Inc()
+		return outcome{dst: dst, err: errOutsideMesh, refused: true, reason: refusedOutside}
 	}
-	if !s.outboundMTLS() {
-		return p.plain(ctx, Outbound, client, dst, m)
+	meshTLS := inMesh && s.outboundMTLS()
+	by := p.skipDetection(dst)
+	if by == "" {
+		return p.detectOutbound(ctx, client, dst, meshTLS, m)
+	}
+	d := detection{by: by}
+	p.countDetection(Outbound, d, 0)
+	if !meshTLS {
+		o := p.plain(ctx, Outbound, client, dst, m)
+		o.detected = &d
+		return o
 	}
 
 	upstream, err := p.dialUpstream(ctx, Outbound, dst)
@@ -38,7 +47,7 @@ func (p *Proxy) outbound(ctx context.Context, client *net.TCPConn, dst netip.Add
 		return outcome{dst: dst, err: err, refused: true, mtls: true}
 	}
 	defer p.closeUpstream(upstream)
-	o := outcome{dst: dst, mtls: true}
+	o := outcome{dst: dst, mtls: true, detected: &d}
 	tc, err := p.originate(ctx, upstream, dst, alpnTCP)
 	if err != nil {
 		o.err, o.refused, o.reason = err, true, reasonOf(err)

@@ -93,6 +93,8 @@ type Proxy struct {
 	copyMode copyMode        // how forward moves bytes; tests set copyBuffer
 	meshTLS  MeshTLS         // WithMeshTLS; nil: no certificates
 	mesh     *meshState      // cfg.MTLS resolved against meshTLS
+	// serverFirst remembers destinations that spoke first.
+	serverFirst *serverFirstMemory
 
 	started atomic.Bool
 	ready   chan struct{} // closed once every listener is bound and serving
@@ -147,6 +149,8 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: invalid config: %w", err)
 	}
 	p.mesh = mesh
+	p.serverFirst = newServerFirstMemory(cfg.Protocols.ServerFirstMemory.D())
+	p.cfg.Protocols.Ports = maps.Clone(cfg.Protocols.Ports)
 	// The config is the caller's; keep a copy, with the mode in effect
 	// for /config.
 	p.cfg.MTLS.Mode = mesh.mode

@@ -54,6 +54,16 @@ unknown fields are errors. For example:
     destinations:           # the identity a destination must present
     - {cidr: 10.1.2.0/24, identity: "spiffe://cluster.local/ns/shop/sa/payments"}
     plaintextOutsideMesh: true
+  protocols:
+    detectTimeout: 1s       # wait for the app's first bytes, then opaque
+    ports: {3306: opaque, 8080: detect}
+    serverFirstMemory: 10m  # destinations that spoke first skip detection
+
+Outbound, the app's first bytes are classified (its own TLS, HTTP/1.x,
+HTTP/2, or opaque) while the destination is dialed, so a server that
+speaks first (MySQL, SMTP, SSH) is heard at once; ports 22, 25, 53, 110,
+143, 587, 3306, 4444, 5432, 6379, 9300, 11211 and 27017 are opaque by
+default. Bytes always pass as they are.
 
 Mesh mTLS needs the sidecar's certificate, from one of three sources:
 

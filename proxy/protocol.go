@@ -1,0 +1,207 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"meshgate/proxy/sniff"
+)
+
+// How a protocol verdict was reached: the "by" label of
+// meshgate_protocol_detections_total and the log line's detected_by.
+const (
+	byClient      = "client"        // the client's first bytes
+	byServerFirst = "server_first"  // the upstream spoke first, the client silent
+	byDeclared    = "declared"      // protocols.ports says opaque
+	byRemembered  = "remembered"    // the destination spoke first before
+	byIncomplete  = "incomplete"    // the client's bytes settled nothing (it went quiet, or the server answered them)
+	byTimeout     = "timeout"       // nobody spoke within protocols.detectTimeout
+	byClosed      = "client_closed" // the client closed before settling anything
+)
+
+// detectQuiet is how long the client may pause after first bytes that
+// settle nothing before the connection is taken for opaque: real clients
+// send a request line, a preface or a ClientHello in one write.
+const detectQuiet = 50 * time.Millisecond
+
+// detectSettled says whether the client's bytes decide the protocol.
+func detectSettled(b []byte) bool {
+	_, err := sniff.Detect(b)
+	return err == nil
+}
+
+// serverFirstMemory remembers destinations whose server spoke first, so
+// their next connections skip detection. It is bounded: past
+// serverFirstMax entries, expired ones go, then the oldest.
+type serverFirstMemory struct {
+	ttl time.Duration
+	mu  sync.Mutex
+	m   map[netip.AddrPort]time.Time // destination → when it is forgotten
+}
+
+// serverFirstMax bounds the destinations remembered.
+const serverFirstMax = 4096
+
+func newServerFirstMemory(ttl time.Duration) *serverFirstMemory {
+	return &serverFirstMemory{ttl: ttl, m: make(map[netip.AddrPort]time.Time)}
+}
+
+// has reports whether dst is remembered as server-first.
+func (s *serverFirstMemory) has(dst netip.AddrPort, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	until, ok := s.m[dst]
+	if ok && !now.Before(until) {
+		delete(s.m, dst)
+		return false
+	}
+	return ok
+}
+
+// remember records dst as server-first from now.
+func (s *serverFirstMemory) remember(dst netip.AddrPort, now time.Time) {
+	if s.ttl <= 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.m[dst]; !ok && len(s.m) >= serverFirstMax {
+		var oldest netip.AddrPort
+		var oldestUntil time.Time
+		for k, until := range s.m {
+			if !now.Before(until) {
+				delete(s.m, k)
+				continue
+			}
+			if oldestUntil.IsZero() || until.Before(oldestUntil) {
+				oldest, oldestUntil = k, until
+			}
+		}
+		if len(s.m) >= serverFirstMax {
+			delete(s.m, oldest)
+		}
+	}
+	s.m[dst] = now.Add(s.ttl)
+}
+
+// detection is a protocol verdict, for metrics and the log line.
+type detection struct {
+	proto sniff.Detection
+	by    string
+}
+
+// skipDetection says why an outbound connection to dst is not detected
+// ("" when it is): its port is declared opaque, or it spoke first before.
+func (p *Proxy) skipDetection(dst netip.AddrPort) string {
+	if p.cfg.Protocols.Ports[dst.Port()] == PortOpaque {
+		return byDeclared
+	}
+	if p.serverFirst.has(dst, time.Now()) {
+		return byRemembered
+	}
+	return ""
+}
+
+// countDetection counts a verdict and how long it took.
+func (p *Proxy) countDetection(dir Direction, d detection, took time.Duration) {
+	p.metrics.detections.WithLabelValues(dir.String(), d.proto.Protocol.String(), d.by).Inc()
+	p.metrics.detectSeconds.WithLabelValues(dir.String()).Observe(took.Seconds())
+	if d.proto.Protocol == sniff.TLS {
+		p.metrics.appTLS.WithLabelValues(dir.String(), p.metrics.sniSeen.label(d.proto.Hello.ServerName)).Inc()
+	}
+}
+
+// detectOutbound serves an outbound connection whose protocol is not
+// declared: it dials the destination (with mesh TLS when meshTLS) while
+// it waits for the app's first bytes (firstBytesRace), so that a server
+// that speaks first is heard at once, classifies what the app sent
+// (sniff.Detect), and forwards both sides' first bytes on. The bytes
+// pass as they are whatever the verdict: it labels the connection.
+func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst netip.AddrPort, meshTLS bool, m *dirMetrics) outcome {
+	start := time.Now()
+	o := outcome{dst: dst, mtls: meshTLS}
+	pc := &peekConn{TCPConn: client}
+	defer pc.release()
+	var info tlsInfo // written by the dial, read once run has returned
+	race := firstBytesRace{
+		client:       pc,
+		settled:      detectSettled,
+		deadline:     start.Add(p.cfg.Protocols.DetectTimeout.D()),
+		quiet:        detectQuiet,
+		upstreamEnds: true,
+		dial: func(ctx context.Context) (upConn, error) {
+			c, err := p.dialUpstream(ctx, Outbound, dst)
+			if err != nil {
+				return upConn{}, &dialError{err}
+			}
+			if !meshTLS {
+				return upConn{tcp: c}, nil
+			}
+			mc, err := p.originate(ctx, c, dst, alpnTCP)
+			if err != nil {
+				p.closeUpstream(c)
+				return upConn{}, err
+			}
+			info = mc.info
+			return upConn{tcp: c, tls: mc.conn}, nil
+		},
+		drop: func(u upConn) { p.closeUpstream(u.tcp) },
+	}
+	op, err := race.run(ctx)
+	if err != nil {
+		o.err, o.refused = err, true
+		if de, ok := errors.AsType[*dialError](err); ok {
+			m.connectFailures.Inc()
+			o.err = de.err
+		}
+		o.reason = reasonOf(err)
+		return o
+	}
+	defer p.closeUpstream(op.upstream.tcp)
+	o.tls = info
+	upstream := leg{tcp: op.upstream.tcp, tls: op.upstream.tls, pending: op.greeting, pendingBuf: op.greetBuf}
+	if op.upErr != nil {
+		// The upstream failed before the app said anything that settled
+		// its protocol: a reset, or (mesh) the peer sidecar refusing us
+		// with an alert, which in TLS 1.3 comes after our handshake.
+		upstream.releasePending()
+		o.err, o.refused = fmt.Errorf("read from upstream: %w", op.upErr), true
+		if meshTLS && isRemoteAlert(op.upErr) {
+			o.reason = "refused by peer: " + p.meshTLS.Reason(op.upErr)
+		}
+		return o
+	}
+
+	d := detection{by: byTimeout}
+	peeked := pc.peeked()
+	switch {
+	case op.first == speakerServer:
+		d.by = byServerFirst
+		if len(op.greeting) > 0 {
+			p.serverFirst.remember(dst, time.Now())
+		}
+	case len(peeked) == 0 && op.clientEOF:
+		d.by = byClosed
+	case len(peeked) > 0:
+		if det, err := sniff.Detect(peeked); err == nil {
+			d = detection{proto: det, by: byClient}
+		} else {
+			d.by = byIncomplete
+		}
+	}
+	p.countDetection(Outbound, d, time.Since(start))
+	o.detected = &d
+
+	pending, pendingBuf := pc.take()
+	o.sent, o.received, o.err = forward(leg{tcp: client, pending: pending, pendingBuf: pendingBuf}, upstream,
+		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	if meshTLS && o.err != nil && o.received == 0 && isRemoteAlert(o.err) {
+		o.reason = "refused by peer: " + p.meshTLS.Reason(o.err)
+	}
+	return o
+}
