@@ -35,15 +35,20 @@ func TestDemo(t *testing.T) {
 			t.Errorf("the report lacks %q:\n%s", want, report)
 		}
 	}
-	// The table: web's inbound handshakes verified client, most resumed,
-	// none failed, and the outsider's plaintext was refused.
-	row := regexp.MustCompile(`(?m)^\s*web\s+inbound\s+(\d+)\s.*?\s(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+client\s*$`)
+	// The table: web's inbound carried the 11 HTTP requests as L7 from a
+	// verified client, none failed, and the outsider's plaintext was
+	// refused; echo's raw TCP sessions resumed their TLS sessions.
+	row := regexp.MustCompile(`(?m)^\s*web\s+inbound\s+\d+\s+(\d+)\s.*?\s(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+client\s*$`)
 	m := row.FindStringSubmatch(report)
 	if m == nil {
 		t.Fatalf("no row for web inbound with peer client in the report:\n%s", report)
 	}
-	if m[1] == "0" || m[3] == "0" || m[4] != "0" || m[5] != "1" {
-		t.Errorf("web inbound: %s connections, %s full, %s resumed, %s failed handshakes, %s plaintext refused; "+
-			"want connections, resumptions, no failure and the outsider refused:\n%s", m[1], m[2], m[3], m[4], m[5], report)
+	if m[1] != "11" || m[4] != "0" || m[5] != "1" {
+		t.Errorf("web inbound: %s HTTP requests, %s failed handshakes, %s plaintext refused; "+
+			"want the 11 requests, no failure and the outsider refused:\n%s", m[1], m[4], m[5], report)
+	}
+	echoRow := regexp.MustCompile(`(?m)^\s*echo\s+inbound\s+(\d+)\s+0\s.*?\s(\d+)\s+(\d+)\s+0\s+0\s+client\s*$`)
+	if m := echoRow.FindStringSubmatch(report); m == nil || m[1] != "10" || m[3] == "0" {
+		t.Errorf("echo inbound: want 10 connections, no HTTP, resumed handshakes, no failure:\n%s", report)
 	}
 }

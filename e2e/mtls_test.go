@@ -128,12 +128,18 @@ func TestMTLSOnTheWire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(hello, "\n"); n != 2 {
-		t.Errorf("want 2 ClientHellos (echo and HTTP), got %d:\n%s", n, hello)
+	// The echo's connection (meshgate/tcp); for curl's, the one dialed
+	// while its first bytes were detected (meshgate/tcp, unused once they
+	// proved HTTP) and the pooled HTTP/2 one its request rode (meshgate/h2).
+	if n := strings.Count(hello, "\n"); n != 3 {
+		t.Errorf("want 3 ClientHellos (echo; HTTP: detection's dial and the HTTP/2 pool), got %d:\n%s", n, hello)
+	}
+	if n := strings.Count(hello, "meshgate/h2"); n != 1 {
+		t.Errorf("want 1 ClientHello offering meshgate/h2, got %d:\n%s", n, hello)
 	}
 	for _, line := range strings.Split(strings.TrimSpace(hello), "\n") {
-		if !strings.Contains(line, "0x0304") || !strings.Contains(line, "meshgate/tcp") {
-			t.Errorf("ClientHello does not offer TLS 1.3 and ALPN meshgate/tcp: %q", line)
+		if !strings.Contains(line, "0x0304") || !(strings.HasSuffix(line, "meshgate/tcp") || strings.HasSuffix(line, "meshgate/h2")) {
+			t.Errorf("ClientHello does not offer TLS 1.3 and one mesh ALPN: %q", line)
 		}
 	}
 	server, err := capt.Fields(ctx, "tls.handshake.type == 2", "tls.handshake.extensions.supported_version")
@@ -153,11 +159,11 @@ func TestMTLSOnTheWire(t *testing.T) {
 		t.Errorf("too few TLS application-data records on the wire: %q", records)
 	}
 	// Both sides verified each other.
-	if n := sa.tlsHandshakes(t, "direction=outbound", "result=ok", "peer_identity="+spiffeFor(b)); n != 2 {
-		t.Errorf("a's sidecar: %v outbound handshakes with %s, want 2", n, spiffeFor(b))
+	if n := sa.tlsHandshakes(t, "direction=outbound", "result=ok", "peer_identity="+spiffeFor(b)); n != 3 {
+		t.Errorf("a's sidecar: %v outbound handshakes with %s, want 3", n, spiffeFor(b))
 	}
-	if n := sb.tlsHandshakes(t, "direction=inbound", "result=ok", "peer_identity="+spiffeFor(a)); n != 2 {
-		t.Errorf("b's sidecar: %v inbound handshakes with %s, want 2", n, spiffeFor(a))
+	if n := sb.tlsHandshakes(t, "direction=inbound", "result=ok", "peer_identity="+spiffeFor(a)); n != 3 {
+		t.Errorf("b's sidecar: %v inbound handshakes with %s, want 3", n, spiffeFor(a))
 	}
 }
 
@@ -185,8 +191,13 @@ func TestMTLSModes(t *testing.T) {
 			if mode == "strict" && !strings.Contains(sb.proc.Output(), "plaintext") {
 				t.Errorf("strict refusal not explained in the log:\n%s", tail(sb.proc.Output(), 10))
 			}
-			if n := sb.tlsHandshakes(t, "direction=inbound", "result=ok"); n != 1 {
-				t.Errorf("b: %v inbound mTLS handshakes, want 1 (from a)", n)
+			// From a: the connection dialed while curl's first bytes were
+			// detected, and the pooled HTTP/2 one its request rode.
+			if n := sb.tlsHandshakes(t, "direction=inbound", "result=ok", "peer_identity="+spiffeFor(a)); n != 2 {
+				t.Errorf("b: %v inbound mTLS handshakes from a, want 2", n)
+			}
+			if n := sb.tlsHandshakes(t, "direction=inbound", "result=failed"); n != 0 {
+				t.Errorf("b: %v failed inbound handshakes", n)
 			}
 		})
 	}

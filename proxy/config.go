@@ -79,9 +79,16 @@ type ProtocolsConfig struct {
 	// e.g. {3306: detect, 7000: opaque}.
 	Ports map[uint16]PortProtocol `json:"ports"`
 	// ServerFirstMemory is how long a destination whose server spoke first
-	// is remembered as server-first (its connections then skip detection).
-	// 0 remembers nothing.
+	// is remembered as server-first (its connections then skip detection),
+	// and one whose clients spoke HTTP as HTTP. 0 remembers nothing.
 	ServerFirstMemory Duration `json:"serverFirstMemory"`
+	// L7 carries HTTP (HTTP/1.x and HTTP/2 from the app) to mesh
+	// destinations request by request, over pooled, multiplexed HTTP/2
+	// mTLS connections between the sidecars (ALPN meshgate/h2), with
+	// per-request metrics and access logs; the server sidecar speaks to
+	// its app in the protocol the client app used. false passes HTTP as
+	// opaque bytes, like any other protocol.
+	L7 bool `json:"l7"`
 }
 
 // PortProtocol is a port's declared protocol, see ProtocolsConfig.Ports.
@@ -286,6 +293,7 @@ func DefaultConfig() Config {
 			DetectTimeout:     Duration(time.Second),
 			Ports:             defaultPortProtocols(),
 			ServerFirstMemory: Duration(10 * time.Minute),
+			L7:                true,
 		},
 	}
 }

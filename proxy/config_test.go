@@ -273,7 +273,7 @@ protocols:
 				},
 				Protocols: ProtocolsConfig{DetectTimeout: Duration(300 * time.Millisecond),
 					Ports:             map[uint16]PortProtocol{22: PortOpaque, 25: PortOpaque, 53: PortOpaque, 110: PortOpaque, 143: PortOpaque, 587: PortOpaque, 3306: PortDetect, 4444: PortOpaque, 5432: PortOpaque, 6379: PortOpaque, 7000: PortOpaque, 9300: PortOpaque, 11211: PortOpaque, 27017: PortOpaque},
-					ServerFirstMemory: 0},
+					ServerFirstMemory: 0, L7: true},
 			}
 		}},
 		{name: "mark in decimal", yaml: "mark: 1337", want: func(c *Config) { c.Mark = 0x539 }},

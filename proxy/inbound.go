@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -118,6 +119,12 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream leg, dst n
 		return o
 	}
 	o.tls = mc.info
+	if mc.conn.ConnectionState().NegotiatedProtocol == alpnH2 {
+		// L7 HTTP from a client sidecar: requests, each to the app on a
+		// connection of the pool; what permissive mode dialed goes unused.
+		upstream.releasePending()
+		return p.serveInboundHTTP(ctx, mc, dst, m)
+	}
 	if upstream.tcp == nil {
 		c, err := p.dialUpstream(ctx, Inbound, dst)
 		if err != nil {
@@ -150,9 +157,13 @@ func (p *Proxy) accept(pc *peekConn, deadline time.Time, hello *sniff.ClientHell
 	var info tlsInfo
 	if err == nil {
 		st := tc.ConnectionState()
-		// Only meshgate/tcp is served so far, and the ClientHello offered
-		// it: the handshake picked it.
-		info, err = peerInfo(&st, alpnTCP)
+		// The handshake picked one of meshProtocols that the ClientHello
+		// offered (or none, from a client that is no sidecar).
+		proto := st.NegotiatedProtocol
+		if !slices.Contains(meshProtocols, proto) {
+			proto = alpnTCP
+		}
+		info, err = peerInfo(&st, proto)
 	}
 	if err != nil {
 		he := p.handshakeFailed(err, p.cfg.Timeouts.Handshake.D())

@@ -31,6 +31,11 @@ type metrics struct {
 	// direction and SNI (at most maxSNILabels names; then "other").
 	appTLS  *prometheus.CounterVec
 	sniSeen sniLabels
+	// requests counts L7 HTTP requests by direction, method, response
+	// class (2xx, ...) and the peer sidecar's SPIFFE ID; requestSeconds
+	// is their duration, to the end of the response.
+	requests       *prometheus.CounterVec
+	requestSeconds *prometheus.HistogramVec
 }
 
 // dirMetrics are the collectors of one direction.
@@ -96,12 +101,22 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Help: "Connections on which the app speaks TLS itself, passed through untouched, by direction and SNI " +
 			"(\"\" when none was sent; \"other\" past the first 1000 names).",
 	}, []string{"direction", "sni"})
-	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS} {
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshgate_http_requests_total",
+		Help: "HTTP requests carried as L7 between sidecars, by direction, method, response class (2xx, 5xx, ...) and the peer sidecar's SPIFFE ID.",
+	}, []string{"direction", "method", "response_class", "peer_identity"})
+	requestSeconds := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "meshgate_http_request_duration_seconds",
+		Help:    "Duration of L7 HTTP requests, from the request's headers to the end of the response, by direction, method and response class.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	}, []string{"direction", "method", "response_class"})
+	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS, requests, requestSeconds} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
-	m := &metrics{handshakes: handshakes, plaintextRefused: refused, detections: detections, detectSeconds: detectSeconds, appTLS: appTLS}
+	m := &metrics{handshakes: handshakes, plaintextRefused: refused, detections: detections, detectSeconds: detectSeconds, appTLS: appTLS,
+		requests: requests, requestSeconds: requestSeconds}
 	for _, d := range []Direction{Outbound, Inbound} {
 		l := d.String()
 		m.dir[d] = dirMetrics{

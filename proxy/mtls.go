@@ -63,7 +63,7 @@ const (
 
 // meshProtocols are the mesh protocols the inbound side serves, in its
 // order of preference.
-var meshProtocols = []string{alpnTCP}
+var meshProtocols = []string{alpnTCP, alpnH2}
 
 // Handshake failure reasons that the proxy finds itself, beside those of
 // MeshTLS.Reason.

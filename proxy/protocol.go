@@ -127,6 +127,10 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	o := outcome{dst: dst, mtls: meshTLS}
 	pc := &peekConn{TCPConn: client}
 	defer pc.release()
+	l7 := meshTLS && p.cfg.Protocols.L7
+	if l7 && p.httpDests.has(dst, start) {
+		return p.detectKnownHTTP(ctx, pc, dst, start, m)
+	}
 	var info tlsInfo // written by the dial, read once run has returned
 	race := firstBytesRace{
 		client:       pc,
@@ -196,11 +200,79 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	}
 	p.countDetection(Outbound, d, time.Since(start))
 	o.detected = &d
+	if l7 && (d.proto.Protocol == sniff.HTTP1 || d.proto.Protocol == sniff.HTTP2) {
+		// HTTP goes by the pooled L7 connections; the connection dialed
+		// while detecting goes unused, and is not dialed next time.
+		p.httpDests.remember(dst, time.Now())
+		upstream.releasePending()
+		lo := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, m)
+		lo.detected = &d
+		return lo
+	}
 
 	pending, pendingBuf := pc.take()
 	o.sent, o.received, o.err = forward(leg{tcp: client, pending: pending, pendingBuf: pendingBuf}, upstream,
 		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
 	if meshTLS && o.err != nil && o.received == 0 && isRemoteAlert(o.err) {
+		o.reason = "refused by peer: " + p.meshTLS.Reason(o.err)
+	}
+	return o
+}
+
+// detectKnownHTTP serves a connection to a mesh destination whose clients
+// spoke HTTP before: it waits for the app's first bytes without dialing
+// (HTTP goes by the pooled L7 connections), and if they are not HTTP
+// after all, dials the destination with mesh TLS and passes them on.
+func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.AddrPort, start time.Time, m *dirMetrics) outcome {
+	race := firstBytesRace{client: pc, settled: detectSettled, deadline: start.Add(p.cfg.Protocols.DetectTimeout.D()), quiet: detectQuiet}
+	op, err := race.run(ctx)
+	if err != nil {
+		return outcome{dst: dst, err: err, refused: true, mtls: true}
+	}
+	d := detection{by: byTimeout}
+	switch peeked := pc.peeked(); {
+	case len(peeked) == 0 && op.clientEOF:
+		d.by = byClosed
+	case len(peeked) > 0:
+		if det, err := sniff.Detect(peeked); err == nil {
+			d = detection{proto: det, by: byClient}
+		} else {
+			d.by = byIncomplete
+		}
+	}
+	p.countDetection(Outbound, d, time.Since(start))
+	if d.proto.Protocol == sniff.HTTP1 || d.proto.Protocol == sniff.HTTP2 {
+		p.httpDests.remember(dst, time.Now())
+		o := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, m)
+		o.detected = &d
+		return o
+	}
+	o := p.meshOpaque(ctx, pc, dst, m)
+	o.detected = &d
+	return o
+}
+
+// meshOpaque dials dst with mesh TLS (meshgate/tcp) and forwards the
+// connection as it is, the bytes peeked into pc first.
+func (p *Proxy) meshOpaque(ctx context.Context, pc *peekConn, dst netip.AddrPort, m *dirMetrics) outcome {
+	o := outcome{dst: dst, mtls: true}
+	upstream, err := p.dialUpstream(ctx, Outbound, dst)
+	if err != nil {
+		m.connectFailures.Inc()
+		o.err, o.refused = err, true
+		return o
+	}
+	defer p.closeUpstream(upstream)
+	tc, err := p.originate(ctx, upstream, dst, alpnTCP)
+	if err != nil {
+		o.err, o.refused, o.reason = err, true, reasonOf(err)
+		return o
+	}
+	o.tls = tc.info
+	pending, pendingBuf := pc.take()
+	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, pending: pending, pendingBuf: pendingBuf}, leg{tcp: upstream, tls: tc.conn},
+		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	if o.err != nil && o.received == 0 && isRemoteAlert(o.err) {
 		o.reason = "refused by peer: " + p.meshTLS.Reason(o.err)
 	}
 	return o

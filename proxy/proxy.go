@@ -93,8 +93,13 @@ type Proxy struct {
 	copyMode copyMode        // how forward moves bytes; tests set copyBuffer
 	meshTLS  MeshTLS         // WithMeshTLS; nil: no certificates
 	mesh     *meshState      // cfg.MTLS resolved against meshTLS
-	// serverFirst remembers destinations that spoke first.
+	// serverFirst remembers destinations that spoke first; httpDests
+	// those whose clients spoke HTTP (their connections skip the dial
+	// made while detecting, as they go to the pooled L7 connections).
 	serverFirst *serverFirstMemory
+	httpDests   *serverFirstMemory
+	l7          *l7
+	access      *zap.Logger // the access log: a line per L7 request
 
 	started atomic.Bool
 	ready   chan struct{} // closed once every listener is bound and serving
@@ -150,6 +155,9 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 	}
 	p.mesh = mesh
 	p.serverFirst = newServerFirstMemory(cfg.Protocols.ServerFirstMemory.D())
+	p.httpDests = newServerFirstMemory(cfg.Protocols.ServerFirstMemory.D())
+	p.l7 = newL7(p)
+	p.access = log.Named("access")
 	p.cfg.Protocols.Ports = maps.Clone(cfg.Protocols.Ports)
 	// The config is the caller's; keep a copy, with the mode in effect
 	// for /config.
@@ -266,6 +274,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 		killConns()
 		<-drained
 	}
+
+	p.l7.closeIdle()
 
 	// Phase 3: the HTTP servers go last, so /healthz/ready keeps saying 503
 	// while draining.
