@@ -208,6 +208,7 @@ func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.A
 			pr.Out.Header.Del(hdrClientCert)
 		},
 		Transport:     p.l7.mesh,
+		BufferPool:    copyBuffers{},
 		FlushInterval: -1,
 		ErrorLog:      discardLog,
 		ErrorHandler:  p.proxyError,
@@ -400,6 +401,7 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, mc meshConn, dst netip.Add
 			pr.Out.Header.Set(hdrClientCert, "URI="+peer)
 		},
 		Transport:     appTransport{p.l7},
+		BufferPool:    copyBuffers{},
 		FlushInterval: -1,
 		ErrorLog:      discardLog,
 		ErrorHandler:  p.proxyError,
@@ -415,6 +417,13 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, mc meshConn, dst netip.Add
 	o.sent, o.received = cc.sent.Load(), cc.received.Load()
 	return o
 }
+
+// copyBuffers lends ReverseProxy the pooled copy buffers of forward, so
+// a request's body copy allocates none.
+type copyBuffers struct{}
+
+func (copyBuffers) Get() []byte  { return *bufPool.Get().(*[]byte) }
+func (copyBuffers) Put(b []byte) { bufPool.Put(&b) }
 
 // appTransport sends a request to the local app in the protocol named by
 // hdrAppProtocol (which it removes): HTTP/1.1, or h2c.
