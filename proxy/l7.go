@@ -239,9 +239,21 @@ func (p *Proxy) serveHTTPConn(ctx context.Context, c net.Conn, proto sniff.Proto
 		ErrorLog:          discardLog,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
+	// Registered so that a drain closes the connection once its requests
+	// are answered (GOAWAY on HTTP/2), instead of holding it open for the
+	// grace period.
+	p.httpServers.Store(base, struct{}{})
+	defer p.httpServers.Delete(base)
 	if proto == sniff.HTTP2 {
-		(&http2.Server{IdleTimeout: p.cfg.Timeouts.Idle.D(), MaxUploadBufferPerConnection: 1 << 20}).
-			ServeConn(c, &http2.ServeConnOpts{Context: ctx, Handler: h, BaseConfig: base})
+		h2 := &http2.Server{IdleTimeout: p.cfg.Timeouts.Idle.D(), MaxUploadBufferPerConnection: 1 << 20}
+		if err := http2.ConfigureServer(base, h2); err != nil {
+			p.log.Error("HTTP/2 server", zap.Error(err))
+			return
+		}
+		if p.draining.Load() {
+			base.Shutdown(context.Background())
+		}
+		h2.ServeConn(c, &http2.ServeConnOpts{Context: ctx, Handler: h, BaseConfig: base})
 		wg.Wait()
 		return
 	}
@@ -252,8 +264,23 @@ func (p *Proxy) serveHTTPConn(ctx context.Context, c net.Conn, proto sniff.Proto
 			once.Do(func() { close(done) })
 		}
 	}
+	if p.draining.Load() {
+		base.SetKeepAlivesEnabled(false)
+	}
 	base.Serve(&connListener{c: c, done: done})
 	wg.Wait()
+}
+
+// drainHTTP asks every L7 connection to end once its requests are
+// answered, and closes the idle pooled ones.
+func (p *Proxy) drainHTTP() {
+	p.httpServers.Range(func(k, _ any) bool {
+		srv := k.(*http.Server)
+		srv.SetKeepAlivesEnabled(false)
+		go srv.Shutdown(context.Background())
+		return true
+	})
+	p.l7.closeIdle()
 }
 
 // outboundHTTP is the client sidecar's handler for one app connection.
@@ -352,7 +379,7 @@ func (h *outboundHTTP) upgrade(w *recorder, r *http.Request) tlsInfo {
 		p.proxyError(w, r, err)
 		return mc.info
 	}
-	w.status, w.hijacked = http.StatusSwitchingProtocols, true
+	w.hijacked = true
 	var pending []byte
 	if n := brw.Reader.Buffered(); n > 0 {
 		pending, _ = brw.Reader.Peek(n)
@@ -364,7 +391,19 @@ func (h *outboundHTTP) upgrade(w *recorder, r *http.Request) tlsInfo {
 		p.closeUpstream(up)
 		return mc.info
 	}
-	forward(leg{tcp: tcp, pending: pending}, leg{tcp: up, tls: mc.conn}, p.cfg.Timeouts.Idle.D(), copyBuffer, &p.metrics.dir[Outbound])
+	// The answer's status, for the metrics and the log: 101 if the app
+	// switched, anything else if it declined (the bytes pass either way).
+	mc.conn.SetReadDeadline(time.Now().Add(p.cfg.Timeouts.Idle.D()))
+	first := make([]byte, 4<<10)
+	n, _ := mc.conn.Read(first)
+	first = first[:n]
+	w.status = http.StatusBadGateway
+	if len(first) >= 12 && strings.HasPrefix(string(first), "HTTP/1.") {
+		if code, err := strconv.Atoi(string(first[9:12])); err == nil {
+			w.status = code
+		}
+	}
+	forward(leg{tcp: tcp, pending: pending}, leg{tcp: up, tls: mc.conn, pending: first}, p.cfg.Timeouts.Idle.D(), copyBuffer, &p.metrics.dir[Outbound])
 	p.closeUpstream(up)
 	conn.Close()
 	return mc.info

@@ -100,6 +100,7 @@ type Proxy struct {
 	httpDests   *serverFirstMemory
 	l7          *l7
 	access      *zap.Logger // the access log: a line per L7 request
+	httpServers sync.Map    // *http.Server of each L7 connection being served
 
 	started atomic.Bool
 	ready   chan struct{} // closed once every listener is bound and serving
@@ -257,6 +258,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		l.ln.Close()
 	}
 	acceptWG.Wait()
+	p.drainHTTP()
 
 	// Phase 2: let them finish within the grace period, then cut them.
 	grace := p.cfg.Timeouts.DrainGrace.D()

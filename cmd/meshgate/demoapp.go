@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/net/websocket"
 )
 
 // runDemoApp is the example workload of the demo and the e2e tests: an
@@ -21,10 +23,14 @@ import (
 func runDemoApp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("demo-app", "[--http ADDR] [--echo ADDR] [--name NAME]", `
 An example workload for meshgate demo and the end-to-end tests. It knows
-nothing about the mesh. HTTP endpoints:
-  GET  /            who answered and what it saw (JSON: name, method, path, remote, host)
+nothing about the mesh. HTTP/1.x and HTTP/2 without TLS (h2c, prior
+knowledge or Upgrade) on --http. Endpoints:
+  GET  /            who answered and what it saw (JSON: name, method, path,
+                    remote, host, proto, and the headers a mesh adds:
+                    client_cert, request_id, traceparent)
   GET  /bytes?n=N   N bytes of deterministic data; X-Content-Sha256 gives their hash
   POST /sha256      the length and SHA-256 of the request body (JSON)
+  GET  /ws          a WebSocket echo
 The echo server writes back what it reads and closes its side after the
 client closes its own (TCP half-close).`, stderr)
 	httpAddr := fs.String("http", "", "serve HTTP on `ADDR` (e.g. :8080)")
@@ -45,6 +51,9 @@ client closes its own (TCP half-close).`, stderr)
 			return fmt.Errorf("--http %s: %w", *httpAddr, err)
 		}
 		srv := &http.Server{Handler: demoHandler(*name), ReadHeaderTimeout: 10 * time.Second}
+		srv.Protocols = new(http.Protocols)
+		srv.Protocols.SetHTTP1(true)
+		srv.Protocols.SetUnencryptedHTTP2(true)
 		wg.Add(2)
 		go func() { defer wg.Done(); errc <- ignoreClosed(srv.Serve(ln)) }()
 		go func() {
@@ -141,8 +150,12 @@ func demoHandler(name string) http.Handler {
 		json.NewEncoder(w).Encode(map[string]string{
 			"name": name, "method": r.Method, "path": r.URL.Path,
 			"remote": r.RemoteAddr, "host": r.Host, "proto": r.Proto,
+			"client_cert": r.Header.Get("X-Forwarded-Client-Cert"),
+			"request_id":  r.Header.Get("X-Request-Id"),
+			"traceparent": r.Header.Get("Traceparent"),
 		})
 	})
+	mux.Handle("GET /ws", websocket.Handler(func(c *websocket.Conn) { io.Copy(c, c) }))
 	mux.HandleFunc("GET /bytes", func(w http.ResponseWriter, r *http.Request) {
 		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
 		if err != nil || n < 0 || n > 1<<32 {
