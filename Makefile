@@ -18,7 +18,13 @@ E2E_TIMEOUT ?= 30m
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build deps vet unit e2e test demo golden clean
+# Go tools the e2e tests drive, installed into bin/tools from the module
+# proxy at pinned versions: grpc-go's interop client and server, h2spec.
+TOOLS_DIR  := $(CURDIR)/bin/tools
+GRPC_VERSION   := v1.79.3
+H2SPEC_VERSION := v2.2.1+incompatible
+
+.PHONY: all build deps tools vet unit e2e test demo golden clean
 
 all: build
 
@@ -31,6 +37,15 @@ deps:
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+## tools: the Go tools of the e2e tests, in bin/tools (once)
+tools: $(TOOLS_DIR)/server $(TOOLS_DIR)/client $(TOOLS_DIR)/h2spec
+
+$(TOOLS_DIR)/server $(TOOLS_DIR)/client:
+	GOBIN=$(TOOLS_DIR) GOFLAGS=-mod=mod $(GO) install google.golang.org/grpc/interop/server@$(GRPC_VERSION) google.golang.org/grpc/interop/client@$(GRPC_VERSION)
+
+$(TOOLS_DIR)/h2spec:
+	GOBIN=$(TOOLS_DIR) GOFLAGS=-mod=mod $(GO) install github.com/summerwind/h2spec/cmd/h2spec@$(H2SPEC_VERSION)
 
 ## build: the meshgate binary in bin/
 build:
@@ -46,9 +61,9 @@ unit:
 	$(GO) test -race -short -count=1 ./...
 
 ## e2e: everything, including real iptables in real network namespaces (root)
-e2e: deps
+e2e: deps tools
 	@if [ "$$(id -u)" != 0 ]; then echo "make e2e: needs root (network namespaces, iptables): run 'sudo make e2e'"; exit 1; fi
-	$(GO) test -count=1 -p 1 -timeout $(E2E_TIMEOUT) ./...
+	MESHGATE_TOOLS=$(TOOLS_DIR) $(GO) test -count=1 -p 1 -timeout $(E2E_TIMEOUT) ./...
 
 ## test: the whole suite — vet, unit tests with -race, then the root tests and e2e
 test: deps vet unit e2e
