@@ -47,7 +47,13 @@
 //	    move as the bytes do. Plaintext legs use splice(2), TLS legs a
 //	    pooled buffer.
 //
-// L7 HTTP will replace forward for the protocols detection recognises.
+// L7 (l7.go): HTTP/1.x and HTTP/2 to a mesh destination are served
+// request by request instead of forwarded as bytes: each rides a pooled,
+// multiplexed HTTP/2 mTLS connection to the peer sidecar (ALPN
+// meshgate/h2), whose inbound side passes it to its app in the client
+// app's protocol, with the client's verified identity in
+// X-Forwarded-Client-Cert. Upgrades get a meshgate/tcp connection of
+// their own.
 //
 // Beside the listeners, the proxy serves Prometheus metrics (15020), the
 // health probes (15021) and an admin API on loopback (15000). Run drains

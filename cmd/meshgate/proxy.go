@@ -58,12 +58,16 @@ unknown fields are errors. For example:
     detectTimeout: 1s       # wait for the app's first bytes, then opaque
     ports: {3306: opaque, 8080: detect}
     serverFirstMemory: 10m  # destinations that spoke first skip detection
+    l7: true                # HTTP to the mesh as requests over pooled HTTP/2 mTLS
 
 Outbound, the app's first bytes are classified (its own TLS, HTTP/1.x,
 HTTP/2, or opaque) while the destination is dialed, so a server that
 speaks first (MySQL, SMTP, SSH) is heard at once; ports 22, 25, 53, 110,
 143, 587, 3306, 4444, 5432, 6379, 9300, 11211 and 27017 are opaque by
-default. Bytes always pass as they are.
+default. HTTP/1.x and HTTP/2 to a mesh destination go request by request
+over one pooled HTTP/2 mTLS connection per destination; the server's
+sidecar hands its app the client's verified SPIFFE ID in
+X-Forwarded-Client-Cert. Every other protocol passes as opaque bytes.
 
 Mesh mTLS needs the sidecar's certificate, from one of three sources:
 
