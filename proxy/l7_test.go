@@ -244,13 +244,14 @@ func TestL7Upgrade(t *testing.T) {
 	}
 }
 
-// TestL7LargeHeaders: a request header of 512 KiB crosses the sidecars.
+// TestL7LargeHeaders: a request header of nearly 1 MiB (the default
+// limit, less room for the rest of the request) crosses the sidecars.
 func TestL7LargeHeaders(t *testing.T) {
 	mca := newMeshCA(t)
 	cm, sm := mca.meshes()
 	app, seen := startL7App(t)
 	p := startPair(t, app, cm, sm, pairOptions{})
-	big := strings.Repeat("x", 512<<10)
+	big := strings.Repeat("x", 1<<20-8<<10)
 	resp, _ := get(t, h1Client(t), "http://"+p.client.out()+"/", http.Header{"X-Big": {big}})
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
