@@ -88,7 +88,7 @@ func runH2spec(t *testing.T, pod *topology.Pod, addr netip.AddrPort) (total int,
 	t.Helper()
 	count := map[string]int{}
 	for range 2 {
-		out, _ := pod.Run(ctxFor(t, 5*time.Minute), tool(t, "h2spec"), "-h", addr.Addr().String(), "-p", strconv.Itoa(int(addr.Port())), "-o", "1")
+		out, _ := pod.Run(ctxFor(t, 5*time.Minute), tool(t, "h2spec"), "-h", addr.Addr().String(), "-p", strconv.Itoa(int(addr.Port())), "-o", "2")
 		m := h2specSummary.FindStringSubmatch(out)
 		if m == nil {
 			t.Fatalf("h2spec printed no summary:\n%s", out)

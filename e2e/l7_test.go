@@ -42,7 +42,7 @@ func TestL7RealClients(t *testing.T) {
 		{"HTTP/1.1", []string{"--http1.1"}, "HTTP/1.1"},
 		{"HTTP/2 prior knowledge", []string{"--http2-prior-knowledge"}, "HTTP/2.0"},
 		// Go's server declines the h2c Upgrade (RFC 9113 deprecated it)
-		// and answers in HTTP/1.1; the upgrade request passes as it is.
+		// and answers in HTTP/1.1, on the upgrade's own mesh connection.
 		{"h2c Upgrade", []string{"--http2"}, "HTTP/1.1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -53,9 +53,7 @@ func TestL7RealClients(t *testing.T) {
 			if v.Proto != tc.proto {
 				t.Errorf("the app was reached over %s, want %s", v.Proto, tc.proto)
 			}
-			// An upgraded connection is passed as it is (the app's own
-			// h2c), so the sidecar adds no header to it.
-			if tc.name != "h2c Upgrade" && (v.ClientCert != identity || v.RequestID == "" || !strings.HasPrefix(v.Traceparent, "00-")) {
+			if v.ClientCert != identity || v.RequestID == "" || !strings.HasPrefix(v.Traceparent, "00-") {
 				t.Errorf("the app saw client_cert %q, request_id %q, traceparent %q; want %q and generated IDs", v.ClientCert, v.RequestID, v.Traceparent, identity)
 			}
 		})

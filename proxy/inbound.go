@@ -119,11 +119,14 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream leg, dst n
 		return o
 	}
 	o.tls = mc.info
-	if mc.conn.ConnectionState().NegotiatedProtocol == alpnH2 {
+	switch mc.conn.ConnectionState().NegotiatedProtocol {
+	case alpnH2:
 		// L7 HTTP from a client sidecar: requests, each to the app on a
 		// connection of the pool; what permissive mode dialed goes unused.
 		upstream.releasePending()
 		return p.serveInboundHTTP(ctx, mc, dst, m)
+	case alpnHTTP1:
+		return p.serveInboundUpgrade(ctx, pc.TCPConn, mc, upstream, dst, m)
 	}
 	if upstream.tcp == nil {
 		c, err := p.dialUpstream(ctx, Inbound, dst)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -34,6 +35,12 @@ import (
 // hdrAppProtocol so the server sidecar speaks it to its app.
 const alpnH2 = "meshgate/h2"
 
+// alpnHTTP1 carries one HTTP/1.1 request that switches protocols
+// (WebSocket, h2c): the server sidecar reads the request, sets the
+// client's identity in it, hands it to its app, and from then on passes
+// the bytes as they are.
+const alpnHTTP1 = "meshgate/http1"
+
 // The headers of L7 HTTP.
 const (
 	// hdrAppProtocol carries, between sidecars, the protocol the client
@@ -53,6 +60,16 @@ const (
 	hdrTraceparent = "Traceparent"
 	hdrCorrelation = "X-Correlation-Id"
 )
+
+// flushNote: the reverse proxies keep ReverseProxy's default flushing.
+// It flushes a response of unknown length (a stream: gRPC, server-sent
+// events) at every write, and a response whose upstream stream ended with
+// its headers (length 0) not at all, so that it leaves as one HEADERS
+// frame with END_STREAM. gRPC's trailers-only answers (an error before
+// any message) depend on that: flushed early, the status would arrive as
+// headers followed by an empty DATA frame, which gRPC clients reject.
+// FlushInterval -1 would flush those headers at once, racing the end of
+// the handler.
 
 // maxHeaderBytes bounds a request's or a response's header block.
 const maxHeaderBytes = 1 << 20
@@ -209,7 +226,7 @@ func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.A
 		},
 		Transport:     p.l7.mesh,
 		BufferPool:    copyBuffers{},
-		FlushInterval: -1,
+		FlushInterval: 0, // see flushNote
 		ErrorLog:      discardLog,
 		ErrorHandler:  p.proxyError,
 	}
@@ -344,8 +361,9 @@ func isUpgrade(r *http.Request) bool {
 }
 
 // upgrade carries a request that switches protocols over a mesh
-// connection of its own (meshgate/tcp): the request is written to it as
-// the app sent it, and from then on bytes flow both ways as they are.
+// connection of its own (meshgate/http1): the request is written to it as
+// the app sent it (the server sidecar sets the identity header), and from
+// then on bytes flow both ways as they are.
 func (h *outboundHTTP) upgrade(w *recorder, r *http.Request) tlsInfo {
 	// Counted before the hijack, which ends serveHTTPConn's Serve: its
 	// Wait must see this connection.
@@ -358,7 +376,7 @@ func (h *outboundHTTP) upgrade(w *recorder, r *http.Request) tlsInfo {
 		p.proxyError(w, r, &dialError{err})
 		return tlsInfo{}
 	}
-	mc, err := p.originate(ctx, up, h.dst, alpnTCP)
+	mc, err := p.originate(ctx, up, h.dst, alpnHTTP1)
 	if err != nil {
 		p.closeUpstream(up)
 		p.proxyError(w, r, err)
@@ -441,7 +459,7 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, mc meshConn, dst netip.Add
 		},
 		Transport:     appTransport{p.l7},
 		BufferPool:    copyBuffers{},
-		FlushInterval: -1,
+		FlushInterval: 0, // see flushNote
 		ErrorLog:      discardLog,
 		ErrorHandler:  p.proxyError,
 	}
@@ -463,6 +481,53 @@ type copyBuffers struct{}
 
 func (copyBuffers) Get() []byte  { return *bufPool.Get().(*[]byte) }
 func (copyBuffers) Put(b []byte) { bufPool.Put(&b) }
+
+// serveInboundUpgrade serves a meshgate/http1 connection: one request
+// that switches protocols. The request gets the client's verified
+// identity in hdrClientCert (one the app sent is dropped) and goes to the
+// app; from then on the bytes pass as they are. app is the connection to
+// the app when permissive mode dialed it already.
+func (p *Proxy) serveInboundUpgrade(ctx context.Context, client *net.TCPConn, mc meshConn, app leg, dst netip.AddrPort, m *dirMetrics) outcome {
+	o := outcome{dst: dst, mtls: true, tls: mc.info}
+	// The request's head is bounded as any other's; the bytes after it
+	// are the client's and pass on.
+	lim := &io.LimitedReader{R: mc.conn, N: maxHeaderBytes + 64<<10}
+	br := bufio.NewReaderSize(lim, 16<<10)
+	mc.conn.SetReadDeadline(time.Now().Add(p.cfg.Timeouts.Handshake.D()))
+	req, err := http.ReadRequest(br)
+	mc.conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		app.releasePending()
+		o.err, o.refused = fmt.Errorf("read the upgrade request: %w", err), true
+		return o
+	}
+	req.Header.Del(hdrClientCert)
+	req.Header.Del(hdrAppProtocol)
+	req.Header.Set(hdrClientCert, "URI="+mc.info.peer.String())
+	if app.tcp == nil {
+		c, err := p.dialUpstream(ctx, Inbound, dst)
+		if err != nil {
+			m.connectFailures.Inc()
+			o.err, o.refused = err, true
+			return o
+		}
+		defer p.closeUpstream(c)
+		app.tcp = c
+	}
+	if err := req.Write(app.tcp); err != nil {
+		app.releasePending()
+		o.err, o.refused = fmt.Errorf("write the upgrade request to the app: %w", err), true
+		return o
+	}
+	var pending []byte
+	if n := br.Buffered(); n > 0 {
+		pending, _ = br.Peek(n)
+		pending = append([]byte(nil), pending...)
+	}
+	o.sent, o.received, o.err = forward(leg{tcp: client, tls: mc.conn, pending: pending}, app,
+		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	return o
+}
 
 // appTransport sends a request to the local app in the protocol named by
 // hdrAppProtocol (which it removes): HTTP/1.1, or h2c.

@@ -210,30 +210,36 @@ func TestL7Errors(t *testing.T) {
 }
 
 // TestL7Upgrade: a request that switches protocols (as WebSocket does)
-// gets a mesh connection of its own, and bytes flow both ways after the
-// 101.
+// gets a mesh connection of its own (meshgate/http1), reaches the app with
+// the client's verified identity (a forged one dropped), and bytes flow
+// both ways after the 101.
 func TestL7Upgrade(t *testing.T) {
 	mca := newMeshCA(t)
 	cm, sm := mca.meshes()
 	// An app that switches to an echo protocol on Upgrade.
+	identity := make(chan []string, 1)
 	be := startBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
 		br := bufio.NewReader(c)
 		req, err := http.ReadRequest(br)
 		if err != nil || req.Header.Get("Upgrade") != "echo" {
 			return
 		}
+		identity <- req.Header.Values("X-Forwarded-Client-Cert")
 		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
 		io.Copy(c, br)
 	})
 	p := startPair(t, be.addr(), cm, sm, pairOptions{})
 	c := dial(t, p.client.out())
 	defer c.Close()
-	io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: chat\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+	io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: chat\r\nUpgrade: echo\r\nConnection: Upgrade\r\nX-Forwarded-Client-Cert: URI=spiffe://forged\r\n\r\n")
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != 101 {
 		t.Fatalf("upgrade: %v, %v", resp, err)
+	}
+	if got := <-identity; len(got) != 1 || got[0] != "URI="+clientID {
+		t.Errorf("X-Forwarded-Client-Cert at the app = %q, want [URI=%s]", got, clientID)
 	}
 	for _, msg := range []string{"hello", "through the mesh"} {
 		io.WriteString(c, msg)

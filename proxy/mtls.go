@@ -63,7 +63,7 @@ const (
 
 // meshProtocols are the mesh protocols the inbound side serves, in its
 // order of preference.
-var meshProtocols = []string{alpnTCP, alpnH2}
+var meshProtocols = []string{alpnTCP, alpnH2, alpnHTTP1}
 
 // Handshake failure reasons that the proxy finds itself, beside those of
 // MeshTLS.Reason.

@@ -654,7 +654,7 @@ func TestMeshUnsupportedProtocol(t *testing.T) {
 	e := srv.closedLogs(t, 1)[0]
 	checkFields(t, "server sidecar", e.ContextMap(), map[string]string{
 		"reason": "mesh protocol not served", "mtls": "true",
-		"error": `client offers mesh protocols ["meshgate/h9"], none of which this sidecar serves (["meshgate/tcp" "meshgate/h2"])`})
+		"error": `client offers mesh protocols ["meshgate/h9"], none of which this sidecar serves (["meshgate/tcp" "meshgate/h2" "meshgate/http1"])`})
 	if got := srv.counter(t, "meshgate_tls_handshakes_total", map[string]string{"result": "failed", "reason": "unsupported_protocol"}); got != 1 {
 		t.Errorf("failed handshakes = %v, want 1", got)
 	}
