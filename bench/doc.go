@@ -5,11 +5,13 @@
 // Two ways to drive load:
 //
 //   - fixed rate (Config.Rate > 0), open loop: request k is due at
-//     start + k/Rate, whatever happened to the ones before it, and its
-//     latency is measured from that intended time, not from when it was
-//     actually sent. A server that stalls thus shows its stall in every
-//     request that should have gone out meanwhile (no coordinated
-//     omission, as wrk2 and fortio's -uniform measure it).
+//     start + k/Rate, whatever happened to the ones before it. A request
+//     that could not go on time because every connection was still
+//     waiting for the server has its latency measured from its due time,
+//     not from when it was sent; one sent on time, from its send. A server
+//     that stalls thus shows its stall in every request that should have
+//     gone out meanwhile (no coordinated omission, as wrk2 measures it),
+//     while the client's own timer slack is not blamed on the server.
 //   - as fast as possible (Rate 0), closed loop: each connection sends
 //     its next request when the previous one is answered, for the
 //     maximum throughput; latencies are per request as sent, so a stall

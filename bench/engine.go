@@ -140,10 +140,12 @@ func Run(ctx context.Context, cfg Config, progress Progress) (*Result, error) {
 }
 
 // phase runs the load for d. Fixed rate: request k is due at start +
-// k/Rate; a worker takes the next due request, waits for its time (if it
-// is ahead), sends it and records the latency from the due time. When
-// every worker is late, the due requests wait for the next free worker
-// and their wait counts. As fast as possible: each worker sends its next
+// k/Rate; a worker takes the next due request once its last is answered.
+// If that is ahead of time, it waits and sends it on time, and the latency
+// counts from the send. If the request is overdue — every worker was
+// still waiting for the server when it fell due — it goes at once and
+// its latency counts from the due time: the wait the server caused is
+// part of it (no coordinated omission). As fast as possible: each worker sends its next
 // request once the last is answered. counted, if set, counts answers as
 // they come (for progress); with nil nothing is recorded (warm-up).
 func phase(ctx context.Context, cfg Config, workers []client, d time.Duration, counted *atomic.Int64) *Result {
@@ -178,12 +180,18 @@ func phase(ctx context.Context, cfg Config, workers []client, d time.Duration, c
 						return
 					}
 					if wait := time.Until(due); wait > 0 {
+						// Free before its time: the request goes when the
+						// timer fires, and counts from then, so the timer's
+						// own lateness (the client's) is not the server's.
 						select {
 						case <-time.After(wait):
 						case <-ctx.Done():
 							return
 						}
+						due = time.Now()
 					}
+					// Otherwise every worker was still busy when it fell
+					// due: the server held it back, and that wait counts.
 				} else {
 					due = time.Now()
 					if !due.Before(deadline) {
