@@ -25,7 +25,10 @@ TOOLS_DIR  := $(CURDIR)/bin/tools
 GRPC_VERSION   := v1.79.3
 H2SPEC_VERSION := v2.2.1+incompatible
 
-.PHONY: all build deps tools vet unit e2e test demo golden clean
+# Where make bench leaves its report.
+BENCH_DIR  := bench-report
+
+.PHONY: all build deps tools vet unit e2e test demo bench golden clean
 
 all: build
 
@@ -77,5 +80,13 @@ golden:
 demo: deps build
 	$(SUDO) ./$(BIN) demo
 
+## bench: the standard comparison (fortio's method: fixed 1000 rps, 1 KiB, 16
+## connections), direct vs a meshgate sidecar pair, 3 interleaved runs (root)
+bench: deps build
+	@mkdir -p $(BENCH_DIR)
+	$(SUDO) ./$(BIN) bench mesh --rate 1000 --connections 16 --body 1024 --duration 10s --repetitions 3 \
+		--json $(BENCH_DIR)/report.json --plot $(BENCH_DIR)/latency.svg | tee $(BENCH_DIR)/report.txt
+	@echo "make bench: report in $(BENCH_DIR)/ (report.txt, report.json, latency.svg)"
+
 clean:
-	rm -rf bin
+	rm -rf bin $(BENCH_DIR)

@@ -62,8 +62,8 @@ type sidecar struct {
 
 // Mesh builds a lab of network namespaces on this machine — a client pod
 // and a server pod running Serve, once without sidecars ("direct") and
-// once or twice with a pair of meshgate sidecars with mTLS ("mesh", and
-// for HTTP "mesh L4" with L7 off) — runs the same load through each,
+// with a pair of meshgate sidecars with mTLS ("mesh"; for HTTP and gRPC
+// "mesh L7", the default, and "mesh L4", with L7 off) — runs the same load through each,
 // repetitions interleaved, and reports latency, the latency added over
 // direct, and what the sidecars spent. It needs root; everything it
 // creates is removed before it returns.
@@ -100,8 +100,9 @@ func Mesh(ctx context.Context, o MeshOptions) (*Report, error) {
 	}
 
 	names := []string{"direct", "mesh"}
-	if load.Protocol == HTTP1 || load.Protocol == H2C {
-		names = append(names, "mesh L4")
+	if load.Protocol != TCP {
+		// HTTP and gRPC ride L7 by default; L4 shows what L7 adds.
+		names = []string{"direct", "mesh L7", "mesh L4"}
 	}
 	var pairs []*meshPair
 	for i, name := range names {

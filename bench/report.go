@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -130,7 +131,7 @@ func (r *Report) WritePlot(path string) error {
 	p.X.Label.Text = "percentile"
 	p.Y.Label.Text = "latency (ms)"
 	p.Y.Scale = plot.LogScale{}
-	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Y.Tick.Marker = oneTwoFive{}
 	p.X.Tick.Marker = plot.ConstantTicks(nineTicks())
 	p.Legend.Top = true
 	p.Legend.Left = true
@@ -172,4 +173,21 @@ func rateText(rate float64) string {
 		return "as fast as possible"
 	}
 	return fmt.Sprintf("%.0f rps", rate)
+}
+
+// oneTwoFive ticks a log axis at 1, 2 and 5 of every power of ten, all
+// labelled, so that a latency can be read off the plot.
+type oneTwoFive struct{}
+
+func (oneTwoFive) Ticks(lo, hi float64) []plot.Tick {
+	var t []plot.Tick
+	for e := math.Floor(math.Log10(lo)); e <= math.Ceil(math.Log10(hi)); e++ {
+		for _, m := range []float64{1, 2, 5} {
+			v := m * math.Pow(10, e)
+			if v >= lo && v <= hi {
+				t = append(t, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', -1, 64)})
+			}
+		}
+	}
+	return t
 }

@@ -192,7 +192,8 @@ func runBenchMesh(ctx context.Context, args []string, stdout, stderr io.Writer) 
 Measure what the mesh costs, on this machine, in one run: build a lab of
 network namespaces, each scenario a client pod and a server pod running
 'meshgate bench serve' — "direct" without sidecars, "mesh" with a pair of
-meshgate sidecars and mTLS, and for HTTP "mesh L4" with L7 off — and run
+meshgate sidecars and mTLS (for HTTP and gRPC "mesh L7", the default, and
+"mesh L4" with L7 off) — and run
 the same load through each, repetitions interleaved. The report gives
 latency percentiles, the latency added over direct, and for each sidecar
 its CPU (seconds per 10k requests, vCPU per 1000 rps) and memory (idle and
