@@ -39,6 +39,9 @@ type MeshOptions struct {
 	// Self is the meshgate binary, run in the pods as the backend
 	// ("bench serve") and the sidecars ("proxy").
 	Self string
+	// LogDir, if set, receives each sidecar's log (POD.log); otherwise
+	// they go with the lab.
+	LogDir string
 	// Progress, if set, is told each run's progress, with its name.
 	Progress func(scenario string, rep int, done float64, requests int64)
 }
@@ -85,11 +88,8 @@ func Mesh(ctx context.Context, o MeshOptions) (*Report, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("bench: mesh needs root (it creates network namespaces and iptables rules): run it with sudo")
 	}
-	lab, err := topology.New(topology.Options{})
-	if err != nil {
-		return nil, err
-	}
-	defer lab.Close()
+	// The state (certificates) goes after the lab, whose sidecars read it
+	// until they stop.
 	state, err := os.MkdirTemp("", "meshgate-bench-")
 	if err != nil {
 		return nil, err
@@ -98,6 +98,11 @@ func Mesh(ctx context.Context, o MeshOptions) (*Report, error) {
 	if err := os.Chmod(state, 0o755); err != nil {
 		return nil, err
 	}
+	lab, err := topology.New(topology.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer lab.Close()
 
 	names := []string{"direct", "mesh"}
 	if load.Protocol != TCP {
@@ -129,7 +134,7 @@ func Mesh(ctx context.Context, o MeshOptions) (*Report, error) {
 		return nil, err
 	}
 	for _, p := range pairs[1:] {
-		if err := p.enroll(ctx, o.Self, state, c, p.name == "mesh L4"); err != nil {
+		if err := p.enroll(ctx, o.Self, state, o.LogDir, c, p.name == "mesh L4"); err != nil {
 			return nil, err
 		}
 	}
@@ -205,7 +210,10 @@ func targetOf(p Protocol, server netip.Addr) string {
 
 // enroll gives both pods of p a certificate and a sidecar with mTLS, then
 // the capture rules.
-func (p *meshPair) enroll(ctx context.Context, self, state string, c *ca.CA, noL7 bool) error {
+func (p *meshPair) enroll(ctx context.Context, self, state, logDir string, c *ca.CA, noL7 bool) error {
+	if logDir == "" {
+		logDir = state
+	}
 	mesh := netip.PrefixFrom(p.client.IPv4, 32).String() + "," + netip.PrefixFrom(p.server.IPv4, 32).String()
 	rules := redirect.DefaultConfig()
 	uid := redirect.DefaultProxyUID
@@ -227,7 +235,7 @@ func (p *meshPair) enroll(ctx context.Context, self, state string, c *ca.CA, noL
 				return err
 			}
 		}
-		args := []string{self, "proxy", "--cert-dir", dir, "--mesh-cidrs", mesh, "--log-level", "warn"}
+		args := []string{self, "proxy", "--cert-dir", dir, "--mesh-cidrs", mesh}
 		if noL7 {
 			cfgPath := filepath.Join(state, pod.Name+".yaml")
 			if err := os.WriteFile(cfgPath, []byte("protocols: {l7: false}\n"), 0o644); err != nil {
@@ -235,7 +243,7 @@ func (p *meshPair) enroll(ctx context.Context, self, state string, c *ca.CA, noL
 			}
 			args = append(args, "--config", cfgPath)
 		}
-		log, err := os.Create(filepath.Join(state, pod.Name+".log"))
+		log, err := os.Create(filepath.Join(logDir, pod.Name+".log"))
 		if err != nil {
 			return err
 		}
@@ -245,7 +253,7 @@ func (p *meshPair) enroll(ctx context.Context, self, state string, c *ca.CA, noL
 			return err
 		}
 		if err := waitReady(ctx, pod); err != nil {
-			b, _ := os.ReadFile(filepath.Join(state, pod.Name+".log"))
+			b, _ := os.ReadFile(filepath.Join(logDir, pod.Name+".log"))
 			return fmt.Errorf("bench: the sidecar in %s is not ready: %w: %s", pod.Name, err, strings.TrimSpace(string(b)))
 		}
 		if err := redirect.Apply(ctx, rules, redirect.Options{NetnsPath: pod.Path()}); err != nil {

@@ -266,3 +266,23 @@ func TestL7LargeHeaders(t *testing.T) {
 		t.Errorf("the app got a %d-byte X-Big, want %d", len(got), len(big))
 	}
 }
+
+// TestL7PoolOutlivesHandshakeTimeout: the pooled mesh connection serves
+// requests long after timeouts.handshake, on both sidecars.
+func TestL7PoolOutlivesHandshakeTimeout(t *testing.T) {
+	mca := newMeshCA(t)
+	cm, sm := mca.meshes()
+	app, _ := startL7App(t)
+	short := func(c *Config) { c.Timeouts.Handshake = Duration(200 * time.Millisecond) }
+	p := startPair(t, app, cm, sm, pairOptions{clientCfg: short, serverCfg: short})
+	client := h1Client(t)
+	for i := range 8 {
+		if resp, _ := get(t, client, "http://"+p.client.out()+"/", nil); resp.StatusCode != 200 {
+			t.Fatalf("request %d, %v after the first: %d %s", i, time.Duration(i)*100*time.Millisecond, resp.StatusCode, resp.Header.Get(hdrError))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := p.server.counter(t, "meshgate_tls_handshakes_total", map[string]string{"direction": "inbound", "result": "ok"}); n != 2 {
+		t.Errorf("%v inbound handshakes, want 2: the pooled connection was not kept", n)
+	}
+}

@@ -202,18 +202,24 @@ peak RSS). Needs root; everything it creates is removed at the end.
   meshgate bench mesh --rate 1000 --connections 16 --body 1024 --duration 10s --json r.json --plot r.svg`, stderr)
 	var b benchFlags
 	b.add(fs, true)
+	logDir := fs.String("logs", "", "write each sidecar's log to `DIR`/POD.log (default: removed with the lab)")
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
 	if err := b.checkPlot(); err != nil {
 		return err
 	}
+	if *logDir != "" {
+		if err := os.MkdirAll(*logDir, 0o755); err != nil {
+			return fmt.Errorf("--logs %s: %v", *logDir, err)
+		}
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
 	bar := progressBar(stderr, b.quiet)
-	o := bench.MeshOptions{Load: b.config(), Repetitions: b.repetitions, Self: self}
+	o := bench.MeshOptions{Load: b.config(), Repetitions: b.repetitions, Self: self, LogDir: *logDir}
 	if bar != nil {
 		o.Progress = func(name string, rep int, done float64, n int64) { bar(fmt.Sprintf("%s #%d", name, rep), done, n) }
 	}
