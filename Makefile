@@ -84,7 +84,7 @@ demo: deps build
 ## connections), direct vs a meshgate sidecar pair, 3 interleaved runs (root)
 bench: deps build
 	@mkdir -p $(BENCH_DIR)
-	$(SUDO) ./$(BIN) bench mesh --rate 1000 --connections 16 --body 1024 --duration 10s --repetitions 3 \
+	$(SUDO) ./$(BIN) bench mesh --rate 1000 --connections 16 --body 1024 --duration 30s --repetitions 3 \
 		--json $(BENCH_DIR)/report.json --plot $(BENCH_DIR)/latency.svg | tee $(BENCH_DIR)/report.txt
 	@echo "make bench: report in $(BENCH_DIR)/ (report.txt, report.json, latency.svg)"
 

@@ -30,7 +30,8 @@ import (
 // MeshOptions configure Mesh.
 type MeshOptions struct {
 	// Load is the load every scenario runs; its Target and Dial are set
-	// by Mesh.
+	// by Mesh. Its Duration is each scenario's measured time in all,
+	// split evenly over the repetitions; its Warmup precedes every run.
 	Load Config
 	// Repetitions is how many times each scenario runs, interleaved
 	// (direct, mesh, direct, mesh, ...), so that a machine's drift hits
@@ -146,9 +147,14 @@ func Mesh(ctx context.Context, o MeshOptions) (*Report, error) {
 			s.idle, _ = readRSS(s.proc.PID(), "VmRSS")
 		}
 	}
+	perRun := load.Duration / time.Duration(o.Repetitions)
+	if perRun < 100*time.Millisecond {
+		return nil, fmt.Errorf("bench: --duration %s over %d repetitions leaves %s a run; want at least 100ms a run", load.Duration, o.Repetitions, perRun)
+	}
 	for r := 0; r < o.Repetitions; r++ {
 		for _, p := range pairs {
 			cfg := load
+			cfg.Duration = perRun
 			cfg.Target = targetOf(load.Protocol, p.server.IPv4)
 			cfg.Dial = p.client.Dial
 			for _, s := range p.sidecars {

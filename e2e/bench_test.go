@@ -26,7 +26,7 @@ func TestBenchMesh(t *testing.T) {
 			dir := t.TempDir()
 			js, svg := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.svg")
 			cmd := exec.CommandContext(ctxFor(t, 2*time.Minute), bin, "bench", "mesh", "--protocol", tc.protocol, "--rate", "500",
-				"--connections", "8", "--duration", "2s", "--warmup", "200ms", "--repetitions", "1", "--json", js, "--plot", svg)
+				"--connections", "8", "--duration", "2s", "--warmup", "200ms", "--repetitions", "2", "--json", js, "--plot", svg)
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("bench mesh: %v\n%s", err, out)

@@ -44,8 +44,13 @@ type benchFlags struct {
 func (b *benchFlags) add(fs *flag.FlagSet, mesh bool) {
 	fs.Float64Var(&b.cfg.Rate, "rate", 0, "requests per `N` per second, all connections together (fixed rate, open loop); 0: as fast as possible")
 	fs.IntVar(&b.connections, "connections", 16, "`N` connections, each with one request in flight")
-	fs.DurationVar(&b.cfg.Duration, "duration", 10*time.Second, "how long to measure")
-	fs.DurationVar(&b.cfg.Warmup, "warmup", time.Second, "load before measuring, not counted")
+	if mesh {
+		fs.DurationVar(&b.cfg.Duration, "duration", 10*time.Second, "how long to measure each scenario, split over the repetitions")
+		fs.DurationVar(&b.cfg.Warmup, "warmup", 500*time.Millisecond, "load before each run, not counted")
+	} else {
+		fs.DurationVar(&b.cfg.Duration, "duration", 10*time.Second, "how long to measure")
+		fs.DurationVar(&b.cfg.Warmup, "warmup", time.Second, "load before measuring, not counted")
+	}
 	fs.StringVar(&b.protocol, "protocol", "http1", "`P`: http1, h2c, grpc or tcp")
 	fs.IntVar(&b.bodySize, "body", 1024, "request body of `N` bytes, echoed back")
 	fs.BoolVar(&b.cfg.NewConnection, "new-connection", false, "a new connection for every request")
