@@ -28,6 +28,7 @@ func newClient(cfg Config) (client, error) {
 	case HTTP1:
 		tr := &http.Transport{
 			DialContext:         cfg.Dial,
+			TLSClientConfig:     &tls.Config{InsecureSkipVerify: cfg.Insecure, NextProtos: []string{"http/1.1"}},
 			MaxConnsPerHost:     1,
 			MaxIdleConnsPerHost: 1,
 			DisableKeepAlives:   cfg.NewConnection,
@@ -39,6 +40,28 @@ func newClient(cfg Config) (client, error) {
 			AllowHTTP: true,
 			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
 				return cfg.Dial(ctx, network, addr)
+			},
+			DisableCompression: true,
+		}
+		c := &httpClient{rt: tr, closeIdle: tr.CloseIdleConnections, url: cfg.Target, body: body}
+		if cfg.NewConnection {
+			c.afterEach = tr.CloseIdleConnections
+		}
+		return c, nil
+	case H2:
+		tr := &http2.Transport{
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: cfg.Insecure},
+			DialTLSContext: func(ctx context.Context, network, addr string, tc *tls.Config) (net.Conn, error) {
+				raw, err := cfg.Dial(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				c := tls.Client(raw, tc)
+				if err := c.HandshakeContext(ctx); err != nil {
+					raw.Close()
+					return nil, err
+				}
+				return c, nil
 			},
 			DisableCompression: true,
 		}

@@ -16,17 +16,21 @@ type Protocol string
 const (
 	HTTP1 Protocol = "http1" // HTTP/1.1, POST of the body to the target URL
 	H2C   Protocol = "h2c"   // HTTP/2 without TLS, prior knowledge, one connection per Config.Connections
+	H2    Protocol = "h2"    // HTTP/2 over TLS (ALPN h2), to an https:// target
 	GRPC  Protocol = "grpc"  // gRPC unary call of Serve's echo method, over h2c
 	TCP   Protocol = "tcp"   // raw TCP: write the body, read it back (Serve's echo)
 )
 
 // Config is one load run.
 type Config struct {
-	// Protocol is http1 (the default), h2c, grpc or tcp.
+	// Protocol is http1 (the default), h2c, h2, grpc or tcp.
 	Protocol Protocol
-	// Target is a URL for http1 and h2c (http://host:port/path), and
-	// host:port for grpc and tcp.
+	// Target is a URL for http1 (http:// or https://), h2c (http://) and
+	// h2 (https://), and host:port for grpc and tcp.
 	Target string
+	// Insecure skips verifying the target's TLS certificate (https://
+	// targets), as for Serve's self-signed one.
+	Insecure bool
 	// Rate is the requests per second of a fixed-rate run, all
 	// connections together; 0 runs as fast as possible.
 	Rate float64
@@ -76,17 +80,22 @@ func (c Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	switch c.Protocol {
-	case HTTP1, H2C:
+	case HTTP1, H2C, H2:
+		want := map[Protocol]string{HTTP1: "http", H2C: "http", H2: "https"}[c.Protocol]
 		u, err := url.Parse(c.Target)
-		if err != nil || u.Scheme != "http" || u.Host == "" {
-			bad("target %q: want an http:// URL for protocol %s, e.g. http://10.0.0.2:8080/", c.Target, c.Protocol)
+		switch {
+		case err != nil || u.Host == "":
+			bad("target %q: want a URL for protocol %s, e.g. %s://10.0.0.2:8080/", c.Target, c.Protocol, want)
+		case c.Protocol == HTTP1 && (u.Scheme == "http" || u.Scheme == "https"):
+		case u.Scheme != want:
+			bad("target %q: want a %s:// URL for protocol %s, e.g. %s://10.0.0.2:8443/", c.Target, want, c.Protocol, want)
 		}
 	case GRPC, TCP:
 		if _, port, err := net.SplitHostPort(c.Target); err != nil || port == "" {
 			bad("target %q: want host:port for protocol %s, e.g. 10.0.0.2:9000", c.Target, c.Protocol)
 		}
 	default:
-		bad("--protocol %q: want http1, h2c, grpc or tcp", c.Protocol)
+		bad("--protocol %q: want http1, h2c, h2, grpc or tcp", c.Protocol)
 	}
 	if c.Rate < 0 {
 		bad("--rate %v: want requests per second, or 0 for as fast as possible", c.Rate)

@@ -17,9 +17,10 @@
 //     maximum throughput; latencies are per request as sent, so a stall
 //     shows only in the few requests that were in flight.
 //
-// Protocols: HTTP/1.1 (keep-alive, or a new connection per request),
-// HTTP/2 without TLS (h2c, prior knowledge), gRPC unary (a raw-bytes echo
-// method of Serve's), and a raw TCP echo. Serve is the matching backend
+// Protocols: HTTP/1.1 (keep-alive, or a new connection per request; with
+// or without TLS), HTTP/2 without TLS (h2c, prior knowledge) and over TLS
+// (h2), gRPC unary (a raw-bytes echo method of Serve's), and a raw TCP
+// echo. Serve is the matching backend
 // ("meshgate bench serve"); Mesh builds a lab of network namespaces and
 // measures the same load without and with a pair of meshgate sidecars
 // ("meshgate bench mesh").

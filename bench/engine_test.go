@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,16 +17,16 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // startServe runs Serve on loopback for the test and returns its
 // addresses.
-func startServe(t *testing.T) (httpAddr, grpcAddr, tcpAddr string) {
+func startServe(t *testing.T) (httpAddr, tlsAddr, grpcAddr, tcpAddr string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan [3]string, 1)
+	ready := make(chan [4]string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- Serve(ctx, ServeOptions{HTTP: "127.0.0.1:0", GRPC: "127.0.0.1:0", TCP: "127.0.0.1:0", ResponseSize: 1024,
-			Ready: func(h, g, c net.Addr) { ready <- [3]string{h.String(), g.String(), c.String()} }})
+		done <- Serve(ctx, ServeOptions{HTTP: "127.0.0.1:0", TLS: "127.0.0.1:0", GRPC: "127.0.0.1:0", TCP: "127.0.0.1:0", ResponseSize: 1024,
+			Ready: func(h, s, g, c net.Addr) { ready <- [4]string{h.String(), s.String(), g.String(), c.String()} }})
 	}()
-	var a [3]string
+	var a [4]string
 	select {
 	case a = <-ready:
 	case err := <-done:
@@ -37,7 +38,7 @@ func startServe(t *testing.T) (httpAddr, grpcAddr, tcpAddr string) {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return a[0], a[1], a[2]
+	return a[0], a[1], a[2], a[3]
 }
 
 // TestRunProtocols: every protocol runs against Serve, as fast as possible
@@ -45,18 +46,18 @@ func startServe(t *testing.T) (httpAddr, grpcAddr, tcpAddr string) {
 // request, without errors; a fixed-rate run sends exactly rate × duration
 // requests.
 func TestRunProtocols(t *testing.T) {
-	h, g, c := startServe(t)
+	h, s, g, c := startServe(t)
 	for _, tc := range []struct {
 		proto  Protocol
 		target string
-	}{{HTTP1, "http://" + h + "/"}, {H2C, "http://" + h + "/"}, {GRPC, g}, {TCP, c}} {
+	}{{HTTP1, "http://" + h + "/"}, {HTTP1, "https://" + s + "/"}, {H2C, "http://" + h + "/"}, {H2, "https://" + s + "/"}, {GRPC, g}, {TCP, c}} {
 		for _, newConn := range []bool{false, true} {
-			name := string(tc.proto)
+			name := string(tc.proto) + "/" + strings.SplitN(tc.target, ":", 2)[0]
 			if newConn {
 				name += "/new-connection"
 			}
 			t.Run(name, func(t *testing.T) {
-				cfg := Config{Protocol: tc.proto, Target: tc.target, Connections: 4, Duration: 300 * time.Millisecond, BodySize: 1024, NewConnection: newConn}
+				cfg := Config{Protocol: tc.proto, Target: tc.target, Connections: 4, Duration: 300 * time.Millisecond, BodySize: 1024, NewConnection: newConn, Insecure: true}
 				res, err := Run(context.Background(), cfg, nil)
 				if err != nil {
 					t.Fatal(err)
@@ -138,7 +139,7 @@ func TestCoordinatedOmission(t *testing.T) {
 // TestValidate pins the refusals, each naming its flag.
 func TestValidate(t *testing.T) {
 	err := Config{Protocol: "quic", Target: "x", Rate: -1, Connections: -1, Duration: -1, BodySize: -1, Timeout: -1}.Validate()
-	want := `--protocol "quic": want http1, h2c, grpc or tcp
+	want := `--protocol "quic": want http1, h2c, h2, grpc or tcp
 --rate -1: want requests per second, or 0 for as fast as possible
 --connections -1: want 1 to 10000
 --duration -1ns: want a positive duration, e.g. 10s

@@ -76,10 +76,8 @@ func Mesh(ctx context.Context, o MeshOptions) (*Report, error) {
 		o.Repetitions = 3
 	}
 	load := o.Load.withDefaults()
-	load.Target = "placeholder:1"
-	if load.Protocol == HTTP1 || load.Protocol == H2C {
-		load.Target = "http://placeholder:1/"
-	}
+	load.Target = targetOf(load.Protocol, netip.MustParseAddr("192.0.2.1"))
+	load.Insecure = true // bench serve's certificate is self-signed
 	if err := load.Validate(); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
@@ -106,8 +104,9 @@ func Mesh(ctx context.Context, o MeshOptions) (*Report, error) {
 	defer lab.Close()
 
 	names := []string{"direct", "mesh"}
-	if load.Protocol != TCP {
-		// HTTP and gRPC ride L7 by default; L4 shows what L7 adds.
+	if load.Protocol == HTTP1 || load.Protocol == H2C || load.Protocol == GRPC {
+		// Plaintext HTTP and gRPC ride L7 by default; L4 shows what L7
+		// adds. The app's own TLS (h2) and raw TCP pass as bytes.
 		names = []string{"direct", "mesh L7", "mesh L4"}
 	}
 	var pairs []*meshPair
@@ -123,7 +122,7 @@ func Mesh(ctx context.Context, o MeshOptions) (*Report, error) {
 		pairs = append(pairs, &meshPair{name: name, client: c, server: s})
 	}
 	for _, p := range pairs {
-		if _, err := p.server.Start([]string{o.Self, "bench", "serve", "--http", ":8080", "--grpc", ":8081", "--tcp", ":9000"}, topology.ProcOptions{}); err != nil {
+		if _, err := p.server.Start([]string{o.Self, "bench", "serve", "--http", ":8080", "--tls", ":8443", "--grpc", ":8081", "--tcp", ":9000"}, topology.ProcOptions{}); err != nil {
 			return nil, err
 		}
 		if err := waitDial(ctx, p.server, netip.AddrPortFrom(p.server.IPv4, 8080)); err != nil {
@@ -210,6 +209,8 @@ func targetOf(p Protocol, server netip.Addr) string {
 		return net.JoinHostPort(server.String(), "8081")
 	case TCP:
 		return net.JoinHostPort(server.String(), "9000")
+	case H2:
+		return "https://" + net.JoinHostPort(server.String(), "8443") + "/"
 	}
 	return "http://" + net.JoinHostPort(server.String(), "8080") + "/"
 }

@@ -2,9 +2,16 @@ package bench
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"strconv"
@@ -74,6 +81,9 @@ type ServeOptions struct {
 	// HTTP serves HTTP/1.1 and h2c: POST echoes its body, GET answers
 	// ?size=N bytes (default ResponseSize).
 	HTTP string
+	// TLS serves the same as HTTP over TLS (HTTP/1.1 and h2, by ALPN),
+	// with a self-signed certificate made at start (clients: Insecure).
+	TLS string
 	// GRPC serves the raw echo method.
 	GRPC string
 	// TCP echoes what it reads.
@@ -81,15 +91,15 @@ type ServeOptions struct {
 	// ResponseSize is the body of a GET without ?size.
 	ResponseSize int
 	// Ready, if set, is called with the bound addresses once all listen.
-	Ready func(http, grpc, tcp net.Addr)
+	Ready func(http, tls, grpc, tcp net.Addr)
 }
 
 // Serve runs the benchmark backend until ctx ends.
 func Serve(ctx context.Context, o ServeOptions) error {
-	if o.HTTP == "" && o.GRPC == "" && o.TCP == "" {
-		return errors.New("bench: serve: nothing to serve: give an HTTP, gRPC or TCP address")
+	if o.HTTP == "" && o.TLS == "" && o.GRPC == "" && o.TCP == "" {
+		return errors.New("bench: serve: nothing to serve: give an HTTP, TLS, gRPC or TCP address")
 	}
-	var lns [3]net.Listener
+	var lns [4]net.Listener
 	closeAll := func() {
 		for _, ln := range lns {
 			if ln != nil {
@@ -97,7 +107,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 			}
 		}
 	}
-	for i, a := range []struct{ name, addr string }{{"http", o.HTTP}, {"grpc", o.GRPC}, {"tcp", o.TCP}} {
+	for i, a := range []struct{ name, addr string }{{"http", o.HTTP}, {"grpc", o.GRPC}, {"tcp", o.TCP}, {"tls", o.TLS}} {
 		if a.addr == "" {
 			continue
 		}
@@ -115,16 +125,25 @@ func Serve(ctx context.Context, o ServeOptions) error {
 			}
 			return ln.Addr()
 		}
-		o.Ready(addr(lns[0]), addr(lns[1]), addr(lns[2]))
+		o.Ready(addr(lns[0]), addr(lns[3]), addr(lns[1]), addr(lns[2]))
 	}
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
-	if ln := lns[0]; ln != nil {
+	errc := make(chan error, 4)
+	serveHTTP := func(ln net.Listener, tlsOn bool) error {
 		srv := &http.Server{Handler: httpHandler(o.ResponseSize), ReadHeaderTimeout: 10 * time.Second}
 		srv.Protocols = new(http.Protocols)
 		srv.Protocols.SetHTTP1(true)
-		srv.Protocols.SetUnencryptedHTTP2(true)
-		lns[0] = nil // Shutdown closes it
+		if tlsOn {
+			cert, err := selfSigned()
+			if err != nil {
+				return err
+			}
+			srv.Protocols.SetHTTP2(true)
+			srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
+			ln = tls.NewListener(ln, srv.TLSConfig)
+		} else {
+			srv.Protocols.SetUnencryptedHTTP2(true)
+		}
 		wg.Go(func() {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				errc <- err
@@ -136,6 +155,17 @@ func Serve(ctx context.Context, o ServeOptions) error {
 			defer cancel()
 			srv.Shutdown(sctx)
 		})
+		return nil
+	}
+	for _, i := range []int{0, 3} {
+		if ln := lns[i]; ln != nil {
+			lns[i] = nil // Shutdown closes it
+			if err := serveHTTP(ln, i == 3); err != nil {
+				ln.Close()
+				closeAll()
+				return fmt.Errorf("bench: serve: TLS: %w", err)
+			}
+		}
 	}
 	if ln := lns[1]; ln != nil {
 		gs := grpc.NewServer(grpc.ForceServerCodecV2(rawCodec{}))
@@ -213,4 +243,26 @@ func serveEcho(ctx context.Context, ln net.Listener) {
 			io.Copy(c, c)
 		})
 	}
+}
+
+// selfSigned makes a throwaway ECDSA P-256 certificate for the TLS port.
+func selfSigned() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "meshgate bench serve"},
+		DNSNames:     []string{"localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(30 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }

@@ -21,7 +21,12 @@ func TestBenchMesh(t *testing.T) {
 	for _, tc := range []struct {
 		protocol  string
 		scenarios []string
-	}{{"http1", []string{"direct", "mesh L7", "mesh L4"}}, {"tcp", []string{"direct", "mesh"}}} {
+	}{
+		{"http1", []string{"direct", "mesh L7", "mesh L4"}},
+		{"grpc", []string{"direct", "mesh L7", "mesh L4"}},
+		{"h2", []string{"direct", "mesh"}}, // the app's own TLS: bytes inside the mTLS
+		{"tcp", []string{"direct", "mesh"}},
+	} {
 		t.Run(tc.protocol, func(t *testing.T) {
 			dir := t.TempDir()
 			js, svg := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.svg")

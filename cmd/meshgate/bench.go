@@ -51,7 +51,8 @@ func (b *benchFlags) add(fs *flag.FlagSet, mesh bool) {
 		fs.DurationVar(&b.cfg.Duration, "duration", 10*time.Second, "how long to measure")
 		fs.DurationVar(&b.cfg.Warmup, "warmup", time.Second, "load before measuring, not counted")
 	}
-	fs.StringVar(&b.protocol, "protocol", "http1", "`P`: http1, h2c, grpc or tcp")
+	fs.StringVar(&b.protocol, "protocol", "http1", "`P`: http1, h2c, h2 (TLS), grpc or tcp")
+	fs.BoolVar(&b.cfg.Insecure, "insecure", false, "do not verify an https:// target's certificate (bench serve's is self-signed)")
 	fs.IntVar(&b.bodySize, "body", 1024, "request body of `N` bytes, echoed back")
 	fs.BoolVar(&b.cfg.NewConnection, "new-connection", false, "a new connection for every request")
 	fs.DurationVar(&b.cfg.Timeout, "timeout", 10*time.Second, "a request's time limit")
@@ -164,12 +165,15 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 func runBenchServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("bench serve", "[--http ADDR] [--grpc ADDR] [--tcp ADDR] [--response-size N]", `
+	fs := newFlagSet("bench serve", "[--http ADDR] [--tls ADDR] [--grpc ADDR] [--tcp ADDR] [--response-size N]", `
 The backend of meshgate bench: HTTP/1.1 and h2c on --http (POST echoes the
-body; GET answers ?size=N bytes, --response-size by default), gRPC on
---grpc (the raw-bytes echo method meshgate bench --protocol grpc calls),
-and a TCP echo on --tcp. It runs until SIGTERM or Ctrl-C.`, stderr)
+body; GET answers ?size=N bytes, --response-size by default), the same
+over TLS on --tls (HTTP/1.1 and h2 by ALPN, a self-signed certificate made
+at start: clients use --insecure), gRPC on --grpc (the raw-bytes echo
+method meshgate bench --protocol grpc calls), and a TCP echo on --tcp. It
+runs until SIGTERM or Ctrl-C.`, stderr)
 	httpAddr := fs.String("http", ":8080", "serve HTTP/1.1 and h2c on `ADDR` (empty: not)")
+	tlsAddr := fs.String("tls", ":8443", "serve HTTP/1.1 and h2 over TLS on `ADDR` (empty: not)")
 	grpcAddr := fs.String("grpc", ":8081", "serve gRPC on `ADDR` (empty: not)")
 	tcpAddr := fs.String("tcp", ":9000", "serve the TCP echo on `ADDR` (empty: not)")
 	size := fs.Int("response-size", 1024, "bytes a GET answers without ?size")
@@ -179,12 +183,12 @@ and a TCP echo on --tcp. It runs until SIGTERM or Ctrl-C.`, stderr)
 	if *size < 0 {
 		return fmt.Errorf("--response-size %d: want 0 or more bytes", *size)
 	}
-	return bench.Serve(ctx, bench.ServeOptions{HTTP: *httpAddr, GRPC: *grpcAddr, TCP: *tcpAddr, ResponseSize: *size,
-		Ready: func(h, g, t net.Addr) {
+	return bench.Serve(ctx, bench.ServeOptions{HTTP: *httpAddr, TLS: *tlsAddr, GRPC: *grpcAddr, TCP: *tcpAddr, ResponseSize: *size,
+		Ready: func(h, s, g, t net.Addr) {
 			for _, a := range []struct {
 				name string
 				addr net.Addr
-			}{{"HTTP/1.1 + h2c", h}, {"gRPC", g}, {"TCP echo", t}} {
+			}{{"HTTP/1.1 + h2c", h}, {"HTTP/1.1 + h2 over TLS", s}, {"gRPC", g}, {"TCP echo", t}} {
 				if a.addr != nil {
 					fmt.Fprintf(stdout, "bench serve: %s on %s\n", a.name, a.addr)
 				}
