@@ -24,11 +24,12 @@ export PATH := $(PATH):/usr/local/go/bin
 TOOLS_DIR  := $(CURDIR)/bin/tools
 GRPC_VERSION   := v1.79.3
 H2SPEC_VERSION := v2.2.1+incompatible
+FORTIO_VERSION := v1.68.2
 
 # Where make bench leaves its report.
 BENCH_DIR  := bench-report
 
-.PHONY: all build deps tools vet unit e2e test demo bench golden clean
+.PHONY: all build deps tools vet unit e2e test demo bench bench-fortio golden clean
 
 all: build
 
@@ -87,6 +88,14 @@ bench: deps build
 	$(SUDO) ./$(BIN) bench mesh --rate 1000 --connections 16 --body 1024 --duration 30s --repetitions 3 \
 		--json $(BENCH_DIR)/report.json --plot $(BENCH_DIR)/latency.svg | tee $(BENCH_DIR)/report.txt
 	@echo "make bench: report in $(BENCH_DIR)/ (report.txt, report.json, latency.svg)"
+
+## bench-fortio: meshgate bench and fortio on one loopback backend, same fixed
+## rate, 3 times interleaved: their p50 and p99 should agree
+bench-fortio: deps build $(TOOLS_DIR)/fortio
+	scripts/bench-vs-fortio.sh ./$(BIN) $(TOOLS_DIR)/fortio
+
+$(TOOLS_DIR)/fortio:
+	GOBIN=$(TOOLS_DIR) GOFLAGS=-mod=mod $(GO) install fortio.org/fortio@$(FORTIO_VERSION)
 
 clean:
 	rm -rf bin $(BENCH_DIR)
