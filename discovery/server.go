@@ -1,0 +1,348 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Options configure a Server.
+type Options struct {
+	// Addrs are the UDP and TCP addresses to serve on; the sidecar's are
+	// 127.0.0.1:15053 and [::1]:15053.
+	Addrs []string
+	// Upstreams are the resolvers (host:port) names outside the mesh are
+	// asked, in order; usually those of resolv.conf (Upstreams).
+	Upstreams []string
+	// Registry holds the mesh's names; nil: none.
+	Registry Registry
+	// Timeout bounds one question to one upstream; 0 means 2s.
+	Timeout time.Duration
+	// CacheSize bounds the cached answers; 0 means 10 000.
+	CacheSize int
+	// Log gets a line per failed upstream; nil logs nothing.
+	Log *zap.Logger
+	// Registerer gets the metrics; nil registers none.
+	Registerer prometheus.Registerer
+}
+
+// Server is the DNS proxy.
+type Server struct {
+	o       Options
+	log     *zap.Logger
+	cache   *cache
+	names   *nameMemory
+	queries *prometheus.CounterVec
+
+	mu    sync.Mutex
+	bound []string // the addresses served, once Run has bound them
+}
+
+// UpstreamEDNSSize is the UDP payload size asked of upstreams (and
+// offered to clients): 1232 bytes avoids IP fragmentation on any path
+// (DNS flag day 2020).
+const UpstreamEDNSSize = 1232
+
+// New returns a Server; it binds nothing until Run.
+func New(o Options) (*Server, error) {
+	if o.Timeout == 0 {
+		o.Timeout = 2 * time.Second
+	}
+	if o.CacheSize == 0 {
+		o.CacheSize = 10000
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	var errs []error
+	if len(o.Addrs) == 0 {
+		errs = append(errs, errors.New("no address to serve on"))
+	}
+	for _, u := range o.Upstreams {
+		if _, _, err := net.SplitHostPort(u); err != nil {
+			errs = append(errs, fmt.Errorf("upstream %q: want host:port, e.g. 10.0.0.10:53", u))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("discovery: %w", err)
+	}
+	s := &Server{o: o, log: o.Log, cache: newCache(o.CacheSize), names: newNameMemory(65536)}
+	s.queries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshgate_dns_queries_total",
+		Help: "DNS questions the proxy answered, by type and how: registry (a mesh name), cache, upstream, " +
+			"and the failures servfail (no upstream answered) and formerr.",
+	}, []string{"qtype", "result"})
+	if o.Registerer != nil {
+		if err := o.Registerer.Register(s.queries); err != nil {
+			return nil, fmt.Errorf("discovery: metrics: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Upstreams returns the resolvers of a resolv.conf file, as host:port.
+func Upstreams(resolvConf string) ([]string, error) {
+	cc, err := dns.ClientConfigFromFile(resolvConf)
+	if err != nil {
+		return nil, fmt.Errorf("discovery: %s: %w", resolvConf, err)
+	}
+	var out []string
+	for _, s := range cc.Servers {
+		out = append(out, net.JoinHostPort(s, cc.Port))
+	}
+	return out, nil
+}
+
+// Run serves UDP and TCP on every address until ctx ends. A bind failure
+// is returned at once, with nothing left bound.
+func (s *Server) Run(ctx context.Context) error {
+	var servers []*dns.Server
+	var bound []string
+	stopAll := func() {
+		for _, srv := range servers {
+			srv.Shutdown()
+		}
+	}
+	for _, a := range s.o.Addrs {
+		pc, err := net.ListenPacket("udp", a)
+		if err != nil {
+			stopAll()
+			return fmt.Errorf("discovery: listen udp %s: %w", a, err)
+		}
+		// The TCP listener takes the port the UDP one got (a port 0 in
+		// tests), so both are one address.
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err != nil {
+			pc.Close()
+			stopAll()
+			return fmt.Errorf("discovery: listen tcp %s: %w", a, err)
+		}
+		bound = append(bound, pc.LocalAddr().String())
+		for _, srv := range []*dns.Server{{PacketConn: pc, Handler: s}, {Listener: ln, Handler: s}} {
+			servers = append(servers, srv)
+		}
+	}
+	s.mu.Lock()
+	s.bound = bound
+	s.mu.Unlock()
+	errc := make(chan error, len(servers))
+	var wg sync.WaitGroup
+	for _, srv := range servers {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		wg.Go(func() {
+			if err := srv.ActivateAndServe(); err != nil {
+				errc <- err
+			}
+		})
+		<-started
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	stopAll()
+	wg.Wait()
+	return err
+}
+
+// Addrs returns the addresses being served (UDP and TCP alike), once Run
+// has bound them.
+func (s *Server) Addrs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.bound...)
+}
+
+// NameOf returns the name an address was last answered for, while that
+// answer's TTL lasts: how outbound connections to it are routed, logged
+// and authorized by name.
+func (s *Server) NameOf(a netip.Addr) (string, bool) { return s.names.get(a.Unmap(), time.Now()) }
+
+// ServeDNS answers one question: from the registry for mesh names, else
+// from the cache, else from the upstreams. Over UDP the answer is cut to
+// what the client can take (512 bytes, or its EDNS0 size) with TC set,
+// so it asks again over TCP.
+func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	resp, result := s.answer(r)
+	qtype := "none"
+	if len(r.Question) == 1 {
+		qtype = qtypeLabel(r.Question[0].Qtype)
+	}
+	s.queries.WithLabelValues(qtype, result).Inc()
+	if w.LocalAddr().Network() == "udp" {
+		size := dns.MinMsgSize
+		if opt := r.IsEdns0(); opt != nil {
+			size = max(int(opt.UDPSize()), dns.MinMsgSize)
+		}
+		resp.Truncate(size)
+	}
+	w.WriteMsg(resp)
+}
+
+// answer builds the reply to r and says where it came from.
+func (s *Server) answer(r *dns.Msg) (*dns.Msg, string) {
+	if len(r.Question) != 1 || r.Opcode != dns.OpcodeQuery {
+		m := new(dns.Msg)
+		m.SetRcode(r, dns.RcodeFormatError)
+		return m, "formerr"
+	}
+	q := r.Question[0]
+	reply := func(m *dns.Msg) *dns.Msg {
+		m.Id, m.Response, m.Opcode = r.Id, true, r.Opcode
+		m.RecursionDesired, m.RecursionAvailable = r.RecursionDesired, true
+		m.Question = r.Question
+		// EDNS0 answers EDNS0 (RFC 6891 §7), and only it.
+		var extra []dns.RR
+		for _, rr := range m.Extra {
+			if rr.Header().Rrtype != dns.TypeOPT {
+				extra = append(extra, rr)
+			}
+		}
+		m.Extra = extra
+		if opt := r.IsEdns0(); opt != nil {
+			m.SetEdns0(UpstreamEDNSSize, opt.Do())
+		}
+		return m
+	}
+	if m, ok := registryAnswer(s.o.Registry, q); ok {
+		s.remember(m)
+		return reply(m), "registry"
+	}
+	do := false
+	if opt := r.IsEdns0(); opt != nil {
+		do = opt.Do()
+	}
+	key := keyOf(q, do)
+	now := time.Now()
+	if m := s.cache.get(key, now); m != nil {
+		return reply(m), "cache"
+	}
+	m, err := s.forward(r)
+	if err != nil {
+		s.log.Warn("no DNS upstream answered", zap.String("name", q.Name), zap.String("qtype", dns.TypeToString[q.Qtype]), zap.Error(err))
+		f := new(dns.Msg)
+		f.SetRcode(r, dns.RcodeServerFailure)
+		return reply(f), "servfail"
+	}
+	s.cache.put(key, m, now)
+	s.remember(m)
+	return reply(m), "upstream"
+}
+
+// forward asks the upstreams in turn: over UDP with room for 1232 bytes,
+// and again over TCP when the answer comes back truncated.
+func (s *Server) forward(r *dns.Msg) (*dns.Msg, error) {
+	q := r.Copy()
+	q.Id = dns.Id()
+	if opt := q.IsEdns0(); opt != nil {
+		opt.SetUDPSize(UpstreamEDNSSize)
+	} else {
+		q.SetEdns0(UpstreamEDNSSize, false)
+	}
+	var errs []error
+	for _, up := range s.o.Upstreams {
+		for _, network := range []string{"udp", "tcp"} {
+			c := &dns.Client{Net: network, Timeout: s.o.Timeout, UDPSize: UpstreamEDNSSize}
+			m, _, err := c.Exchange(q, up)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s over %s: %w", up, network, err))
+				break // the next upstream
+			}
+			if m.Truncated && network == "udp" {
+				continue // the whole answer over TCP
+			}
+			if m.Rcode == dns.RcodeServerFailure || m.Rcode == dns.RcodeRefused {
+				errs = append(errs, fmt.Errorf("%s: %s", up, dns.RcodeToString[m.Rcode]))
+				break
+			}
+			return m, nil
+		}
+	}
+	if len(errs) == 0 {
+		return nil, errors.New("no upstream resolver configured")
+	}
+	return nil, errors.Join(errs...)
+}
+
+// remember notes which name each address of an answer belongs to.
+func (s *Server) remember(m *dns.Msg) {
+	now := time.Now()
+	for _, rr := range m.Answer {
+		var a netip.Addr
+		switch v := rr.(type) {
+		case *dns.A:
+			a, _ = netip.AddrFromSlice(v.A.To4())
+		case *dns.AAAA:
+			a, _ = netip.AddrFromSlice(v.AAAA)
+		default:
+			continue
+		}
+		ttl := max(time.Duration(rr.Header().Ttl)*time.Second, 30*time.Second)
+		s.names.put(a.Unmap(), strings.TrimSuffix(strings.ToLower(rr.Header().Name), "."), now.Add(ttl))
+	}
+}
+
+// qtypeLabel bounds the qtype label of the metric.
+func qtypeLabel(t uint16) string {
+	switch t {
+	case dns.TypeA, dns.TypeAAAA, dns.TypeSRV, dns.TypeTXT, dns.TypePTR, dns.TypeCNAME, dns.TypeMX,
+		dns.TypeNS, dns.TypeSOA, dns.TypeHTTPS, dns.TypeSVCB, dns.TypeANY:
+		return dns.TypeToString[t]
+	}
+	return "other"
+}
+
+// nameMemory maps addresses to the names they were answered for, each
+// until its TTL, bounded in size.
+type nameMemory struct {
+	mu  sync.Mutex
+	m   map[netip.Addr]nameEntry
+	max int
+}
+
+type nameEntry struct {
+	name  string
+	until time.Time
+}
+
+func newNameMemory(max int) *nameMemory {
+	return &nameMemory{m: make(map[netip.Addr]nameEntry), max: max}
+}
+
+func (n *nameMemory) put(a netip.Addr, name string, until time.Time) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, ok := n.m[a]; !ok && len(n.m) >= n.max {
+		now := time.Now()
+		for k, e := range n.m {
+			if now.After(e.until) || len(n.m) >= n.max {
+				delete(n.m, k)
+			}
+			if len(n.m) < n.max {
+				break
+			}
+		}
+	}
+	n.m[a] = nameEntry{name: name, until: until}
+}
+
+func (n *nameMemory) get(a netip.Addr, now time.Time) (string, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	e, ok := n.m[a]
+	if !ok || now.After(e.until) {
+		return "", false
+	}
+	return e.name, true
+}

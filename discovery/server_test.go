@@ -1,0 +1,274 @@
+package discovery
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// upstream is an authoritative DNS server for the tests' zone, on
+// 127.0.0.1 (UDP and TCP), counting the questions it gets by name.
+type upstream struct {
+	addr string
+	mu   sync.Mutex
+	asks map[string]int
+}
+
+func (u *upstream) count(name string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.asks[name]
+}
+
+// txtOf returns n TXT strings of 100 bytes: an answer of about n × 100 bytes.
+func txtOf(n int) []string {
+	var s []string
+	for i := 0; i < n; i++ {
+		s = append(s, strings.Repeat(string(rune('a'+i%26)), 100))
+	}
+	return s
+}
+
+func startUpstream(t *testing.T) *upstream {
+	t.Helper()
+	u := &upstream{asks: map[string]int{}}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		q := r.Question[0]
+		u.mu.Lock()
+		u.asks[q.Name]++
+		u.mu.Unlock()
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		hdr := func(t uint16, ttl uint32) dns.RR_Header {
+			return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
+		}
+		switch {
+		case q.Name == "a.example." && q.Qtype == dns.TypeA:
+			m.Answer = []dns.RR{&dns.A{Hdr: hdr(dns.TypeA, 2), A: net.IPv4(192, 0, 2, 1)}}
+		case q.Name == "big.example." && q.Qtype == dns.TypeTXT:
+			m.Answer = []dns.RR{&dns.TXT{Hdr: hdr(dns.TypeTXT, 60), Txt: txtOf(8)}} // ~800 bytes
+		case q.Name == "huge.example." && q.Qtype == dns.TypeTXT:
+			m.Answer = []dns.RR{&dns.TXT{Hdr: hdr(dns.TypeTXT, 60), Txt: txtOf(30)}} // ~3 KB
+		default:
+			m.Rcode = dns.RcodeNameError
+			m.Ns = []dns.RR{&dns.SOA{Hdr: dns.RR_Header{Name: "example.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 60},
+				Ns: "ns.example.", Mbox: "h.example.", Serial: 1, Refresh: 60, Retry: 60, Expire: 60, Minttl: 1}}
+		}
+		if w.LocalAddr().Network() == "udp" {
+			size := dns.MinMsgSize
+			if o := r.IsEdns0(); o != nil {
+				size = int(o.UDPSize())
+				m.SetEdns0(o.UDPSize(), false)
+			}
+			m.Truncate(size)
+		}
+		w.WriteMsg(m)
+	})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.addr = pc.LocalAddr().String()
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		done := make(chan struct{})
+		go func() { srv.ActivateAndServe(); close(done) }()
+		<-started
+		t.Cleanup(func() { srv.Shutdown(); <-done })
+	}
+	return u
+}
+
+// startProxy runs a Server for the test with reg, forwarding to ups.
+func startProxy(t *testing.T, reg Registry, ups ...string) (*Server, string) {
+	t.Helper()
+	s, err := New(Options{Addrs: []string{"127.0.0.1:0"}, Upstreams: ups, Registry: reg, Timeout: time.Second, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(s.Addrs()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the proxy did not bind")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return s, s.Addrs()[0]
+}
+
+// ask sends one question over network, with EDNS0 size edns (0: none).
+func ask(t *testing.T, addr, network, name string, qtype uint16, edns uint16) *dns.Msg {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	if edns > 0 {
+		m.SetEdns0(edns, false)
+	}
+	c := &dns.Client{Net: network, Timeout: 5 * time.Second, UDPSize: max(edns, dns.MinMsgSize)}
+	r, _, err := c.Exchange(m, addr)
+	if err != nil {
+		t.Fatalf("%s %s over %s: %v", name, dns.TypeToString[qtype], network, err)
+	}
+	return r
+}
+
+// TestForwardAndCache: names outside the mesh are forwarded and cached
+// for their TTL, which ages; NXDOMAIN is cached for the SOA minimum.
+func TestForwardAndCache(t *testing.T) {
+	up := startUpstream(t)
+	s, addr := startProxy(t, nil, up.addr)
+	r := ask(t, addr, "udp", "a.example.", dns.TypeA, 0)
+	if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "192.0.2.1" || r.Answer[0].Header().Ttl != 2 {
+		t.Fatalf("a.example: %v", r)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	r = ask(t, addr, "udp", "a.example.", dns.TypeA, 0)
+	if up.count("a.example.") != 1 || r.Answer[0].Header().Ttl != 1 {
+		t.Errorf("from the cache a second later: upstream asked %d times, TTL %d; want 1 and 1", up.count("a.example."), r.Answer[0].Header().Ttl)
+	}
+	time.Sleep(time.Second)
+	ask(t, addr, "udp", "a.example.", dns.TypeA, 0)
+	if up.count("a.example.") != 2 {
+		t.Errorf("after the TTL: upstream asked %d times, want 2", up.count("a.example."))
+	}
+	if name, ok := s.NameOf(netip.MustParseAddr("192.0.2.1")); !ok || name != "a.example" {
+		t.Errorf("NameOf(192.0.2.1) = %q, %v; want a.example", name, ok)
+	}
+
+	for i := 0; i < 3; i++ {
+		if r := ask(t, addr, "udp", "missing.example.", dns.TypeA, 0); r.Rcode != dns.RcodeNameError {
+			t.Fatalf("missing.example: rcode %s", dns.RcodeToString[r.Rcode])
+		}
+	}
+	if n := up.count("missing.example."); n != 1 {
+		t.Errorf("NXDOMAIN asked upstream %d times in its negative TTL, want 1", n)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	ask(t, addr, "udp", "missing.example.", dns.TypeA, 0)
+	if n := up.count("missing.example."); n != 2 {
+		t.Errorf("NXDOMAIN after its negative TTL (SOA minimum 1 s): upstream asked %d times, want 2", n)
+	}
+}
+
+// TestLargeAnswers: an answer over 512 bytes reaches a UDP client that
+// offers EDNS0 whole, a client that does not with TC set, and the TCP
+// retry whole; one over 1232 bytes is fetched from upstream over TCP.
+func TestLargeAnswers(t *testing.T) {
+	up := startUpstream(t)
+	_, addr := startProxy(t, nil, up.addr)
+	if r := ask(t, addr, "udp", "big.example.", dns.TypeTXT, 4096); r.Truncated || len(r.Answer) != 1 || len(r.Answer[0].(*dns.TXT).Txt) != 8 {
+		t.Errorf("big over UDP with EDNS0 4096: TC %v, %d answers", r.Truncated, len(r.Answer))
+	} else if r.IsEdns0() == nil {
+		t.Error("an EDNS0 question got an answer without OPT")
+	}
+	if r := ask(t, addr, "udp", "big.example.", dns.TypeTXT, 0); !r.Truncated || r.IsEdns0() != nil {
+		t.Errorf("big over UDP without EDNS0: TC %v, OPT %v; want TC and no OPT", r.Truncated, r.IsEdns0())
+	}
+	if r := ask(t, addr, "tcp", "big.example.", dns.TypeTXT, 0); r.Truncated || len(r.Answer) != 1 {
+		t.Errorf("big over TCP: TC %v, %d answers", r.Truncated, len(r.Answer))
+	}
+	if r := ask(t, addr, "tcp", "huge.example.", dns.TypeTXT, 0); r.Truncated || len(r.Answer) != 1 || len(r.Answer[0].(*dns.TXT).Txt) != 30 {
+		t.Errorf("huge over TCP: TC %v, %d answers", r.Truncated, len(r.Answer))
+	}
+}
+
+// TestRegistryAnswers: mesh names are answered from the registry (A,
+// AAAA, SRV, the TXT convention), without asking upstream.
+func TestRegistryAnswers(t *testing.T) {
+	up := startUpstream(t)
+	reg, err := ParseRegistry([]byte(`
+services:
+- name: web.shop.mesh
+  identity: spiffe://cluster.local/ns/shop/sa/web
+  meshed: true
+  ports: [{name: http, port: 8080}]
+  endpoints: [10.1.0.5, 10.1.0.6, "fd00::5"]
+  ttl: 10s
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, addr := startProxy(t, reg, up.addr)
+	r := ask(t, addr, "udp", "web.shop.mesh.", dns.TypeA, 0)
+	if !r.Authoritative || len(r.Answer) != 2 || r.Answer[0].Header().Ttl != 10 {
+		t.Errorf("A: %v", r)
+	}
+	if r := ask(t, addr, "udp", "WEB.shop.mesh.", dns.TypeAAAA, 0); len(r.Answer) != 1 || r.Answer[0].(*dns.AAAA).AAAA.String() != "fd00::5" {
+		t.Errorf("AAAA (name in another case): %v", r)
+	}
+	if r := ask(t, addr, "udp", "_http._tcp.web.shop.mesh.", dns.TypeSRV, 0); len(r.Answer) != 1 || r.Answer[0].(*dns.SRV).Port != 8080 ||
+		r.Answer[0].(*dns.SRV).Target != "web.shop.mesh." {
+		t.Errorf("SRV: %v", r)
+	}
+	if r := ask(t, addr, "udp", "web.shop.mesh.", dns.TypeTXT, 0); len(r.Answer) != 1 ||
+		strings.Join(r.Answer[0].(*dns.TXT).Txt, " ") != "meshgate.identity=spiffe://cluster.local/ns/shop/sa/web meshgate.meshed=true" {
+		t.Errorf("TXT: %v", r)
+	}
+	if r := ask(t, addr, "udp", "web.shop.mesh.", dns.TypeMX, 0); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 0 || len(r.Ns) != 1 {
+		t.Errorf("MX (NODATA): %v", r)
+	}
+	if n := up.count("web.shop.mesh."); n != 0 {
+		t.Errorf("a mesh name was asked upstream %d times", n)
+	}
+	if name, ok := s.NameOf(netip.MustParseAddr("10.1.0.6")); !ok || name != "web.shop.mesh" {
+		t.Errorf("NameOf(10.1.0.6) = %q, %v", name, ok)
+	}
+}
+
+// TestNoUpstream: with no upstream answering, the client gets SERVFAIL
+// at once rather than a timeout.
+func TestNoUpstream(t *testing.T) {
+	ln, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	dead := ln.LocalAddr().String()
+	ln.Close()
+	_, addr := startProxy(t, nil, dead)
+	if r := ask(t, addr, "udp", "a.example.", dns.TypeA, 0); r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("rcode %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+}
+
+// TestRegistryRejects pins the refusals of a registry file.
+func TestRegistryRejects(t *testing.T) {
+	_, err := ParseRegistry([]byte(`
+services:
+- name: "bad name!"
+  meshed: true
+  ports: [{name: "", port: 0}]
+  endpoints: [10.0.0.1]
+- name: web.mesh
+  identity: not-spiffe
+`))
+	want := `discovery: registry: services[0].name: "bad name!" is not a DNS name; want e.g. web.shop.mesh
+services[0].identity: a meshed service needs the SPIFFE ID its endpoints present
+services[0].ports[0].port: want 1 to 65535
+services[0].ports[0].name: "": want a label, e.g. http
+services[1].identity: "not-spiffe" is not a SPIFFE ID (scheme is missing or invalid)`
+	if err == nil || err.Error() != want {
+		t.Errorf("ParseRegistry:\n%v\nwant:\n%s", err, want)
+	}
+}
