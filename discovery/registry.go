@@ -65,6 +65,7 @@ type Registry interface {
 // StaticRegistry is a registry read from a file, the embedded default.
 type StaticRegistry struct {
 	services map[string]*Service
+	order    []*Service // as in the file
 }
 
 // registryFile is the file's shape.
@@ -140,6 +141,7 @@ func ParseRegistry(data []byte) (*StaticRegistry, error) {
 			s.TTL = Duration(30 * time.Second)
 		}
 		r.services[name] = s
+		r.order = append(r.order, s)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("discovery: registry: %w", err)
@@ -244,4 +246,41 @@ func validName(s string) bool {
 		}
 	}
 	return true
+}
+
+// MeshEndpoint is an endpoint of a meshed service and the identity it must
+// present.
+type MeshEndpoint struct {
+	Addr     netip.Addr
+	Identity spiffeid.ID
+	Service  string
+}
+
+// MeshEndpoints lists the endpoints of the registry's meshed services, in
+// file order: what the sidecar dials with mTLS, expecting each service's
+// identity. An address listed under two services with different
+// identities is an error, named by both.
+func (r *StaticRegistry) MeshEndpoints() ([]MeshEndpoint, error) {
+	var out []MeshEndpoint
+	seen := map[netip.Addr]MeshEndpoint{}
+	var errs []error
+	for _, s := range r.order {
+		if !s.Meshed {
+			continue
+		}
+		id := spiffeid.RequireFromString(s.Identity)
+		for _, a := range s.Endpoints {
+			a = a.Unmap()
+			if prev, ok := seen[a]; ok {
+				if prev.Identity != id {
+					errs = append(errs, fmt.Errorf("discovery: registry: endpoint %s is in %s (%s) and %s (%s); an address has one identity", a, prev.Service, prev.Identity, s.Name, id))
+				}
+				continue
+			}
+			e := MeshEndpoint{Addr: a, Identity: id, Service: s.Name}
+			seen[a] = e
+			out = append(out, e)
+		}
+	}
+	return out, errors.Join(errs...)
 }

@@ -45,6 +45,7 @@ type Server struct {
 
 	mu    sync.Mutex
 	bound []string // the addresses served, once Run has bound them
+	ready chan struct{}
 }
 
 // UpstreamEDNSSize is the UDP payload size asked of upstreams (and
@@ -75,7 +76,7 @@ func New(o Options) (*Server, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("discovery: %w", err)
 	}
-	s := &Server{o: o, log: o.Log, cache: newCache(o.CacheSize), names: newNameMemory(65536)}
+	s := &Server{o: o, log: o.Log, cache: newCache(o.CacheSize), names: newNameMemory(65536), ready: make(chan struct{})}
 	s.queries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshgate_dns_queries_total",
 		Help: "DNS questions the proxy answered, by type and how: registry (a mesh name), cache, upstream, " +
@@ -146,6 +147,7 @@ func (s *Server) Run(ctx context.Context) error {
 		})
 		<-started
 	}
+	close(s.ready)
 	var err error
 	select {
 	case <-ctx.Done():
@@ -155,6 +157,9 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Wait()
 	return err
 }
+
+// Ready is closed once Run serves every address.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // Addrs returns the addresses being served (UDP and TCP alike), once Run
 // has bound them.

@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"meshgate/discovery"
 
 	"meshgate/mtls"
 	"meshgate/proxy"
@@ -28,6 +32,10 @@ on these defaults, which match what 'meshgate redirect' installs.
   15020  Prometheus metrics: /metrics
   15021  health: /healthz/ready (200 once listening, 503 while draining),
          /healthz/live
+  15053  the DNS proxy, on 127.0.0.1 and ::1, UDP and TCP (--dns-listen):
+         mesh names from --registry, the rest from the resolvers of
+         --resolv-conf, cached for their TTL; 'meshgate redirect
+         --capture-dns' sends the app's DNS there
 
 Its own connections carry socket mark 0x539, which the capture rules
 exempt. Connect timeout 10s, idle timeout 1h. On SIGTERM it stops
@@ -93,6 +101,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	logLevel := fs.String("log-level", "", "log `level`: debug, info, warn or error (overrides logLevel in the config; default info)")
 	mtlsMode := fs.String("mtls-mode", "", "`mode` of mesh mTLS: strict, permissive or disable (overrides mtls.mode)")
 	meshCIDRs := fs.String("mesh-cidrs", "", "comma-separated `CIDRs` of the destinations that run a sidecar, e.g. 10.0.0.0/8,fd00::/8 (overrides mtls.meshCIDRs)")
+	dnsListen := fs.String("dns-listen", "127.0.0.1:15053,[::1]:15053", "serve the DNS proxy on these comma-separated `ADDRS` (UDP and TCP; an IPv6 one is skipped where the namespace has no IPv6); empty: no DNS proxy")
+	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "ask the resolvers of `FILE` the names outside the mesh")
+	registryPath := fs.String("registry", "", "answer the mesh names of the registry `FILE` (YAML: services with endpoints, ports, identity)")
 	var certs certFlags
 	certs.add(fs)
 	if err := parseFlags(fs, args, false); err != nil {
@@ -126,6 +137,20 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		cfg.MTLS.MeshCIDRs = prefixes
 	}
 	problems = append(problems, certs.check()...)
+	var registry *discovery.StaticRegistry
+	if *registryPath != "" {
+		r, err := discovery.LoadRegistry(*registryPath)
+		if err != nil {
+			problems = append(problems, fmt.Errorf("--registry %s: %s", *registryPath, strings.TrimPrefix(err.Error(), "discovery: registry: ")))
+		} else {
+			registry = r
+			eps, err := r.MeshEndpoints()
+			if err != nil {
+				problems = append(problems, fmt.Errorf("--registry %s: %s", *registryPath, strings.TrimPrefix(err.Error(), "discovery: registry: ")))
+			}
+			cfg.MTLS.Destinations = withRegistry(cfg.MTLS.Destinations, eps)
+		}
+	}
 	log, err := newLogger(cfg.LogLevel)
 	if err != nil {
 		problems = append(problems, err)
@@ -151,7 +176,90 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	return p.Run(ctx)
+	if *dnsListen == "" {
+		return p.Run(ctx)
+	}
+	dns, err := newDNSProxy(*dnsListen, *resolvConf, flagSet(fs, "resolv-conf"), registry, reg, log)
+	if err != nil {
+		return err
+	}
+	dctx, stopDNS := context.WithCancel(ctx)
+	defer stopDNS()
+	dnsDone := make(chan error, 1)
+	go func() { dnsDone <- dns.Run(dctx) }()
+	select {
+	case <-dns.Ready():
+		log.Info("DNS proxy ready", zap.Strings("listen", dns.Addrs()))
+	case err := <-dnsDone:
+		return fmt.Errorf("--dns-listen: %s", strings.TrimPrefix(err.Error(), "discovery: "))
+	}
+	runErr := p.Run(ctx)
+	stopDNS()
+	if err := <-dnsDone; err != nil && runErr == nil {
+		runErr = fmt.Errorf("DNS proxy: %w", err)
+	}
+	return runErr
+}
+
+// newDNSProxy makes the sidecar's DNS proxy: on the addresses of listen
+// that this namespace has, asking the resolvers of resolvConf. A missing
+// default resolv.conf leaves it with no upstream (mesh names only); one
+// given with --resolv-conf must be readable.
+func newDNSProxy(listen, resolvConf string, explicit bool, registry *discovery.StaticRegistry, reg prometheus.Registerer, log *zap.Logger) (*discovery.Server, error) {
+	var addrs []string
+	for _, a := range strings.Split(listen, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			return nil, fmt.Errorf("--dns-listen %q: want host:port, e.g. 127.0.0.1:15053", a)
+		}
+		if ip, err := netip.ParseAddr(host); err == nil && ip.Is6() {
+			if pc, err := net.ListenPacket("udp", net.JoinHostPort(host, "0")); err != nil {
+				log.Info("no IPv6 here: DNS proxy on IPv4 only", zap.String("skipped", a))
+				continue
+			} else {
+				pc.Close()
+			}
+		}
+		addrs = append(addrs, a)
+	}
+	ups, err := discovery.Upstreams(resolvConf)
+	if err != nil {
+		if explicit {
+			return nil, fmt.Errorf("--resolv-conf %s: %s", resolvConf, strings.TrimPrefix(err.Error(), "discovery: "+resolvConf+": "))
+		}
+		log.Warn("no resolv.conf: the DNS proxy answers mesh names only", zap.Error(err))
+	}
+	o := discovery.Options{Addrs: addrs, Upstreams: ups, Log: log.Named("dns"), Registerer: reg}
+	if registry != nil {
+		o.Registry = registry
+	}
+	s, err := discovery.New(o)
+	if err != nil {
+		return nil, fmt.Errorf("--dns-listen: %s", strings.TrimPrefix(err.Error(), "discovery: "))
+	}
+	return s, nil
+}
+
+// withRegistry adds the registry's meshed endpoints to the mTLS
+// destinations, each expecting its service's identity; a destination the
+// config lists already keeps the config's identity.
+func withRegistry(dests []proxy.MTLSDestination, eps []discovery.MeshEndpoint) []proxy.MTLSDestination {
+	have := map[netip.Prefix]bool{}
+	for _, d := range dests {
+		have[d.CIDR] = true
+	}
+	for _, e := range eps {
+		p := netip.PrefixFrom(e.Addr, e.Addr.BitLen())
+		if !have[p] {
+			dests = append(dests, proxy.MTLSDestination{CIDR: p, Identity: e.Identity})
+			have[p] = true
+		}
+	}
+	return dests
 }
 
 // parseCIDRList parses a comma-separated list of CIDRs, each in its

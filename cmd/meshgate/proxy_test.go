@@ -91,7 +91,7 @@ func TestProxyCertDir(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- runProxy(ctx, []string{"--config", testProxyConfig(t, port), "--cert-dir", certs, "--mesh-cidrs", "10.0.0.0/8"}, io.Discard, io.Discard)
+		done <- runProxy(ctx, []string{"--config", testProxyConfig(t, port), "--cert-dir", certs, "--mesh-cidrs", "10.0.0.0/8", "--dns-listen", "127.0.0.1:0"}, io.Discard, io.Discard)
 	}()
 	defer func() {
 		cancel()

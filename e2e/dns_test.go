@@ -1,0 +1,172 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"meshgate/nsrun"
+	"meshgate/topology"
+)
+
+// podDNS is an authoritative DNS server for example.test, served by the
+// test process inside a pod's namespace (UDP and TCP on port 53), counting
+// the questions it gets.
+type podDNS struct {
+	mu   sync.Mutex
+	asks map[string]int
+}
+
+func (d *podDNS) count(name string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.asks[name]
+}
+
+func startPodDNS(t *testing.T, pod *topology.Pod) *podDNS {
+	t.Helper()
+	d := &podDNS{asks: map[string]int{}}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		q := r.Question[0]
+		d.mu.Lock()
+		d.asks[q.Name]++
+		d.mu.Unlock()
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: 60}
+		switch {
+		case q.Name == "ext.example.test." && q.Qtype == dns.TypeA:
+			m.Answer = []dns.RR{&dns.A{Hdr: hdr, A: net.IPv4(192, 0, 2, 7)}}
+		case q.Name == "big.example.test." && q.Qtype == dns.TypeTXT:
+			var txt []string
+			for i := 0; i < 20; i++ {
+				txt = append(txt, strings.Repeat("x", 100))
+			}
+			m.Answer = []dns.RR{&dns.TXT{Hdr: hdr, Txt: txt}}
+		default:
+			m.Rcode = dns.RcodeNameError
+			m.Ns = []dns.RR{&dns.SOA{Hdr: dns.RR_Header{Name: "example.test.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 30},
+				Ns: "ns.example.test.", Mbox: "h.example.test.", Serial: 1, Refresh: 30, Retry: 30, Expire: 30, Minttl: 30}}
+		}
+		if w.LocalAddr().Network() == "udp" {
+			size := dns.MinMsgSize
+			if o := r.IsEdns0(); o != nil {
+				size = int(o.UDPSize())
+				m.SetEdns0(o.UDPSize(), false)
+			}
+			m.Truncate(size)
+		}
+		w.WriteMsg(m)
+	})
+	var pc net.PacketConn
+	var ln net.Listener
+	addr := hostPort(pod.IPv4, 53)
+	err := nsrun.Do(pod.Path(), func() error {
+		var err error
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return err
+		}
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		done := make(chan struct{})
+		go func() { srv.ActivateAndServe(); close(done) }()
+		<-started
+		t.Cleanup(func() { srv.Shutdown(); <-done })
+	}
+	return d
+}
+
+// TestDNSThroughTheSidecar: with DNS captured, a pod's questions reach its
+// sidecar's DNS proxy whatever server they were sent to: mesh names are
+// answered from the registry, the rest forwarded to the resolver of the
+// sidecar's resolv.conf and cached; a large answer comes whole over UDP
+// with EDNS0 and through dig's TCP retry without; and the registry's
+// meshed endpoint is dialed with mTLS, expecting its identity.
+func TestDNSThroughTheSidecar(t *testing.T) {
+	needRoot(t)
+	if _, err := exec.LookPath("dig"); err != nil {
+		t.Fatal("dig not installed: run 'make deps'")
+	}
+	_, pods := newLabWith(t, "a", "b", "ns")
+	a, b, nsPod := pods[0], pods[1], pods[2]
+	startApp(t, b)
+	up := startPodDNS(t, nsPod)
+	dir := publicTempDir(t)
+	resolv := filepath.Join(dir, "resolv.conf")
+	registry := filepath.Join(dir, "registry.yaml")
+	os.WriteFile(resolv, []byte("nameserver "+nsPod.IPv4.String()+"\n"), 0o644)
+	os.WriteFile(registry, []byte(fmt.Sprintf(`services:
+- name: web.shop.mesh
+  identity: %s
+  meshed: true
+  ports: [{name: http, port: 8080}]
+  endpoints: [%s]
+`, spiffeFor(b), b.IPv4)), 0o644)
+	ca := meshCA(t)
+	ao := meshOpts(issueFor(t, ca, a), "strict", a)
+	ao.proxyArgs = append(ao.proxyArgs, "--resolv-conf", resolv, "--registry", registry)
+	// The pod resolves through ns, as its resolv.conf would say.
+	ao.redirectArgs = []string{"--capture-dns", "--dns-servers", nsPod.IPv4.String()}
+	sa := enroll(t, a, ao)
+	enroll(t, b, meshOpts(issueFor(t, ca, b), "strict", a, b))
+
+	digAt := func(args ...string) string {
+		t.Helper()
+		out, err := a.Run(ctxFor(t, 20*time.Second), append([]string{"dig", "@" + nsPod.IPv4.String(), "+time=3", "+tries=1"}, args...)...)
+		if err != nil {
+			t.Fatalf("dig %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	if out := strings.TrimSpace(digAt("+short", "web.shop.mesh", "A")); out != b.IPv4.String() {
+		t.Errorf("web.shop.mesh A = %q, want %s (from the registry)", out, b.IPv4)
+	}
+	if out := digAt("+short", "_http._tcp.web.shop.mesh", "SRV"); !strings.Contains(out, "8080 web.shop.mesh.") {
+		t.Errorf("SRV = %q", out)
+	}
+	if out := digAt("+short", "web.shop.mesh", "TXT"); !strings.Contains(out, "meshgate.identity="+spiffeFor(b)) {
+		t.Errorf("TXT = %q", out)
+	}
+	if up.count("web.shop.mesh.") != 0 {
+		t.Error("a mesh name reached the upstream resolver")
+	}
+	for range 2 {
+		if out := strings.TrimSpace(digAt("+short", "ext.example.test", "A")); out != "192.0.2.7" {
+			t.Errorf("ext.example.test A = %q, want 192.0.2.7 (forwarded)", out)
+		}
+	}
+	if n := up.count("ext.example.test."); n != 1 {
+		t.Errorf("the upstream got ext.example.test %d times, want 1 (then cached)", n)
+	}
+	if out := digAt("+bufsize=4096", "big.example.test", "TXT"); !strings.Contains(out, "MSG SIZE") || strings.Contains(out, "Truncated") || strings.Count(out, strings.Repeat("x", 100)) != 20 {
+		t.Errorf("big TXT over UDP with EDNS0:\n%s", out)
+	}
+	if out := digAt("+noedns", "big.example.test", "TXT"); !strings.Contains(out, "Truncated, retrying in TCP mode") || strings.Count(out, strings.Repeat("x", 100)) != 20 {
+		t.Errorf("big TXT without EDNS0 (TC, then TCP):\n%s", out)
+	}
+	m := sa.metrics(t)
+	if m["meshgate_dns_queries_total{qtype=A,result=registry}"] < 1 || m["meshgate_dns_queries_total{qtype=A,result=cache}"] < 1 {
+		t.Errorf("DNS metrics: registry %v, cache %v", m["meshgate_dns_queries_total{qtype=A,result=registry}"], m["meshgate_dns_queries_total{qtype=A,result=cache}"])
+	}
+	// The registry makes b a mesh destination expecting its identity.
+	curl(t, a, url(b.IPv4, 8080, "/"))
+	if n := sa.tlsHandshakes(t, "direction=outbound", "result=ok", "peer_identity="+spiffeFor(b)); n < 1 {
+		t.Errorf("a dialed the registry's endpoint without mTLS to %s", spiffeFor(b))
+	}
+}
