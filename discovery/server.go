@@ -12,6 +12,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 )
 
@@ -46,6 +47,17 @@ type Server struct {
 	mu    sync.Mutex
 	bound []string // the addresses served, once Run has bound them
 	ready chan struct{}
+
+	convMu sync.Mutex
+	conv   map[string]convention // name → what its TXT record says
+}
+
+// convention is what a name's TXT record says of it in the meshgate
+// convention, and until when.
+type convention struct {
+	identity spiffeid.ID
+	meshed   bool
+	until    time.Time
 }
 
 // UpstreamEDNSSize is the UDP payload size asked of upstreams (and
@@ -76,7 +88,8 @@ func New(o Options) (*Server, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("discovery: %w", err)
 	}
-	s := &Server{o: o, log: o.Log, cache: newCache(o.CacheSize), names: newNameMemory(65536), ready: make(chan struct{})}
+	s := &Server{o: o, log: o.Log, cache: newCache(o.CacheSize), names: newNameMemory(65536), ready: make(chan struct{}),
+		conv: make(map[string]convention)}
 	s.queries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshgate_dns_queries_total",
 		Help: "DNS questions the proxy answered, by type and how: registry (a mesh name), cache, upstream, " +
@@ -230,6 +243,14 @@ func (s *Server) answer(r *dns.Msg) (*dns.Msg, string) {
 	}
 	key := keyOf(q, do)
 	now := time.Now()
+	// An address answered for a name must be known as in the mesh or not
+	// before the app can connect to it: the name's TXT record is asked
+	// alongside (and kept for its TTL).
+	var learn sync.WaitGroup
+	if q.Qclass == dns.ClassINET && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA) {
+		learn.Go(func() { s.learn(q.Name, now) })
+	}
+	defer learn.Wait()
 	if m := s.cache.get(key, now); m != nil {
 		return reply(m), "cache"
 	}
@@ -278,6 +299,93 @@ func (s *Server) forward(r *dns.Msg) (*dns.Msg, error) {
 		return nil, errors.New("no upstream resolver configured")
 	}
 	return nil, errors.Join(errs...)
+}
+
+// learn makes sure the meshgate convention of name is known: what its
+// TXT record says (meshgate.identity=..., meshgate.meshed=true), asked
+// upstream when not known or expired. No record, or none of the
+// convention, is a name outside the mesh, remembered for a minute.
+func (s *Server) learn(name string, now time.Time) {
+	name = strings.ToLower(dns.Fqdn(name))
+	s.convMu.Lock()
+	c, ok := s.conv[name]
+	s.convMu.Unlock()
+	if ok && now.Before(c.until) {
+		return
+	}
+	q := new(dns.Msg)
+	q.SetQuestion(name, dns.TypeTXT)
+	q.RecursionDesired = true
+	key := keyOf(q.Question[0], false)
+	m := s.cache.get(key, now)
+	if m == nil {
+		var err error
+		if m, err = s.forward(q); err != nil {
+			return // unknown: asked again next time
+		}
+		s.cache.put(key, m, now)
+	}
+	c = convention{until: now.Add(time.Minute)}
+	for _, rr := range m.Answer {
+		txt, ok := rr.(*dns.TXT)
+		if !ok {
+			continue
+		}
+		c.until = now.Add(max(time.Duration(txt.Hdr.Ttl)*time.Second, 5*time.Second))
+		for _, t := range txt.Txt {
+			k, v, _ := strings.Cut(strings.TrimSpace(t), "=")
+			switch k {
+			case "meshgate.identity":
+				if id, err := spiffeid.FromString(v); err == nil {
+					c.identity = id
+				}
+			case "meshgate.meshed":
+				c.meshed = v == "true"
+			}
+		}
+	}
+	if c.meshed && c.identity.IsZero() {
+		c.meshed = false // a mesh member without an identity cannot be verified
+		s.log.Warn("TXT record says meshed but names no identity; taken as outside the mesh", zap.String("name", name))
+	}
+	s.convMu.Lock()
+	if len(s.conv) > 65536 {
+		for k, e := range s.conv {
+			if now.After(e.until) {
+				delete(s.conv, k)
+			}
+		}
+	}
+	s.conv[name] = c
+	s.convMu.Unlock()
+}
+
+// MeshDestination says whether a sidecar runs at a and which identity
+// it must present, by the name a was answered for: from the registry,
+// or that name's TXT record in the meshgate convention. It implements
+// package proxy's DestinationResolver.
+func (s *Server) MeshDestination(a netip.Addr) (spiffeid.ID, bool) {
+	name, ok := s.NameOf(a)
+	if !ok {
+		return spiffeid.ID{}, false
+	}
+	fq := dns.Fqdn(name)
+	if s.o.Registry != nil {
+		if svc, ok := s.o.Registry.Service(fq); ok {
+			if !svc.Meshed {
+				return spiffeid.ID{}, false
+			}
+			id, err := spiffeid.FromString(svc.Identity)
+			return id, err == nil
+		}
+	}
+	s.convMu.Lock()
+	c, ok := s.conv[fq]
+	s.convMu.Unlock()
+	if !ok || !c.meshed {
+		return spiffeid.ID{}, false
+	}
+	return c.identity, true
 }
 
 // remember notes which name each address of an answer belongs to.

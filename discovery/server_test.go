@@ -24,10 +24,10 @@ type upstream struct {
 	asks map[string]int
 }
 
-func (u *upstream) count(name string) int {
+func (u *upstream) count(name string, qtype uint16) int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.asks[name]
+	return u.asks[name+" "+dns.TypeToString[qtype]]
 }
 
 // txtOf returns n TXT strings of 100 bytes: an answer of about n × 100 bytes.
@@ -45,7 +45,7 @@ func startUpstream(t *testing.T) *upstream {
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		q := r.Question[0]
 		u.mu.Lock()
-		u.asks[q.Name]++
+		u.asks[q.Name+" "+dns.TypeToString[q.Qtype]]++
 		u.mu.Unlock()
 		m := new(dns.Msg)
 		m.SetReply(r)
@@ -56,6 +56,10 @@ func startUpstream(t *testing.T) *upstream {
 		switch {
 		case q.Name == "a.example." && q.Qtype == dns.TypeA:
 			m.Answer = []dns.RR{&dns.A{Hdr: hdr(dns.TypeA, 2), A: net.IPv4(192, 0, 2, 1)}}
+		case q.Name == "svc.example." && q.Qtype == dns.TypeA:
+			m.Answer = []dns.RR{&dns.A{Hdr: hdr(dns.TypeA, 60), A: net.IPv4(192, 0, 2, 9)}}
+		case q.Name == "svc.example." && q.Qtype == dns.TypeTXT:
+			m.Answer = []dns.RR{&dns.TXT{Hdr: hdr(dns.TypeTXT, 60), Txt: []string{"meshgate.identity=spiffe://cluster.local/ns/shop/sa/svc", "meshgate.meshed=true"}}}
 		case q.Name == "big.example." && q.Qtype == dns.TypeTXT:
 			m.Answer = []dns.RR{&dns.TXT{Hdr: hdr(dns.TypeTXT, 60), Txt: txtOf(8)}} // ~800 bytes
 		case q.Name == "huge.example." && q.Qtype == dns.TypeTXT:
@@ -148,13 +152,13 @@ func TestForwardAndCache(t *testing.T) {
 	}
 	time.Sleep(1100 * time.Millisecond)
 	r = ask(t, addr, "udp", "a.example.", dns.TypeA, 0)
-	if up.count("a.example.") != 1 || r.Answer[0].Header().Ttl != 1 {
-		t.Errorf("from the cache a second later: upstream asked %d times, TTL %d; want 1 and 1", up.count("a.example."), r.Answer[0].Header().Ttl)
+	if up.count("a.example.", dns.TypeA) != 1 || r.Answer[0].Header().Ttl != 1 {
+		t.Errorf("from the cache a second later: upstream asked %d times, TTL %d; want 1 and 1", up.count("a.example.", dns.TypeA), r.Answer[0].Header().Ttl)
 	}
 	time.Sleep(time.Second)
 	ask(t, addr, "udp", "a.example.", dns.TypeA, 0)
-	if up.count("a.example.") != 2 {
-		t.Errorf("after the TTL: upstream asked %d times, want 2", up.count("a.example."))
+	if up.count("a.example.", dns.TypeA) != 2 {
+		t.Errorf("after the TTL: upstream asked %d times, want 2", up.count("a.example.", dns.TypeA))
 	}
 	if name, ok := s.NameOf(netip.MustParseAddr("192.0.2.1")); !ok || name != "a.example" {
 		t.Errorf("NameOf(192.0.2.1) = %q, %v; want a.example", name, ok)
@@ -165,12 +169,12 @@ func TestForwardAndCache(t *testing.T) {
 			t.Fatalf("missing.example: rcode %s", dns.RcodeToString[r.Rcode])
 		}
 	}
-	if n := up.count("missing.example."); n != 1 {
+	if n := up.count("missing.example.", dns.TypeA); n != 1 {
 		t.Errorf("NXDOMAIN asked upstream %d times in its negative TTL, want 1", n)
 	}
 	time.Sleep(1100 * time.Millisecond)
 	ask(t, addr, "udp", "missing.example.", dns.TypeA, 0)
-	if n := up.count("missing.example."); n != 2 {
+	if n := up.count("missing.example.", dns.TypeA); n != 2 {
 		t.Errorf("NXDOMAIN after its negative TTL (SOA minimum 1 s): upstream asked %d times, want 2", n)
 	}
 }
@@ -232,7 +236,7 @@ services:
 	if r := ask(t, addr, "udp", "web.shop.mesh.", dns.TypeMX, 0); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 0 || len(r.Ns) != 1 {
 		t.Errorf("MX (NODATA): %v", r)
 	}
-	if n := up.count("web.shop.mesh."); n != 0 {
+	if n := up.count("web.shop.mesh.", dns.TypeA); n != 0 {
 		t.Errorf("a mesh name was asked upstream %d times", n)
 	}
 	if name, ok := s.NameOf(netip.MustParseAddr("10.1.0.6")); !ok || name != "web.shop.mesh" {
@@ -270,5 +274,32 @@ services[0].ports[0].name: "": want a label, e.g. http
 services[1].identity: "not-spiffe" is not a SPIFFE ID (scheme is missing or invalid)`
 	if err == nil || err.Error() != want {
 		t.Errorf("ParseRegistry:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// TestTXTConvention: an address answered for a name whose TXT record
+// publishes the meshgate convention is a mesh destination with that
+// identity; one answered for a name without it is not. The TXT record is
+// known by the time the A answer is out, so the app's first connection is
+// already mTLS.
+func TestTXTConvention(t *testing.T) {
+	up := startUpstream(t)
+	s, addr := startProxy(t, nil, up.addr)
+	ask(t, addr, "udp", "svc.example.", dns.TypeA, 0)
+	id, ok := s.MeshDestination(netip.MustParseAddr("192.0.2.9"))
+	if !ok || id.String() != "spiffe://cluster.local/ns/shop/sa/svc" {
+		t.Errorf("MeshDestination(192.0.2.9) = %v, %v; want spiffe://cluster.local/ns/shop/sa/svc", id, ok)
+	}
+	ask(t, addr, "udp", "a.example.", dns.TypeA, 0)
+	if id, ok := s.MeshDestination(netip.MustParseAddr("192.0.2.1")); ok {
+		t.Errorf("a.example (no TXT record) is a mesh destination: %v", id)
+	}
+	if _, ok := s.MeshDestination(netip.MustParseAddr("198.51.100.1")); ok {
+		t.Error("an address never answered is a mesh destination")
+	}
+	// The TXT record is kept: asking again does not ask it again.
+	ask(t, addr, "udp", "svc.example.", dns.TypeAAAA, 0)
+	if n := up.count("svc.example.", dns.TypeTXT); n != 1 {
+		t.Errorf("upstream asked svc.example's TXT record %d times, want once", n)
 	}
 }

@@ -25,25 +25,42 @@ type podDNS struct {
 	asks map[string]int
 }
 
+// count is how many times name was asked, all types together.
 func (d *podDNS) count(name string) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.asks[name]
+	n := 0
+	for k, v := range d.asks {
+		if strings.HasPrefix(k, name+" ") {
+			n += v
+		}
+	}
+	return n
 }
 
-func startPodDNS(t *testing.T, pod *topology.Pod) *podDNS {
+// countType is how many times name was asked for records of qtype.
+func (d *podDNS) countType(name string, qtype uint16) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.asks[name+" "+dns.TypeToString[qtype]]
+}
+
+// extra answers "NAME TYPE" (e.g. "c.example.test. A") with its records.
+func startPodDNS(t *testing.T, pod *topology.Pod, extra map[string][]dns.RR) *podDNS {
 	t.Helper()
 	d := &podDNS{asks: map[string]int{}}
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		q := r.Question[0]
 		d.mu.Lock()
-		d.asks[q.Name]++
+		d.asks[q.Name+" "+dns.TypeToString[q.Qtype]]++
 		d.mu.Unlock()
 		m := new(dns.Msg)
 		m.SetReply(r)
 		m.Authoritative = true
 		hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: 60}
-		switch {
+		switch rrs, ok := extra[q.Name+" "+dns.TypeToString[q.Qtype]]; {
+		case ok:
+			m.Answer = rrs
 		case q.Name == "ext.example.test." && q.Qtype == dns.TypeA:
 			m.Answer = []dns.RR{&dns.A{Hdr: hdr, A: net.IPv4(192, 0, 2, 7)}}
 		case q.Name == "big.example.test." && q.Qtype == dns.TypeTXT:
@@ -103,10 +120,26 @@ func TestDNSThroughTheSidecar(t *testing.T) {
 	if _, err := exec.LookPath("dig"); err != nil {
 		t.Fatal("dig not installed: run 'make deps'")
 	}
-	_, pods := newLabWith(t, "a", "b", "ns")
-	a, b, nsPod := pods[0], pods[1], pods[2]
-	startApp(t, b)
-	up := startPodDNS(t, nsPod)
+	_, pods := newLabWith(t, "a", "b", "ns", "c", "d")
+	a, b, nsPod, c, d := pods[0], pods[1], pods[2], pods[3], pods[4]
+	for _, p := range []*topology.Pod{b, c, d} {
+		startApp(t, p)
+	}
+	// c and d publish their mesh membership by the TXT convention; d's
+	// record names c's identity, which d cannot present.
+	rr := func(s string) dns.RR {
+		r, err := dns.NewRR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	up := startPodDNS(t, nsPod, map[string][]dns.RR{
+		"c.example.test. A":   {rr("c.example.test. 60 IN A " + c.IPv4.String())},
+		"c.example.test. TXT": {rr(`c.example.test. 60 IN TXT "meshgate.identity=` + spiffeFor(c) + `" "meshgate.meshed=true"`)},
+		"d.example.test. A":   {rr("d.example.test. 60 IN A " + d.IPv4.String())},
+		"d.example.test. TXT": {rr(`d.example.test. 60 IN TXT "meshgate.identity=` + spiffeFor(c) + `" "meshgate.meshed=true"`)},
+	})
 	dir := publicTempDir(t)
 	resolv := filepath.Join(dir, "resolv.conf")
 	registry := filepath.Join(dir, "registry.yaml")
@@ -125,6 +158,8 @@ func TestDNSThroughTheSidecar(t *testing.T) {
 	ao.redirectArgs = []string{"--capture-dns", "--dns-servers", nsPod.IPv4.String()}
 	sa := enroll(t, a, ao)
 	enroll(t, b, meshOpts(issueFor(t, ca, b), "strict", a, b))
+	enroll(t, c, meshOpts(issueFor(t, ca, c), "strict", a))
+	enroll(t, d, meshOpts(issueFor(t, ca, d), "strict", a))
 
 	digAt := func(args ...string) string {
 		t.Helper()
@@ -151,8 +186,8 @@ func TestDNSThroughTheSidecar(t *testing.T) {
 			t.Errorf("ext.example.test A = %q, want 192.0.2.7 (forwarded)", out)
 		}
 	}
-	if n := up.count("ext.example.test."); n != 1 {
-		t.Errorf("the upstream got ext.example.test %d times, want 1 (then cached)", n)
+	if n := up.countType("ext.example.test.", dns.TypeA); n != 1 {
+		t.Errorf("the upstream got ext.example.test A %d times, want 1 (then cached)", n)
 	}
 	if out := digAt("+bufsize=4096", "big.example.test", "TXT"); !strings.Contains(out, "MSG SIZE") || strings.Contains(out, "Truncated") || strings.Count(out, strings.Repeat("x", 100)) != 20 {
 		t.Errorf("big TXT over UDP with EDNS0:\n%s", out)
@@ -168,5 +203,21 @@ func TestDNSThroughTheSidecar(t *testing.T) {
 	curl(t, a, url(b.IPv4, 8080, "/"))
 	if n := sa.tlsHandshakes(t, "direction=outbound", "result=ok", "peer_identity="+spiffeFor(b)); n < 1 {
 		t.Errorf("a dialed the registry's endpoint without mTLS to %s", spiffeFor(b))
+	}
+	// So does a name's TXT record: c is reached with mTLS, expecting c;
+	// d, whose record names c's identity, is refused for presenting d's.
+	if out := strings.TrimSpace(digAt("+short", "c.example.test", "A")); out != c.IPv4.String() {
+		t.Fatalf("c.example.test A = %q", out)
+	}
+	curl(t, a, url(c.IPv4, 8080, "/"))
+	if n := sa.tlsHandshakes(t, "direction=outbound", "result=ok", "peer_identity="+spiffeFor(c)); n < 1 {
+		t.Errorf("a did not reach c.example.test with mTLS to %s", spiffeFor(c))
+	}
+	digAt("+short", "d.example.test", "A")
+	if _, err := a.Run(ctxFor(t, 20*time.Second), "curl", "-sS", "--fail", "--max-time", "5", url(d.IPv4, 8080, "/")); err == nil {
+		t.Error("a reached d, which presents an identity other than its TXT record's")
+	}
+	if n := sa.tlsHandshakes(t, "direction=outbound", "result=failed", "reason=wrong_identity"); n < 1 {
+		t.Error("no handshake with d refused for its identity")
 	}
 }

@@ -46,6 +46,20 @@ type MeshTLS interface {
 	Reason(err error) string
 }
 
+// DestinationResolver says, for an address that mtls.meshCIDRs and
+// mtls.destinations do not cover, whether a sidecar runs there and the
+// SPIFFE ID it must present. Package discovery's DNS proxy is one: it
+// knows the names it answered and what their registry entry or DNS TXT
+// record says. It is called for outbound connections, concurrently.
+type DestinationResolver interface {
+	MeshDestination(a netip.Addr) (id spiffeid.ID, ok bool)
+}
+
+// WithDestinations adds r to the proxy's mesh destinations.
+func WithDestinations(r DestinationResolver) Option {
+	return func(p *Proxy) { p.destinations = r }
+}
+
 // WithMeshTLS gives the proxy the certificates of mesh mTLS (see
 // MTLSConfig for what it does with them). Without it, or with nil, mTLS
 // is off and mtls.mode may be only disable or unset.
@@ -92,6 +106,7 @@ type meshState struct {
 	mesh      []netip.Prefix
 	dests     []meshDestination // most specific first
 	plainOut  bool
+	resolver  DestinationResolver // nil: the static tables only
 
 	server atomic.Pointer[derivedConfig]
 	mu     sync.Mutex // serialises deriving configs
@@ -191,9 +206,20 @@ func (s *meshState) inMesh(a netip.Addr) bool {
 	return s.expected(a) != nil
 }
 
+// resolve asks the resolver, if any, about a.
+func (s *meshState) resolve(a netip.Addr) *spiffeid.ID {
+	if s.resolver == nil {
+		return nil
+	}
+	if id, ok := s.resolver.MeshDestination(a); ok {
+		return &id
+	}
+	return nil
+}
+
 // expected returns the identity the server at a must present, nil for
-// any member of our trust domain. The pointer is into s and never
-// changes.
+// any member of our trust domain: mtls.destinations first, then the
+// resolver.
 func (s *meshState) expected(a netip.Addr) *spiffeid.ID {
 	a = a.Unmap()
 	for i := range s.dests {
@@ -201,7 +227,7 @@ func (s *meshState) expected(a netip.Addr) *spiffeid.ID {
 			return &s.dests[i].id
 		}
 	}
-	return nil
+	return s.resolve(a)
 }
 
 // serverConfig returns the config that terminates inbound mesh TLS, nil

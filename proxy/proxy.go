@@ -92,7 +92,9 @@ type Proxy struct {
 	origDst  OriginalDstFunc // nil: the default lookup of cfg.Mode
 	copyMode copyMode        // how forward moves bytes; tests set copyBuffer
 	meshTLS  MeshTLS         // WithMeshTLS; nil: no certificates
-	mesh     *meshState      // cfg.MTLS resolved against meshTLS
+	// destinations is WithDestinations' resolver; nil: none.
+	destinations DestinationResolver
+	mesh         *meshState // cfg.MTLS resolved against meshTLS
 	// serverFirst remembers destinations that spoke first; httpDests
 	// those whose clients spoke HTTP (their connections skip the dial
 	// made while detecting, as they go to the pooled L7 connections).
@@ -155,6 +157,7 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: invalid config: %w", err)
 	}
 	p.mesh = mesh
+	mesh.resolver = p.destinations
 	p.serverFirst = newServerFirstMemory(cfg.Protocols.ServerFirstMemory.D())
 	p.httpDests = newServerFirstMemory(cfg.Protocols.ServerFirstMemory.D())
 	p.l7 = newL7(p)

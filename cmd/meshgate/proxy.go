@@ -172,14 +172,20 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		reg.MustRegister(certCollector{src})
 		opts = append(opts, proxy.WithMeshTLS(mtls.NewMesh(src)))
 	}
-	p, err := proxy.New(cfg, log, opts...)
-	if err != nil {
-		return err
-	}
 	if *dnsListen == "" {
+		p, err := proxy.New(cfg, log, opts...)
+		if err != nil {
+			return err
+		}
 		return p.Run(ctx)
 	}
 	dns, err := newDNSProxy(*dnsListen, *resolvConf, flagSet(fs, "resolv-conf"), registry, reg, log)
+	if err != nil {
+		return err
+	}
+	// Names the DNS proxy answered lead to mesh destinations: the
+	// registry's, and those whose TXT record says so.
+	p, err := proxy.New(cfg, log, append(opts, proxy.WithDestinations(dns))...)
 	if err != nil {
 		return err
 	}
