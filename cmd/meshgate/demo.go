@@ -227,7 +227,7 @@ func (d *demo) run(ctx context.Context, requests int) error {
 	d.say("The sidecars told HTTP from raw TCP by the first bytes: HTTP went request by")
 	d.say("request over one pooled HTTP/2 mTLS connection per destination (web got the")
 	d.say("client's verified identity in X-Forwarded-Client-Cert), raw TCP as it was, and")
-	d.say("repeated TCP connections resumed their TLS session. DNS discovery comes next.")
+	d.say("repeated TCP connections resumed their TLS session.")
 	return nil
 }
 
