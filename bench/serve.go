@@ -168,10 +168,11 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		}
 	}
 	if ln := lns[1]; ln != nil {
+		lns[1] = nil // GracefulStop closes it
 		gs := grpc.NewServer(grpc.ForceServerCodecV2(rawCodec{}))
 		gs.RegisterService(&echoService, struct{}{})
 		wg.Go(func() {
-			if err := gs.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			if err := gs.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) && !errors.Is(err, net.ErrClosed) {
 				errc <- err
 			}
 		})

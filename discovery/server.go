@@ -127,18 +127,10 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	for _, a := range s.o.Addrs {
-		pc, err := net.ListenPacket("udp", a)
+		pc, ln, err := ListenBoth(a)
 		if err != nil {
 			stopAll()
-			return fmt.Errorf("discovery: listen udp %s: %w", a, err)
-		}
-		// The TCP listener takes the port the UDP one got (a port 0 in
-		// tests), so both are one address.
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
-		if err != nil {
-			pc.Close()
-			stopAll()
-			return fmt.Errorf("discovery: listen tcp %s: %w", a, err)
+			return fmt.Errorf("discovery: %w", err)
 		}
 		bound = append(bound, pc.LocalAddr().String())
 		for _, srv := range []*dns.Server{{PacketConn: pc, Handler: s}, {Listener: ln, Handler: s}} {
@@ -169,6 +161,30 @@ func (s *Server) Run(ctx context.Context) error {
 	stopAll()
 	wg.Wait()
 	return err
+}
+
+// ListenBoth listens on addr for UDP and TCP, on one port: with port 0,
+// the port the UDP socket gets, tried again with another when TCP has it
+// taken.
+func ListenBoth(addr string) (net.PacketConn, net.Listener, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	for try := 0; ; try++ {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("listen udp %s: %w", addr, err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		if port != "0" || try == 20 {
+			return nil, nil, fmt.Errorf("listen tcp %s: %w", addr, err)
+		}
+	}
 }
 
 // Ready is closed once Run serves every address.

@@ -79,11 +79,7 @@ func startUpstream(t *testing.T) *upstream {
 		}
 		w.WriteMsg(m)
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	pc, ln, err := ListenBoth("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
