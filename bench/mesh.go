@@ -292,22 +292,11 @@ func waitReady(ctx context.Context, pod *topology.Pod) error {
 	}
 }
 
-// waitDial waits until addr accepts connections inside pod.
+// waitDial waits up to 15 s until addr accepts connections inside pod.
 func waitDial(ctx context.Context, pod *topology.Pod, addr netip.AddrPort) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	for {
-		c, err := pod.Dial(ctx, "tcp", addr.String())
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	return pod.WaitListening(ctx, addr)
 }
 
 // mergeResults adds up the repetitions of a scenario.

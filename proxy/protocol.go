@@ -95,6 +95,24 @@ type detection struct {
 	by    string
 }
 
+// verdict reads what a race's opening says of the protocol: the server
+// spoke first, the client closed or went quiet without settling
+// anything, nobody spoke, or the client's bytes say (sniff.Detect).
+func verdict(op opening, peeked []byte) detection {
+	switch {
+	case op.first == speakerServer:
+		return detection{by: byServerFirst}
+	case len(peeked) == 0 && op.clientEOF:
+		return detection{by: byClosed}
+	case len(peeked) == 0:
+		return detection{by: byTimeout}
+	}
+	if det, err := sniff.Detect(peeked); err == nil {
+		return detection{proto: det, by: byClient}
+	}
+	return detection{by: byIncomplete}
+}
+
 // skipDetection says why an outbound connection to dst is not detected
 // ("" when it is): its port is declared opaque, or it spoke first before.
 func (p *Proxy) skipDetection(dst netip.AddrPort) string {
@@ -181,22 +199,9 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 		return o
 	}
 
-	d := detection{by: byTimeout}
-	peeked := pc.peeked()
-	switch {
-	case op.first == speakerServer:
-		d.by = byServerFirst
-		if len(op.greeting) > 0 {
-			p.serverFirst.remember(dst, time.Now())
-		}
-	case len(peeked) == 0 && op.clientEOF:
-		d.by = byClosed
-	case len(peeked) > 0:
-		if det, err := sniff.Detect(peeked); err == nil {
-			d = detection{proto: det, by: byClient}
-		} else {
-			d.by = byIncomplete
-		}
+	d := verdict(op, pc.peeked())
+	if d.by == byServerFirst && len(op.greeting) > 0 {
+		p.serverFirst.remember(dst, time.Now())
 	}
 	p.countDetection(Outbound, d, time.Since(start))
 	o.detected = &d
@@ -229,17 +234,7 @@ func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.Add
 	if err != nil {
 		return outcome{dst: dst, err: err, refused: true, mtls: true}
 	}
-	d := detection{by: byTimeout}
-	switch peeked := pc.peeked(); {
-	case len(peeked) == 0 && op.clientEOF:
-		d.by = byClosed
-	case len(peeked) > 0:
-		if det, err := sniff.Detect(peeked); err == nil {
-			d = detection{proto: det, by: byClient}
-		} else {
-			d.by = byIncomplete
-		}
-	}
+	d := verdict(op, pc.peeked())
 	p.countDetection(Outbound, d, time.Since(start))
 	if d.proto.Protocol == sniff.HTTP1 || d.proto.Protocol == sniff.HTTP2 {
 		p.httpDests.remember(dst, time.Now())

@@ -339,6 +339,23 @@ func (p *Pod) Dial(ctx context.Context, network, addr string) (net.Conn, error) 
 	return c, err
 }
 
+// WaitListening waits until addr accepts TCP connections from inside the
+// pod, trying every 20 ms, or until ctx ends (the last dial error then).
+func (p *Pod) WaitListening(ctx context.Context, addr netip.AddrPort) error {
+	for {
+		c, err := p.Dial(ctx, "tcp", addr.String())
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // Echo is a TCP echo client run from inside the pod: it sends msg to addr,
 // shuts down its write side (TCP half-close) and reads until the server
 // closes, failing unless exactly msg came back.

@@ -346,18 +346,7 @@ func (d *demo) close() {
 func waitDial(ctx context.Context, p *topology.Pod, addr netip.AddrPort) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	for {
-		c, err := p.Dial(ctx, "tcp", addr.String())
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	return p.WaitListening(ctx, addr)
 }
 
 func echoSession(ctx context.Context, p *topology.Pod, addr string, msg []byte) error {
