@@ -156,6 +156,10 @@ func (p *Proxy) accept(pc *peekConn, deadline time.Time, hello *sniff.ClientHell
 	tc := tls.Server(pc, cfg)
 	pc.SetDeadline(deadline)
 	err := tc.Handshake()
+	if err == nil {
+		// The deadline bounded the handshake only (see originate).
+		pc.SetDeadline(time.Time{})
+	}
 	alerted := err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
 	var info tlsInfo
 	if err == nil {

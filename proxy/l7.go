@@ -101,10 +101,6 @@ func newL7(p *Proxy) *l7 {
 				p.closeUpstream(c)
 				return nil, err
 			}
-			// The handshake's deadline must not outlive it: the pool keeps
-			// this connection for many requests, and the HTTP/2 transport
-			// watches its health itself (pings).
-			c.SetDeadline(time.Time{})
 			return &meshHTTPConn{Conn: mc.conn, p: p, tcp: c, info: mc.info}, nil
 		},
 		DisableCompression: true,
@@ -452,9 +448,6 @@ func underlyingTCP(c net.Conn) *net.TCPConn {
 // spoke, with the client's verified identity in hdrClientCert.
 func (p *Proxy) serveInboundHTTP(ctx context.Context, mc meshConn, dst netip.AddrPort, m *dirMetrics) outcome {
 	o := outcome{dst: dst, mtls: true, tls: mc.info}
-	// The handshake's deadline must not outlive it: this connection is a
-	// client sidecar's pooled one, for many requests.
-	mc.conn.SetDeadline(time.Time{})
 	cc := &countingConn{Conn: mc.conn, sentC: m.sent, recvC: m.received}
 	peer := mc.info.peer.String()
 	rp := &httputil.ReverseProxy{

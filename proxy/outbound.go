@@ -95,7 +95,11 @@ func (p *Proxy) originate(ctx context.Context, upstream *net.TCPConn, dst netip.
 	upstream.SetDeadline(time.Now().Add(p.cfg.Timeouts.Handshake.D()))
 	stop := context.AfterFunc(ctx, func() { upstream.SetDeadline(aLongTimeAgo) })
 	err := tc.Handshake()
-	stop()
+	if stop() && err == nil {
+		// The deadline bounded the handshake only: whoever carries the
+		// connection on sets its own (forward, the L7 pool).
+		upstream.SetDeadline(time.Time{})
+	}
 	var info tlsInfo
 	if err == nil {
 		st := tc.ConnectionState()
