@@ -41,27 +41,8 @@ func (p *Proxy) outbound(ctx context.Context, client *net.TCPConn, dst netip.Add
 		return o
 	}
 
-	upstream, err := p.dialUpstream(ctx, Outbound, dst)
-	if err != nil {
-		m.connectFailures.Inc()
-		return outcome{dst: dst, err: err, refused: true, mtls: true}
-	}
-	defer p.closeUpstream(upstream)
-	o := outcome{dst: dst, mtls: true, detected: &d}
-	tc, err := p.originate(ctx, upstream, dst, alpnTCP)
-	if err != nil {
-		o.err, o.refused, o.reason = err, true, reasonOf(err)
-		return o
-	}
-	o.tls = tc.info
-	o.sent, o.received, o.err = forward(leg{tcp: client}, leg{tcp: upstream, tls: tc.conn},
-		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
-	if o.err != nil && o.received == 0 && isRemoteAlert(o.err) {
-		// In TLS 1.3 the client's handshake ends before the server has
-		// verified the client's certificate; a refusal comes as the
-		// server's first record, an alert.
-		o.reason = "refused by peer: " + p.meshTLS.Reason(o.err)
-	}
+	o := p.meshOpaque(ctx, &peekConn{TCPConn: client}, dst, m)
+	o.detected = &d
 	return o
 }
 

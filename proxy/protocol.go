@@ -193,8 +193,8 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 		// with an alert, which in TLS 1.3 comes after our handshake.
 		upstream.releasePending()
 		o.err, o.refused = fmt.Errorf("read from upstream: %w", op.upErr), true
-		if meshTLS && isRemoteAlert(op.upErr) {
-			o.reason = "refused by peer: " + p.meshTLS.Reason(op.upErr)
+		if meshTLS {
+			p.noteRefusal(&o, op.upErr, 0)
 		}
 		return o
 	}
@@ -218,8 +218,8 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	pending, pendingBuf := pc.take()
 	o.sent, o.received, o.err = forward(leg{tcp: client, pending: pending, pendingBuf: pendingBuf}, upstream,
 		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
-	if meshTLS && o.err != nil && o.received == 0 && isRemoteAlert(o.err) {
-		o.reason = "refused by peer: " + p.meshTLS.Reason(o.err)
+	if meshTLS {
+		p.noteRefusal(&o, o.err, o.received)
 	}
 	return o
 }
@@ -248,7 +248,7 @@ func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.Add
 }
 
 // meshOpaque dials dst with mesh TLS (meshgate/tcp) and forwards the
-// connection as it is, the bytes peeked into pc first.
+// connection as it is, the bytes peeked into pc (if any) first.
 func (p *Proxy) meshOpaque(ctx context.Context, pc *peekConn, dst netip.AddrPort, m *dirMetrics) outcome {
 	o := outcome{dst: dst, mtls: true}
 	upstream, err := p.dialUpstream(ctx, Outbound, dst)
@@ -267,8 +267,17 @@ func (p *Proxy) meshOpaque(ctx context.Context, pc *peekConn, dst netip.AddrPort
 	pending, pendingBuf := pc.take()
 	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, pending: pending, pendingBuf: pendingBuf}, leg{tcp: upstream, tls: tc.conn},
 		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
-	if o.err != nil && o.received == 0 && isRemoteAlert(o.err) {
-		o.reason = "refused by peer: " + p.meshTLS.Reason(o.err)
-	}
+	p.noteRefusal(&o, o.err, o.received)
 	return o
+}
+
+// noteRefusal gives a mesh connection that failed before the peer sent a
+// byte the reason the peer refused it, when err is the peer's TLS alert:
+// in TLS 1.3 the client's handshake ends before the server has verified
+// the client's certificate, so a refusal comes as the server's first
+// record, an alert.
+func (p *Proxy) noteRefusal(o *outcome, err error, received int64) {
+	if err != nil && received == 0 && isRemoteAlert(err) {
+		o.reason = "refused by peer: " + p.meshTLS.Reason(err)
+	}
 }
