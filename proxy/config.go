@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"reflect"
@@ -576,12 +577,7 @@ func (c ProtocolsConfig) validate() []error {
 	if c.DetectTimeout <= 0 {
 		bad("protocols.detectTimeout: must be > 0, e.g. 1s")
 	}
-	ports := make([]uint16, 0, len(c.Ports))
-	for port := range c.Ports {
-		ports = append(ports, port)
-	}
-	slices.Sort(ports)
-	for _, port := range ports {
+	for _, port := range slices.Sorted(maps.Keys(c.Ports)) {
 		switch pp := c.Ports[port]; {
 		case port == 0:
 			bad("protocols.ports.0: 0 is not a port; want a number from 1 to 65535")
@@ -605,12 +601,7 @@ func (c MTLSConfig) validate() []error {
 	if c.Mode != "" && !c.Mode.valid() {
 		bad("mtls.mode: %q is not a mode; want strict, permissive or disable, or leave it unset", string(c.Mode))
 	}
-	ports := make([]uint16, 0, len(c.PortModes))
-	for port := range c.PortModes {
-		ports = append(ports, port)
-	}
-	slices.Sort(ports)
-	for _, port := range ports {
+	for _, port := range slices.Sorted(maps.Keys(c.PortModes)) {
 		switch m := c.PortModes[port]; {
 		case port == 0:
 			bad("mtls.portModes.0: 0 is not a port; want a number from 1 to 65535")
