@@ -3,10 +3,6 @@ package bench
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -226,21 +222,11 @@ func (p *meshPair) enroll(ctx context.Context, self, state, logDir string, c *ca
 	uid := redirect.DefaultProxyUID
 	for _, pod := range []*topology.Pod{p.client, p.server} {
 		dir := filepath.Join(state, pod.Name)
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
+		if _, err := c.IssueDir(dir, spiffeid.RequireFromString("spiffe://bench.local/ns/bench/sa/"+pod.Name), nil, 24*time.Hour); err != nil {
 			return err
 		}
-		chain, err := c.Issue(spiffeid.RequireFromString("spiffe://bench.local/ns/bench/sa/"+pod.Name), nil, 24*time.Hour, key.Public())
-		if err != nil {
+		if err := mtls.ChownDir(dir, int(uid), int(uid)); err != nil {
 			return err
-		}
-		if err := mtls.WriteDir(dir, chain, key, []*x509.Certificate{c.Root()}); err != nil {
-			return err
-		}
-		for _, f := range []string{"", mtls.CertFile, mtls.KeyFile, mtls.BundleFile} {
-			if err := os.Chown(filepath.Join(dir, f), int(uid), int(uid)); err != nil {
-				return err
-			}
 		}
 		args := []string{self, "proxy", "--cert-dir", dir, "--mesh-cidrs", mesh}
 		if noL7 {

@@ -60,6 +60,17 @@ func WriteDir(dir string, chain []*x509.Certificate, key crypto.Signer, roots []
 	return nil
 }
 
+// ChownDir gives a certificate directory and its files to uid and gid,
+// as a secret volume mounted for the sidecar's user would be.
+func ChownDir(dir string, uid, gid int) error {
+	for _, f := range []string{"", CertFile, KeyFile, BundleFile} {
+		if err := os.Chown(filepath.Join(dir, f), uid, gid); err != nil {
+			return fmt.Errorf("mtls: chown %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
 // dirFiles is the raw content of a certificate directory.
 type dirFiles struct {
 	cert, key, bundle []byte

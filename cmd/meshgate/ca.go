@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -232,18 +229,14 @@ Examples:
 	case !id.MemberOf(c.TrustDomain()):
 		return fmt.Errorf("--id %s: trust domain %s is not the CA's; the CA in %s issues spiffe://%s/... IDs only", id, id.TrustDomain(), *dir, c.TrustDomain())
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	chain, err := c.IssueDir(*out, id, dnsNames, *ttl, extraRoots...)
 	if err != nil {
-		return err
-	}
-	chain, err := c.Issue(id, dnsNames, *ttl, key.Public())
-	if err != nil {
+		if strings.HasPrefix(err.Error(), "mtls: write "+*out+": ") {
+			return fmt.Errorf("--out %s: %v", *out, trimPrefix(err, "mtls: write "+*out+": "))
+		}
 		return err
 	}
 	roots := append([]*x509.Certificate{c.Root()}, extraRoots...)
-	if err := mtls.WriteDir(*out, chain, key, roots); err != nil {
-		return fmt.Errorf("--out %s: %v", *out, trimPrefix(err, "mtls: write "+*out+": "))
-	}
 	leaf := chain[0]
 	fmt.Fprintf(stdout, "issued %s (serial %x), valid until %s, into %s:\n", id, leaf.SerialNumber, leaf.NotAfter.UTC().Format(time.RFC3339), *out)
 	if leaf.NotAfter.Before(time.Now().Add(*ttl - ca.ClockSkew)) {

@@ -2,10 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -248,22 +245,12 @@ func (d *demo) issueCerts(pods []*topology.Pod, uid uint32) (map[string]string, 
 	}
 	dirs := map[string]string{}
 	for _, p := range pods {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return nil, err
-		}
-		chain, err := c.Issue(spiffeid.RequireFromString(demoID(p)), nil, 24*time.Hour, key.Public())
-		if err != nil {
-			return nil, err
-		}
 		dir := filepath.Join(d.stateDir, "certs", p.Name)
-		if err := mtls.WriteDir(dir, chain, key, []*x509.Certificate{c.Root()}); err != nil {
+		if _, err := c.IssueDir(dir, spiffeid.RequireFromString(demoID(p)), nil, 24*time.Hour); err != nil {
 			return nil, err
 		}
-		for _, f := range []string{dir, filepath.Join(dir, mtls.CertFile), filepath.Join(dir, mtls.KeyFile), filepath.Join(dir, mtls.BundleFile)} {
-			if err := os.Chown(f, int(uid), int(uid)); err != nil {
-				return nil, err
-			}
+		if err := mtls.ChownDir(dir, int(uid), int(uid)); err != nil {
+			return nil, err
 		}
 		if err := os.Chmod(dir, 0o700); err != nil {
 			return nil, err
