@@ -119,6 +119,7 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream leg, dst n
 		return o
 	}
 	o.tls = mc.info
+	var head []byte // what the app gets first, for meshgate/http1
 	switch mc.conn.ConnectionState().NegotiatedProtocol {
 	case alpnH2:
 		// L7 HTTP from a client sidecar: requests, each to the app on a
@@ -126,7 +127,13 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream leg, dst n
 		upstream.releasePending()
 		return p.serveInboundHTTP(ctx, mc, dst, m)
 	case alpnHTTP1:
-		return p.serveInboundUpgrade(ctx, pc.TCPConn, mc, upstream, dst, m)
+		// A request that switches protocols: its head, with the client's
+		// identity set, then the bytes as they are.
+		if head, err = p.upgradeHead(mc); err != nil {
+			upstream.releasePending()
+			o.err, o.refused = err, true
+			return o
+		}
 	}
 	if upstream.tcp == nil {
 		c, err := p.dialUpstream(ctx, Inbound, dst)
@@ -138,7 +145,7 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream leg, dst n
 		defer p.closeUpstream(c)
 		upstream.tcp = c
 	}
-	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, tls: mc.conn}, upstream, p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, tls: mc.conn, pending: head}, upstream, p.cfg.Timeouts.Idle.D(), p.copyMode, m)
 	return o
 }
 

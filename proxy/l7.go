@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -482,51 +483,30 @@ type copyBuffers struct{}
 func (copyBuffers) Get() []byte  { return *bufPool.Get().(*[]byte) }
 func (copyBuffers) Put(b []byte) { bufPool.Put(&b) }
 
-// serveInboundUpgrade serves a meshgate/http1 connection: one request
-// that switches protocols. The request gets the client's verified
-// identity in hdrClientCert (one the app sent is dropped) and goes to the
-// app; from then on the bytes pass as they are. app is the connection to
-// the app when permissive mode dialed it already.
-func (p *Proxy) serveInboundUpgrade(ctx context.Context, client *net.TCPConn, mc meshConn, app leg, dst netip.AddrPort, m *dirMetrics) outcome {
-	o := outcome{dst: dst, mtls: true, tls: mc.info}
-	// The request's head is bounded as any other's; the bytes after it
-	// are the client's and pass on.
+// upgradeHead reads the request that opens a meshgate/http1 connection
+// (one that switches protocols), sets the client's verified identity in
+// hdrClientCert (one the app sent is dropped), and returns it, rewritten,
+// with the bytes the client sent after it: what the app is to get first,
+// before the connection's bytes pass as they are. The head is bounded as
+// any request's, and must come within timeouts.handshake.
+func (p *Proxy) upgradeHead(mc meshConn) ([]byte, error) {
 	lim := &io.LimitedReader{R: mc.conn, N: maxHeaderBytes + 64<<10}
 	br := bufio.NewReaderSize(lim, 16<<10)
 	mc.conn.SetReadDeadline(time.Now().Add(p.cfg.Timeouts.Handshake.D()))
 	req, err := http.ReadRequest(br)
 	mc.conn.SetReadDeadline(time.Time{})
 	if err != nil {
-		app.releasePending()
-		o.err, o.refused = fmt.Errorf("read the upgrade request: %w", err), true
-		return o
+		return nil, fmt.Errorf("read the upgrade request: %w", err)
 	}
 	req.Header.Del(hdrClientCert)
 	req.Header.Del(hdrAppProtocol)
 	req.Header.Set(hdrClientCert, "URI="+mc.info.peer.String())
-	if app.tcp == nil {
-		c, err := p.dialUpstream(ctx, Inbound, dst)
-		if err != nil {
-			m.connectFailures.Inc()
-			o.err, o.refused = err, true
-			return o
-		}
-		defer p.closeUpstream(c)
-		app.tcp = c
+	var head bytes.Buffer
+	if err := req.Write(&head); err != nil {
+		return nil, fmt.Errorf("rewrite the upgrade request: %w", err)
 	}
-	if err := req.Write(app.tcp); err != nil {
-		app.releasePending()
-		o.err, o.refused = fmt.Errorf("write the upgrade request to the app: %w", err), true
-		return o
-	}
-	var pending []byte
-	if n := br.Buffered(); n > 0 {
-		pending, _ = br.Peek(n)
-		pending = append([]byte(nil), pending...)
-	}
-	o.sent, o.received, o.err = forward(leg{tcp: client, tls: mc.conn, pending: pending}, app,
-		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
-	return o
+	rest, _ := br.Peek(br.Buffered())
+	return append(head.Bytes(), rest...), nil
 }
 
 // appTransport sends a request to the local app in the protocol named by
