@@ -5,30 +5,26 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
+
+	"meshgate/internal/testdns"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // upstream is an authoritative DNS server for the tests' zone, on
-// 127.0.0.1 (UDP and TCP), counting the questions it gets by name.
+// 127.0.0.1 (UDP and TCP), counting the questions it gets.
 type upstream struct {
 	addr string
-	mu   sync.Mutex
-	asks map[string]int
+	*testdns.Server
 }
 
-func (u *upstream) count(name string, qtype uint16) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.asks[name+" "+dns.TypeToString[qtype]]
-}
+func (u *upstream) count(name string, qtype uint16) int { return u.Count(name, qtype) }
 
 // txtOf returns n TXT strings of 100 bytes: an answer of about n × 100 bytes.
 func txtOf(n int) []string {
@@ -41,15 +37,12 @@ func txtOf(n int) []string {
 
 func startUpstream(t *testing.T) *upstream {
 	t.Helper()
-	u := &upstream{asks: map[string]int{}}
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		q := r.Question[0]
-		u.mu.Lock()
-		u.asks[q.Name+" "+dns.TypeToString[q.Qtype]]++
-		u.mu.Unlock()
-		m := new(dns.Msg)
-		m.SetReply(r)
-		m.Authoritative = true
+	pc, ln, err := ListenBoth("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &upstream{addr: pc.LocalAddr().String()}
+	u.Server = testdns.Serve(t, pc, ln, func(q dns.Question, m *dns.Msg) {
 		hdr := func(t uint16, ttl uint32) dns.RR_Header {
 			return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
 		}
@@ -69,29 +62,7 @@ func startUpstream(t *testing.T) *upstream {
 			m.Ns = []dns.RR{&dns.SOA{Hdr: dns.RR_Header{Name: "example.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 60},
 				Ns: "ns.example.", Mbox: "h.example.", Serial: 1, Refresh: 60, Retry: 60, Expire: 60, Minttl: 1}}
 		}
-		if w.LocalAddr().Network() == "udp" {
-			size := dns.MinMsgSize
-			if o := r.IsEdns0(); o != nil {
-				size = int(o.UDPSize())
-				m.SetEdns0(o.UDPSize(), false)
-			}
-			m.Truncate(size)
-		}
-		w.WriteMsg(m)
 	})
-	pc, ln, err := ListenBoth("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.addr = pc.LocalAddr().String()
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		done := make(chan struct{})
-		go func() { srv.ActivateAndServe(); close(done) }()
-		<-started
-		t.Cleanup(func() { srv.Shutdown(); <-done })
-	}
 	return u
 }
 

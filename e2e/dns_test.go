@@ -7,56 +7,36 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"meshgate/internal/testdns"
 	"meshgate/nsrun"
 	"meshgate/topology"
 )
 
-// podDNS is an authoritative DNS server for example.test, served by the
-// test process inside a pod's namespace (UDP and TCP on port 53), counting
-// the questions it gets.
-type podDNS struct {
-	mu   sync.Mutex
-	asks map[string]int
-}
-
-// count is how many times name was asked, all types together.
-func (d *podDNS) count(name string) int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	n := 0
-	for k, v := range d.asks {
-		if strings.HasPrefix(k, name+" ") {
-			n += v
-		}
-	}
-	return n
-}
-
-// countType is how many times name was asked for records of qtype.
-func (d *podDNS) countType(name string, qtype uint16) int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.asks[name+" "+dns.TypeToString[qtype]]
-}
-
-// extra answers "NAME TYPE" (e.g. "c.example.test. A") with its records.
-func startPodDNS(t *testing.T, pod *topology.Pod, extra map[string][]dns.RR) *podDNS {
+// startPodDNS serves an authoritative DNS server for example.test from
+// the test process inside pod's namespace (UDP and TCP on port 53); extra
+// answers "NAME TYPE" (e.g. "c.example.test. A") with its records.
+func startPodDNS(t *testing.T, pod *topology.Pod, extra map[string][]dns.RR) *testdns.Server {
 	t.Helper()
-	d := &podDNS{asks: map[string]int{}}
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		q := r.Question[0]
-		d.mu.Lock()
-		d.asks[q.Name+" "+dns.TypeToString[q.Qtype]]++
-		d.mu.Unlock()
-		m := new(dns.Msg)
-		m.SetReply(r)
-		m.Authoritative = true
+	var pc net.PacketConn
+	var ln net.Listener
+	addr := hostPort(pod.IPv4, 53)
+	err := nsrun.Do(pod.Path(), func() error {
+		var err error
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return err
+		}
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testdns.Serve(t, pc, ln, func(q dns.Question, m *dns.Msg) {
 		hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: 60}
 		switch rrs, ok := extra[q.Name+" "+dns.TypeToString[q.Qtype]]; {
 		case ok:
@@ -74,39 +54,7 @@ func startPodDNS(t *testing.T, pod *topology.Pod, extra map[string][]dns.RR) *po
 			m.Ns = []dns.RR{&dns.SOA{Hdr: dns.RR_Header{Name: "example.test.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 30},
 				Ns: "ns.example.test.", Mbox: "h.example.test.", Serial: 1, Refresh: 30, Retry: 30, Expire: 30, Minttl: 30}}
 		}
-		if w.LocalAddr().Network() == "udp" {
-			size := dns.MinMsgSize
-			if o := r.IsEdns0(); o != nil {
-				size = int(o.UDPSize())
-				m.SetEdns0(o.UDPSize(), false)
-			}
-			m.Truncate(size)
-		}
-		w.WriteMsg(m)
 	})
-	var pc net.PacketConn
-	var ln net.Listener
-	addr := hostPort(pod.IPv4, 53)
-	err := nsrun.Do(pod.Path(), func() error {
-		var err error
-		if pc, err = net.ListenPacket("udp", addr); err != nil {
-			return err
-		}
-		ln, err = net.Listen("tcp", addr)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		done := make(chan struct{})
-		go func() { srv.ActivateAndServe(); close(done) }()
-		<-started
-		t.Cleanup(func() { srv.Shutdown(); <-done })
-	}
-	return d
 }
 
 // TestDNSThroughTheSidecar: with DNS captured, a pod's questions reach its
@@ -178,7 +126,7 @@ func TestDNSThroughTheSidecar(t *testing.T) {
 	if out := digAt("+short", "web.shop.mesh", "TXT"); !strings.Contains(out, "meshgate.identity="+spiffeFor(b)) {
 		t.Errorf("TXT = %q", out)
 	}
-	if up.count("web.shop.mesh.") != 0 {
+	if up.CountName("web.shop.mesh.") != 0 {
 		t.Error("a mesh name reached the upstream resolver")
 	}
 	for range 2 {
@@ -186,7 +134,7 @@ func TestDNSThroughTheSidecar(t *testing.T) {
 			t.Errorf("ext.example.test A = %q, want 192.0.2.7 (forwarded)", out)
 		}
 	}
-	if n := up.countType("ext.example.test.", dns.TypeA); n != 1 {
+	if n := up.Count("ext.example.test.", dns.TypeA); n != 1 {
 		t.Errorf("the upstream got ext.example.test A %d times, want 1 (then cached)", n)
 	}
 	if out := digAt("+bufsize=4096", "big.example.test", "TXT"); !strings.Contains(out, "MSG SIZE") || strings.Contains(out, "Truncated") || strings.Count(out, strings.Repeat("x", 100)) != 20 {
