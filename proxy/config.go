@@ -82,7 +82,7 @@ type ProtocolsConfig struct {
 	// ServerFirstMemory is how long a destination whose server spoke first
 	// is remembered as server-first (its connections then skip detection),
 	// and one whose clients spoke HTTP as HTTP. 0 remembers nothing.
-	ServerFirstMemory Duration `json:"serverFirstMemory"`
+	ServerFirstMemory Duration `json:"destMemory"`
 	// L7 carries HTTP (HTTP/1.x and HTTP/2 from the app) to mesh
 	// destinations request by request, over pooled, multiplexed HTTP/2
 	// mTLS connections between the sidecars (ALPN meshgate/h2), with
@@ -586,7 +586,7 @@ func (c ProtocolsConfig) validate() []error {
 		}
 	}
 	if c.ServerFirstMemory < 0 {
-		bad("protocols.serverFirstMemory: must be >= 0, e.g. 10m")
+		bad("protocols.destMemory: must be >= 0, e.g. 10m")
 	}
 	return errs
 }

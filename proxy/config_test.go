@@ -137,7 +137,7 @@ func TestValidate(t *testing.T) {
 			"protocols.detectTimeout: must be > 0, e.g. 1s",
 			"protocols.ports.0: 0 is not a port; want a number from 1 to 65535",
 			`protocols.ports.8080: "http" is not a declaration; want opaque or detect`,
-			"protocols.serverFirstMemory: must be >= 0, e.g. 10m",
+			"protocols.destMemory: must be >= 0, e.g. 10m",
 		}, "\n")},
 		{"zero handshake timeout", func(c *Config) { c.Timeouts.Handshake = 0 },
 			"timeouts.handshake: must be > 0, e.g. 10s"},
@@ -251,7 +251,7 @@ mtls:
 protocols:
   detectTimeout: 300ms
   ports: {3306: detect, 7000: opaque}
-  serverFirstMemory: 0s
+  destMemory: 0s
 `, want: func(c *Config) {
 			*c = Config{
 				Mode: ModeTProxy, LogLevel: "debug", Mark: 1,

@@ -35,10 +35,11 @@ func detectSettled(b []byte) bool {
 	return err == nil
 }
 
-// serverFirstMemory remembers destinations whose server spoke first, so
-// their next connections skip detection. It is bounded: past
-// serverFirstMax entries, expired ones go, then the oldest.
-type serverFirstMemory struct {
+// destMemory remembers destinations for a while: those whose server
+// spoke first (their next connections skip detection), and those whose
+// clients spoke HTTP (theirs skip the dial made while detecting). It is
+// bounded: past serverFirstMax entries, expired ones go, then the oldest.
+type destMemory struct {
 	ttl time.Duration
 	mu  sync.Mutex
 	m   map[netip.AddrPort]time.Time // destination → when it is forgotten
@@ -47,12 +48,12 @@ type serverFirstMemory struct {
 // serverFirstMax bounds the destinations remembered.
 const serverFirstMax = 4096
 
-func newServerFirstMemory(ttl time.Duration) *serverFirstMemory {
-	return &serverFirstMemory{ttl: ttl, m: make(map[netip.AddrPort]time.Time)}
+func newDestMemory(ttl time.Duration) *destMemory {
+	return &destMemory{ttl: ttl, m: make(map[netip.AddrPort]time.Time)}
 }
 
 // has reports whether dst is remembered as server-first.
-func (s *serverFirstMemory) has(dst netip.AddrPort, now time.Time) bool {
+func (s *destMemory) has(dst netip.AddrPort, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	until, ok := s.m[dst]
@@ -64,7 +65,7 @@ func (s *serverFirstMemory) has(dst netip.AddrPort, now time.Time) bool {
 }
 
 // remember records dst as server-first from now.
-func (s *serverFirstMemory) remember(dst netip.AddrPort, now time.Time) {
+func (s *destMemory) remember(dst netip.AddrPort, now time.Time) {
 	if s.ttl <= 0 {
 		return
 	}

@@ -198,7 +198,7 @@ func TestDetectThroughTheMesh(t *testing.T) {
 // TestServerFirstMemory: destinations are forgotten after the TTL, and
 // the memory stays bounded.
 func TestServerFirstMemory(t *testing.T) {
-	m := newServerFirstMemory(time.Minute)
+	m := newDestMemory(time.Minute)
 	now := time.Now()
 	a := netip.MustParseAddrPort("10.0.0.1:25")
 	m.remember(a, now)
@@ -211,9 +211,9 @@ func TestServerFirstMemory(t *testing.T) {
 	if len(m.m) > serverFirstMax {
 		t.Errorf("%d destinations remembered, want at most %d", len(m.m), serverFirstMax)
 	}
-	off := newServerFirstMemory(0)
+	off := newDestMemory(0)
 	off.remember(a, now)
 	if off.has(a, now) {
-		t.Error("serverFirstMemory 0 remembered a destination")
+		t.Error("destMemory 0 remembered a destination")
 	}
 }

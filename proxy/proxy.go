@@ -98,8 +98,8 @@ type Proxy struct {
 	// serverFirst remembers destinations that spoke first; httpDests
 	// those whose clients spoke HTTP (their connections skip the dial
 	// made while detecting, as they go to the pooled L7 connections).
-	serverFirst *serverFirstMemory
-	httpDests   *serverFirstMemory
+	serverFirst *destMemory
+	httpDests   *destMemory
 	l7          *l7
 	access      *zap.Logger // the access log: a line per L7 request
 	httpServers sync.Map    // *http.Server of each L7 connection being served
@@ -158,8 +158,8 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 	}
 	p.mesh = mesh
 	mesh.resolver = p.destinations
-	p.serverFirst = newServerFirstMemory(cfg.Protocols.ServerFirstMemory.D())
-	p.httpDests = newServerFirstMemory(cfg.Protocols.ServerFirstMemory.D())
+	p.serverFirst = newDestMemory(cfg.Protocols.ServerFirstMemory.D())
+	p.httpDests = newDestMemory(cfg.Protocols.ServerFirstMemory.D())
 	p.l7 = newL7(p)
 	p.access = log.Named("access")
 	p.cfg.Protocols.Ports = maps.Clone(cfg.Protocols.Ports)
