@@ -18,5 +18,20 @@
 // records _PORT._tcp.SERVICE from its named ports, and a TXT record at
 // the service's name that publishes its identity and mesh membership —
 // "meshgate.identity=spiffe://..." and "meshgate.meshed=true" — the
-// convention a CoreDNS zone can serve too.
+// convention a CoreDNS zone can serve too. WatchRegistry reloads the
+// registry file when it changes; a broken file is refused and the
+// registry in use stays.
+//
+// Endpoints and balancing: a connection (or HTTP request) to an address
+// the proxy answered for a mesh service goes to one of that service's
+// endpoints, not necessarily the one the app picked (Pick). A registry
+// service's endpoints are the registry's; a name the TXT convention says
+// is meshed has the addresses of its latest A and AAAA answers, asked
+// again once their TTL is over, so replicas added or removed upstream are
+// followed without a restart. Names outside the mesh are never balanced:
+// the app's choice stands. The balancer (one per service, family and
+// port) is power-of-two-choices over peak-EWMA latency by default, round
+// robin or least-request as options, with passive outlier ejection: an
+// endpoint failing ConsecutiveFailures times in a row is left out for a
+// while, longer each time. See BalanceOptions.
 package discovery

@@ -60,12 +60,16 @@ type Registry interface {
 	// Service returns the service named name (fully qualified, lower
 	// case), if there is one.
 	Service(name string) (*Service, bool)
+	// MeshService returns the meshed service a is an endpoint of, if any:
+	// a connection to a is mTLS, expecting its identity, whether or not
+	// the app found a by DNS.
+	MeshService(a netip.Addr) (*Service, bool)
 }
 
 // StaticRegistry is a registry read from a file, the embedded default.
 type StaticRegistry struct {
 	services map[string]*Service
-	order    []*Service // as in the file
+	meshAt   map[netip.Addr]*Service // meshed services by endpoint
 }
 
 // registryFile is the file's shape.
@@ -98,7 +102,7 @@ func ParseRegistry(data []byte) (*StaticRegistry, error) {
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
 		return nil, fmt.Errorf("discovery: registry: %w", err)
 	}
-	r := &StaticRegistry{services: make(map[string]*Service)}
+	r := &StaticRegistry{services: make(map[string]*Service), meshAt: make(map[netip.Addr]*Service)}
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	for i, s := range f.Services {
@@ -132,6 +136,16 @@ func ParseRegistry(data []byte) (*StaticRegistry, error) {
 		for j, a := range s.Endpoints {
 			if !a.IsValid() {
 				bad("%s.endpoints[%d]: want an IP address", field, j)
+				continue
+			}
+			s.Endpoints[j] = a.Unmap()
+			if !s.Meshed || s.Identity == "" {
+				continue
+			}
+			if prev, ok := r.meshAt[a.Unmap()]; ok && prev.Identity != s.Identity {
+				bad("%s.endpoints[%d]: %s is an endpoint of %s (%s) too; an address has one identity", field, j, a, prev.Name, prev.Identity)
+			} else if !ok {
+				r.meshAt[a.Unmap()] = s
 			}
 		}
 		if s.TTL < 0 {
@@ -141,7 +155,6 @@ func ParseRegistry(data []byte) (*StaticRegistry, error) {
 			s.TTL = Duration(30 * time.Second)
 		}
 		r.services[name] = s
-		r.order = append(r.order, s)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("discovery: registry: %w", err)
@@ -152,6 +165,12 @@ func ParseRegistry(data []byte) (*StaticRegistry, error) {
 // Service implements Registry.
 func (r *StaticRegistry) Service(name string) (*Service, bool) {
 	s, ok := r.services[name]
+	return s, ok
+}
+
+// MeshService implements Registry.
+func (r *StaticRegistry) MeshService(a netip.Addr) (*Service, bool) {
+	s, ok := r.meshAt[a.Unmap()]
 	return s, ok
 }
 
@@ -246,41 +265,4 @@ func validName(s string) bool {
 		}
 	}
 	return true
-}
-
-// MeshEndpoint is an endpoint of a meshed service and the identity it must
-// present.
-type MeshEndpoint struct {
-	Addr     netip.Addr
-	Identity spiffeid.ID
-	Service  string
-}
-
-// MeshEndpoints lists the endpoints of the registry's meshed services, in
-// file order: what the sidecar dials with mTLS, expecting each service's
-// identity. An address listed under two services with different
-// identities is an error, named by both.
-func (r *StaticRegistry) MeshEndpoints() ([]MeshEndpoint, error) {
-	var out []MeshEndpoint
-	seen := map[netip.Addr]MeshEndpoint{}
-	var errs []error
-	for _, s := range r.order {
-		if !s.Meshed {
-			continue
-		}
-		id := spiffeid.RequireFromString(s.Identity)
-		for _, a := range s.Endpoints {
-			a = a.Unmap()
-			if prev, ok := seen[a]; ok {
-				if prev.Identity != id {
-					errs = append(errs, fmt.Errorf("discovery: registry: endpoint %s is in %s (%s) and %s (%s); an address has one identity", a, prev.Service, prev.Identity, s.Name, id))
-				}
-				continue
-			}
-			e := MeshEndpoint{Addr: a, Identity: id, Service: s.Name}
-			seen[a] = e
-			out = append(out, e)
-		}
-	}
-	return out, errors.Join(errs...)
 }

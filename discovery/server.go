@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -24,8 +25,11 @@ type Options struct {
 	// Upstreams are the resolvers (host:port) names outside the mesh are
 	// asked, in order; usually those of resolv.conf (Upstreams).
 	Upstreams []string
-	// Registry holds the mesh's names; nil: none.
+	// Registry holds the mesh's names; nil: none. SetRegistry replaces it.
 	Registry Registry
+	// Balance configures how connections to a service are spread over its
+	// endpoints (see Pick).
+	Balance BalanceOptions
 	// Timeout bounds one question to one upstream; 0 means 2s.
 	Timeout time.Duration
 	// CacheSize bounds the cached answers; 0 means 10 000.
@@ -50,7 +54,13 @@ type Server struct {
 
 	convMu sync.Mutex
 	conv   map[string]convention // name → what its TXT record says
+
+	reg atomic.Pointer[registryBox]
+	eps *endpointSets
 }
+
+// registryBox holds the registry in use (nil: none).
+type registryBox struct{ r Registry }
 
 // convention is what a name's TXT record says of it in the meshgate
 // convention, and until when.
@@ -85,6 +95,9 @@ func New(o Options) (*Server, error) {
 			errs = append(errs, fmt.Errorf("upstream %q: want host:port, e.g. 10.0.0.10:53", u))
 		}
 	}
+	if err := o.Balance.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("balance: %w", err))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("discovery: %w", err)
 	}
@@ -95,13 +108,24 @@ func New(o Options) (*Server, error) {
 		Help: "DNS questions the proxy answered, by type and how: registry (a mesh name), cache, upstream, " +
 			"and the failures servfail (no upstream answered) and formerr.",
 	}, []string{"qtype", "result"})
+	s.reg.Store(&registryBox{o.Registry})
+	s.eps = newEndpointSets(s, o.Balance)
 	if o.Registerer != nil {
-		if err := o.Registerer.Register(s.queries); err != nil {
-			return nil, fmt.Errorf("discovery: metrics: %w", err)
+		for _, c := range append([]prometheus.Collector{s.queries}, s.eps.collectors()...) {
+			if err := o.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("discovery: metrics: %w", err)
+			}
 		}
 	}
 	return s, nil
 }
+
+// registry returns the registry in use, nil if none.
+func (s *Server) registry() Registry { return s.reg.Load().r }
+
+// SetRegistry replaces the registry, at once for every question and
+// connection after it (WatchRegistry calls it when the file changes).
+func (s *Server) SetRegistry(r Registry) { s.reg.Store(&registryBox{r}) }
 
 // Upstreams returns the resolvers of a resolv.conf file, as host:port.
 func Upstreams(resolvConf string) ([]string, error) {
@@ -160,6 +184,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	stopAll()
 	wg.Wait()
+	s.eps.wait()
 	return err
 }
 
@@ -249,8 +274,8 @@ func (s *Server) answer(r *dns.Msg) (*dns.Msg, string) {
 		}
 		return m
 	}
-	if m, ok := registryAnswer(s.o.Registry, q); ok {
-		s.remember(m)
+	if m, ok := registryAnswer(s.registry(), q); ok {
+		s.remember(q, m)
 		return reply(m), "registry"
 	}
 	do := false
@@ -268,6 +293,7 @@ func (s *Server) answer(r *dns.Msg) (*dns.Msg, string) {
 	}
 	defer learn.Wait()
 	if m := s.cache.get(key, now); m != nil {
+		s.remember(q, m)
 		return reply(m), "cache"
 	}
 	m, err := s.forward(r)
@@ -278,7 +304,7 @@ func (s *Server) answer(r *dns.Msg) (*dns.Msg, string) {
 		return reply(f), "servfail"
 	}
 	s.cache.put(key, m, now)
-	s.remember(m)
+	s.remember(q, m)
 	return reply(m), "upstream"
 }
 
@@ -377,17 +403,25 @@ func (s *Server) learn(name string, now time.Time) {
 }
 
 // MeshDestination says whether a sidecar runs at a and which identity
-// it must present, by the name a was answered for: from the registry,
-// or that name's TXT record in the meshgate convention. It implements
-// package proxy's DestinationResolver.
+// it must present: a is an endpoint of a meshed service of the registry,
+// or was answered for a name that the registry or the name's TXT record
+// (the meshgate convention) says is meshed. It implements package
+// proxy's DestinationResolver.
 func (s *Server) MeshDestination(a netip.Addr) (spiffeid.ID, bool) {
+	reg := s.registry()
+	if reg != nil {
+		if svc, ok := reg.MeshService(a); ok {
+			id, err := spiffeid.FromString(svc.Identity)
+			return id, err == nil
+		}
+	}
 	name, ok := s.NameOf(a)
 	if !ok {
 		return spiffeid.ID{}, false
 	}
 	fq := dns.Fqdn(name)
-	if s.o.Registry != nil {
-		if svc, ok := s.o.Registry.Service(fq); ok {
+	if reg != nil {
+		if svc, ok := reg.Service(fq); ok {
 			if !svc.Meshed {
 				return spiffeid.ID{}, false
 			}
@@ -404,9 +438,20 @@ func (s *Server) MeshDestination(a netip.Addr) (spiffeid.ID, bool) {
 	return c.identity, true
 }
 
-// remember notes which name each address of an answer belongs to.
-func (s *Server) remember(m *dns.Msg) {
+// meshedName reports whether fq's TXT record, as last learned, says it
+// is in the mesh.
+func (s *Server) meshedName(fq string) bool {
+	s.convMu.Lock()
+	defer s.convMu.Unlock()
+	c, ok := s.conv[strings.ToLower(fq)]
+	return ok && c.meshed
+}
+
+// remember notes which name each address of m, the answer to q, belongs
+// to, and the name's endpoints (see endpointSets.learn).
+func (s *Server) remember(q dns.Question, m *dns.Msg) {
 	now := time.Now()
+	s.eps.learn(q, m, now)
 	for _, rr := range m.Answer {
 		var a netip.Addr
 		switch v := rr.(type) {

@@ -1,0 +1,334 @@
+package discovery
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Policy is how a balancer chooses among a service's endpoints.
+type Policy string
+
+// The balancing policies.
+const (
+	// P2CPeakEWMA, the default, picks two endpoints at random and takes
+	// the cheaper: cost is the endpoint's latency estimate times its
+	// requests in flight plus one. The estimate is a moving average that
+	// jumps to any slower sample at once (the "peak") and forgets it with
+	// time (Decay), so an endpoint that turns slow loses traffic at once
+	// and wins it back gradually.
+	P2CPeakEWMA Policy = "p2c-peak-ewma"
+	// RoundRobin takes the endpoints in turn.
+	RoundRobin Policy = "round-robin"
+	// LeastRequest picks two endpoints at random and takes the one with
+	// fewer requests (or connections) in flight.
+	LeastRequest Policy = "least-request"
+)
+
+// BalanceOptions configure load balancing and passive outlier ejection.
+// The zero value is the defaults.
+type BalanceOptions struct {
+	// Policy is P2CPeakEWMA, RoundRobin or LeastRequest; "" means
+	// P2CPeakEWMA.
+	Policy Policy
+	// Decay is how fast a latency estimate forgets: a sample's weight
+	// falls by e every Decay. 0 means 10s.
+	Decay time.Duration
+	// ConsecutiveFailures ejects an endpoint once that many connections or
+	// requests to it failed in a row (a connect or mesh handshake failure,
+	// a reset before any byte, an HTTP 502, 503 or 504). 0 means 5; a
+	// negative number never ejects.
+	ConsecutiveFailures int
+	// BaseEjection is how long an endpoint is ejected the first time; each
+	// ejection after the first lasts that much longer, up to MaxEjection.
+	// 0 means 30s and 5m.
+	BaseEjection, MaxEjection time.Duration
+	// MaxEjectedPercent bounds the share of a service's endpoints ejected
+	// at once, rounded down but at least one of two or more: a service
+	// whose every endpoint fails keeps some to try. 0 means 50.
+	MaxEjectedPercent int
+}
+
+// withDefaults fills the zero fields of o.
+func (o BalanceOptions) withDefaults() BalanceOptions {
+	if o.Policy == "" {
+		o.Policy = P2CPeakEWMA
+	}
+	if o.Decay == 0 {
+		o.Decay = 10 * time.Second
+	}
+	if o.ConsecutiveFailures == 0 {
+		o.ConsecutiveFailures = 5
+	}
+	if o.BaseEjection == 0 {
+		o.BaseEjection = 30 * time.Second
+	}
+	if o.MaxEjection == 0 {
+		o.MaxEjection = 5 * time.Minute
+	}
+	if o.MaxEjectedPercent == 0 {
+		o.MaxEjectedPercent = 50
+	}
+	return o
+}
+
+// Validate reports every problem of o at once, each naming its field.
+func (o BalanceOptions) Validate() error {
+	var errs []error
+	switch o.Policy {
+	case "", P2CPeakEWMA, RoundRobin, LeastRequest:
+	default:
+		errs = append(errs, fmt.Errorf("policy: %q: want %s, %s or %s", o.Policy, P2CPeakEWMA, RoundRobin, LeastRequest))
+	}
+	if o.Decay < 0 {
+		errs = append(errs, errors.New("decay: want 0 (10s) or more"))
+	}
+	if o.BaseEjection < 0 || o.MaxEjection < 0 {
+		errs = append(errs, errors.New("baseEjection, maxEjection: want 0 (the default) or more"))
+	}
+	if o.BaseEjection > 0 && o.MaxEjection > 0 && o.MaxEjection < o.BaseEjection {
+		errs = append(errs, fmt.Errorf("maxEjection: %v is less than baseEjection %v", o.MaxEjection, o.BaseEjection))
+	}
+	if o.MaxEjectedPercent < 0 || o.MaxEjectedPercent > 100 {
+		errs = append(errs, fmt.Errorf("maxEjectedPercent: %d: want 0 (50) to 100", o.MaxEjectedPercent))
+	}
+	return errors.Join(errs...)
+}
+
+// balancer chooses among the endpoints of one service port.
+type balancer struct {
+	o       BalanceOptions // with defaults
+	service string
+	now     func() time.Time
+	events  balanceEvents
+
+	mu   sync.Mutex
+	eps  []*endpoint
+	next uint64     // round robin
+	rnd  *rand.Rand // under mu
+}
+
+// balanceEvents is what a balancer tells its owner (metrics, log).
+type balanceEvents interface {
+	picked(service string, ep netip.AddrPort)
+	failed(service string, ep netip.AddrPort)
+	ejected(service string, ep netip.AddrPort, failures int, for_ time.Duration)
+	returned(service string, ep netip.AddrPort)
+	removed(service string, ep netip.AddrPort)
+}
+
+// endpoint is one endpoint's balancing state.
+type endpoint struct {
+	addr    netip.AddrPort
+	pending int     // picked and not done
+	ewma    float64 // latency estimate, ns
+	stamp   time.Time
+	// fails counts failures in a row; ejections how many times the
+	// endpoint was ejected (it lengthens the next one); until is when the
+	// current ejection ends (zero: not ejected).
+	fails     int
+	ejections int
+	until     time.Time
+}
+
+func newBalancer(service string, o BalanceOptions, events balanceEvents, now func() time.Time, seed uint64) *balancer {
+	return &balancer{o: o.withDefaults(), service: service, now: now, events: events,
+		rnd: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
+}
+
+// update makes addrs the endpoints. Those already known keep their state;
+// a new one starts with the mean latency estimate of the others, so that
+// it is neither starved nor flooded before its first sample.
+func (b *balancer) update(addrs []netip.AddrPort) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	old := make(map[netip.AddrPort]*endpoint, len(b.eps))
+	var sum float64
+	for _, e := range b.eps {
+		old[e.addr] = e
+		sum += b.estimate(e, now)
+	}
+	mean := 0.0
+	if len(b.eps) > 0 {
+		mean = sum / float64(len(b.eps))
+	}
+	eps := make([]*endpoint, 0, len(addrs))
+	for _, a := range addrs {
+		if e, ok := old[a]; ok {
+			eps = append(eps, e)
+			delete(old, a)
+			continue
+		}
+		if slices.ContainsFunc(eps, func(e *endpoint) bool { return e.addr == a }) {
+			continue
+		}
+		eps = append(eps, &endpoint{addr: a, ewma: mean, stamp: now})
+	}
+	b.eps = eps
+	for a := range old {
+		b.events.removed(b.service, a)
+	}
+}
+
+// sync makes addrs, at port, the endpoints if they are not already.
+func (b *balancer) sync(addrs []netip.Addr, port uint16) {
+	b.mu.Lock()
+	same := len(addrs) == len(b.eps)
+	for i := 0; same && i < len(addrs); i++ {
+		same = b.eps[i].addr == netip.AddrPortFrom(addrs[i], port)
+	}
+	b.mu.Unlock()
+	if same {
+		return
+	}
+	eps := make([]netip.AddrPort, len(addrs))
+	for i, a := range addrs {
+		eps[i] = netip.AddrPortFrom(a, port)
+	}
+	b.update(eps)
+}
+
+// addrs returns the endpoints, in order.
+func (b *balancer) addrs() []netip.AddrPort {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]netip.AddrPort, len(b.eps))
+	for i, e := range b.eps {
+		out[i] = e.addr
+	}
+	return out
+}
+
+// estimate is e's latency estimate decayed to now (tower's and Finagle's
+// peak EWMA: an idle endpoint's estimate falls, so it is tried again).
+func (b *balancer) estimate(e *endpoint, now time.Time) float64 {
+	el := now.Sub(e.stamp)
+	if el <= 0 {
+		return e.ewma
+	}
+	return e.ewma * math.Exp(-float64(el)/float64(b.o.Decay))
+}
+
+// pick chooses an endpoint not in avoid: among those not ejected, or if
+// all are ejected, among all (better a try than a certain failure). ok is
+// false when every endpoint is in avoid. The pick is pending until done.
+func (b *balancer) pick(avoid []netip.AddrPort) (*endpoint, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	var cands []*endpoint
+	for pass := 0; pass < 2 && len(cands) == 0; pass++ {
+		for _, e := range b.eps {
+			if slices.Contains(avoid, e.addr) {
+				continue
+			}
+			if !e.until.IsZero() && !now.Before(e.until) {
+				e.until, e.fails = time.Time{}, 0
+				b.events.returned(b.service, e.addr)
+			}
+			if pass == 0 && !e.until.IsZero() {
+				continue
+			}
+			cands = append(cands, e)
+		}
+	}
+	if len(cands) == 0 {
+		return nil, false
+	}
+	var e *endpoint
+	switch {
+	case len(cands) == 1:
+		e = cands[0]
+	case b.o.Policy == RoundRobin:
+		e = cands[b.next%uint64(len(cands))]
+		b.next++
+	default:
+		i := b.rnd.IntN(len(cands))
+		j := b.rnd.IntN(len(cands) - 1)
+		if j >= i {
+			j++
+		}
+		x, y := cands[i], cands[j]
+		if b.cost(y, now) < b.cost(x, now) {
+			x = y
+		}
+		e = x
+	}
+	e.pending++
+	b.events.picked(b.service, e.addr)
+	return e, true
+}
+
+// cost is what choosing e costs under the policy.
+func (b *balancer) cost(e *endpoint, now time.Time) float64 {
+	if b.o.Policy == LeastRequest {
+		return float64(e.pending)
+	}
+	// A floor keeps requests in flight counting when the estimate is
+	// nothing yet (or has decayed to nothing).
+	return max(b.estimate(e, now), float64(time.Microsecond)) * float64(e.pending+1)
+}
+
+// done ends a pick: latency is how long the try took to connect, or to
+// answer; failed says it failed. The latency feeds the estimate (a
+// failure's counts as twice the slowest other's at least); a failure
+// counts towards ejection.
+func (b *balancer) done(e *endpoint, latency time.Duration, failed bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	e.pending--
+	rtt := float64(latency)
+	if failed {
+		// A failure costs twice the slowest of the others at least: a
+		// fast one (refused at once) must not make the endpoint look
+		// cheap, or it would draw the traffic it fails. Under P2C a
+		// failing endpoint so gets little traffic until its estimate
+		// decays, and is ejected after its next failures.
+		for _, o := range b.eps {
+			if o != e {
+				rtt = max(rtt, 2*b.estimate(o, now))
+			}
+		}
+	}
+	est := b.estimate(e, now)
+	if rtt > est {
+		e.ewma = rtt
+	} else {
+		w := math.Exp(-float64(now.Sub(e.stamp)) / float64(b.o.Decay))
+		e.ewma = est*w + rtt*(1-w)
+	}
+	e.stamp = now
+	if !failed {
+		e.fails = 0
+		return
+	}
+	b.events.failed(b.service, e.addr)
+	e.fails++
+	if b.o.ConsecutiveFailures < 0 || e.fails < b.o.ConsecutiveFailures || !e.until.IsZero() {
+		return
+	}
+	ejected := 0
+	for _, o := range b.eps {
+		if !o.until.IsZero() && now.Before(o.until) {
+			ejected++
+		}
+	}
+	limit := len(b.eps) * b.o.MaxEjectedPercent / 100
+	if limit == 0 && len(b.eps) > 1 {
+		limit = 1
+	}
+	if ejected >= limit || !slices.Contains(b.eps, e) {
+		return
+	}
+	d := min(b.o.BaseEjection*time.Duration(e.ejections+1), b.o.MaxEjection)
+	e.ejections++
+	e.until = now.Add(d)
+	b.events.ejected(b.service, e.addr, e.fails, d)
+}
