@@ -22,8 +22,10 @@ func (e *events) failed(string, netip.AddrPort) {}
 func (e *events) ejected(_ string, ep netip.AddrPort, n int, d time.Duration) {
 	e.log = append(e.log, fmt.Sprintf("ejected %s after %d for %v", ep, n, d))
 }
-func (e *events) returned(_ string, ep netip.AddrPort) { e.log = append(e.log, "returned "+ep.String()) }
-func (e *events) removed(_ string, ep netip.AddrPort)  { e.log = append(e.log, "removed "+ep.String()) }
+func (e *events) returned(_ string, ep netip.AddrPort) {
+	e.log = append(e.log, "returned "+ep.String())
+}
+func (e *events) removed(_ string, ep netip.AddrPort) { e.log = append(e.log, "removed "+ep.String()) }
 
 func eps(n int) []netip.AddrPort {
 	out := make([]netip.AddrPort, n)
