@@ -56,7 +56,59 @@ type Config struct {
 	MTLS MTLSConfig `json:"mtls"`
 	// Protocols says how the proxy tells what a connection speaks.
 	Protocols ProtocolsConfig `json:"protocols"`
+	// LoadBalancing says how connections and requests to a service are
+	// spread over its endpoints.
+	LoadBalancing LoadBalancingConfig `json:"loadBalancing"`
 }
+
+// LoadBalancingConfig is load balancing across a service's endpoints
+// (shared/DESIGN.md §7). An outbound connection to an address the
+// sidecar's DNS proxy answered for a mesh service (a registry service, or
+// a name whose TXT record says it is meshed) goes to the endpoint the
+// balancer picks, not necessarily the one the app picked; an L7 HTTP
+// request is balanced on its own. Connections to other addresses go where
+// the app sent them.
+type LoadBalancingConfig struct {
+	// Policy is p2c-peak-ewma (power of two choices over a peak-EWMA
+	// latency estimate times requests in flight), round-robin, or
+	// least-request (power of two choices over requests in flight).
+	Policy string `json:"policy"`
+	// Decay is how fast the peak-EWMA latency estimate forgets: a sample's
+	// weight falls by e every Decay.
+	Decay Duration `json:"decay"`
+	// ConnectAttempts is how many endpoints a connection (or request) is
+	// tried on when connecting or the mesh handshake fails, before the
+	// failure is the app's. Nothing of the app's has been sent then, so a
+	// try on another endpoint is always safe.
+	ConnectAttempts int `json:"connectAttempts"`
+	// OutlierDetection ejects failing endpoints for a while.
+	OutlierDetection OutlierDetectionConfig `json:"outlierDetection"`
+}
+
+// OutlierDetectionConfig is passive outlier ejection: an endpoint whose
+// connections or requests fail ConsecutiveFailures times in a row (connect
+// or mesh handshake failure, reset before any byte, HTTP 502, 503 or 504)
+// is left out of its service's balancing for BaseEjectionTime, longer each
+// time it is ejected again, up to MaxEjectionTime.
+type OutlierDetectionConfig struct {
+	// ConsecutiveFailures is the failures in a row that eject; 0 turns
+	// ejection off.
+	ConsecutiveFailures int `json:"consecutiveFailures"`
+	// BaseEjectionTime is the first ejection's length.
+	BaseEjectionTime Duration `json:"baseEjectionTime"`
+	// MaxEjectionTime bounds an ejection's length.
+	MaxEjectionTime Duration `json:"maxEjectionTime"`
+	// MaxEjectionPercent bounds the share of a service's endpoints
+	// ejected at once (at least one of two or more may be).
+	MaxEjectionPercent int `json:"maxEjectionPercent"`
+}
+
+// The load balancing policies.
+const (
+	PolicyP2CPeakEWMA  = "p2c-peak-ewma"
+	PolicyRoundRobin   = "round-robin"
+	PolicyLeastRequest = "least-request"
+)
 
 // ProtocolsConfig is protocol detection (shared/DESIGN.md §5). An
 // outbound connection's first bytes are peeked and classified (package
@@ -295,6 +347,17 @@ func DefaultConfig() Config {
 			Ports:             defaultPortProtocols(),
 			ServerFirstMemory: Duration(10 * time.Minute),
 			L7:                true,
+		},
+		LoadBalancing: LoadBalancingConfig{
+			Policy:          PolicyP2CPeakEWMA,
+			Decay:           Duration(10 * time.Second),
+			ConnectAttempts: 3,
+			OutlierDetection: OutlierDetectionConfig{
+				ConsecutiveFailures: 5,
+				BaseEjectionTime:    Duration(30 * time.Second),
+				MaxEjectionTime:     Duration(5 * time.Minute),
+				MaxEjectionPercent:  50,
+			},
 		},
 	}
 }
@@ -567,7 +630,39 @@ func (c Config) Validate() error {
 	}
 	errs = append(errs, c.MTLS.validate()...)
 	errs = append(errs, c.Protocols.validate()...)
+	errs = append(errs, c.LoadBalancing.validate()...)
 	return errors.Join(errs...)
+}
+
+// validate reports the problems of the loadBalancing section.
+func (c LoadBalancingConfig) validate() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	switch c.Policy {
+	case PolicyP2CPeakEWMA, PolicyRoundRobin, PolicyLeastRequest:
+	default:
+		bad("loadBalancing.policy: %q is not a policy; want %s, %s or %s", c.Policy, PolicyP2CPeakEWMA, PolicyRoundRobin, PolicyLeastRequest)
+	}
+	if c.Decay <= 0 {
+		bad("loadBalancing.decay: must be > 0, e.g. 10s")
+	}
+	if c.ConnectAttempts < 1 {
+		bad("loadBalancing.connectAttempts: must be 1 or more, e.g. 3")
+	}
+	o := c.OutlierDetection
+	if o.ConsecutiveFailures < 0 {
+		bad("loadBalancing.outlierDetection.consecutiveFailures: must be >= 0 (0: no ejection), e.g. 5")
+	}
+	if o.BaseEjectionTime <= 0 {
+		bad("loadBalancing.outlierDetection.baseEjectionTime: must be > 0, e.g. 30s")
+	}
+	if o.MaxEjectionTime < o.BaseEjectionTime {
+		bad("loadBalancing.outlierDetection.maxEjectionTime: must be >= baseEjectionTime (%v), e.g. 5m", o.BaseEjectionTime.D())
+	}
+	if o.MaxEjectionPercent < 1 || o.MaxEjectionPercent > 100 {
+		bad("loadBalancing.outlierDetection.maxEjectionPercent: must be 1 to 100, e.g. 50")
+	}
+	return errs
 }
 
 // validate reports the problems of the protocols section.

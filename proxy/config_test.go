@@ -108,6 +108,15 @@ func TestValidate(t *testing.T) {
 			"timeouts.idle: must be > 0, e.g. 1h"},
 		{"negative grace", func(c *Config) { c.Timeouts.DrainGrace = Duration(-time.Second) },
 			"timeouts.drainGrace: must be >= 0, e.g. 5s"},
+		{"load balancing", func(c *Config) {
+			c.LoadBalancing = LoadBalancingConfig{Policy: "random", OutlierDetection: OutlierDetectionConfig{
+				ConsecutiveFailures: -1, BaseEjectionTime: Duration(time.Minute), MaxEjectionTime: Duration(time.Second), MaxEjectionPercent: 101}}
+		}, `loadBalancing.policy: "random" is not a policy; want p2c-peak-ewma, round-robin or least-request
+loadBalancing.decay: must be > 0, e.g. 10s
+loadBalancing.connectAttempts: must be 1 or more, e.g. 3
+loadBalancing.outlierDetection.consecutiveFailures: must be >= 0 (0: no ejection), e.g. 5
+loadBalancing.outlierDetection.maxEjectionTime: must be >= baseEjectionTime (1m0s), e.g. 5m
+loadBalancing.outlierDetection.maxEjectionPercent: must be 1 to 100, e.g. 50`},
 		{"v6 source for v4", func(c *Config) { c.Inbound.PassthroughSourceIPv4 = netip.MustParseAddr("::6") },
 			"inbound.passthroughSourceIPv4: want an IPv4 address, e.g. 127.0.0.6"},
 		{"v4-mapped source for v6", func(c *Config) { c.Inbound.PassthroughSourceIPv6 = netip.MustParseAddr("::ffff:127.0.0.6") },
@@ -252,6 +261,11 @@ protocols:
   detectTimeout: 300ms
   ports: {3306: detect, 7000: opaque}
   destMemory: 0s
+loadBalancing:
+  policy: least-request
+  decay: 2s
+  connectAttempts: 1
+  outlierDetection: {consecutiveFailures: 0, baseEjectionTime: 1s, maxEjectionTime: 1m, maxEjectionPercent: 100}
 `, want: func(c *Config) {
 			*c = Config{
 				Mode: ModeTProxy, LogLevel: "debug", Mark: 1,
@@ -274,6 +288,8 @@ protocols:
 				Protocols: ProtocolsConfig{DetectTimeout: Duration(300 * time.Millisecond),
 					Ports:             map[uint16]PortProtocol{22: PortOpaque, 25: PortOpaque, 53: PortOpaque, 110: PortOpaque, 143: PortOpaque, 587: PortOpaque, 3306: PortDetect, 4444: PortOpaque, 5432: PortOpaque, 6379: PortOpaque, 7000: PortOpaque, 9300: PortOpaque, 11211: PortOpaque, 27017: PortOpaque},
 					ServerFirstMemory: 0, L7: true},
+				LoadBalancing: LoadBalancingConfig{Policy: PolicyLeastRequest, Decay: Duration(2 * time.Second), ConnectAttempts: 1,
+					OutlierDetection: OutlierDetectionConfig{BaseEjectionTime: Duration(time.Second), MaxEjectionTime: Duration(time.Minute), MaxEjectionPercent: 100}},
 			}
 		}},
 		{name: "mark in decimal", yaml: "mark: 1337", want: func(c *Config) { c.Mark = 0x539 }},
@@ -281,11 +297,11 @@ protocols:
 		{name: "null section keeps defaults", yaml: "timeouts:\n", want: func(*Config) {}},
 
 		{name: "unknown top-level field", yaml: "port: 1",
-			wantErr: "port: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols"},
+			wantErr: "port: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing"},
 		{name: "unknown nested field", yaml: "timeouts:\n  read: 1s",
 			wantErr: "timeouts.read: unknown field; want one of connect, handshake, idle, drainGrace"},
 		{name: "field names are case-sensitive", yaml: "logLEVEL: debug",
-			wantErr: "logLEVEL: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols"},
+			wantErr: "logLEVEL: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing"},
 		{name: "port out of range", yaml: "outbound:\n  port: 70000",
 			wantErr: "outbound.port: 70000 is not a port; want a number from 0 to 65535"},
 		{name: "port as a string", yaml: "inbound:\n  port: \"15006\"",
@@ -303,7 +319,7 @@ protocols:
 		{name: "section as a scalar", yaml: "outbound: 15001",
 			wantErr: "outbound: want a section with fields port"},
 		{name: "list at the top", yaml: "- mode: redirect",
-			wantErr: "config: want a section with fields mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols"},
+			wantErr: "config: want a section with fields mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing"},
 		{name: "mtls values that do not parse", yaml: `
 mtls:
   mode: 1
@@ -338,7 +354,7 @@ mtls:
 			wantErr: "yaml: line 1: did not find expected node content"},
 		{name: "every problem at once", yaml: "mode: 1\nfoo: 1\ntimeouts:\n  connect: x\n  bar: 2\n",
 			wantErr: strings.Join([]string{
-				"foo: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols",
+				"foo: unknown field; want one of mode, logLevel, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing",
 				"mode: 1 is not a string",
 				"timeouts.bar: unknown field; want one of connect, handshake, idle, drainGrace",
 				`timeouts.connect: "x" is not a duration; want a number with a unit, e.g. "5s" or "1m30s"`,

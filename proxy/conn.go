@@ -31,12 +31,13 @@ type outcome struct {
 	sent     int64          // client → upstream
 	received int64          // upstream → client
 	err      error
-	refused  bool       // never forwarded: no destination, loop, dial or handshake failure, policy
-	mtls     bool       // mesh mTLS was used, or tried
-	tls      tlsInfo    // the mesh handshake's peer and resumption
-	reason   string     // why it was refused, when a reason other than err is worth a field
-	alerted  bool       // refused with a TLS alert: close gracefully so the client can read it
-	detected *detection // the protocol verdict, when there was one
+	refused  bool           // never forwarded: no destination, loop, dial or handshake failure, policy
+	mtls     bool           // mesh mTLS was used, or tried
+	tls      tlsInfo        // the mesh handshake's peer and resumption
+	reason   string         // why it was refused, when a reason other than err is worth a field
+	alerted  bool           // refused with a TLS alert: close gracefully so the client can read it
+	detected *detection     // the protocol verdict, when there was one
+	endpoint netip.AddrPort // the endpoint of the service dialed, when it is not dst
 }
 
 // alertLinger bounds how long a client refused with a TLS alert is given
@@ -76,6 +77,9 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 		fields = append(fields, zap.Stringer("direction", l.dir), zap.Stringer("src", src))
 		if o.dst.IsValid() {
 			fields = append(fields, zap.Stringer("dst", o.dst))
+		}
+		if o.endpoint.IsValid() && o.endpoint != o.dst {
+			fields = append(fields, zap.Stringer("endpoint", o.endpoint))
 		}
 		fields = append(fields,
 			zap.Int64("bytes_sent", o.sent),
@@ -149,7 +153,8 @@ func (p *Proxy) pipeline(ctx context.Context, l *captureListener, client *net.TC
 	return p.outbound(ctx, client, dst, m)
 }
 
-// plain dials dst and forwards the connection as it is: the L4 path.
+// plain dials dst and forwards the connection as it is: the inbound L4
+// path (outbound, see opaqueOut).
 func (p *Proxy) plain(ctx context.Context, dir Direction, client *net.TCPConn, dst netip.AddrPort, m *dirMetrics) outcome {
 	upstream, err := p.dialUpstream(ctx, dir, dst)
 	if err != nil {

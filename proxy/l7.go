@@ -225,7 +225,7 @@ func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.A
 			pr.Out.Header.Set(hdrAppProtocol, h.appProto)
 			pr.Out.Header.Del(hdrClientCert)
 		},
-		Transport:     p.l7.mesh,
+		Transport:     balancedTransport{p: p, dst: dst},
 		BufferPool:    copyBuffers{},
 		FlushInterval: 0, // see flushNote
 		ErrorLog:      discardLog,
@@ -372,17 +372,13 @@ func (h *outboundHTTP) upgrade(w *recorder, r *http.Request) tlsInfo {
 	defer h.wg.Done()
 	p := h.p
 	ctx := r.Context()
-	up, err := p.dialUpstream(ctx, Outbound, h.dst)
+	svc, err := p.dialService(ctx, h.dst, true, alpnHTTP1)
 	if err != nil {
-		p.proxyError(w, r, &dialError{err})
-		return tlsInfo{}
-	}
-	mc, err := p.originate(ctx, up, h.dst, alpnHTTP1)
-	if err != nil {
-		p.closeUpstream(up)
 		p.proxyError(w, r, err)
 		return tlsInfo{}
 	}
+	defer svc.finish(false)
+	up, mc := svc.conn.tcp, meshConn{conn: svc.conn.tls, info: svc.info}
 	out := r.Clone(ctx)
 	out.Header.Del(hdrClientCert)
 	out.Header.Del(hdrAppProtocol)

@@ -35,13 +35,7 @@ func (p *Proxy) outbound(ctx context.Context, client *net.TCPConn, dst netip.Add
 	}
 	d := detection{by: by}
 	p.countDetection(Outbound, d, 0)
-	if !meshTLS {
-		o := p.plain(ctx, Outbound, client, dst, m)
-		o.detected = &d
-		return o
-	}
-
-	o := p.meshOpaque(ctx, &peekConn{TCPConn: client}, dst, m)
+	o := p.opaqueOut(ctx, &peekConn{TCPConn: client}, dst, meshTLS, m)
 	o.detected = &d
 	return o
 }
@@ -60,12 +54,14 @@ type meshConn struct {
 
 // originate runs the client side of mesh TLS for proto over upstream,
 // within timeouts.handshake, and checks that the server is a meshgate
-// sidecar serving proto (by the ALPN it picked) with a SPIFFE ID. It
-// counts the handshake either way; an error is a *handshakeError.
+// sidecar serving proto (by the ALPN it picked) with a SPIFFE ID, the one
+// expected of dst (the service address the app dialed; upstream may be
+// another endpoint of the service). It counts the handshake either way;
+// an error is a *handshakeError.
 func (p *Proxy) originate(ctx context.Context, upstream *net.TCPConn, dst netip.AddrPort, proto string) (meshConn, error) {
 	cfg := p.mesh.clientConfig(p.mesh.expected(dst.Addr()), proto)
 	if cfg == nil {
-		err := &handshakeError{reason: reasonNotReady, err: errors.New("mesh TLS to " + dst.String() + ": no client certificate yet")}
+		err := &handshakeError{reason: reasonNotReady, err: errors.New("mesh TLS to " + upstream.RemoteAddr().String() + ": no client certificate yet")}
 		p.countHandshake(Outbound, tlsInfo{}, err)
 		return meshConn{}, err
 	}
@@ -88,7 +84,7 @@ func (p *Proxy) originate(ctx context.Context, upstream *net.TCPConn, dst netip.
 	}
 	if err != nil {
 		he := p.handshakeFailed(err, p.cfg.Timeouts.Handshake.D())
-		he.err = fmt.Errorf("mesh TLS to %s: %w", dst, he.err)
+		he.err = fmt.Errorf("mesh TLS to %s: %w", upstream.RemoteAddr(), he.err)
 		err = he
 	}
 	p.countHandshake(Outbound, info, err)

@@ -150,7 +150,7 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	if l7 && p.httpDests.has(dst, start) {
 		return p.detectKnownHTTP(ctx, pc, dst, start, m)
 	}
-	var info tlsInfo // written by the dial, read once run has returned
+	var svc *service // written by the dial, read once run has returned
 	race := firstBytesRace{
 		client:       pc,
 		settled:      detectSettled,
@@ -158,35 +158,24 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 		quiet:        detectQuiet,
 		upstreamEnds: true,
 		dial: func(ctx context.Context) (upConn, error) {
-			c, err := p.dialUpstream(ctx, Outbound, dst)
+			s, err := p.dialService(ctx, dst, meshTLS, alpnTCP)
 			if err != nil {
-				return upConn{}, &dialError{err}
-			}
-			if !meshTLS {
-				return upConn{tcp: c}, nil
-			}
-			mc, err := p.originate(ctx, c, dst, alpnTCP)
-			if err != nil {
-				p.closeUpstream(c)
 				return upConn{}, err
 			}
-			info = mc.info
-			return upConn{tcp: c, tls: mc.conn}, nil
+			svc = s
+			return s.conn, nil
 		},
-		drop: func(u upConn) { p.closeUpstream(u.tcp) },
+		drop: func(u upConn) {
+			p.closeUpstream(u.tcp)
+			svc.finish(false)
+		},
 	}
 	op, err := race.run(ctx)
 	if err != nil {
-		o.err, o.refused = err, true
-		if de, ok := errors.AsType[*dialError](err); ok {
-			m.connectFailures.Inc()
-			o.err = de.err
-		}
-		o.reason = reasonOf(err)
-		return o
+		return p.dialFailed(o, err, m)
 	}
 	defer p.closeUpstream(op.upstream.tcp)
-	o.tls = info
+	o.tls, o.endpoint = svc.info, svc.endpoint
 	upstream := leg{tcp: op.upstream.tcp, tls: op.upstream.tls, pending: op.greeting, pendingBuf: op.greetBuf}
 	if op.upErr != nil {
 		// The upstream failed before the app said anything that settled
@@ -194,6 +183,7 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 		// with an alert, which in TLS 1.3 comes after our handshake.
 		upstream.releasePending()
 		o.err, o.refused = fmt.Errorf("read from upstream: %w", op.upErr), true
+		svc.finish(true)
 		if meshTLS {
 			p.noteRefusal(&o, op.upErr, 0)
 		}
@@ -211,6 +201,7 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 		// while detecting goes unused, and is not dialed next time.
 		p.httpDests.remember(dst, time.Now())
 		upstream.releasePending()
+		svc.finish(false)
 		lo := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, m)
 		lo.detected = &d
 		return lo
@@ -219,6 +210,7 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	pending, pendingBuf := pc.take()
 	o.sent, o.received, o.err = forward(leg{tcp: client, pending: pending, pendingBuf: pendingBuf}, upstream,
 		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	svc.finish(failedEarly(o))
 	if meshTLS {
 		p.noteRefusal(&o, o.err, o.received)
 	}
@@ -243,33 +235,49 @@ func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.Add
 		o.detected = &d
 		return o
 	}
-	o := p.meshOpaque(ctx, pc, dst, m)
+	o := p.opaqueOut(ctx, pc, dst, true, m)
 	o.detected = &d
 	return o
 }
 
-// meshOpaque dials dst with mesh TLS (meshgate/tcp) and forwards the
-// connection as it is, the bytes peeked into pc (if any) first.
-func (p *Proxy) meshOpaque(ctx context.Context, pc *peekConn, dst netip.AddrPort, m *dirMetrics) outcome {
-	o := outcome{dst: dst, mtls: true}
-	upstream, err := p.dialUpstream(ctx, Outbound, dst)
+// opaqueOut connects to an endpoint of dst, with mesh TLS (meshgate/tcp)
+// when meshTLS, and forwards the connection as it is, the bytes peeked
+// into pc (if any) first.
+func (p *Proxy) opaqueOut(ctx context.Context, pc *peekConn, dst netip.AddrPort, meshTLS bool, m *dirMetrics) outcome {
+	o := outcome{dst: dst, mtls: meshTLS}
+	svc, err := p.dialService(ctx, dst, meshTLS, alpnTCP)
 	if err != nil {
-		m.connectFailures.Inc()
-		o.err, o.refused = err, true
-		return o
+		return p.dialFailed(o, err, m)
 	}
-	defer p.closeUpstream(upstream)
-	tc, err := p.originate(ctx, upstream, dst, alpnTCP)
-	if err != nil {
-		o.err, o.refused, o.reason = err, true, reasonOf(err)
-		return o
-	}
-	o.tls = tc.info
+	defer p.closeUpstream(svc.conn.tcp)
+	o.tls, o.endpoint = svc.info, svc.endpoint
 	pending, pendingBuf := pc.take()
-	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, pending: pending, pendingBuf: pendingBuf}, leg{tcp: upstream, tls: tc.conn},
+	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, pending: pending, pendingBuf: pendingBuf}, leg{tcp: svc.conn.tcp, tls: svc.conn.tls},
 		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
-	p.noteRefusal(&o, o.err, o.received)
+	svc.finish(failedEarly(o))
+	if meshTLS {
+		p.noteRefusal(&o, o.err, o.received)
+	}
 	return o
+}
+
+// dialFailed is the outcome of a connection whose upstream could not be
+// reached (a *dialError) or refused mesh TLS (a *handshakeError).
+func (p *Proxy) dialFailed(o outcome, err error, m *dirMetrics) outcome {
+	o.err, o.refused = err, true
+	if de, ok := errors.AsType[*dialError](err); ok {
+		m.connectFailures.Inc()
+		o.err = de.err
+	}
+	o.reason = reasonOf(err)
+	return o
+}
+
+// failedEarly says whether a forwarded connection failed before the
+// upstream sent a byte (a reset: the endpoint's app is not there), which
+// counts against the endpoint.
+func failedEarly(o outcome) bool {
+	return o.err != nil && o.received == 0 && !errors.Is(o.err, ErrIdleTimeout)
 }
 
 // noteRefusal gives a mesh connection that failed before the peer sent a

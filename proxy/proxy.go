@@ -94,7 +94,9 @@ type Proxy struct {
 	meshTLS  MeshTLS         // WithMeshTLS; nil: no certificates
 	// destinations is WithDestinations' resolver; nil: none.
 	destinations DestinationResolver
-	mesh         *meshState // cfg.MTLS resolved against meshTLS
+	// balancer is WithBalancer's; nil: connections go where they were sent.
+	balancer Balancer
+	mesh     *meshState // cfg.MTLS resolved against meshTLS
 	// serverFirst remembers destinations that spoke first; httpDests
 	// those whose clients spoke HTTP (their connections skip the dial
 	// made while detecting, as they go to the pooled L7 connections).

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -67,6 +68,11 @@ unknown fields are errors. For example:
     ports: {3306: opaque, 8080: detect}
     serverFirstMemory: 10m  # destinations that spoke first skip detection
     l7: true                # HTTP to the mesh as requests over pooled HTTP/2 mTLS
+  loadBalancing:            # connections and requests to a service's address
+    policy: p2c-peak-ewma   # or round-robin, least-request
+    decay: 10s              # how fast the latency estimate forgets
+    connectAttempts: 3      # endpoints tried when connecting fails
+    outlierDetection: {consecutiveFailures: 5, baseEjectionTime: 30s, maxEjectionTime: 5m, maxEjectionPercent: 50}
 
 Outbound, the app's first bytes are classified (its own TLS, HTTP/1.x,
 HTTP/2, or opaque) while the destination is dialed, so a server that
@@ -76,6 +82,13 @@ default. HTTP/1.x and HTTP/2 to a mesh destination go request by request
 over one pooled HTTP/2 mTLS connection per destination; the server's
 sidecar hands its app the client's verified SPIFFE ID in
 X-Forwarded-Client-Cert. Every other protocol passes as opaque bytes.
+
+A connection (or HTTP request) to an address the DNS proxy answered for a
+mesh service goes to one of the service's endpoints, chosen by the
+balancer: the endpoints of --registry (reloaded when the file changes), or
+of a name whose DNS TXT record says "meshgate.meshed=true", asked again
+when their TTL ends. The endpoint must present the service's identity
+(the registry's, or the TXT record's "meshgate.identity=spiffe://...").
 
 Mesh mTLS needs the sidecar's certificate, from one of three sources:
 
@@ -138,18 +151,19 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	problems = append(problems, certs.check()...)
 	var registry *discovery.StaticRegistry
+	var registryData []byte
 	if *registryPath != "" {
-		r, err := discovery.LoadRegistry(*registryPath)
+		b, err := os.ReadFile(*registryPath)
+		if err == nil {
+			registry, err = discovery.ParseRegistry(b)
+		}
 		if err != nil {
 			problems = append(problems, fmt.Errorf("--registry %s: %s", *registryPath, strings.TrimPrefix(err.Error(), "discovery: registry: ")))
-		} else {
-			registry = r
-			eps, err := r.MeshEndpoints()
-			if err != nil {
-				problems = append(problems, fmt.Errorf("--registry %s: %s", *registryPath, strings.TrimPrefix(err.Error(), "discovery: registry: ")))
-			}
-			cfg.MTLS.Destinations = withRegistry(cfg.MTLS.Destinations, eps)
 		}
+		if *dnsListen == "" {
+			problems = append(problems, errors.New("--registry: its names are answered by the DNS proxy, which --dns-listen \"\" turns off"))
+		}
+		registryData = b
 	}
 	log, err := newLogger(cfg.LogLevel)
 	if err != nil {
@@ -179,13 +193,14 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return p.Run(ctx)
 	}
-	dns, err := newDNSProxy(*dnsListen, *resolvConf, flagSet(fs, "resolv-conf"), registry, reg, log)
+	dns, err := newDNSProxy(*dnsListen, *resolvConf, flagSet(fs, "resolv-conf"), registry, balanceOptions(cfg.LoadBalancing), reg, log)
 	if err != nil {
 		return err
 	}
-	// Names the DNS proxy answered lead to mesh destinations: the
-	// registry's, and those whose TXT record says so.
-	p, err := proxy.New(cfg, log, append(opts, proxy.WithDestinations(dns))...)
+	// Names the DNS proxy answered lead to mesh destinations (the
+	// registry's, and those whose TXT record says so), and connections
+	// to a service's address are balanced over its endpoints.
+	p, err := proxy.New(cfg, log, append(opts, proxy.WithDestinations(dns), proxy.WithBalancer(dns))...)
 	if err != nil {
 		return err
 	}
@@ -199,19 +214,45 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case err := <-dnsDone:
 		return fmt.Errorf("--dns-listen: %s", strings.TrimPrefix(err.Error(), "discovery: "))
 	}
+	watchDone := make(chan error, 1)
+	if *registryPath != "" {
+		go func() { watchDone <- dns.WatchRegistry(dctx, *registryPath, registryData) }()
+	} else {
+		watchDone <- nil
+	}
 	runErr := p.Run(ctx)
 	stopDNS()
 	if err := <-dnsDone; err != nil && runErr == nil {
 		runErr = fmt.Errorf("DNS proxy: %w", err)
 	}
+	if err := <-watchDone; err != nil && runErr == nil {
+		runErr = fmt.Errorf("--registry: %w", err)
+	}
 	return runErr
+}
+
+// balanceOptions is the config's loadBalancing section for package
+// discovery's balancers.
+func balanceOptions(c proxy.LoadBalancingConfig) discovery.BalanceOptions {
+	o := discovery.BalanceOptions{
+		Policy:              discovery.Policy(c.Policy),
+		Decay:               c.Decay.D(),
+		ConsecutiveFailures: c.OutlierDetection.ConsecutiveFailures,
+		BaseEjection:        c.OutlierDetection.BaseEjectionTime.D(),
+		MaxEjection:         c.OutlierDetection.MaxEjectionTime.D(),
+		MaxEjectedPercent:   c.OutlierDetection.MaxEjectionPercent,
+	}
+	if o.ConsecutiveFailures == 0 {
+		o.ConsecutiveFailures = -1 // the config's 0 is "no ejection"
+	}
+	return o
 }
 
 // newDNSProxy makes the sidecar's DNS proxy: on the addresses of listen
 // that this namespace has, asking the resolvers of resolvConf. A missing
 // default resolv.conf leaves it with no upstream (mesh names only); one
 // given with --resolv-conf must be readable.
-func newDNSProxy(listen, resolvConf string, explicit bool, registry *discovery.StaticRegistry, reg prometheus.Registerer, log *zap.Logger) (*discovery.Server, error) {
+func newDNSProxy(listen, resolvConf string, explicit bool, registry *discovery.StaticRegistry, balance discovery.BalanceOptions, reg prometheus.Registerer, log *zap.Logger) (*discovery.Server, error) {
 	var addrs []string
 	for _, a := range strings.Split(listen, ",") {
 		a = strings.TrimSpace(a)
@@ -239,7 +280,7 @@ func newDNSProxy(listen, resolvConf string, explicit bool, registry *discovery.S
 		}
 		log.Warn("no resolv.conf: the DNS proxy answers mesh names only", zap.Error(err))
 	}
-	o := discovery.Options{Addrs: addrs, Upstreams: ups, Log: log.Named("dns"), Registerer: reg}
+	o := discovery.Options{Addrs: addrs, Upstreams: ups, Balance: balance, Log: log.Named("dns"), Registerer: reg}
 	if registry != nil {
 		o.Registry = registry
 	}
@@ -248,24 +289,6 @@ func newDNSProxy(listen, resolvConf string, explicit bool, registry *discovery.S
 		return nil, fmt.Errorf("--dns-listen: %s", strings.TrimPrefix(err.Error(), "discovery: "))
 	}
 	return s, nil
-}
-
-// withRegistry adds the registry's meshed endpoints to the mTLS
-// destinations, each expecting its service's identity; a destination the
-// config lists already keeps the config's identity.
-func withRegistry(dests []proxy.MTLSDestination, eps []discovery.MeshEndpoint) []proxy.MTLSDestination {
-	have := map[netip.Prefix]bool{}
-	for _, d := range dests {
-		have[d.CIDR] = true
-	}
-	for _, e := range eps {
-		p := netip.PrefixFrom(e.Addr, e.Addr.BitLen())
-		if !have[p] {
-			dests = append(dests, proxy.MTLSDestination{CIDR: p, Identity: e.Identity})
-			have[p] = true
-		}
-	}
-	return dests
 }
 
 // parseCIDRList parses a comma-separated list of CIDRs, each in its

@@ -1,0 +1,180 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Balancer chooses the endpoint an outbound connection or HTTP request to
+// a service address goes to (shared/DESIGN.md §7). Package discovery's
+// DNS proxy is one: it knows which addresses it answered for which
+// service, and the service's endpoints.
+type Balancer interface {
+	// Pick returns the endpoint for a try at dst, avoiding those in avoid
+	// (already tried). done must be called once the try is over, with how
+	// long it took to connect (or to get the response headers) and
+	// whether it failed. ok false: dst is no service address, or every
+	// endpoint has been tried.
+	Pick(dst netip.AddrPort, avoid []netip.AddrPort) (ep netip.AddrPort, done func(latency time.Duration, failed bool), ok bool)
+}
+
+// WithBalancer has outbound connections and requests to service addresses
+// balanced by b.
+func WithBalancer(b Balancer) Option {
+	return func(p *Proxy) { p.balancer = b }
+}
+
+// try is where one try at a destination goes.
+type try struct {
+	addr netip.AddrPort
+	done func(time.Duration, bool) // nil: not balanced
+}
+
+// pick returns the endpoint of dst for a try, avoiding those tried: the
+// balancer's choice, or dst itself when it is no service address. ok is
+// false when there is nothing left to try.
+func (p *Proxy) pick(dst netip.AddrPort, tried []netip.AddrPort) (try, bool) {
+	if p.balancer != nil {
+		if ep, done, ok := p.balancer.Pick(dst, tried); ok {
+			return try{addr: ep, done: done}, true
+		}
+	}
+	if len(tried) > 0 {
+		return try{}, false
+	}
+	return try{addr: dst}, true
+}
+
+// report ends a try.
+func (t try) report(latency time.Duration, failed bool) {
+	if t.done != nil {
+		t.done(latency, failed)
+	}
+}
+
+// retriable reports whether a try's error left nothing of the app's sent,
+// so another endpoint may be tried: a connect or mesh handshake failure.
+func retriable(err error) bool {
+	return errors.As(err, new(*dialError)) || errors.As(err, new(*handshakeError))
+}
+
+// service is an upstream connection to an endpoint of a destination, and
+// how to end its try.
+type service struct {
+	conn     upConn
+	info     tlsInfo
+	endpoint netip.AddrPort
+	once     sync.Once
+	t        try
+	latency  time.Duration
+}
+
+// finish ends the connection's try: failed if it failed before the
+// upstream sent a byte. Later calls do nothing.
+func (s *service) finish(failed bool) {
+	s.once.Do(func() { s.t.report(s.latency, failed) })
+}
+
+// dialService connects to an endpoint of dst and, when meshTLS, runs mesh
+// TLS for proto, expecting dst's identity. A connect or handshake failure
+// is reported to the balancer and another endpoint tried, up to
+// loadBalancing.connectAttempts; the error is the last try's, a
+// *dialError or a *handshakeError.
+func (p *Proxy) dialService(ctx context.Context, dst netip.AddrPort, meshTLS bool, proto string) (*service, error) {
+	var tried []netip.AddrPort
+	var lastErr error
+	for range p.cfg.LoadBalancing.ConnectAttempts {
+		t, ok := p.pick(dst, tried)
+		if !ok {
+			break
+		}
+		start := time.Now()
+		c, err := p.dialUpstream(ctx, Outbound, t.addr)
+		if err != nil {
+			err = &dialError{err}
+		} else if !meshTLS {
+			return &service{conn: upConn{tcp: c}, endpoint: t.addr, t: t, latency: time.Since(start)}, nil
+		} else {
+			mc, herr := p.originate(ctx, c, dst, proto)
+			if herr == nil {
+				return &service{conn: upConn{tcp: c, tls: mc.conn}, info: mc.info, endpoint: t.addr, t: t, latency: time.Since(start)}, nil
+			}
+			p.closeUpstream(c)
+			err = herr
+		}
+		t.report(time.Since(start), true)
+		lastErr = err
+		if t.done == nil || ctx.Err() != nil {
+			break
+		}
+		tried = append(tried, t.addr)
+	}
+	return nil, lastErr
+}
+
+// balancedTransport sends each L7 request to an endpoint of its
+// destination that the balancer picks, over the pooled mesh connections
+// to that endpoint; a request that could not be sent (connect or
+// handshake failure) is tried on another endpoint.
+type balancedTransport struct {
+	p   *Proxy
+	dst netip.AddrPort
+}
+
+func (t balancedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	p := t.p
+	var tried []netip.AddrPort
+	var lastErr error
+	for range p.cfg.LoadBalancing.ConnectAttempts {
+		tr, ok := p.pick(t.dst, tried)
+		if !ok {
+			break
+		}
+		out := r.Clone(r.Context())
+		out.URL.Host = tr.addr.String()
+		if r.Body != nil && r.Body != http.NoBody {
+			// The transport closes the body when the try fails; another
+			// try needs it (unread: a try that failed to connect read
+			// nothing). The server closes it once the handler is done.
+			out.Body = io.NopCloser(r.Body)
+		}
+		start := time.Now()
+		resp, err := p.l7.mesh.RoundTrip(out)
+		if err != nil {
+			tr.report(time.Since(start), true)
+			lastErr = err
+			if tr.done == nil || !retriable(err) || r.Context().Err() != nil {
+				return nil, err
+			}
+			tried = append(tried, tr.addr)
+			continue
+		}
+		if tr.done != nil {
+			latency := time.Since(start)
+			failed := resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusServiceUnavailable ||
+				resp.StatusCode == http.StatusGatewayTimeout
+			resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { tr.report(latency, failed) }}
+		}
+		return resp, nil
+	}
+	return nil, lastErr
+}
+
+// doneBody reports a request's try when its response body is closed (the
+// request is in flight until then, for least-request).
+type doneBody struct {
+	io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (b *doneBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
+}
