@@ -1,0 +1,354 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"meshgate/internal/testdns"
+	"meshgate/nsrun"
+	"meshgate/topology"
+)
+
+// zone is a DNS zone the test changes as it goes: a service's replicas
+// and TTL, served by an authoritative server in the ns pod.
+type zone struct {
+	mu       sync.Mutex
+	replicas []*topology.Pod
+	ttl      uint32
+	identity string
+}
+
+func (z *zone) set(ttl uint32, replicas ...*topology.Pod) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.ttl, z.replicas = ttl, replicas
+}
+
+// serve answers api.example.test (A, TXT in the meshgate convention, SRV
+// _http._tcp) from the zone, and NXDOMAIN with a 2s negative TTL for the
+// rest.
+func (z *zone) serve(t *testing.T, pod *topology.Pod) *testdns.Server {
+	t.Helper()
+	var pc net.PacketConn
+	var ln net.Listener
+	addr := hostPort(pod.IPv4, 53)
+	err := nsrun.Do(pod.Path(), func() error {
+		var err error
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return err
+		}
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testdns.Serve(t, pc, ln, func(q dns.Question, m *dns.Msg) {
+		z.mu.Lock()
+		defer z.mu.Unlock()
+		hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: z.ttl}
+		switch {
+		case q.Name == "api.example.test." && q.Qtype == dns.TypeA:
+			for _, p := range z.replicas {
+				m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: p.IPv4.AsSlice()})
+			}
+		case q.Name == "api.example.test." && q.Qtype == dns.TypeTXT:
+			m.Answer = []dns.RR{&dns.TXT{Hdr: hdr, Txt: []string{"meshgate.identity=" + z.identity, "meshgate.meshed=true"}}}
+		case q.Name == "_http._tcp.api.example.test." && q.Qtype == dns.TypeSRV:
+			m.Answer = []dns.RR{&dns.SRV{Hdr: hdr, Priority: 0, Weight: 10, Port: 8080, Target: "api.example.test."}}
+		case q.Name == "api.example.test.":
+			m.Ns = []dns.RR{z.soa()}
+		default:
+			m.Rcode = dns.RcodeNameError
+			m.Ns = []dns.RR{z.soa()}
+		}
+	})
+}
+
+func (z *zone) soa() *dns.SOA {
+	return &dns.SOA{Hdr: dns.RR_Header{Name: "example.test.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 60},
+		Ns: "ns.example.test.", Mbox: "h.example.test.", Serial: 1, Refresh: 60, Retry: 60, Expire: 60, Minttl: 2}
+}
+
+// appClient is an app in pod calling services by name: its DNS goes to
+// dnsServer (which the pod's rules hand to the sidecar), it connects to
+// the first address of the answer, and keeps its connections alive.
+func appClient(pod *topology.Pod, dnsServer string) *http.Client {
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return pod.Dial(ctx, network, dnsServer)
+	}}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		MaxIdleConnsPerHost: 8,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			ips, err := r.LookupNetIP(ctx, "ip4", host)
+			if err != nil {
+				return nil, err
+			}
+			return pod.Dial(ctx, network, net.JoinHostPort(ips[0].String(), port))
+		},
+	}}
+}
+
+// call makes one GET and returns the status and the name of the replica
+// that answered ("" if none did).
+func call(c *http.Client, url string) (int, string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, "", err
+	}
+	var v struct{ Name string }
+	json.Unmarshal(body, &v)
+	return resp.StatusCode, v.Name, nil
+}
+
+// spread makes n GETs over 4 connections and counts the answers by
+// replica name; failures are counted under "!STATUS" or "!error".
+func spread(t *testing.T, c *http.Client, url string, n int) map[string]int {
+	t.Helper()
+	var mu sync.Mutex
+	got := map[string]int{}
+	var wg sync.WaitGroup
+	work := make(chan struct{})
+	for range 4 {
+		wg.Go(func() {
+			for range work {
+				code, name, err := call(c, url)
+				key := name
+				switch {
+				case err != nil:
+					key = "!error"
+				case code != 200:
+					key = fmt.Sprintf("!%d", code)
+				}
+				mu.Lock()
+				got[key]++
+				mu.Unlock()
+			}
+		})
+	}
+	for range n {
+		work <- struct{}{}
+	}
+	close(work)
+	wg.Wait()
+	return got
+}
+
+// answerTTL is the TTL of the first record of dig +noall +answer output,
+// -1 if none.
+func answerTTL(out string) int {
+	f := strings.Fields(out)
+	if len(f) < 2 {
+		return -1
+	}
+	n, err := strconv.Atoi(f[1])
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// issueAs issues pod a certificate for id (replicas of one service share
+// its identity).
+func issueAs(t *testing.T, caDir string, pod *topology.Pod, id string) string {
+	t.Helper()
+	out := filepath.Join(publicTempDir(t), "certs-"+pod.Name)
+	mustMeshgate(t, "ca", "issue", "--dir", caDir, "--id", id, "--out", out)
+	chownSidecar(t, out)
+	return out
+}
+
+// TestServiceBalancing: a client pod calls a service by name, found
+// through its sidecar's DNS proxy from a real DNS server: its requests
+// spread over the replicas; a replica added upstream, with a new TTL, gets
+// traffic without a restart; a replica whose app stops is ejected after a
+// few failures; a replica presenting a valid mesh certificate of another
+// identity never serves a request; negative answers are cached for their
+// TTL; and a registry file edited in place is followed.
+func TestServiceBalancing(t *testing.T) {
+	needRoot(t)
+	if _, err := exec.LookPath("dig"); err != nil {
+		t.Fatal("dig not installed: run 'make deps'")
+	}
+	_, pods := newLabWith(t, "cli", "r1", "r2", "r3", "bad", "ns")
+	cli, r1, r2, r3, bad, nsPod := pods[0], pods[1], pods[2], pods[3], pods[4], pods[5]
+	apps := map[*topology.Pod]*topology.Process{}
+	for _, p := range []*topology.Pod{r1, r2, r3, bad} {
+		apps[p] = startApp(t, p)
+	}
+	apiID := "spiffe://" + meshTD + "/ns/default/sa/api"
+	z := &zone{identity: apiID}
+	z.set(3, r1, r2)
+	up := z.serve(t, nsPod)
+
+	dir := publicTempDir(t)
+	resolv := filepath.Join(dir, "resolv.conf")
+	registry := filepath.Join(dir, "registry.yaml")
+	os.WriteFile(resolv, []byte("nameserver "+nsPod.IPv4.String()+"\n"), 0o644)
+	writeRegistry := func(eps ...*topology.Pod) {
+		var ips []string
+		for _, p := range eps {
+			ips = append(ips, p.IPv4.String())
+		}
+		b := fmt.Appendf(nil, "services:\n- name: web.shop.mesh\n  identity: %s\n  meshed: true\n  ttl: 2s\n  endpoints: [%s]\n", apiID, strings.Join(ips, ", "))
+		tmp := registry + ".tmp"
+		if err := os.WriteFile(tmp, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, registry); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeRegistry(r1)
+
+	ca := meshCA(t)
+	co := meshOpts(issueFor(t, ca, cli), "strict", cli)
+	// A shorter decay than the default 10s, so that a failing endpoint is
+	// tried again (and ejected) within seconds.
+	co.proxyConfig = "loadBalancing: {decay: 2s}\n"
+	co.proxyArgs = append(co.proxyArgs, "--resolv-conf", resolv, "--registry", registry)
+	co.redirectArgs = []string{"--capture-dns", "--dns-servers", nsPod.IPv4.String()}
+	sc := enroll(t, cli, co)
+	for _, p := range []*topology.Pod{r1, r2, r3} {
+		enroll(t, p, meshOpts(issueAs(t, ca, p, apiID), "strict", cli))
+	}
+	enroll(t, bad, meshOpts(issueFor(t, ca, bad), "strict", cli)) // a valid cert, another identity
+
+	dig := func(args ...string) string {
+		t.Helper()
+		out, err := cli.Run(ctxFor(t, 20*time.Second), append([]string{"dig", "@" + nsPod.IPv4.String(), "+time=3", "+tries=1"}, args...)...)
+		if err != nil {
+			t.Fatalf("dig %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	if out := dig("+short", "api.example.test", "A"); !strings.Contains(out, r1.IPv4.String()) || !strings.Contains(out, r2.IPv4.String()) {
+		t.Errorf("api.example.test A = %q, want %s and %s", out, r1.IPv4, r2.IPv4)
+	}
+	if out := dig("+short", "_http._tcp.api.example.test", "SRV"); strings.TrimSpace(out) != "0 10 8080 api.example.test." {
+		t.Errorf("SRV = %q, want the upstream's 0 10 8080 api.example.test.", out)
+	}
+	if out := dig("+short", "api.example.test", "TXT"); !strings.Contains(out, "meshgate.identity="+apiID) {
+		t.Errorf("TXT = %q", out)
+	}
+
+	// Negative answers are cached for the SOA minimum (2s).
+	dig("nx.example.test", "A")
+	dig("nx.example.test", "A")
+	if n := up.Count("nx.example.test.", dns.TypeA); n != 1 {
+		t.Errorf("NXDOMAIN asked upstream %d times within its 2s TTL, want 1", n)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	dig("nx.example.test", "A")
+	if n := up.Count("nx.example.test.", dns.TypeA); n != 2 {
+		t.Errorf("NXDOMAIN asked upstream %d times after its TTL, want 2", n)
+	}
+
+	app := appClient(cli, hostPort(nsPod.IPv4, 53))
+	api := "http://api.example.test:8080/"
+	got := spread(t, app, api, 200)
+	t.Logf("200 requests over two replicas: %v", got)
+	if got["r1"] < 20 || got["r2"] < 20 || got["r1"]+got["r2"] != 200 {
+		t.Errorf("200 requests: %v; want all answered, by both replicas", got)
+	}
+	if n := sc.tlsHandshakes(t, "direction=outbound", "result=ok", "peer_identity="+apiID); n < 2 {
+		t.Errorf("%v mesh handshakes with %s, want one to each replica at least", n, apiID)
+	}
+
+	// A new replica and a new TTL upstream: followed once the old TTL
+	// (3s) is over, with nothing restarted.
+	z.set(6, r1, r2, r3)
+	deadline := time.Now().Add(20 * time.Second)
+	for got = spread(t, app, api, 40); got["r3"] == 0; got = spread(t, app, api, 40) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the new replica got no request 20s after it was added: %v", got)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// The sidecar asked again just now: the TTL it gives is the new one
+	// (6s, aged by a second or two), above the old 3s.
+	if out := dig("+noall", "+answer", "api.example.test", "A"); !strings.Contains(out, r3.IPv4.String()) || answerTTL(out) <= 3 {
+		t.Errorf("after the change, api.example.test A (want r3 and a TTL above the old 3s):\n%s", out)
+	}
+
+	// r2's app stops: its sidecar answers 502 until r2 is ejected.
+	if err := apps[r2].Stop(5 * time.Second); err != nil {
+		t.Logf("r2's app: %v", err)
+	}
+	ejected := func(p *topology.Pod) bool {
+		return sc.metrics(t)["meshgate_endpoint_ejected{endpoint="+hostPort(p.IPv4, 8080)+",service=api.example.test}"] == 1
+	}
+	failed, served, start := 0, 0, time.Now()
+	for !ejected(r2) {
+		if time.Since(start) > 60*time.Second {
+			t.Fatalf("r2 not ejected after %v: %d failed, %d served", time.Since(start), failed, served)
+		}
+		if code, _, err := call(app, api); err != nil || code != 200 {
+			failed++
+		} else {
+			served++
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("r2 stopped: %d requests failed and %d were served before it was ejected, %v after it stopped", failed, served, time.Since(start).Round(100*time.Millisecond))
+	if failed < 1 || failed > 5 {
+		t.Errorf("%d requests failed before r2 was ejected; want 1 to 5 (ejected after 5 failures in a row)", failed)
+	}
+	if got := spread(t, app, api, 60); got["r2"] != 0 || got["r1"]+got["r3"] != 60 {
+		t.Errorf("after r2's ejection: %v; want every request answered by r1 or r3", got)
+	}
+
+	// A replica with a valid mesh certificate of another identity joins
+	// the answer: every connection to it is refused at the handshake, and
+	// the request tried on another replica.
+	z.set(6, r1, r3, bad)
+	deadline = time.Now().Add(40 * time.Second)
+	for sc.tlsHandshakes(t, "direction=outbound", "result=failed", "reason=wrong_identity") == 0 || !ejected(bad) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no handshake with the impostor refused, or it not ejected, 40s after it joined")
+		}
+		if got := spread(t, app, api, 20); got["bad"] != 0 || got["r1"]+got["r3"] != 20 {
+			t.Fatalf("with an impostor among the replicas: %v; want every request answered by r1 or r3", got)
+		}
+	}
+
+	// The registry file, edited while running: its new endpoint serves.
+	web := "http://web.shop.mesh:8080/"
+	if got := spread(t, app, web, 20); got["r1"] != 20 {
+		t.Errorf("web.shop.mesh (registry, endpoint r1): %v", got)
+	}
+	writeRegistry(r1, r3)
+	deadline = time.Now().Add(15 * time.Second)
+	for got := spread(t, app, web, 20); got["r3"] == 0; got = spread(t, app, web, 20) {
+		if time.Now().After(deadline) {
+			t.Fatalf("web.shop.mesh: r3, added to the registry file, got no request in 15s: %v", got)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if up.CountName("web.shop.mesh.") != 0 {
+		t.Error("a registry name reached the upstream DNS server")
+	}
+}
