@@ -233,12 +233,21 @@ services:
   endpoints: [10.0.0.1]
 - name: web.mesh
   identity: not-spiffe
+- name: api.mesh
+  identity: spiffe://a.example/ns/shop/sa/api
+  meshed: true
+  endpoints: [10.0.0.2, 10.0.0.3]
+- name: pay.mesh
+  identity: spiffe://a.example/ns/shop/sa/pay
+  meshed: true
+  endpoints: [10.0.0.3]
 `))
 	want := `discovery: registry: services[0].name: "bad name!" is not a DNS name; want e.g. web.shop.mesh
 services[0].identity: a meshed service needs the SPIFFE ID its endpoints present
 services[0].ports[0].port: want 1 to 65535
 services[0].ports[0].name: "": want a label, e.g. http
-services[1].identity: "not-spiffe" is not a SPIFFE ID (scheme is missing or invalid)`
+services[1].identity: "not-spiffe" is not a SPIFFE ID (scheme is missing or invalid)
+services[3].endpoints[0]: 10.0.0.3 is an endpoint of api.mesh (spiffe://a.example/ns/shop/sa/api) too; an address has one identity`
 	if err == nil || err.Error() != want {
 		t.Errorf("ParseRegistry:\n%v\nwant:\n%s", err, want)
 	}

@@ -20,6 +20,10 @@ func TestProxyRejects(t *testing.T) {
 	tmp := t.TempDir()
 	token := filepath.Join(tmp, "token")
 	os.WriteFile(token, []byte("\n"), 0o600)
+	badRegistry := filepath.Join(tmp, "registry.yaml")
+	os.WriteFile(badRegistry, []byte("services:\n- name: web.shop.mesh\n  meshed: true\n  endpoints: [10.0.0.1]\n- name: api.shop.mesh\n  identity: spiffe://a.example/ns/shop/sa/api\n  meshed: true\n  endpoints: [10.0.0.1]\n"), 0o600)
+	goodRegistry := filepath.Join(tmp, "good.yaml")
+	os.WriteFile(goodRegistry, []byte("services: []\n"), 0o600)
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -48,6 +52,10 @@ func TestProxyRejects(t *testing.T) {
 		}, "\n")},
 		{"no certificates there", []string{"--cert-dir", tmp},
 			"--cert-dir " + tmp + ": open " + filepath.Join(tmp, "cert.pem") + ": no such file or directory; want cert.pem, key.pem and bundle.pem there, e.g. from 'meshgate ca issue --out " + tmp + "'"},
+		{"bad registry", []string{"--registry", badRegistry},
+			"--registry " + badRegistry + ": services[0].identity: a meshed service needs the SPIFFE ID its endpoints present"},
+		{"registry without the DNS proxy", []string{"--registry", goodRegistry, "--dns-listen", ""},
+			`--registry: its names are answered by the DNS proxy, which --dns-listen "" turns off`},
 		{"strict without certificates", []string{"--mtls-mode", "strict"},
 			"proxy: invalid config: mtls.mode: strict needs the mesh certificates; give --cert-dir, or set mtls.mode to disable"},
 	} {
