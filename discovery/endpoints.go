@@ -170,16 +170,8 @@ func (e *endpointSets) learn(q dns.Question, m *dns.Msg, now time.Time) {
 	v6 := q.Qtype == dns.TypeAAAA
 	sets := map[familyKey]*dnsSet{}
 	for _, rr := range m.Answer {
-		var a netip.Addr
-		switch v := rr.(type) {
-		case *dns.A:
-			a, _ = netip.AddrFromSlice(v.A.To4())
-		case *dns.AAAA:
-			a, _ = netip.AddrFromSlice(v.AAAA)
-		default:
-			continue
-		}
-		if !a.IsValid() || a.Unmap().Is6() != v6 {
+		a, ok := addrOf(rr)
+		if !ok || a.Is6() != v6 {
 			continue
 		}
 		k := familyKey{strings.ToLower(rr.Header().Name), v6}
@@ -189,7 +181,7 @@ func (e *endpointSets) learn(q dns.Question, m *dns.Msg, now time.Time) {
 			set = &dnsSet{until: until}
 			sets[k] = set
 		}
-		set.addrs = append(set.addrs, a.Unmap())
+		set.addrs = append(set.addrs, a)
 		if until.Before(set.until) {
 			set.until = until
 		}
@@ -216,6 +208,18 @@ func (e *endpointSets) learn(q dns.Question, m *dns.Msg, now time.Time) {
 	for k, set := range sets {
 		e.dns[k] = set
 	}
+}
+
+// addrOf is the address of an A or AAAA record, unmapped.
+func addrOf(rr dns.RR) (netip.Addr, bool) {
+	var a netip.Addr
+	switch v := rr.(type) {
+	case *dns.A:
+		a, _ = netip.AddrFromSlice(v.A.To4())
+	case *dns.AAAA:
+		a, _ = netip.AddrFromSlice(v.AAAA)
+	}
+	return a.Unmap(), a.IsValid()
 }
 
 // refresh asks again for fq's addresses of one family, through the cache

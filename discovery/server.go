@@ -453,17 +453,12 @@ func (s *Server) remember(q dns.Question, m *dns.Msg) {
 	now := time.Now()
 	s.eps.learn(q, m, now)
 	for _, rr := range m.Answer {
-		var a netip.Addr
-		switch v := rr.(type) {
-		case *dns.A:
-			a, _ = netip.AddrFromSlice(v.A.To4())
-		case *dns.AAAA:
-			a, _ = netip.AddrFromSlice(v.AAAA)
-		default:
+		a, ok := addrOf(rr)
+		if !ok {
 			continue
 		}
 		ttl := max(time.Duration(rr.Header().Ttl)*time.Second, 30*time.Second)
-		s.names.put(a.Unmap(), strings.TrimSuffix(strings.ToLower(rr.Header().Name), "."), now.Add(ttl))
+		s.names.put(a, strings.TrimSuffix(strings.ToLower(rr.Header().Name), "."), now.Add(ttl))
 	}
 }
 

@@ -19,7 +19,6 @@ import (
 	"github.com/miekg/dns"
 
 	"meshgate/internal/testdns"
-	"meshgate/nsrun"
 	"meshgate/topology"
 )
 
@@ -43,21 +42,7 @@ func (z *zone) set(ttl uint32, replicas ...*topology.Pod) {
 // rest.
 func (z *zone) serve(t *testing.T, pod *topology.Pod) *testdns.Server {
 	t.Helper()
-	var pc net.PacketConn
-	var ln net.Listener
-	addr := hostPort(pod.IPv4, 53)
-	err := nsrun.Do(pod.Path(), func() error {
-		var err error
-		if pc, err = net.ListenPacket("udp", addr); err != nil {
-			return err
-		}
-		ln, err = net.Listen("tcp", addr)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return testdns.Serve(t, pc, ln, func(q dns.Question, m *dns.Msg) {
+	return servePodDNS(t, pod, func(q dns.Question, m *dns.Msg) {
 		z.mu.Lock()
 		defer z.mu.Unlock()
 		hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: z.ttl}

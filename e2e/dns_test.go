@@ -22,21 +22,7 @@ import (
 // answers "NAME TYPE" (e.g. "c.example.test. A") with its records.
 func startPodDNS(t *testing.T, pod *topology.Pod, extra map[string][]dns.RR) *testdns.Server {
 	t.Helper()
-	var pc net.PacketConn
-	var ln net.Listener
-	addr := hostPort(pod.IPv4, 53)
-	err := nsrun.Do(pod.Path(), func() error {
-		var err error
-		if pc, err = net.ListenPacket("udp", addr); err != nil {
-			return err
-		}
-		ln, err = net.Listen("tcp", addr)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return testdns.Serve(t, pc, ln, func(q dns.Question, m *dns.Msg) {
+	return servePodDNS(t, pod, func(q dns.Question, m *dns.Msg) {
 		hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: 60}
 		switch rrs, ok := extra[q.Name+" "+dns.TypeToString[q.Qtype]]; {
 		case ok:
@@ -55,6 +41,27 @@ func startPodDNS(t *testing.T, pod *topology.Pod, extra map[string][]dns.RR) *te
 				Ns: "ns.example.test.", Mbox: "h.example.test.", Serial: 1, Refresh: 30, Retry: 30, Expire: 30, Minttl: 30}}
 		}
 	})
+}
+
+// servePodDNS runs a test DNS server (testdns.Serve's answer) inside
+// pod's namespace, on UDP and TCP port 53 of its IPv4 address.
+func servePodDNS(t *testing.T, pod *topology.Pod, answer func(q dns.Question, m *dns.Msg)) *testdns.Server {
+	t.Helper()
+	var pc net.PacketConn
+	var ln net.Listener
+	addr := hostPort(pod.IPv4, 53)
+	err := nsrun.Do(pod.Path(), func() error {
+		var err error
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return err
+		}
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testdns.Serve(t, pc, ln, answer)
 }
 
 // TestDNSThroughTheSidecar: with DNS captured, a pod's questions reach its
