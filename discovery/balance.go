@@ -45,8 +45,9 @@ type BalanceOptions struct {
 	// negative number never ejects.
 	ConsecutiveFailures int
 	// BaseEjection is how long an endpoint is ejected the first time; each
-	// ejection after the first lasts that much longer, up to MaxEjection.
-	// 0 means 30s and 5m.
+	// ejection after the first lasts that much longer, up to MaxEjection,
+	// until the endpoint has served without failing for MaxEjection. 0
+	// means 30s and 5m.
 	BaseEjection, MaxEjection time.Duration
 	// MaxEjectedPercent bounds the share of a service's endpoints ejected
 	// at once, rounded down but at least one of two or more: a service
@@ -134,6 +135,7 @@ type endpoint struct {
 	fails     int
 	ejections int
 	until     time.Time
+	back      time.Time // when the last ejection ended
 }
 
 func newBalancer(service string, o BalanceOptions, events balanceEvents, now func() time.Time, seed uint64) *balancer {
@@ -229,7 +231,7 @@ func (b *balancer) pick(avoid []netip.AddrPort) (*endpoint, bool) {
 				continue
 			}
 			if !e.until.IsZero() && !now.Before(e.until) {
-				e.until, e.fails = time.Time{}, 0
+				e.until, e.fails, e.back = time.Time{}, 0, now
 				b.events.returned(b.service, e.addr)
 			}
 			if pass == 0 && !e.until.IsZero() {
@@ -307,6 +309,9 @@ func (b *balancer) done(e *endpoint, latency time.Duration, failed bool) {
 	e.stamp = now
 	if !failed {
 		e.fails = 0
+		if e.ejections > 0 && e.until.IsZero() && now.Sub(e.back) >= b.o.MaxEjection {
+			e.ejections = 0 // healthy for a whole maxEjection: forgiven
+		}
 		return
 	}
 	b.events.failed(b.service, e.addr)

@@ -154,6 +154,14 @@ func TestEjectionAfterConsecutiveFailures(t *testing.T) {
 	if strings.Count(strings.Join(ev.log, "\n"), "ejected") != 2 {
 		t.Errorf("an endpoint failing 3 times in 4 was ejected: %q", ev.log)
 	}
+	// Healthy for maxEjection (5m) since: the next ejection is the first
+	// again.
+	c.advance(5 * time.Minute)
+	serve(t, b, c, 10, ms, nil)
+	serve(t, b, c, 100, ms, failing)
+	if last := ev.log[len(ev.log)-1]; last != want {
+		t.Errorf("after 5m healthy: %q, want %q", last, want)
+	}
 }
 
 func TestEjectionKeepsSomeEndpoints(t *testing.T) {

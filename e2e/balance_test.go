@@ -172,7 +172,8 @@ func issueAs(t *testing.T, caDir string, pod *topology.Pod, id string) string {
 // traffic without a restart; a replica whose app stops is ejected after a
 // few failures; a replica presenting a valid mesh certificate of another
 // identity never serves a request; negative answers are cached for their
-// TTL; and a registry file edited in place is followed.
+// TTL; a registry file edited in place is followed; and a replica gone
+// whole (sidecar and app) costs the app no failed request.
 func TestServiceBalancing(t *testing.T) {
 	needRoot(t)
 	if _, err := exec.LookPath("dig"); err != nil {
@@ -217,8 +218,9 @@ func TestServiceBalancing(t *testing.T) {
 	co.proxyArgs = append(co.proxyArgs, "--resolv-conf", resolv, "--registry", registry)
 	co.redirectArgs = []string{"--capture-dns", "--dns-servers", nsPod.IPv4.String()}
 	sc := enroll(t, cli, co)
+	sidecars := map[*topology.Pod]*sidecar{}
 	for _, p := range []*topology.Pod{r1, r2, r3} {
-		enroll(t, p, meshOpts(issueAs(t, ca, p, apiID), "strict", cli))
+		sidecars[p] = enroll(t, p, meshOpts(issueAs(t, ca, p, apiID), "strict", cli))
 	}
 	enroll(t, bad, meshOpts(issueFor(t, ca, bad), "strict", cli)) // a valid cert, another identity
 
@@ -335,5 +337,18 @@ func TestServiceBalancing(t *testing.T) {
 	}
 	if up.CountName("web.shop.mesh.") != 0 {
 		t.Error("a registry name reached the upstream DNS server")
+	}
+
+	// r3 goes away whole, sidecar and app: connecting to it fails, and
+	// every request is tried on another replica before the app sees a
+	// failure.
+	if err := sidecars[r3].proc.Stop(10 * time.Second); err != nil {
+		t.Errorf("r3's sidecar: %v", err)
+	}
+	apps[r3].Stop(5 * time.Second)
+	for _, u := range []string{api, web} {
+		if got := spread(t, app, u, 100); got["r1"] != 100 {
+			t.Errorf("%s with r3 gone: %v; want every request answered by r1", u, got)
+		}
 	}
 }
