@@ -4,6 +4,7 @@ import (
 	"context"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -43,12 +44,35 @@ func TestDemo(t *testing.T) {
 	if m == nil {
 		t.Fatalf("no row for web inbound with peer client in the report:\n%s", report)
 	}
-	if m[1] != "11" || m[4] != "0" || m[5] != "1" {
+	// By name, 20 requests spread over web and web2 (web's second
+	// replica, with web's identity).
+	byName := regexp.MustCompile(`client → web\.demo\.mesh\s+20 HTTP requests by name, 4 at a time, balanced by client's sidecar: web (\d+), web2 (\d+)`).FindStringSubmatch(report)
+	if byName == nil {
+		t.Fatalf("no line for the requests by name in the report:\n%s", report)
+	}
+	toWeb, toWeb2 := atoi(t, byName[1]), atoi(t, byName[2])
+	if toWeb+toWeb2 != 20 || toWeb == 0 || toWeb2 == 0 {
+		t.Errorf("requests by name: web %d, web2 %d; want 20 spread over both", toWeb, toWeb2)
+	}
+	if atoi(t, m[1]) != 11+toWeb || m[4] != "0" || m[5] != "1" {
 		t.Errorf("web inbound: %s HTTP requests, %s failed handshakes, %s plaintext refused; "+
-			"want the 11 requests, no failure and the outsider refused:\n%s", m[1], m[4], m[5], report)
+			"want the 11 requests and the %d by name, no failure and the outsider refused:\n%s", m[1], m[4], m[5], toWeb, report)
+	}
+	web2Row := regexp.MustCompile(`(?m)^\s*web2\s+inbound\s+\d+\s+(\d+)\s.*\s0\s+0\s+client\s*$`).FindStringSubmatch(report)
+	if web2Row == nil || atoi(t, web2Row[1]) != toWeb2 {
+		t.Errorf("web2 inbound: want %d HTTP requests from a verified client, no failure:\n%s", toWeb2, report)
 	}
 	echoRow := regexp.MustCompile(`(?m)^\s*echo\s+inbound\s+(\d+)\s+0\s.*?\s(\d+)\s+(\d+)\s+0\s+0\s+client\s*$`)
 	if m := echoRow.FindStringSubmatch(report); m == nil || m[1] != "10" || m[3] == "0" {
 		t.Errorf("echo inbound: want 10 connections, no HTTP, resumed handshakes, no failure:\n%s", report)
 	}
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -3,16 +3,19 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -27,15 +30,17 @@ import (
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("demo", "[--requests N] [--keep]", `
-Build a small mesh on this machine and show it working: four pods (network
+Build a small mesh on this machine and show it working: five pods (network
 namespaces joined by a bridge) run ordinary apps that know nothing of the
-mesh. meshgate makes a mesh CA, gives three of the pods a SPIFFE identity
+mesh. meshgate makes a mesh CA, gives four of the pods a SPIFFE identity
 and enrolls them while they run; it sends real traffic between them over
-IPv4 and IPv6, which the sidecars carry as mutual TLS 1.3, shows that the
-fourth pod, without a sidecar, is refused, and prints what flowed through
+IPv4 and IPv6, which the sidecars carry as mutual TLS 1.3, calls web's two
+replicas by name (the client's sidecar answers the DNS and balances the
+requests), shows that the fifth pod, without a sidecar, is refused, and
+prints what flowed through
 each sidecar, read from the sidecars' own /metrics. Everything it creates
 is removed at the end, also on failure or Ctrl-C. Needs root.`, stderr)
-	requests := fs.Int("requests", 40, "HTTP requests to send from client to web")
+	requests := fs.Int("requests", 40, "HTTP requests to send from client to web (twice as many go by name, to both replicas)")
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
@@ -80,19 +85,19 @@ func (d *demo) run(ctx context.Context, requests int) error {
 		return err
 	}
 	pods := map[string]*topology.Pod{}
-	for _, name := range []string{"client", "web", "echo", "outsider"} {
+	for _, name := range []string{"client", "web", "web2", "echo", "outsider"} {
 		p, err := lab.AddPod(name)
 		if err != nil {
 			return err
 		}
 		pods[name] = p
 	}
-	client, web, echoPod, outsider := pods["client"], pods["web"], pods["echo"], pods["outsider"]
-	meshed := []*topology.Pod{client, web, echoPod}
-	d.say("meshgate demo: 4 pods, each a network namespace on bridge br0")
-	for _, p := range []*topology.Pod{client, web, echoPod, outsider} {
-		role := map[string]string{"client": "sends the traffic", "web": "HTTP app on :8080", "echo": "TCP echo app on :9000",
-			"outsider": "no sidecar: not in the mesh"}[p.Name]
+	client, web, web2, echoPod, outsider := pods["client"], pods["web"], pods["web2"], pods["echo"], pods["outsider"]
+	meshed := []*topology.Pod{client, web, web2, echoPod}
+	d.say("meshgate demo: 5 pods, each a network namespace on bridge br0")
+	for _, p := range []*topology.Pod{client, web, web2, echoPod, outsider} {
+		role := map[string]string{"client": "sends the traffic", "web": "HTTP app on :8080", "web2": "web's second replica",
+			"echo": "TCP echo app on :9000", "outsider": "no sidecar: not in the mesh"}[p.Name]
 		d.say("  %-8s %-14s %-22s %s", p.Name, p.IPv4, p.IPv6, role)
 	}
 
@@ -101,13 +106,16 @@ func (d *demo) run(ctx context.Context, requests int) error {
 	if _, err := web.Start([]string{d.self, "demo-app", "--name", "web", "--http", ":8080"}, topology.ProcOptions{}); err != nil {
 		return err
 	}
+	if _, err := web2.Start([]string{d.self, "demo-app", "--name", "web2", "--http", ":8080"}, topology.ProcOptions{}); err != nil {
+		return err
+	}
 	if _, err := echoPod.Start([]string{d.self, "demo-app", "--name", "echo", "--echo", ":9000"}, topology.ProcOptions{}); err != nil {
 		return err
 	}
 	for _, w := range []struct {
 		p    *topology.Pod
 		port uint16
-	}{{web, 8080}, {echoPod, 9000}} {
+	}{{web, 8080}, {web2, 8080}, {echoPod, 9000}} {
 		if err := waitDial(ctx, w.p, netip.AddrPortFrom(w.p.IPv4, w.port)); err != nil {
 			return fmt.Errorf("app in %s did not start: %w", w.p.Name, err)
 		}
@@ -126,6 +134,16 @@ func (d *demo) run(ctx context.Context, requests int) error {
 	for _, p := range meshed {
 		cidrs = append(cidrs, netip.PrefixFrom(p.IPv4, 32).String(), netip.PrefixFrom(p.IPv6, 128).String())
 	}
+	// The client finds web by name: its sidecar's DNS proxy answers
+	// web.demo.mesh from a registry listing both replicas, and balances
+	// its connections over them. The client's DNS is captured (sent to
+	// the outsider's address, which never sees it).
+	registry := filepath.Join(d.stateDir, "registry.yaml")
+	reg := fmt.Sprintf("services:\n- name: %s\n  identity: %s\n  meshed: true\n  endpoints: [%s, %s, %q, %q]\n",
+		demoService, demoID(web), web.IPv4, web2.IPv4, web.IPv6, web2.IPv6)
+	if err := os.WriteFile(registry, []byte(reg), 0o644); err != nil {
+		return err
+	}
 
 	d.say("\nenrolling the running pods (sidecar started in each namespace, then rules applied):")
 	for _, p := range meshed {
@@ -135,7 +153,12 @@ func (d *demo) run(ctx context.Context, requests int) error {
 		}
 		e := enrollment{state: st, netns: p.Path(), log: d.log}
 		args := []string{"proxy", "--cert-dir", certDirs[p.Name], "--mesh-cidrs", strings.Join(cidrs, ",")}
-		pid, err := e.do(ctx, rules, args, 15021, 15*time.Second)
+		r := rules
+		if p == client {
+			args = append(args, "--registry", registry)
+			r.CaptureDNS, r.DNSServers = true, []netip.Addr{outsider.IPv4}
+		}
+		pid, err := e.do(ctx, r, args, 15021, 15*time.Second)
 		if err != nil {
 			return fmt.Errorf("enroll %s: %w", p.Name, err)
 		}
@@ -189,6 +212,13 @@ func (d *demo) run(ctx context.Context, requests int) error {
 	}
 	d.say("  client → echo  10 raw TCP sessions of 64 KiB, client half-closes then reads the echo: all intact")
 
+	served, err := d.byName(client, outsider, requests*2)
+	if err != nil {
+		return err
+	}
+	d.say("  client → %s  %d HTTP requests by name, 4 at a time, balanced by client's sidecar: web %d, web2 %d",
+		demoService, requests*2, served["web"], served["web2"])
+
 	// A pod without a sidecar speaks plaintext, which strict mTLS refuses.
 	ohc := outsider.HTTPClient(5 * time.Second)
 	if resp, err := ohc.Get("http://" + net.JoinHostPort(web.IPv4.String(), "8080") + "/"); err == nil {
@@ -224,16 +254,91 @@ func (d *demo) run(ctx context.Context, requests int) error {
 	d.say("The sidecars told HTTP from raw TCP by the first bytes: HTTP went request by")
 	d.say("request over one pooled HTTP/2 mTLS connection per destination (web got the")
 	d.say("client's verified identity in X-Forwarded-Client-Cert), raw TCP as it was, and")
-	d.say("repeated TCP connections resumed their TLS session.")
+	d.say("repeated TCP connections resumed their TLS session. Asked by name, the client's")
+	d.say("sidecar answered its DNS from its registry and spread its connections over both")
+	d.say("replicas of web, each verified to present web's identity.")
 	return nil
 }
 
 // demoTrustDomain is the trust domain of the demo's mesh CA.
 const demoTrustDomain = "demo.local"
 
-// demoID is the SPIFFE ID of a demo pod.
+// demoService is the name of web's two replicas in the client's registry.
+const demoService = "web.demo.mesh"
+
+// demoID is the SPIFFE ID of a demo pod; web2, a replica of web, shares
+// web's.
 func demoID(p *topology.Pod) string {
-	return "spiffe://" + demoTrustDomain + "/ns/demo/sa/" + p.Name
+	name := p.Name
+	if name == "web2" {
+		name = "web"
+	}
+	return "spiffe://" + demoTrustDomain + "/ns/demo/sa/" + name
+}
+
+// byName makes n HTTP requests from client to demoService, resolved by
+// an ordinary DNS client asking dnsPod's address (captured on the way,
+// and answered by client's sidecar), a new connection each, four at a
+// time; it counts the answers by the replica that served them.
+func (d *demo) byName(client, dnsPod *topology.Pod, n int) (map[string]int, error) {
+	res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return client.Dial(ctx, network, net.JoinHostPort(dnsPod.IPv4.String(), "53"))
+	}}
+	hc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			ips, err := res.LookupNetIP(ctx, "ip4", host)
+			if err != nil {
+				return nil, err
+			}
+			return client.Dial(ctx, network, net.JoinHostPort(ips[0].String(), port))
+		}}}
+	// Four at a time, as an app under load would: the balancer weighs
+	// each replica's requests in flight as well as its latency.
+	var (
+		mu     sync.Mutex
+		served = map[string]int{}
+		errs   []error
+		wg     sync.WaitGroup
+	)
+	next := make(chan int)
+	for range 4 {
+		wg.Go(func() {
+			for i := range next {
+				name, err := getName(hc, "http://"+demoService+":8080/")
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, fmt.Errorf("request %d to %s: %w", i+1, demoService, err))
+				} else {
+					served[name]++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return served, errors.Join(errs...)
+}
+
+// getName GETs url and returns the name of the demo app that answered.
+func getName(hc *http.Client, url string) (string, error) {
+	resp, err := hc.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var v struct{ Name string }
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil || resp.StatusCode != 200 {
+		return "", fmt.Errorf("status %s (%v)", resp.Status, err)
+	}
+	return v.Name, nil
 }
 
 // issueCerts makes the demo's mesh CA and a certificate directory for each
