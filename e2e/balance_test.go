@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -67,29 +65,6 @@ func (z *zone) serve(t *testing.T, pod *topology.Pod) *testdns.Server {
 func (z *zone) soa() *dns.SOA {
 	return &dns.SOA{Hdr: dns.RR_Header{Name: "example.test.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 60},
 		Ns: "ns.example.test.", Mbox: "h.example.test.", Serial: 1, Refresh: 60, Retry: 60, Expire: 60, Minttl: 2}
-}
-
-// appClient is an app in pod calling services by name: its DNS goes to
-// dnsServer (which the pod's rules hand to the sidecar), it connects to
-// the first address of the answer, and keeps its connections alive.
-func appClient(pod *topology.Pod, dnsServer string) *http.Client {
-	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		return pod.Dial(ctx, network, dnsServer)
-	}}
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		MaxIdleConnsPerHost: 8,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			host, port, err := net.SplitHostPort(addr)
-			if err != nil {
-				return nil, err
-			}
-			ips, err := r.LookupNetIP(ctx, "ip4", host)
-			if err != nil {
-				return nil, err
-			}
-			return pod.Dial(ctx, network, net.JoinHostPort(ips[0].String(), port))
-		},
-	}}
 }
 
 // call makes one GET and returns the status and the name of the replica
@@ -254,7 +229,9 @@ func TestServiceBalancing(t *testing.T) {
 		t.Errorf("NXDOMAIN asked upstream %d times after its TTL, want 2", n)
 	}
 
-	app := appClient(cli, hostPort(nsPod.IPv4, 53))
+	// The app resolves by name through the captured DNS, connects to the
+	// first address of the answer, and keeps its connections alive.
+	app := cli.NameClient(hostPort(nsPod.IPv4, 53), 10*time.Second, true)
 	api := "http://api.example.test:8080/"
 	got := spread(t, app, api, 200)
 	t.Logf("200 requests over two replicas: %v", got)

@@ -3,6 +3,7 @@ package topology
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"sort"
@@ -21,6 +22,33 @@ func (p *Pod) HTTPClient(timeout time.Duration) *http.Client {
 		Transport: &http.Transport{DialContext: p.Dial, DisableKeepAlives: true},
 		Timeout:   timeout,
 	}
+}
+
+// NameClient returns an HTTP client that behaves as an app in the pod
+// calling services by name: it asks dnsServer (host:port) from inside the
+// pod, so the pod's DNS capture applies, and connects from inside the pod
+// to the first IPv4 address of the answer. keepAlive keeps connections
+// open for the next requests; without it every request is a new
+// connection.
+func (p *Pod) NameClient(dnsServer string, timeout time.Duration, keepAlive bool) *http.Client {
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return p.Dial(ctx, network, dnsServer)
+	}}
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DisableKeepAlives:   !keepAlive,
+		MaxIdleConnsPerHost: 8,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			ips, err := r.LookupNetIP(ctx, "ip4", host)
+			if err != nil {
+				return nil, err
+			}
+			return p.Dial(ctx, network, net.JoinHostPort(ips[0].String(), port))
+		},
+	}}
 }
 
 // Samples are scraped Prometheus samples keyed "name{label=value,...}"

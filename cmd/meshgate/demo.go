@@ -281,21 +281,7 @@ func demoID(p *topology.Pod) string {
 // and answered by client's sidecar), a new connection each, four at a
 // time; it counts the answers by the replica that served them.
 func (d *demo) byName(client, dnsPod *topology.Pod, n int) (map[string]int, error) {
-	res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		return client.Dial(ctx, network, net.JoinHostPort(dnsPod.IPv4.String(), "53"))
-	}}
-	hc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			host, port, err := net.SplitHostPort(addr)
-			if err != nil {
-				return nil, err
-			}
-			ips, err := res.LookupNetIP(ctx, "ip4", host)
-			if err != nil {
-				return nil, err
-			}
-			return client.Dial(ctx, network, net.JoinHostPort(ips[0].String(), port))
-		}}}
+	hc := client.NameClient(net.JoinHostPort(dnsPod.IPv4.String(), "53"), 20*time.Second, false)
 	// Four at a time, as an app under load would: the balancer weighs
 	// each replica's requests in flight as well as its latency.
 	var (
