@@ -80,12 +80,11 @@ func (s *service) finish(failed bool) {
 	s.once.Do(func() { s.t.report(s.latency, failed) })
 }
 
-// dialService connects to an endpoint of dst and, when meshTLS, runs mesh
-// TLS for proto, expecting dst's identity. A connect or handshake failure
-// is reported to the balancer and another endpoint tried, up to
-// loadBalancing.connectAttempts; the error is the last try's, a
-// *dialError or a *handshakeError.
-func (p *Proxy) dialService(ctx context.Context, dst netip.AddrPort, meshTLS bool, proto string) (*service, error) {
+// eachEndpoint runs attempt on an endpoint of dst the balancer picks and,
+// while it fails with nothing of the app's sent (retriable), reports the
+// failure and tries the next, up to loadBalancing.connectAttempts. An
+// attempt that succeeds reports its own try. The error is the last try's.
+func (p *Proxy) eachEndpoint(ctx context.Context, dst netip.AddrPort, attempt func(t try) error) error {
 	var tried []netip.AddrPort
 	var lastErr error
 	for range p.cfg.LoadBalancing.ConnectAttempts {
@@ -94,27 +93,47 @@ func (p *Proxy) dialService(ctx context.Context, dst netip.AddrPort, meshTLS boo
 			break
 		}
 		start := time.Now()
-		c, err := p.dialUpstream(ctx, Outbound, t.addr)
-		if err != nil {
-			err = &dialError{err}
-		} else if !meshTLS {
-			return &service{conn: upConn{tcp: c}, endpoint: t.addr, t: t, latency: time.Since(start)}, nil
-		} else {
-			mc, herr := p.originate(ctx, c, dst, proto)
-			if herr == nil {
-				return &service{conn: upConn{tcp: c, tls: mc.conn}, info: mc.info, endpoint: t.addr, t: t, latency: time.Since(start)}, nil
-			}
-			p.closeUpstream(c)
-			err = herr
+		err := attempt(t)
+		if err == nil {
+			return nil
 		}
 		t.report(time.Since(start), true)
 		lastErr = err
-		if t.done == nil || ctx.Err() != nil {
+		if t.done == nil || !retriable(err) || ctx.Err() != nil {
 			break
 		}
 		tried = append(tried, t.addr)
 	}
-	return nil, lastErr
+	return lastErr
+}
+
+// dialService connects to an endpoint of dst and, when meshTLS, runs mesh
+// TLS for proto, expecting dst's identity, trying other endpoints as
+// eachEndpoint does; the error is a *dialError or a *handshakeError.
+func (p *Proxy) dialService(ctx context.Context, dst netip.AddrPort, meshTLS bool, proto string) (*service, error) {
+	var svc *service
+	err := p.eachEndpoint(ctx, dst, func(t try) error {
+		start := time.Now()
+		c, err := p.dialUpstream(ctx, Outbound, t.addr)
+		if err != nil {
+			return &dialError{err}
+		}
+		svc = &service{conn: upConn{tcp: c}, endpoint: t.addr, t: t}
+		if meshTLS {
+			mc, err := p.originate(ctx, c, dst, proto)
+			if err != nil {
+				p.closeUpstream(c)
+				return err
+			}
+			svc.conn.tls, svc.info = mc.conn, mc.info
+		}
+		svc.latency = time.Since(start)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return svc, nil
 }
 
 // balancedTransport sends each L7 request to an endpoint of its
@@ -127,14 +146,8 @@ type balancedTransport struct {
 }
 
 func (t balancedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	p := t.p
-	var tried []netip.AddrPort
-	var lastErr error
-	for range p.cfg.LoadBalancing.ConnectAttempts {
-		tr, ok := p.pick(t.dst, tried)
-		if !ok {
-			break
-		}
+	var resp *http.Response
+	err := t.p.eachEndpoint(r.Context(), t.dst, func(tr try) error {
 		out := r.Clone(r.Context())
 		out.URL.Host = tr.addr.String()
 		if r.Body != nil && r.Body != http.NoBody {
@@ -144,15 +157,9 @@ func (t balancedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 			out.Body = io.NopCloser(r.Body)
 		}
 		start := time.Now()
-		resp, err := p.l7.mesh.RoundTrip(out)
-		if err != nil {
-			tr.report(time.Since(start), true)
-			lastErr = err
-			if tr.done == nil || !retriable(err) || r.Context().Err() != nil {
-				return nil, err
-			}
-			tried = append(tried, tr.addr)
-			continue
+		var err error
+		if resp, err = t.p.l7.mesh.RoundTrip(out); err != nil {
+			return err
 		}
 		if tr.done != nil {
 			latency := time.Since(start)
@@ -160,9 +167,12 @@ func (t balancedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 				resp.StatusCode == http.StatusGatewayTimeout
 			resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { tr.report(latency, failed) }}
 		}
-		return resp, nil
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, lastErr
+	return resp, nil
 }
 
 // doneBody reports a request's try when its response body is closed (the
