@@ -114,7 +114,7 @@ func (p *Proxy) dialService(ctx context.Context, dst netip.AddrPort, meshTLS boo
 	var svc *service
 	err := p.eachEndpoint(ctx, dst, func(t try) error {
 		start := time.Now()
-		c, err := p.dialUpstream(ctx, Outbound, t.addr)
+		c, err := p.dialUpstream(ctx, t.addr)
 		if err != nil {
 			return &dialError{err}
 		}

@@ -28,8 +28,9 @@ type Config struct {
 	// Mode is how the namespace's rules deliver inbound connections:
 	// "redirect" (iptables REDIRECT; the original destination comes from
 	// SO_ORIGINAL_DST) or "tproxy" (iptables TPROXY; the inbound listener is
-	// IP_TRANSPARENT and the original destination is the accepted socket's
-	// local address). Outbound capture is REDIRECT in both modes.
+	// IP_TRANSPARENT, the original destination is the accepted socket's
+	// local address, and the app is dialed from the client's own address,
+	// so it sees who called it). Outbound capture is REDIRECT in both modes.
 	Mode Mode `json:"mode"`
 	// LogLevel is debug, info, warn or error. The --log-level flag
 	// overrides it.
@@ -174,8 +175,9 @@ type InboundConfig struct {
 	// bound on every IPv4 and IPv6 address. 0 picks a free port (tests).
 	Port uint16 `json:"port"`
 	// PassthroughSourceIPv4 is the source address of the proxy's IPv4
-	// connections to the app; the rules leave connections from it alone,
-	// so they are not captured again.
+	// connections to the app (in tproxy mode, of those not delivered by
+	// TPROXY: the pod calling its own address); the rules leave
+	// connections from it alone, so they are not captured again.
 	PassthroughSourceIPv4 netip.Addr `json:"passthroughSourceIPv4"`
 	// PassthroughSourceIPv6 is the same for IPv6. When it is not assigned
 	// in the namespace the proxy connects without an explicit source.

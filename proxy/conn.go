@@ -148,15 +148,19 @@ func (p *Proxy) pipeline(ctx context.Context, l *captureListener, client *net.TC
 		return outcome{dst: dst, err: errCaptured, refused: true}
 	}
 	if l.dir == Inbound {
-		return p.inbound(ctx, client, dst, m)
+		var from netip.Addr
+		if p.tproxied(l, client) {
+			from = addrPort(client.RemoteAddr()).Addr()
+		}
+		return p.inbound(ctx, client, from, dst, m)
 	}
 	return p.outbound(ctx, client, dst, m)
 }
 
-// plain dials dst and forwards the connection as it is: the inbound L4
-// path (outbound, see opaqueOut).
-func (p *Proxy) plain(ctx context.Context, dir Direction, client *net.TCPConn, dst netip.AddrPort, m *dirMetrics) outcome {
-	upstream, err := p.dialUpstream(ctx, dir, dst)
+// plain dials the app at dst (from from, see dialApp) and forwards the
+// connection as it is: the inbound L4 path (outbound, see opaqueOut).
+func (p *Proxy) plain(ctx context.Context, client *net.TCPConn, from netip.Addr, dst netip.AddrPort, m *dirMetrics) outcome {
+	upstream, err := p.dialApp(ctx, from, dst)
 	if err != nil {
 		m.connectFailures.Inc()
 		return outcome{dst: dst, err: err, refused: true}
@@ -166,15 +170,58 @@ func (p *Proxy) plain(ctx context.Context, dir Direction, client *net.TCPConn, d
 	return outcome{dst: dst, sent: sent, received: received, err: err}
 }
 
-// dialUpstream dials dst (see dial) and registers the connection with the
-// loop guard until closeUpstream.
-func (p *Proxy) dialUpstream(ctx context.Context, dir Direction, dst netip.AddrPort) (*net.TCPConn, error) {
-	c, err := p.dial(ctx, dir, dst)
+// dialUpstream dials dst for an outbound connection (see dial) and
+// registers the connection with the loop guard until closeUpstream.
+func (p *Proxy) dialUpstream(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
+	c, err := p.dial(ctx, Outbound, dst)
 	if err != nil {
 		return nil, err
 	}
 	p.upstreams.Store(addrPort(c.LocalAddr()), struct{}{})
 	return c, nil
+}
+
+// dialApp connects to the app at dst for an inbound connection, to be
+// closed with closeUpstream. Without from it is dialUpstream for the
+// inbound direction: from the passthrough source, registered with the
+// loop guard. With from (tproxy mode) it connects from the client's own
+// address, on a port the kernel picks, through a transparent socket
+// (transparentDialControl): that is what the app is to see. The rules
+// never capture such a connection (nat OUTPUT lets a non-local source to
+// lo pass, mangle PREROUTING returns lo, and MESHGATE_TPROXY_OUTPUT routes
+// the app's replies back here), and it is not registered: its local
+// address is the client's, and a connection of that client from the same
+// port to another port of the pod is no loop.
+func (p *Proxy) dialApp(ctx context.Context, from netip.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
+	if !from.IsValid() {
+		c, err := p.dial(ctx, Inbound, dst)
+		if err != nil {
+			return nil, err
+		}
+		p.upstreams.Store(addrPort(c.LocalAddr()), struct{}{})
+		return c, nil
+	}
+	d := net.Dialer{Timeout: p.cfg.Timeouts.Connect.D(), LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 0))}
+	mark := uint32(0)
+	if p.markOn {
+		mark = uint32(p.cfg.Mark)
+	}
+	d.Control = transparentDialControl(mark)
+	c, err := d.DialContext(ctx, "tcp", dst.String())
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// tproxied reports whether l accepted c from TPROXY, in tproxy mode: its
+// local address is then where the client was going. A connection whose
+// local port is the listener's own was redirected there by nat: the pod
+// calling its own address, which TPROXY (only for traffic from outside
+// the pod) does not see. The inbound port itself is never captured, so
+// the two cannot be confused.
+func (p *Proxy) tproxied(l *captureListener, c *net.TCPConn) bool {
+	return l.dir == Inbound && p.cfg.Mode == ModeTProxy && addrPort(c.LocalAddr()).Port() != l.addr.Port()
 }
 
 // closeUpstream closes a connection of dialUpstream.
@@ -188,7 +235,7 @@ func (p *Proxy) originalDst(l *captureListener, c *net.TCPConn) (netip.AddrPort,
 	if p.origDst != nil {
 		return p.origDst(l.dir, c)
 	}
-	if l.dir == Inbound && p.cfg.Mode == ModeTProxy {
+	if p.tproxied(l, c) {
 		return localOriginalDst(c)
 	}
 	return redirectOriginalDst(c)

@@ -39,7 +39,9 @@
 //	    the log line and the metrics.
 //	  - dial: outbound to the original destination, inbound to the app at
 //	    the original destination's address from the passthrough source
-//	    127.0.0.6 / ::6; both marked with SO_MARK so the rules let them by.
+//	    127.0.0.6 / ::6 (in tproxy mode, a connection TPROXY delivered
+//	    from the client's own address, with IP_TRANSPARENT, so the app
+//	    sees who called it); all marked with SO_MARK so the rules let them by.
 //	    Outbound to the mesh (mtls.meshCIDRs), the connection is TLS 1.3
 //	    with ALPN meshgate/tcp, the server's SPIFFE ID checked (outbound.go).
 //	  - forward: a bidirectional copy that keeps TCP half-close (across

@@ -33,11 +33,13 @@ import (
 //     server-first app's greeting reaches a silent plaintext client at
 //     once (after mtls.greetingHold) instead of after a timeout.
 //
-// The first bytes and the handshake together get timeouts.handshake.
-func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, dst netip.AddrPort, m *dirMetrics) outcome {
+// The first bytes and the handshake together get timeouts.handshake. The
+// app is dialed from from: the client's own address in tproxy mode, or,
+// when invalid, the passthrough source (see dialApp).
+func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Addr, dst netip.AddrPort, m *dirMetrics) outcome {
 	mode := p.mesh.inboundMode(dst.Port())
 	if mode == MTLSDisable {
-		return p.plain(ctx, Inbound, client, dst, m)
+		return p.plain(ctx, client, from, dst, m)
 	}
 	start := time.Now()
 	timeout := p.cfg.Timeouts.Handshake.D()
@@ -46,7 +48,7 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, dst netip.Addr
 	race := firstBytesRace{client: pc, settled: helloSettled, deadline: start.Add(timeout)}
 	if mode == MTLSPermissive {
 		race.dial = func(ctx context.Context) (upConn, error) {
-			c, err := p.dialUpstream(ctx, Inbound, dst)
+			c, err := p.dialApp(ctx, from, dst)
 			if err != nil {
 				return upConn{}, &dialError{err}
 			}
@@ -86,7 +88,7 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, dst netip.Addr
 		p.countHandshake(Inbound, tlsInfo{}, err)
 		return outcome{dst: dst, err: err, refused: true, mtls: true, reason: refusedUnsupported}
 	case mesh, helloErr == nil && mode == MTLSStrict:
-		return p.terminate(ctx, pc, upstream, dst, start.Add(timeout), &hello, m)
+		return p.terminate(ctx, pc, upstream, from, dst, start.Add(timeout), &hello, m)
 	case mode == MTLSStrict:
 		p.metrics.plaintextRefused.WithLabelValues(Inbound.String(), strconv.Itoa(int(dst.Port()))).Inc()
 		return outcome{dst: dst, err: notMeshError(op, pc.peeked(), helloErr, timeout), refused: true, reason: refusedStrict}
@@ -105,9 +107,9 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, dst netip.Addr
 }
 
 // terminate runs the server side of mesh TLS on the client, then
-// forwards the plaintext to the app (dialed now, unless permissive mode
-// dialed it already).
-func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream leg, dst netip.AddrPort, deadline time.Time, hello *sniff.ClientHello, m *dirMetrics) outcome {
+// forwards the plaintext to the app (dialed now from from, unless
+// permissive mode dialed it already).
+func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream leg, from netip.Addr, dst netip.AddrPort, deadline time.Time, hello *sniff.ClientHello, m *dirMetrics) outcome {
 	o := outcome{dst: dst, mtls: true}
 	mc, err := p.accept(pc, deadline, hello)
 	if err != nil {
@@ -125,7 +127,7 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream leg, dst n
 		// L7 HTTP from a client sidecar: requests, each to the app on a
 		// connection of the pool; what permissive mode dialed goes unused.
 		upstream.releasePending()
-		return p.serveInboundHTTP(ctx, mc, dst, m)
+		return p.serveInboundHTTP(ctx, mc, from, dst, m)
 	case alpnHTTP1:
 		// A request that switches protocols: its head, with the client's
 		// identity set, then the bytes as they are.
@@ -136,7 +138,7 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream leg, dst n
 		}
 	}
 	if upstream.tcp == nil {
-		c, err := p.dialUpstream(ctx, Inbound, dst)
+		c, err := p.dialApp(ctx, from, dst)
 		if err != nil {
 			m.connectFailures.Inc()
 			o.err, o.refused = err, true

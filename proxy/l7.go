@@ -79,10 +79,9 @@ const maxHeaderBytes = 1 << 20
 // multiplexed HTTP/2 over mesh mTLS, one pool per destination), and to
 // the local app (HTTP/1.1 keep-alive, or h2c).
 type l7 struct {
-	p      *Proxy
-	mesh   *http2.Transport
-	appH1  *http.Transport
-	appH2C *http2.Transport
+	p    *Proxy
+	mesh *http2.Transport
+	app  appTransport // from the passthrough source
 }
 
 func newL7(p *Proxy) *l7 {
@@ -93,7 +92,7 @@ func newL7(p *Proxy) *l7 {
 			if err != nil {
 				return nil, err
 			}
-			c, err := p.dialUpstream(ctx, Outbound, dst)
+			c, err := p.dialUpstream(ctx, dst)
 			if err != nil {
 				return nil, &dialError{err}
 			}
@@ -109,38 +108,46 @@ func newL7(p *Proxy) *l7 {
 		ReadIdleTimeout:    30 * time.Second,
 		PingTimeout:        15 * time.Second,
 	}
-	dialApp := func(ctx context.Context, addr string) (net.Conn, error) {
-		dst, err := netip.ParseAddrPort(addr)
-		if err != nil {
-			return nil, err
-		}
-		c, err := p.dialUpstream(ctx, Inbound, dst)
-		if err != nil {
-			return nil, &dialError{err}
-		}
-		return &meshHTTPConn{Conn: c, p: p, tcp: c}, nil
-	}
-	l.appH1 = &http.Transport{
-		DialContext:            func(ctx context.Context, _, addr string) (net.Conn, error) { return dialApp(ctx, addr) },
-		DisableCompression:     true,
-		MaxIdleConnsPerHost:    64,
-		IdleConnTimeout:        90 * time.Second,
-		MaxResponseHeaderBytes: maxHeaderBytes,
-	}
-	l.appH2C = &http2.Transport{
-		AllowHTTP:          true,
-		DialTLSContext:     func(ctx context.Context, _, addr string, _ *tls.Config) (net.Conn, error) { return dialApp(ctx, addr) },
-		DisableCompression: true,
-		MaxHeaderListSize:  maxHeaderBytes + 64<<10,
-	}
+	l.app = p.newAppTransport(netip.Addr{})
 	return l
 }
 
 // closeIdle closes the pooled connections no request uses.
 func (l *l7) closeIdle() {
 	l.mesh.CloseIdleConnections()
-	l.appH1.CloseIdleConnections()
-	l.appH2C.CloseIdleConnections()
+	l.app.closeIdle()
+}
+
+// newAppTransport returns transports to the local app whose connections
+// are dialed from from (see dialApp).
+func (p *Proxy) newAppTransport(from netip.Addr) appTransport {
+	dialApp := func(ctx context.Context, addr string) (net.Conn, error) {
+		dst, err := netip.ParseAddrPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		c, err := p.dialApp(ctx, from, dst)
+		if err != nil {
+			return nil, &dialError{err}
+		}
+		return &meshHTTPConn{Conn: c, p: p, tcp: c}, nil
+	}
+	return appTransport{
+		h1: &http.Transport{
+			DialContext:            func(ctx context.Context, _, addr string) (net.Conn, error) { return dialApp(ctx, addr) },
+			DisableCompression:     true,
+			MaxIdleConnsPerHost:    64,
+			IdleConnTimeout:        90 * time.Second,
+			MaxResponseHeaderBytes: maxHeaderBytes,
+		},
+		h2c: &http2.Transport{
+			AllowHTTP:          true,
+			DialTLSContext:     func(ctx context.Context, _, addr string, _ *tls.Config) (net.Conn, error) { return dialApp(ctx, addr) },
+			DisableCompression: true,
+			MaxHeaderListSize:  maxHeaderBytes + 64<<10,
+			IdleConnTimeout:    90 * time.Second,
+		},
+	}
 }
 
 // meshHTTPConn is a pooled upstream connection: closing it deregisters it
@@ -442,9 +449,17 @@ func underlyingTCP(c net.Conn) *net.TCPConn {
 
 // serveInboundHTTP serves a meshgate/h2 connection from a client sidecar:
 // each request goes to the app at dst in the protocol the client app
-// spoke, with the client's verified identity in hdrClientCert.
-func (p *Proxy) serveInboundHTTP(ctx context.Context, mc meshConn, dst netip.AddrPort, m *dirMetrics) outcome {
+// spoke, with the client's verified identity in hdrClientCert. With from
+// (tproxy mode) the app is to see the client's address, so the requests
+// go over connections of their own dialed from it, not the pool shared by
+// every client, and those are closed with the mesh connection.
+func (p *Proxy) serveInboundHTTP(ctx context.Context, mc meshConn, from netip.Addr, dst netip.AddrPort, m *dirMetrics) outcome {
 	o := outcome{dst: dst, mtls: true, tls: mc.info}
+	app := p.l7.app
+	if from.IsValid() {
+		app = p.newAppTransport(from)
+		defer app.closeIdle()
+	}
 	cc := &countingConn{Conn: mc.conn, sentC: m.sent, recvC: m.received}
 	peer := mc.info.peer.String()
 	rp := &httputil.ReverseProxy{
@@ -454,7 +469,7 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, mc meshConn, dst netip.Add
 			pr.Out.Host = pr.In.Host
 			pr.Out.Header.Set(hdrClientCert, "URI="+peer)
 		},
-		Transport:     appTransport{p.l7},
+		Transport:     app,
 		BufferPool:    copyBuffers{},
 		FlushInterval: 0, // see flushNote
 		ErrorLog:      discardLog,
@@ -507,15 +522,24 @@ func (p *Proxy) upgradeHead(mc meshConn) ([]byte, error) {
 
 // appTransport sends a request to the local app in the protocol named by
 // hdrAppProtocol (which it removes): HTTP/1.1, or h2c.
-type appTransport struct{ l *l7 }
+type appTransport struct {
+	h1  *http.Transport
+	h2c *http2.Transport
+}
 
 func (t appTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	proto := r.Header.Get(hdrAppProtocol)
 	r.Header.Del(hdrAppProtocol)
 	if proto == "http2" {
-		return t.l.appH2C.RoundTrip(r)
+		return t.h2c.RoundTrip(r)
 	}
-	return t.l.appH1.RoundTrip(r)
+	return t.h1.RoundTrip(r)
+}
+
+// closeIdle closes the app connections no request uses.
+func (t appTransport) closeIdle() {
+	t.h1.CloseIdleConnections()
+	t.h2c.CloseIdleConnections()
 }
 
 // proxyError answers a request the proxy could not pass on: 502 when the

@@ -158,18 +158,22 @@ func interceptionInNetns(t *testing.T) {
 		r := startProxy(t, cfg)
 		be := startBackend(t, "127.0.0.1:0", echo)
 		bport := strconv.Itoa(int(addrPort(be.ln.Addr()).Port()))
-		// Istio-style TPROXY inbound: marked packets are routed locally;
-		// the proxy's own connections to the app (from 127.0.0.6) pass.
+		inPort := strconv.Itoa(int(r.Addrs().Inbound[0].Port()))
+		// TPROXY inbound: marked packets are routed locally; the proxy's
+		// own connections to the app (by their socket mark) pass.
 		run(t, "ip", "rule", "add", "fwmark", "0x1/0x1", "lookup", "133")
+		t.Cleanup(func() { run(t, "ip", "rule", "del", "fwmark", "0x1/0x1", "lookup", "133") })
 		run(t, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "133")
-		ipt(t, "iptables", []string{"-t", "mangle", "PREROUTING", "-p", "tcp", "-s", "127.0.0.6", "-j", "RETURN"})
+		t.Cleanup(func() { run(t, "ip", "route", "del", "local", "0.0.0.0/0", "dev", "lo", "table", "133") })
+		ipt(t, "iptables", []string{"-t", "mangle", "PREROUTING", "-p", "tcp", "-m", "mark", "--mark", "0x539", "-j", "RETURN"})
 		ipt(t, "iptables", []string{"-t", "mangle", "PREROUTING", "-p", "tcp", "--dport", bport,
-			"-j", "TPROXY", "--on-port", strconv.Itoa(int(r.Addrs().Inbound[0].Port())), "--tproxy-mark", "0x1/0x1"})
+			"-j", "TPROXY", "--on-port", inPort, "--tproxy-mark", "0x1/0x1"})
 
 		c := dial(t, be.addr())
 		if got := roundTrip(t, c, "tproxied"); got != "tproxied" {
 			t.Fatalf("echo = %q", got)
 		}
+		client := addrPort(c.LocalAddr())
 		c.Close()
 		e := r.closedLogs(t, 1)[0]
 		if got := field(e, "direction"); got != "inbound" {
@@ -178,8 +182,27 @@ func interceptionInNetns(t *testing.T) {
 		if got := field(e, "dst"); got != be.addr() {
 			t.Errorf("dst = %s, want %s", got, be.addr())
 		}
-		if srcs := be.sources(); len(srcs) != 1 || srcs[0].Addr() != netip.MustParseAddr("127.0.0.6") {
-			t.Errorf("app saw %v, want one connection from 127.0.0.6", srcs)
+		// What tproxy mode is for: the app sees the client's address.
+		if srcs := be.sources(); len(srcs) != 1 || srcs[0].Addr() != client.Addr() || srcs[0] == client {
+			t.Errorf("app saw %v, want one connection from the client's address %v (on a port of the proxy's)", srcs, client.Addr())
+		}
+
+		// The pod calling its own address is captured by nat (TPROXY sees
+		// only traffic from outside): its original destination is
+		// SO_ORIGINAL_DST, and the app is reached from 127.0.0.6.
+		be2 := startBackend(t, "127.0.0.1:0", echo)
+		ipt(t, "iptables", []string{"-t", "nat", "OUTPUT", "-p", "tcp", "-d", "127.0.0.1", "--dport", strconv.Itoa(int(addrPort(be2.ln.Addr()).Port())),
+			"-m", "mark", "!", "--mark", "0x539", "-j", "REDIRECT", "--to-ports", inPort})
+		c = dial(t, be2.addr())
+		if got := roundTrip(t, c, "redirected"); got != "redirected" {
+			t.Fatalf("echo = %q", got)
+		}
+		c.Close()
+		if got := field(r.closedLogs(t, 2)[1], "dst"); got != be2.addr() {
+			t.Errorf("redirected in tproxy mode: dst = %s, want %s", got, be2.addr())
+		}
+		if srcs := be2.sources(); len(srcs) != 1 || srcs[0].Addr() != netip.MustParseAddr("127.0.0.6") {
+			t.Errorf("redirected in tproxy mode: app saw %v, want one connection from 127.0.0.6", srcs)
 		}
 	})
 }

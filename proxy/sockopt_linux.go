@@ -49,22 +49,47 @@ func probeMark(mark uint32) error {
 // IP_TRANSPARENT (IPv4) or IPV6_TRANSPARENT (IPv6), so TPROXY rules can
 // hand it connections addressed to any destination.
 func transparentControl(network, address string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) { serr = setTransparent(int(fd), network) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+// transparentDialControl returns a net.Dialer.Control that makes the
+// socket transparent, so it can be bound to an address that is not this
+// namespace's (a client's, in tproxy mode), and marks it with mark unless
+// mark is 0.
+func transparentDialControl(mark uint32) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			if serr = setTransparent(int(fd), network); serr == nil && mark != 0 {
+				serr = os.NewSyscallError("setsockopt SO_MARK", unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark)))
+			}
+		}); err != nil {
+			return err
+		}
+		return serr
+	}
+}
+
+// setTransparent sets IP_TRANSPARENT on an IPv4 socket of network (tcp4),
+// IPV6_TRANSPARENT on an IPv6 one (tcp6).
+func setTransparent(fd int, network string) error {
 	level, opt, name := unix.SOL_IP, unix.IP_TRANSPARENT, "IP_TRANSPARENT"
 	if strings.HasSuffix(network, "6") {
 		level, opt, name = unix.SOL_IPV6, unix.IPV6_TRANSPARENT, "IPV6_TRANSPARENT"
 	}
-	var serr error
-	if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), level, opt, 1) }); err != nil {
-		return err
+	serr := unix.SetsockoptInt(fd, level, opt, 1)
+	if serr == nil {
+		return nil
 	}
-	if serr != nil {
-		err := os.NewSyscallError("setsockopt "+name, serr)
-		if errors.Is(serr, unix.EPERM) {
-			return fmt.Errorf("%w (tproxy mode needs CAP_NET_ADMIN)", err)
-		}
-		return err
+	err := os.NewSyscallError("setsockopt "+name, serr)
+	if errors.Is(serr, unix.EPERM) {
+		return fmt.Errorf("%w (tproxy mode needs CAP_NET_ADMIN)", err)
 	}
-	return nil
+	return err
 }
 
 // ipv6Disabled reports whether this network namespace has IPv6 turned off.
