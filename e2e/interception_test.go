@@ -68,34 +68,7 @@ func TestPodToPodHTTP(t *testing.T) {
 				t.Errorf("connection errors: outbound %v, inbound %v", out["error"], in["error"])
 			}
 
-			// 8 MB down: the body hash matches the server's.
-			dir := t.TempDir()
-			file := filepath.Join(dir, "down")
-			hdrs := curl(t, a, "-D", "-", "-o", file, url(dst, 8080, "/bytes?n=8000000"))
-			m := regexp.MustCompile(`(?i)x-content-sha256: ([0-9a-f]{64})`).FindStringSubmatch(hdrs)
-			if m == nil {
-				t.Fatalf("no X-Content-Sha256 in %q", hdrs)
-			}
-			if got := fileSHA(t, file); got != m[1] {
-				t.Errorf("8 MB download: sha256 %s, server sent %s", got, m[1])
-			}
-
-			// 6 MB up: the server's hash of what it received matches.
-			up := filepath.Join(dir, "up")
-			data := make([]byte, 6<<20)
-			rand.Read(data)
-			os.WriteFile(up, data, 0o644)
-			var res struct {
-				Length int64
-				SHA256 string
-			}
-			body = curl(t, a, "--data-binary", "@"+up, "-H", "Content-Type: application/octet-stream", url(dst, 8080, "/sha256"))
-			if err := json.Unmarshal([]byte(body), &res); err != nil {
-				t.Fatalf("upload response %q: %v", body, err)
-			}
-			if sum := sha256.Sum256(data); res.Length != int64(len(data)) || res.SHA256 != hex.EncodeToString(sum[:]) {
-				t.Errorf("6 MB upload: server got %d bytes sha256 %s", res.Length, res.SHA256)
-			}
+			bigBodies(t, a, dst)
 
 			// Both sidecars counted the bytes in their own direction.
 			time.Sleep(100 * time.Millisecond)
@@ -116,6 +89,40 @@ func TestPodToPodHTTP(t *testing.T) {
 				t.Errorf("a outbound active connections = %v after all clients finished, want 0", v)
 			}
 		})
+	}
+}
+
+// bigBodies sends an 8 MB download and a 6 MB upload between pod and the
+// demo app at dst, and checks that both bodies arrived intact.
+func bigBodies(t *testing.T, pod *topology.Pod, dst netip.Addr) {
+	t.Helper()
+	// 8 MB down: the body hash matches the server's.
+	dir := t.TempDir()
+	file := filepath.Join(dir, "down")
+	hdrs := curl(t, pod, "-D", "-", "-o", file, url(dst, 8080, "/bytes?n=8000000"))
+	m := regexp.MustCompile(`(?i)x-content-sha256: ([0-9a-f]{64})`).FindStringSubmatch(hdrs)
+	if m == nil {
+		t.Fatalf("no X-Content-Sha256 in %q", hdrs)
+	}
+	if got := fileSHA(t, file); got != m[1] {
+		t.Errorf("8 MB download: sha256 %s, server sent %s", got, m[1])
+	}
+
+	// 6 MB up: the server's hash of what it received matches.
+	up := filepath.Join(dir, "up")
+	data := make([]byte, 6<<20)
+	rand.Read(data)
+	os.WriteFile(up, data, 0o644)
+	var res struct {
+		Length int64
+		SHA256 string
+	}
+	body := curl(t, pod, "--data-binary", "@"+up, "-H", "Content-Type: application/octet-stream", url(dst, 8080, "/sha256"))
+	if err := json.Unmarshal([]byte(body), &res); err != nil {
+		t.Fatalf("upload response %q: %v", body, err)
+	}
+	if sum := sha256.Sum256(data); res.Length != int64(len(data)) || res.SHA256 != hex.EncodeToString(sum[:]) {
+		t.Errorf("6 MB upload: server got %d bytes sha256 %s", res.Length, res.SHA256)
 	}
 }
 

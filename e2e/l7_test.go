@@ -11,6 +11,7 @@ import (
 
 // appView is what the demo app's GET / reports of a request.
 type appView struct {
+	Remote      string `json:"remote"`
 	Proto       string `json:"proto"`
 	ClientCert  string `json:"client_cert"`
 	RequestID   string `json:"request_id"`
