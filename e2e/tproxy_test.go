@@ -94,10 +94,11 @@ func skipNoIPv6(t *testing.T, fam family) {
 // TestTProxyClientAddress: what tproxy mode is for. Pod b is enrolled with
 // --mode tproxy, and its app sees the client pod a's own address as the
 // source of what a sends it, where redirect mode shows it the sidecar's
-// passthrough source. For IPv4 and IPv6, and two clients: a enrolled in
-// tproxy mode too, mTLS (strict) between the sidecars as usual, the app
-// given a's verified identity; and a without a sidecar, plaintext that b
-// (permissive) lets in, with no identity. Each sends an HTTP request
+// passthrough source. For IPv4 and IPv6, and three clients: a enrolled in
+// tproxy mode too, or in the default redirect mode, with mTLS (strict)
+// between the sidecars as usual and the app given a's verified identity;
+// and a without a sidecar, plaintext that b (permissive) lets in, with no
+// identity. Each sends an HTTP request
 // (pooled HTTP/2 between sidecars), multi-megabyte bodies both ways and
 // opaque TCP. Nothing loops: the sidecar's connections to its app, from
 // a's address, and the app's replies to them are not captured again. And
@@ -106,9 +107,9 @@ func skipNoIPv6(t *testing.T, fam family) {
 func TestTProxyClientAddress(t *testing.T) {
 	needRoot(t)
 	for _, tc := range []struct {
-		name string
-		mesh bool // a has a sidecar; else b is permissive
-	}{{"mtls", true}, {"plaintext", false}} {
+		name  string
+		aMode string // a's sidecar: tproxy or redirect; none: b is permissive
+	}{{"mtls", "tproxy"}, {"mtls-client-redirect", "redirect"}, {"plaintext", ""}} {
 		for _, fam := range families {
 			t.Run(tc.name+"/"+fam.name, func(t *testing.T) {
 				skipNoIPv6(t, fam)
@@ -118,9 +119,13 @@ func TestTProxyClientAddress(t *testing.T) {
 				ca := meshCA(t)
 				var sa *sidecar
 				mode, identity := "permissive", ""
-				if tc.mesh {
+				if tc.aMode != "" {
 					mode, identity = "strict", "URI="+spiffeFor(a)
-					sa = enroll(t, a, tproxyOpts(meshOpts(issueFor(t, ca, a), mode, a, b)))
+					o := meshOpts(issueFor(t, ca, a), mode, a, b)
+					if tc.aMode == "tproxy" {
+						o = tproxyOpts(o)
+					}
+					sa = enroll(t, a, o)
 				}
 				sb := enroll(t, b, tproxyOpts(meshOpts(issueFor(t, ca, b), mode, a, b)))
 				src, dst := fam.addr(a).String(), fam.addr(b)
@@ -146,7 +151,7 @@ func TestTProxyClientAddress(t *testing.T) {
 				rand.Read(msg)
 				echo(t, a, hostPort(dst, 9000), msg)
 
-				if tc.mesh {
+				if sa != nil {
 					meshConnsMatch(t, sa, sb, a, b)
 				} else {
 					self := getView(t, b, url(dst, 8080, "/"))
