@@ -36,14 +36,16 @@ func TestEnrollRunningServer(t *testing.T) {
 
 	curl(t, a, url(b.IPv4, 8080, "/"))
 	echo(t, a, hostPort(b.IPv4, 9000), []byte("through the enrolled sidecar"))
-	time.Sleep(100 * time.Millisecond)
-	m, err := b.Scrape(ctxFor(t, 5*time.Second), 15020)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := m["meshgate_tcp_connections_opened_total{direction=inbound}"]; n != 2 {
-		t.Errorf("enrolled sidecar saw %v inbound connections, want 2", n)
-	}
+	eventually(t, 5*time.Second, func() error {
+		m, err := b.Scrape(ctxFor(t, 5*time.Second), 15020)
+		if err != nil {
+			return err
+		}
+		if n := m["meshgate_tcp_connections_opened_total{direction=inbound}"]; n != 2 {
+			return fmt.Errorf("enrolled sidecar saw %v inbound connections, want 2", n)
+		}
+		return nil
+	})
 	if app.Exited() || procStart(t, app.PID()) != startTime {
 		t.Error("the workload was restarted by enroll; it must keep running untouched")
 	}

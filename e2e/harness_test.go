@@ -181,6 +181,41 @@ func waitListening(t *testing.T, pod *topology.Pod, addr netip.AddrPort, p *topo
 	}
 }
 
+// eventually runs check until it returns nil, and fails the test with its
+// last error once limit has passed. Tests wait for what they expect rather
+// than sleep and then look: a sleep long enough on an idle machine is too
+// short on a busy one. A check of an exact count passes once the count is
+// reached; one that goes past it fails at limit with the count it saw.
+// The pause between tries grows from 20 ms to 250 ms.
+func eventually(t *testing.T, limit time.Duration, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	pause := 20 * time.Millisecond
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still, after %s: %v", limit, err)
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 250*time.Millisecond)
+	}
+}
+
+// waitFor is eventually for a condition that needs no explaining beyond
+// what it is.
+func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	eventually(t, limit, func() error {
+		if cond() {
+			return nil
+		}
+		return fmt.Errorf("waiting for %s", what)
+	})
+}
+
 // sidecar is a meshgate proxy running in a pod.
 type sidecar struct {
 	pod  *topology.Pod

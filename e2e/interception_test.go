@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -70,24 +72,29 @@ func TestPodToPodHTTP(t *testing.T) {
 
 			bigBodies(t, a, dst)
 
-			// Both sidecars counted the bytes in their own direction.
-			time.Sleep(100 * time.Millisecond)
-			ma, mb := sa.metrics(t), sb.metrics(t)
-			if v := ma["meshgate_tcp_received_bytes_total{direction=outbound}"]; v < 8e6 {
-				t.Errorf("a outbound received bytes = %v, want ≥ 8e6", v)
-			}
-			if v := ma["meshgate_tcp_sent_bytes_total{direction=outbound}"]; v < 6<<20 {
-				t.Errorf("a outbound sent bytes = %v, want ≥ 6 MiB", v)
-			}
-			if v := mb["meshgate_tcp_sent_bytes_total{direction=inbound}"]; v < 6<<20 {
-				t.Errorf("b inbound sent bytes = %v, want ≥ 6 MiB", v)
-			}
-			if v := mb["meshgate_tcp_connections_opened_total{direction=inbound}"]; v != 3 {
-				t.Errorf("b inbound connections = %v, want 3 (one per curl)", v)
-			}
-			if v := ma["meshgate_tcp_connections_active{direction=outbound}"]; v != 0 {
-				t.Errorf("a outbound active connections = %v after all clients finished, want 0", v)
-			}
+			// Both sidecars counted the bytes in their own direction. A
+			// connection's last bytes are counted, and it stops being
+			// active, as it closes, which can be after curl has finished.
+			eventually(t, 5*time.Second, func() error {
+				var errs []error
+				ma, mb := sa.metrics(t), sb.metrics(t)
+				if v := ma["meshgate_tcp_received_bytes_total{direction=outbound}"]; v < 8e6 {
+					errs = append(errs, fmt.Errorf("a outbound received bytes = %v, want ≥ 8e6", v))
+				}
+				if v := ma["meshgate_tcp_sent_bytes_total{direction=outbound}"]; v < 6<<20 {
+					errs = append(errs, fmt.Errorf("a outbound sent bytes = %v, want ≥ 6 MiB", v))
+				}
+				if v := mb["meshgate_tcp_sent_bytes_total{direction=inbound}"]; v < 6<<20 {
+					errs = append(errs, fmt.Errorf("b inbound sent bytes = %v, want ≥ 6 MiB", v))
+				}
+				if v := mb["meshgate_tcp_connections_opened_total{direction=inbound}"]; v != 3 {
+					errs = append(errs, fmt.Errorf("b inbound connections = %v, want 3 (one per curl)", v))
+				}
+				if v := ma["meshgate_tcp_connections_active{direction=outbound}"]; v != 0 {
+					errs = append(errs, fmt.Errorf("a outbound active connections = %v after all clients finished, want 0", v))
+				}
+				return errors.Join(errs...)
+			})
 		})
 	}
 }
@@ -243,8 +250,11 @@ func TestNoLoop(t *testing.T) {
 			startApp(t, b)
 			sa := enroll(t, a, tc.o)
 			curl(t, a, url(b.IPv4, 8080, "/"))
+			// Once the client's connection is logged closed, a loop would
+			// have shown: the sidecar's own connection to b, had it been
+			// captured, was accepted (and counted) on the way to b, before
+			// any answer could come back.
 			sa.waitLog(t, "outbound", hostPort(b.IPv4, 8080))
-			time.Sleep(200 * time.Millisecond) // a loop would keep opening connections
 			if n := sa.conns(t, "outbound"); n != 1 {
 				t.Errorf("a's sidecar opened %v outbound connections for one request, want 1 (a loop captures its own)", n)
 			}
@@ -357,15 +367,24 @@ func TestLoopDetected(t *testing.T) {
 	if strings.Contains(err.Error(), "timed out") {
 		t.Errorf("the loop was not broken: curl timed out (%v)", err)
 	}
-	if !strings.Contains(sa.proc.Output(), "captured again") {
-		t.Errorf("sidecar log does not name the loop:\n%s", tail(sa.proc.Output(), 10))
-	}
-	// The loop was cut after a few hops, not left to run away.
-	time.Sleep(200 * time.Millisecond)
+	// The refusal is logged as the captured connection closes, which can
+	// be a moment after curl saw the failure it caused.
+	eventually(t, 5*time.Second, func() error {
+		if !strings.Contains(sa.proc.Output(), "captured again") {
+			return fmt.Errorf("sidecar log does not name the loop:\n%s", tail(sa.proc.Output(), 10))
+		}
+		return nil
+	})
+	// The loop was cut after a few hops, not left to run away. Each hop
+	// is dialed by a connection still open, so once none is active no
+	// further hop can come, and the count is final.
+	eventually(t, 5*time.Second, func() error {
+		if n := sa.metrics(t)["meshgate_tcp_connections_active{direction=outbound}"]; n != 0 {
+			return fmt.Errorf("%v looped connections still active", n)
+		}
+		return nil
+	})
 	if n := sa.conns(t, "outbound"); n > 10 {
 		t.Errorf("sidecar accepted %v outbound connections for one request: the loop ran on", n)
-	}
-	if n := sa.metrics(t)["meshgate_tcp_connections_active{direction=outbound}"]; n != 0 {
-		t.Errorf("%v looped connections still active", n)
 	}
 }

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -95,19 +97,24 @@ func TestL7RealClients(t *testing.T) {
 	// The client side saw every request: 3 by curl over L7, curl's h2c
 	// Upgrade (declined: 200) and the WebSocket's (101), each on a mesh
 	// connection of its own, and nghttp's. The server side saw the 4 that
-	// rode L7 (upgrades pass as bytes), each from the verified peer.
-	time.Sleep(100 * time.Millisecond) // the last access log line lands as its response ends
-	am := sa.metrics(t)
-	if n := am["meshgate_http_requests_total{direction=outbound,method=GET,peer_identity="+spiffeFor(b)+",response_class=2xx}"]; n != 5 {
-		t.Errorf("a's sidecar counted %v GETs to %s answered 2xx, want 5", n, spiffeFor(b))
-	}
-	if n := am["meshgate_http_requests_total{direction=outbound,method=GET,peer_identity="+spiffeFor(b)+",response_class=1xx}"]; n != 1 {
-		t.Errorf("a's sidecar counted %v GETs to %s answered 101, want 1 (the WebSocket)", n, spiffeFor(b))
-	}
-	if n := sb.metrics(t)["meshgate_http_requests_total{direction=inbound,method=GET,peer_identity="+spiffeFor(a)+",response_class=2xx}"]; n != 4 {
-		t.Errorf("b's sidecar counted %v GETs from %s answered 2xx, want 4", n, spiffeFor(a))
-	}
-	if n := strings.Count(sb.proc.Output(), `"msg":"request"`); n != 4 {
-		t.Errorf("b's access log has %d request lines, want 4", n)
-	}
+	// rode L7 (upgrades pass as bytes), each from the verified peer. A
+	// request is counted and logged as its response ends, which can be
+	// after the client has read it.
+	eventually(t, 5*time.Second, func() error {
+		var errs []error
+		am := sa.metrics(t)
+		if n := am["meshgate_http_requests_total{direction=outbound,method=GET,peer_identity="+spiffeFor(b)+",response_class=2xx}"]; n != 5 {
+			errs = append(errs, fmt.Errorf("a's sidecar counted %v GETs to %s answered 2xx, want 5", n, spiffeFor(b)))
+		}
+		if n := am["meshgate_http_requests_total{direction=outbound,method=GET,peer_identity="+spiffeFor(b)+",response_class=1xx}"]; n != 1 {
+			errs = append(errs, fmt.Errorf("a's sidecar counted %v GETs to %s answered 101, want 1 (the WebSocket)", n, spiffeFor(b)))
+		}
+		if n := sb.metrics(t)["meshgate_http_requests_total{direction=inbound,method=GET,peer_identity="+spiffeFor(a)+",response_class=2xx}"]; n != 4 {
+			errs = append(errs, fmt.Errorf("b's sidecar counted %v GETs from %s answered 2xx, want 4", n, spiffeFor(a)))
+		}
+		if n := strings.Count(sb.proc.Output(), `"msg":"request"`); n != 4 {
+			errs = append(errs, fmt.Errorf("b's access log has %d request lines, want 4", n))
+		}
+		return errors.Join(errs...)
+	})
 }

@@ -219,19 +219,6 @@ func (tr *traffic) check(t *testing.T, phase string) {
 	t.Logf("%s: %d requests, 0 failed", phase, tr.ok.Load())
 }
 
-// waitFor polls cond until it holds, failing after limit (a wait for
-// renewals that come every ~15 s, not a timing assertion).
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
 // TestMTLSCAServeRenewsAndRotatesRoot: two sidecars get 30 s certificates
 // from "meshgate ca serve" and renew them several times under continuous
 // traffic; then the root is rotated in steps (old root + new root in the

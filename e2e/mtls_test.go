@@ -191,13 +191,12 @@ func TestMTLSModes(t *testing.T) {
 			if mode == "strict" {
 				// The line is written as the refused connection closes,
 				// which can be a moment after curl saw it refused.
-				deadline := time.Now().Add(5 * time.Second)
-				for !strings.Contains(sb.proc.Output(), "plaintext refused") && time.Now().Before(deadline) {
-					time.Sleep(20 * time.Millisecond)
-				}
-				if !strings.Contains(sb.proc.Output(), "plaintext refused") {
-					t.Errorf("strict refusal not explained in the log:\n%s", tail(sb.proc.Output(), 10))
-				}
+				eventually(t, 5*time.Second, func() error {
+					if !strings.Contains(sb.proc.Output(), "plaintext refused") {
+						return fmt.Errorf("strict refusal not explained in the log:\n%s", tail(sb.proc.Output(), 10))
+					}
+					return nil
+				})
 			}
 			// From a: the connection dialed while curl's first bytes were
 			// detected, and the pooled HTTP/2 one its request rode.
@@ -269,9 +268,14 @@ func TestMTLSRefusesBadPeers(t *testing.T) {
 			if n := sa.tlsHandshakes(t, "direction=outbound", "result=failed", "reason="+tc.reason); n < 1 {
 				t.Errorf("no failed outbound handshake with reason %s in a's metrics", tc.reason)
 			}
-			if !strings.Contains(sa.proc.Output(), tc.reason) {
-				t.Errorf("a's log does not name the reason %s:\n%s", tc.reason, tail(sa.proc.Output(), 8))
-			}
+			// The line is written as the refused connection closes,
+			// which can be a moment after curl saw it refused.
+			eventually(t, 5*time.Second, func() error {
+				if !strings.Contains(sa.proc.Output(), tc.reason) {
+					return fmt.Errorf("a's log does not name the reason %s:\n%s", tc.reason, tail(sa.proc.Output(), 8))
+				}
+				return nil
+			})
 		})
 	}
 }
@@ -326,13 +330,18 @@ func TestMTLSRotationKeepsConnections(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for i := 10; i < 40; i++ {
+	// The stream goes on while b takes up its new certificate (when the
+	// file change is seen, which a busy machine can delay), and after.
+	i := 10
+	waitFor(t, "b to serve a certificate other than "+before, 20*time.Second, func() bool {
+		for range 3 {
+			roundTrip(i)
+			i++
+		}
+		return servedSerial(t, probe, b, probeDir) != before
+	})
+	for end := i + 10; i < end; i++ {
 		roundTrip(i)
-		time.Sleep(50 * time.Millisecond)
-	}
-	after := servedSerial(t, probe, b, probeDir)
-	if after == before {
-		t.Errorf("after rotation b still serves serial %s", before)
 	}
 	curl(t, a, url(b.IPv4, 8080, "/")) // new connections work with the new cert
 }

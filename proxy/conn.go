@@ -25,6 +25,10 @@ var errLoop = errors.New("loop guard: the original destination is this proxy's o
 var errCaptured = errors.New("loop guard: this connection was opened by the proxy itself and captured again; " +
 	"the redirect rules must exempt the proxy's socket mark (--proxy-mark) or its UID (--proxy-uid)")
 
+// errNotRedirected says a connection reached a capture listener without
+// being redirected there: someone connected to the port directly.
+var errNotRedirected = errors.New("not redirected: no NAT entry for this connection (was it made to the capture port directly?)")
+
 // outcome is what happened to one connection, for its log line.
 type outcome struct {
 	dst      netip.AddrPort // original destination; invalid if unknown
@@ -239,6 +243,17 @@ func (p *Proxy) originalDst(l *captureListener, c *net.TCPConn) (netip.AddrPort,
 		return localOriginalDst(c)
 	}
 	return redirectOriginalDst(c)
+}
+
+// localOriginalDst is the original destination in TPROXY mode: TPROXY
+// delivers the connection without rewriting it, so the accepted socket's
+// local address is where the client was going.
+func localOriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(c.LocalAddr().String())
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("original destination: local address: %w", err)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
 // isSelf reports whether dst is one of the proxy's capture listeners: a

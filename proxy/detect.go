@@ -134,8 +134,9 @@ type opening struct {
 // settled says they are enough; meanwhile, if dial is set, the upstream
 // is dialed and watched, so that an upstream that speaks first (a
 // server-first protocol: MySQL, SMTP, ...) is heard at once instead of
-// after a detection timeout. Inbound mTLS uses it in permissive mode;
-// protocol detection (issue 4) is meant to reuse it.
+// after a detection timeout. Inbound mTLS waits for the ClientHello with
+// it (dialing the app only in permissive mode), and protocol detection
+// waits for the app's first bytes with it (protocol.go).
 type firstBytesRace struct {
 	client  *peekConn
 	settled func(peeked []byte) bool

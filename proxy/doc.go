@@ -61,4 +61,10 @@
 // health probes (15021) and an admin API on loopback (15000). Run drains
 // on shutdown: it stops accepting, reports not ready, lets in-flight
 // connections finish within a grace period and then closes them.
+//
+// The system calls (original destination, socket mark, transparent
+// listeners, splice, peeking) live in *_linux.go files. Off Linux the
+// *_other.go stubs let the package build and vet: splice and peeking fall
+// back to a buffer, and anything that needs Linux fails with an error
+// naming it, so a captured connection is refused there.
 package proxy

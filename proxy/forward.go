@@ -25,6 +25,11 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 // the idle timeout.
 var ErrIdleTimeout = errors.New("idle timeout")
 
+// errSpliceUnsupported says splice(2) cannot go on (not supported for
+// these sockets, or no pipe to be had) while no byte is in flight: the
+// caller carries on with a buffer copy from where it stopped.
+var errSpliceUnsupported = errors.New("splice not supported")
+
 // copyMode picks how forward moves bytes.
 type copyMode uint8
 

@@ -69,7 +69,8 @@ func WithMeshTLS(m MeshTLS) Option {
 
 // The ALPN protocols of mesh connections. The client sidecar names the
 // inner protocol, so the server sidecar need not detect it again
-// (shared/DESIGN.md §5). Issue 4 adds meshgate/http1 and meshgate/h2.
+// (shared/DESIGN.md §5): meshgate/tcp here, and meshgate/h2 and
+// meshgate/http1 for L7 HTTP (l7.go).
 const (
 	alpnPrefix = "meshgate/"
 	alpnTCP    = "meshgate/tcp" // opaque TCP: the bytes as the app sent them

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -15,10 +14,6 @@ import (
 // linux/netfilter_ipv6/ip6_tables.h; golang.org/x/sys/unix lacks it. It
 // has the same value as SO_ORIGINAL_DST but lives at level SOL_IPV6.
 const ip6tSOOriginalDst = 80
-
-// errNotRedirected says a connection reached a capture listener without
-// being redirected there: someone connected to the port directly.
-var errNotRedirected = errors.New("not redirected: no NAT entry for this connection (was it made to the capture port directly?)")
 
 // redirectOriginalDst returns the destination a connection had before an
 // iptables REDIRECT (or DNAT) rewrote it: SO_ORIGINAL_DST for IPv4 and
@@ -81,15 +76,4 @@ func getOriginalDst(fd int, v6 bool) (netip.AddrPort, error) {
 func ntohs(p uint16) uint16 {
 	b := (*[2]byte)(unsafe.Pointer(&p))
 	return uint16(b[0])<<8 | uint16(b[1])
-}
-
-// localOriginalDst is the original destination in TPROXY mode: TPROXY
-// delivers the connection without rewriting it, so the accepted socket's
-// local address is where the client was going.
-func localOriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
-	ap, err := netip.ParseAddrPort(c.LocalAddr().String())
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("original destination: local address: %w", err)
-	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -54,11 +53,6 @@ func putPipe(p *pipe, empty bool) {
 		pipePool.Put(p)
 	}
 }
-
-// errSpliceUnsupported says splice(2) cannot go on (not supported for
-// these sockets, or no pipe to be had) while no byte is in flight: the
-// caller carries on with a buffer copy from where it stopped.
-var errSpliceUnsupported = errors.New("splice not supported")
 
 // splice flags: the pipe side must not block (the sockets are non-blocking
 // already), and pages are moved rather than copied where possible.

@@ -53,18 +53,11 @@ func (p *Pod) Start(argv []string, o ProcOptions) (*Process, error) {
 		w := lockedWriter{pr}
 		cmd.Stdout, cmd.Stderr = w, w
 	}
-	// Pdeathsig: a test binary that dies without running Close takes its
-	// pods' processes with it (the starting thread is a pooled one that
-	// lives as long as the process).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if o.UID != nil {
-		gid := *o.UID
-		if o.GID != nil {
-			gid = *o.GID
-		}
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: *o.UID, Gid: gid}
-		cmd.SysProcAttr.AmbientCaps = []uintptr{capNetAdmin}
+	attr, err := o.sysProcAttr()
+	if err != nil {
+		return nil, fmt.Errorf("topology: start %q in %s: %w", pr.name, p.NS, err)
 	}
+	cmd.SysProcAttr = attr
 	if err := nsrun.Do(p.Path(), cmd.Start); err != nil {
 		return nil, fmt.Errorf("topology: start %q in %s: %w", pr.name, p.NS, err)
 	}
@@ -77,9 +70,6 @@ func (p *Pod) Start(argv []string, o ProcOptions) (*Process, error) {
 	p.lab.mu.Unlock()
 	return pr, nil
 }
-
-// capNetAdmin is CAP_NET_ADMIN, needed for SO_MARK.
-const capNetAdmin = 12
 
 // Run runs argv inside the pod and returns its stdout; on failure the
 // error carries stderr.

@@ -225,7 +225,7 @@ func (e enrollment) startSidecar(args []string, uid *uint32) (int, error) {
 		// The proxy runs as the exempted UID, keeping CAP_NET_ADMIN so it
 		// can also mark its sockets: either exemption alone suffices.
 		attr.Sys.Credential = &syscall.Credential{Uid: *uid, Gid: *uid}
-		attr.Sys.AmbientCaps = []uintptr{12} // CAP_NET_ADMIN
+		keepNetAdmin(attr.Sys)
 	}
 	var proc *os.Process
 	err = nsrun.Do(e.netns, func() error {
