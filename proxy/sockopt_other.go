@@ -25,3 +25,8 @@ func transparentControl(string, string, syscall.RawConn) error {
 
 // ipv6Disabled cannot tell off Linux (no /proc/sys): binding [::] finds out.
 func ipv6Disabled() (bool, string) { return false, "" }
+
+// transparentDialControl fails off Linux: tproxy mode needs IP_TRANSPARENT.
+func transparentDialControl(uint32) func(network, address string, c syscall.RawConn) error {
+	return transparentControl
+}
