@@ -224,10 +224,7 @@ func (p *Proxy) isSelf(dst netip.AddrPort, c *net.TCPConn) bool {
 // the passthrough source so the rules do not capture it again. Both are
 // marked (when marking works).
 func (p *Proxy) dial(ctx context.Context, dir Direction, dst netip.AddrPort) (*net.TCPConn, error) {
-	d := net.Dialer{Timeout: p.cfg.Timeouts.Connect.D()}
-	if p.markOn {
-		d.Control = markControl(uint32(p.cfg.Mark))
-	}
+	d := net.Dialer{Timeout: p.cfg.Timeouts.Connect.D(), Control: p.markCtl}
 	fam := 0
 	if dst.Addr().Is6() {
 		fam = 1
