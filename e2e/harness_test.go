@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -194,6 +195,38 @@ type enrollOpts struct {
 	proxyArgs    []string // extra flags for meshgate proxy
 	uid          *uint32  // run the proxy as this UID; nil = 1337
 	root         bool     // run the proxy as root
+}
+
+// exemption is one way the capture rules keep the sidecar's own traffic
+// from being captured again: DESIGN §3 exempts it by socket mark or by
+// UID, and either alone must suffice.
+type exemption struct {
+	name string
+	opts enrollOpts // applied over a test's own options (see with)
+}
+
+// exemptions are the two, each alone: the mark, with the sidecar running
+// as root (which no UID rule covers) and the rules exempting no UID; and
+// the UID, with the sidecar as 1337 marking nothing and the rules
+// exempting no mark.
+var exemptions = []exemption{
+	{"mark-only", enrollOpts{redirectArgs: []string{"--proxy-uid", "none"}, root: true}},
+	{"uid-only", enrollOpts{redirectArgs: []string{"--proxy-mark", "0"}, proxyConfig: "mark: 0\n"}},
+}
+
+// with returns o under the exemption alone.
+func (e exemption) with(o enrollOpts) enrollOpts {
+	o.redirectArgs = append(slices.Clip(o.redirectArgs), e.opts.redirectArgs...)
+	o.proxyConfig += e.opts.proxyConfig
+	o.root = e.opts.root
+	return o
+}
+
+// eachExemption runs test as a sub-test under each exemption.
+func eachExemption(t *testing.T, test func(t *testing.T, e exemption)) {
+	for _, e := range exemptions {
+		t.Run(e.name, func(t *testing.T) { test(t, e) })
+	}
 }
 
 // enroll starts a sidecar in pod and installs the redirect rules, the way
