@@ -9,6 +9,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"meshgate/internal/testmark"
 	"meshgate/sockmark"
 )
 
@@ -19,9 +20,7 @@ import (
 // by a sidecar running as root is captured back to the sidecar itself.
 func TestUpstreamSocketsMarked(t *testing.T) {
 	const mark = 0x539
-	if err := sockmark.Probe(mark); err != nil {
-		t.Skipf("cannot mark sockets here (needs CAP_NET_ADMIN, e.g. root): %v", err)
-	}
+	testmark.Need(t, mark)
 	up := startUpstream(t)
 	s, err := New(Options{Addrs: []string{"127.0.0.1:0"}, Upstreams: []string{up.addr}, Timeout: time.Second, Mark: mark})
 	if err != nil {

@@ -349,8 +349,8 @@ func reset(c *net.TCPConn) {
 
 // checkMark reports whether sockets can be marked, logging once when not.
 // What it logs holds for every socket of the process: the DNS proxy and
-// the CA client mark theirs with the same mark, and go on unmarked when
-// they may not, as the proxy's do (see sockmark.Control).
+// the certificate clients mark theirs with the same mark, and go on
+// unmarked when they may not, as the proxy's do (see sockmark.Control).
 func (p *Proxy) checkMark() bool {
 	if p.cfg.Mark == 0 {
 		p.log.Info("socket mark disabled (mark: 0): the proxy UID exemption alone keeps its traffic out of the capture")

@@ -73,4 +73,3 @@ func markOf(t *testing.T, c net.Conn) uint32 {
 	}
 	return m
 }
-

@@ -41,7 +41,7 @@ type certFlags struct {
 	dns         stringList
 	caWait      time.Duration
 	workloadAPI string
-	mark        uint32 // the socket mark of the CA client's connections (the proxy config's mark)
+	mark        uint32 // the socket mark of connections to the CA or the Workload API (the proxy config's mark)
 
 	// Set by check.
 	spiffeID spiffeid.ID
@@ -138,7 +138,7 @@ func (c *certFlags) open(ctx context.Context, log *zap.Logger) (certSource, erro
 		}
 		return src, nil
 	case c.workloadAPI != "":
-		src, err := mtls.NewWorkloadAPISource(ctx, c.workloadAPI, log)
+		src, err := mtls.NewWorkloadAPISource(ctx, c.workloadAPI, c.mark, log)
 		if err != nil {
 			return nil, fmt.Errorf("--workload-api: %v", strings.TrimPrefix(err.Error(), "mtls: "))
 		}

@@ -174,7 +174,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer log.Sync()
 
-	certs.mark = uint32(cfg.Mark) // the CA client's connections are exempt as the proxy's are
+	certs.mark = uint32(cfg.Mark) // connections for certificates are exempt as the proxy's are
 	src, err := certs.open(ctx, log)
 	if err != nil {
 		return err
