@@ -195,6 +195,7 @@ type enrollOpts struct {
 	proxyArgs    []string // extra flags for meshgate proxy
 	uid          *uint32  // run the proxy as this UID; nil = 1337
 	root         bool     // run the proxy as root
+	rulesFirst   bool     // install the rules before starting the proxy, as an init container does
 }
 
 // exemption is one way the capture rules keep the sidecar's own traffic
@@ -231,9 +232,22 @@ func eachExemption(t *testing.T, test func(t *testing.T, e exemption)) {
 
 // enroll starts a sidecar in pod and installs the redirect rules, the way
 // an init container and a sidecar container would; both are undone when
-// the test ends.
+// the test ends. The rules go in once the sidecar is ready, unless
+// o.rulesFirst.
 func enroll(t *testing.T, pod *topology.Pod, o enrollOpts) *sidecar {
 	t.Helper()
+	redirect := func() {
+		rargs := append([]string{"redirect", "--netns", pod.Path()}, o.redirectArgs...)
+		mustMeshgate(t, rargs...)
+		t.Cleanup(func() {
+			if out, err := meshgate(t, "redirect", "--netns", pod.Path(), "--cleanup"); err != nil {
+				t.Errorf("redirect --cleanup in %s: %v\n%s", pod.Name, err, out)
+			}
+		})
+	}
+	if o.rulesFirst {
+		redirect()
+	}
 	args := []string{bin, "proxy", "--log-level", "debug"}
 	if o.proxyConfig != "" {
 		f := filepath.Join(publicTempDir(t), "proxy.yaml")
@@ -265,13 +279,9 @@ func enroll(t *testing.T, pod *topology.Pod, o enrollOpts) *sidecar {
 		}
 	})
 	sc.waitReady(t)
-	rargs := append([]string{"redirect", "--netns", pod.Path()}, o.redirectArgs...)
-	mustMeshgate(t, rargs...)
-	t.Cleanup(func() {
-		if out, err := meshgate(t, "redirect", "--netns", pod.Path(), "--cleanup"); err != nil {
-			t.Errorf("redirect --cleanup in %s: %v\n%s", pod.Name, err, out)
-		}
-	})
+	if !o.rulesFirst {
+		redirect()
+	}
 	return sc
 }
 
