@@ -8,9 +8,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Control returns a Control hook for net.Dialer (and net.ListenConfig)
-// that puts mark on each socket before it connects; nil for mark 0, which
-// is no mark.
+// Control returns a net.Dialer Control hook that puts mark on each socket
+// before it connects; nil for mark 0, which is no mark.
 //
 // Where the process may not set a mark (EPERM: SO_MARK needs
 // CAP_NET_ADMIN), the socket is left unmarked and the dial goes on. That
