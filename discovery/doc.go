@@ -10,7 +10,9 @@
 // negative ones for their SOA's (RFC 2308). EDNS0 sizes are kept: over
 // UDP an answer is cut to what the client can take, with TC set, so the
 // client asks again over TCP; upstreams are asked over UDP for up to 1232
-// bytes, and over TCP when that is not enough. For every A and AAAA answer
+// bytes, and over TCP when that is not enough; every upstream socket carries
+// the sidecar's mark (Options.Mark), so capture rules exempting it do not
+// send the proxy's own questions back to it. For every A and AAAA answer
 // the proxy remembers the name the address belongs to (NameOf), so that
 // outbound connections can be routed, logged and authorized by name.
 //

@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
+
+	"meshgate/sockmark"
 )
 
 // Options configure a Server.
@@ -32,6 +34,12 @@ type Options struct {
 	Balance BalanceOptions
 	// Timeout bounds one question to one upstream; 0 means 2s.
 	Timeout time.Duration
+	// Mark is the socket mark (SO_MARK) on every upstream socket, UDP and
+	// TCP, so that capture rules exempting the sidecar's mark do not send
+	// its own questions back to it; the sidecar's is its config's mark,
+	// 0x539 by default. 0 marks nothing. See sockmark.Control for a mark
+	// the process may not set.
+	Mark uint32
 	// CacheSize bounds the cached answers; 0 means 10 000.
 	CacheSize int
 	// Log gets a line per failed upstream; nil logs nothing.
@@ -57,6 +65,8 @@ type Server struct {
 
 	reg atomic.Pointer[registryBox]
 	eps *endpointSets
+
+	dialer *net.Dialer // every upstream socket's, carrying the mark
 }
 
 // registryBox holds the registry in use (nil: none).
@@ -102,7 +112,7 @@ func New(o Options) (*Server, error) {
 		return nil, fmt.Errorf("discovery: %w", err)
 	}
 	s := &Server{o: o, log: o.Log, cache: newCache(o.CacheSize), names: newNameMemory(65536), ready: make(chan struct{}),
-		conv: make(map[string]convention)}
+		conv: make(map[string]convention), dialer: &net.Dialer{Timeout: o.Timeout, Control: sockmark.Control(o.Mark)}}
 	s.queries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshgate_dns_queries_total",
 		Help: "DNS questions the proxy answered, by type and how: registry (a mesh name), cache, upstream, " +
@@ -321,7 +331,7 @@ func (s *Server) forward(r *dns.Msg) (*dns.Msg, error) {
 	var errs []error
 	for _, up := range s.o.Upstreams {
 		for _, network := range []string{"udp", "tcp"} {
-			c := &dns.Client{Net: network, Timeout: s.o.Timeout, UDPSize: UpstreamEDNSSize}
+			c := &dns.Client{Net: network, Timeout: s.o.Timeout, UDPSize: UpstreamEDNSSize, Dialer: s.dialer}
 			m, _, err := c.Exchange(q, up)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s over %s: %w", up, network, err))

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -229,13 +230,59 @@ type enrollOpts struct {
 	proxyArgs    []string // extra flags for meshgate proxy
 	uid          *uint32  // run the proxy as this UID; nil = 1337
 	root         bool     // run the proxy as root
+	rulesFirst   bool     // install the rules before starting the proxy, as an init container does
+}
+
+// exemption is one way the capture rules keep the sidecar's own traffic
+// from being captured again: DESIGN §3 exempts it by socket mark or by
+// UID, and either alone must suffice.
+type exemption struct {
+	name string
+	opts enrollOpts // applied over a test's own options (see with)
+}
+
+// exemptions are the two, each alone: the mark, with the sidecar running
+// as root (which no UID rule covers) and the rules exempting no UID; and
+// the UID, with the sidecar as 1337 marking nothing and the rules
+// exempting no mark.
+var exemptions = []exemption{
+	{"mark-only", enrollOpts{redirectArgs: []string{"--proxy-uid", "none"}, root: true}},
+	{"uid-only", enrollOpts{redirectArgs: []string{"--proxy-mark", "0"}, proxyConfig: "mark: 0\n"}},
+}
+
+// with returns o under the exemption alone.
+func (e exemption) with(o enrollOpts) enrollOpts {
+	o.redirectArgs = append(slices.Clip(o.redirectArgs), e.opts.redirectArgs...)
+	o.proxyConfig += e.opts.proxyConfig
+	o.root = e.opts.root
+	return o
+}
+
+// eachExemption runs test as a sub-test under each exemption.
+func eachExemption(t *testing.T, test func(t *testing.T, e exemption)) {
+	for _, e := range exemptions {
+		t.Run(e.name, func(t *testing.T) { test(t, e) })
+	}
 }
 
 // enroll starts a sidecar in pod and installs the redirect rules, the way
 // an init container and a sidecar container would; both are undone when
-// the test ends.
+// the test ends. The rules go in once the sidecar is ready, unless
+// o.rulesFirst.
 func enroll(t *testing.T, pod *topology.Pod, o enrollOpts) *sidecar {
 	t.Helper()
+	redirect := func() {
+		rargs := append([]string{"redirect", "--netns", pod.Path()}, o.redirectArgs...)
+		mustMeshgate(t, rargs...)
+		t.Cleanup(func() {
+			if out, err := meshgate(t, "redirect", "--netns", pod.Path(), "--cleanup"); err != nil {
+				t.Errorf("redirect --cleanup in %s: %v\n%s", pod.Name, err, out)
+			}
+		})
+	}
+	if o.rulesFirst {
+		redirect()
+	}
 	args := []string{bin, "proxy", "--log-level", "debug"}
 	if o.proxyConfig != "" {
 		f := filepath.Join(publicTempDir(t), "proxy.yaml")
@@ -267,13 +314,9 @@ func enroll(t *testing.T, pod *topology.Pod, o enrollOpts) *sidecar {
 		}
 	})
 	sc.waitReady(t)
-	rargs := append([]string{"redirect", "--netns", pod.Path()}, o.redirectArgs...)
-	mustMeshgate(t, rargs...)
-	t.Cleanup(func() {
-		if out, err := meshgate(t, "redirect", "--netns", pod.Path(), "--cleanup"); err != nil {
-			t.Errorf("redirect --cleanup in %s: %v\n%s", pod.Name, err, out)
-		}
-	})
+	if !o.rulesFirst {
+		redirect()
+	}
 	return sc
 }
 

@@ -234,35 +234,24 @@ func TestTCPEchoHalfClose(t *testing.T) {
 // only the mark exemption and with only the UID exemption.
 func TestNoLoop(t *testing.T) {
 	needRoot(t)
-	cases := []struct {
-		name string
-		o    enrollOpts
-	}{
-		// Rules exempt only mark 0x539; the proxy runs as root, marking.
-		{"mark-only", enrollOpts{redirectArgs: []string{"--proxy-uid", "none"}, root: true}},
-		// Rules exempt only UID 1337; the proxy runs as 1337 and does not mark.
-		{"uid-only", enrollOpts{redirectArgs: []string{"--proxy-mark", "0"}, proxyConfig: "mark: 0\n"}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			pods := newLab(t, "a", "b")
-			a, b := pods[0], pods[1]
-			startApp(t, b)
-			sa := enroll(t, a, tc.o)
-			curl(t, a, url(b.IPv4, 8080, "/"))
-			// Once the client's connection is logged closed, a loop would
-			// have shown: the sidecar's own connection to b, had it been
-			// captured, was accepted (and counted) on the way to b, before
-			// any answer could come back.
-			sa.waitLog(t, "outbound", hostPort(b.IPv4, 8080))
-			if n := sa.conns(t, "outbound"); n != 1 {
-				t.Errorf("a's sidecar opened %v outbound connections for one request, want 1 (a loop captures its own)", n)
-			}
-			if n := sa.conns(t, "inbound"); n != 0 {
-				t.Errorf("a's sidecar saw %v inbound connections, want 0", n)
-			}
-		})
-	}
+	eachExemption(t, func(t *testing.T, e exemption) {
+		pods := newLab(t, "a", "b")
+		a, b := pods[0], pods[1]
+		startApp(t, b)
+		sa := enroll(t, a, e.with(enrollOpts{}))
+		curl(t, a, url(b.IPv4, 8080, "/"))
+		// Once the client's connection is logged closed, a loop would
+		// have shown: the sidecar's own connection to b, had it been
+		// captured, was accepted (and counted) on the way to b, before
+		// any answer could come back.
+		sa.waitLog(t, "outbound", hostPort(b.IPv4, 8080))
+		if n := sa.conns(t, "outbound"); n != 1 {
+			t.Errorf("a's sidecar opened %v outbound connections for one request, want 1 (a loop captures its own)", n)
+		}
+		if n := sa.conns(t, "inbound"); n != 0 {
+			t.Errorf("a's sidecar saw %v inbound connections, want 0", n)
+		}
+	})
 }
 
 // saveRules returns iptables-save and ip6tables-save of pod, without the

@@ -79,6 +79,30 @@ func caClientOpts(t *testing.T, cs *caServer, caDir string, pod *topology.Pod, m
 		"--ca-token-file", filepath.Join(dir, "token"), "--ca-root", filepath.Join(dir, "root.pem")}, meshArgs("strict", mesh...)...)}
 }
 
+// TestMTLSCAClientUnderCapture: a sidecar started after its pod's rules
+// (as an init container orders them) gets its first certificate from the
+// CA server in another pod, with either exemption alone: its connection
+// to the CA is not captured back to it, which serves nothing before it
+// has a certificate.
+func TestMTLSCAClientUnderCapture(t *testing.T) {
+	needRoot(t)
+	eachExemption(t, func(t *testing.T, e exemption) {
+		_, pods := newLabWith(t, "a", "ca")
+		a, caPod := pods[0], pods[1]
+		caDir := meshCA(t)
+		cs := &caServer{pod: caPod, tokens: filepath.Join(t.TempDir(), "tokens")}
+		os.WriteFile(cs.tokens, nil, 0o600)
+		o := e.with(caClientOpts(t, cs, caDir, a, a))
+		o.rulesFirst = true
+		o.proxyArgs = append(o.proxyArgs, "--ca-wait", "5s")
+		cs.start(t, caDir)
+		sa := enroll(t, a, o)
+		if st := sa.certState(t); st.serial == "" || st.rootKeyID != rootKeyID(t, caDir) {
+			t.Errorf("a's sidecar presents %+v, want a certificate from the CA server", st)
+		}
+	})
+}
+
 // rootKeyID is the subject key ID of the CA's root, as the sidecar's
 // certificate metric labels the root its certificate chains to.
 func rootKeyID(t *testing.T, caDir string) string {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	randv2 "math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"go.uber.org/zap"
 
 	"meshgate/mtls/internal/caproto"
+	"meshgate/sockmark"
 )
 
 // CAClientConfig configures NewCAClientSource.
@@ -50,6 +52,12 @@ type CAClientConfig struct {
 	// life either way, so that sidecars started together do not renew
 	// together; 0 means 0.05.
 	Jitter float64
+	// Mark is the socket mark (SO_MARK) on every connection to the CA
+	// server, so that capture rules exempting the sidecar's mark do not
+	// catch them; the sidecar's is its config's mark, 0x539 by default. 0
+	// marks nothing. See sockmark.Control for a mark the process may not
+	// set.
+	Mark uint32
 }
 
 // CAClientSource is a Source whose certificate comes from "meshgate ca
@@ -124,8 +132,9 @@ func NewCAClientSource(ctx context.Context, cfg CAClientConfig, log *zap.Logger)
 	bootTLS.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		return &tls.Certificate{}, nil // none yet: the token authenticates
 	}
-	s.renew = httpClient(renewTLS)
-	s.boot = httpClient(bootTLS)
+	dialer := &net.Dialer{Control: sockmark.Control(cfg.Mark)}
+	s.renew = httpClient(renewTLS, dialer)
+	s.boot = httpClient(bootTLS, dialer)
 
 	if err := s.fetch(ctx, true); err != nil {
 		return nil, fmt.Errorf("mtls: CA client: first certificate: %w", err)
@@ -136,11 +145,12 @@ func NewCAClientSource(ctx context.Context, cfg CAClientConfig, log *zap.Logger)
 	return s, nil
 }
 
-func httpClient(cfg *tls.Config) *http.Client {
+func httpClient(cfg *tls.Config, dialer *net.Dialer) *http.Client {
 	return &http.Client{
 		Timeout: 30 * time.Second,
 		Transport: &http.Transport{
 			TLSClientConfig: cfg,
+			DialContext:     dialer.DialContext,
 			// Renewals are rare, and each must present the certificate
 			// of the moment: no connection is kept.
 			DisableKeepAlives: true,

@@ -3,10 +3,15 @@ package mtls
 import (
 	"context"
 	"fmt"
+	"net"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"meshgate/sockmark"
 )
 
 // WorkloadAPISource is a Source fed by the SPIFFE Workload API (a SPIRE
@@ -21,9 +26,11 @@ type WorkloadAPISource struct {
 // ("unix:///run/spire/sockets/agent.sock", or "tcp://IP:PORT"; empty
 // means the SPIFFE_ENDPOINT_SOCKET environment variable) and waits for the
 // first certificate, until ctx is done. It keeps watching for updates,
-// reconnecting with backoff, until Close. log gets go-spiffe's messages;
-// nil logs nothing.
-func NewWorkloadAPISource(ctx context.Context, addr string, log *zap.Logger) (*WorkloadAPISource, error) {
+// reconnecting with backoff, until Close. A TCP connection to the API
+// carries the socket mark mark (0: none), so that capture rules exempting
+// the sidecar's mark do not catch it; a unix socket is never captured.
+// log gets go-spiffe's messages; nil logs nothing.
+func NewWorkloadAPISource(ctx context.Context, addr string, mark uint32, log *zap.Logger) (*WorkloadAPISource, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -35,6 +42,13 @@ func NewWorkloadAPISource(ctx context.Context, addr string, log *zap.Logger) (*W
 		opts = append(opts, workloadapi.WithAddr(addr))
 	} else if _, ok := workloadapi.GetDefaultAddress(); !ok {
 		return nil, fmt.Errorf("mtls: workload API: no address given and %s is not set", workloadapi.SocketEnv)
+	}
+	if strings.HasPrefix(addrOrEnv(addr), "tcp:") {
+		// gRPC hands the dialer the address as IP:port.
+		d := &net.Dialer{Control: sockmark.Control(mark)}
+		opts = append(opts, workloadapi.WithDialOptions(grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", a)
+		})))
 	}
 	opts = append(opts, workloadapi.WithLogger(log.Named("workloadapi").Sugar()))
 	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(opts...))

@@ -35,12 +35,18 @@ type fakeWorkloadAPI struct {
 // and returns the server and its address.
 func startFakeWorkloadAPI(t *testing.T, first *workload.X509SVIDResponse) (*fakeWorkloadAPI, string) {
 	t.Helper()
-	f := &fakeWorkloadAPI{current: first, changed: make(chan struct{})}
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startFakeWorkloadAPIOn(t, ln, first), "unix://" + sock
+}
+
+// startFakeWorkloadAPIOn serves on ln.
+func startFakeWorkloadAPIOn(t *testing.T, ln net.Listener, first *workload.X509SVIDResponse) *fakeWorkloadAPI {
+	t.Helper()
+	f := &fakeWorkloadAPI{current: first, changed: make(chan struct{})}
 	srv := grpc.NewServer()
 	workload.RegisterSpiffeWorkloadAPIServer(srv, f)
 	var wg sync.WaitGroup
@@ -49,7 +55,7 @@ func startFakeWorkloadAPI(t *testing.T, first *workload.X509SVIDResponse) (*fake
 		srv.Stop()
 		wg.Wait()
 	})
-	return f, "unix://" + sock
+	return f
 }
 
 // push replaces the answer; every open stream sends it at once.
@@ -119,7 +125,7 @@ func TestWorkloadAPISource(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	log, _ := observed()
-	src, err := NewWorkloadAPISource(ctx, addr, log)
+	src, err := NewWorkloadAPISource(ctx, addr, 0, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +186,7 @@ func TestWorkloadAPISourceRejects(t *testing.T) {
 			if tc.unsetEnv {
 				unsetenv(t, "SPIFFE_ENDPOINT_SOCKET")
 			}
-			src, err := NewWorkloadAPISource(context.Background(), tc.addr, nil)
+			src, err := NewWorkloadAPISource(context.Background(), tc.addr, 0, nil)
 			if src != nil {
 				src.Close()
 			}
@@ -193,7 +199,7 @@ func TestWorkloadAPISourceRejects(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
 		addr := "unix://" + filepath.Join(t.TempDir(), "none.sock")
-		src, err := NewWorkloadAPISource(ctx, addr, nil)
+		src, err := NewWorkloadAPISource(ctx, addr, 0, nil)
 		if src != nil {
 			src.Close()
 		}

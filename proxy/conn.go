@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -190,7 +191,7 @@ func (p *Proxy) dialUpstream(ctx context.Context, dst netip.AddrPort) (*net.TCPC
 // inbound direction: from the passthrough source, registered with the
 // loop guard. With from (tproxy mode) it connects from the client's own
 // address, on a port the kernel picks, through a transparent socket
-// (transparentDialControl): that is what the app is to see. The rules
+// (transparentControl), marked: that is what the app is to see. The rules
 // never capture such a connection (nat OUTPUT lets a non-local source to
 // lo pass, mangle PREROUTING returns lo, and MESHGATE_TPROXY_OUTPUT routes
 // the app's replies back here), and it is not registered: its local
@@ -206,11 +207,12 @@ func (p *Proxy) dialApp(ctx context.Context, from netip.Addr, dst netip.AddrPort
 		return c, nil
 	}
 	d := net.Dialer{Timeout: p.cfg.Timeouts.Connect.D(), LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 0))}
-	mark := uint32(0)
-	if p.markOn {
-		mark = uint32(p.cfg.Mark)
+	d.Control = func(network, address string, c syscall.RawConn) error {
+		if err := transparentControl(network, address, c); err != nil || p.markCtl == nil {
+			return err
+		}
+		return p.markCtl(network, address, c)
 	}
-	d.Control = transparentDialControl(mark)
 	c, err := d.DialContext(ctx, "tcp", dst.String())
 	if err != nil {
 		return nil, err
@@ -286,10 +288,7 @@ func (p *Proxy) isSelf(dst netip.AddrPort, c *net.TCPConn) bool {
 // the passthrough source so the rules do not capture it again. Both are
 // marked (when marking works).
 func (p *Proxy) dial(ctx context.Context, dir Direction, dst netip.AddrPort) (*net.TCPConn, error) {
-	d := net.Dialer{Timeout: p.cfg.Timeouts.Connect.D()}
-	if p.markOn {
-		d.Control = markControl(uint32(p.cfg.Mark))
-	}
+	d := net.Dialer{Timeout: p.cfg.Timeouts.Connect.D(), Control: p.markCtl}
 	fam := 0
 	if dst.Addr().Is6() {
 		fam = 1

@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
+
+	"meshgate/sockmark"
 )
 
 // Direction says which way a captured connection goes.
@@ -116,8 +118,9 @@ type Proxy struct {
 	quitOnce  sync.Once
 
 	// Set by Run before any connection is served, then read-only.
-	markOn   bool                // SO_MARK can be set (CAP_NET_ADMIN)
-	ownPorts map[uint16]struct{} // ports of the capture listeners, for the loop guard
+	markOn   bool                                                   // SO_MARK can be set (CAP_NET_ADMIN)
+	markCtl  func(network, address string, c syscall.RawConn) error // marks a dialed socket; nil when markOn is not set
+	ownPorts map[uint16]struct{}                                    // ports of the capture listeners, for the loop guard
 
 	// noSource[family] is set once binding the passthrough source failed
 	// with EADDRNOTAVAIL (::6 is rarely assigned): later inbound
@@ -205,7 +208,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if !p.started.CompareAndSwap(false, true) {
 		return errors.New("proxy: Run called twice")
 	}
-	p.markOn = p.checkMark()
+	if p.markOn = p.checkMark(); p.markOn {
+		p.markCtl = sockmark.Control(uint32(p.cfg.Mark))
+	}
 
 	capture, servers, err := p.bind()
 	if err != nil {
@@ -343,12 +348,15 @@ func reset(c *net.TCPConn) {
 }
 
 // checkMark reports whether sockets can be marked, logging once when not.
+// What it logs holds for every socket of the process: the DNS proxy and
+// the certificate clients mark theirs with the same mark, and go on
+// unmarked when they may not, as the proxy's do (see sockmark.Control).
 func (p *Proxy) checkMark() bool {
 	if p.cfg.Mark == 0 {
 		p.log.Info("socket mark disabled (mark: 0): the proxy UID exemption alone keeps its traffic out of the capture")
 		return false
 	}
-	if err := probeMark(uint32(p.cfg.Mark)); err != nil {
+	if err := sockmark.Probe(uint32(p.cfg.Mark)); err != nil {
 		p.log.Warn("cannot mark sockets; continuing unmarked: the proxy UID exemption must keep its traffic out of the capture",
 			zap.Stringer("mark", p.cfg.Mark), zap.Error(err),
 			zap.String("hint", "setting SO_MARK needs CAP_NET_ADMIN"))

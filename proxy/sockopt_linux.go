@@ -10,41 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// markControl returns a net.Dialer.Control that puts mark on the socket
-// before it connects, so the capture rules (which exempt the mark) do
-// not send the proxy's own connections back to it.
-func markControl(mark uint32) func(network, address string, c syscall.RawConn) error {
-	return func(network, address string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
-		}); err != nil {
-			return err
-		}
-		if serr != nil {
-			return os.NewSyscallError("setsockopt SO_MARK", serr)
-		}
-		return nil
-	}
-}
-
-// probeMark checks once that sockets can be marked. Setting SO_MARK needs
-// CAP_NET_ADMIN; without it the caller carries on unmarked.
-func probeMark(mark uint32) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return os.NewSyscallError("socket", err)
-		}
-	}
-	defer unix.Close(fd)
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
-		return os.NewSyscallError("setsockopt SO_MARK", err)
-	}
-	return nil
-}
-
 // transparentControl is a net.ListenConfig.Control that makes a listener
 // IP_TRANSPARENT (IPv4) or IPV6_TRANSPARENT (IPv6), so TPROXY rules can
 // hand it connections addressed to any destination.
@@ -54,24 +19,6 @@ func transparentControl(network, address string, c syscall.RawConn) error {
 		return err
 	}
 	return serr
-}
-
-// transparentDialControl returns a net.Dialer.Control that makes the
-// socket transparent, so it can be bound to an address that is not this
-// namespace's (a client's, in tproxy mode), and marks it with mark unless
-// mark is 0.
-func transparentDialControl(mark uint32) func(network, address string, c syscall.RawConn) error {
-	return func(network, address string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			if serr = setTransparent(int(fd), network); serr == nil && mark != 0 {
-				serr = os.NewSyscallError("setsockopt SO_MARK", unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark)))
-			}
-		}); err != nil {
-			return err
-		}
-		return serr
-	}
 }
 
 // setTransparent sets IP_TRANSPARENT on an IPv4 socket of network (tcp4),

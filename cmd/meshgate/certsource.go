@@ -41,6 +41,7 @@ type certFlags struct {
 	dns         stringList
 	caWait      time.Duration
 	workloadAPI string
+	mark        uint32 // the socket mark of connections to the CA or the Workload API (the proxy config's mark)
 
 	// Set by check.
 	spiffeID spiffeid.ID
@@ -137,7 +138,7 @@ func (c *certFlags) open(ctx context.Context, log *zap.Logger) (certSource, erro
 		}
 		return src, nil
 	case c.workloadAPI != "":
-		src, err := mtls.NewWorkloadAPISource(ctx, c.workloadAPI, log)
+		src, err := mtls.NewWorkloadAPISource(ctx, c.workloadAPI, c.mark, log)
 		if err != nil {
 			return nil, fmt.Errorf("--workload-api: %v", strings.TrimPrefix(err.Error(), "mtls: "))
 		}
@@ -152,7 +153,7 @@ func (c *certFlags) open(ctx context.Context, log *zap.Logger) (certSource, erro
 // with backoff for --ca-wait: a sidecar often starts before its CA can
 // be reached.
 func (c *certFlags) openCA(ctx context.Context, log *zap.Logger) (certSource, error) {
-	cfg := mtls.CAClientConfig{Server: c.caServer, ID: c.spiffeID, DNSNames: c.dns, Token: c.token, Roots: c.roots}
+	cfg := mtls.CAClientConfig{Server: c.caServer, ID: c.spiffeID, DNSNames: c.dns, Token: c.token, Roots: c.roots, Mark: c.mark}
 	waitCtx, cancel := context.WithTimeout(ctx, c.caWait)
 	defer cancel()
 	backoff := 100 * time.Millisecond

@@ -174,6 +174,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer log.Sync()
 
+	certs.mark = uint32(cfg.Mark) // connections for certificates are exempt as the proxy's are
 	src, err := certs.open(ctx, log)
 	if err != nil {
 		return err
@@ -193,7 +194,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return p.Run(ctx)
 	}
-	dns, err := newDNSProxy(*dnsListen, *resolvConf, flagSet(fs, "resolv-conf"), registry, balanceOptions(cfg.LoadBalancing), reg, log)
+	dns, err := newDNSProxy(*dnsListen, *resolvConf, flagSet(fs, "resolv-conf"), registry, balanceOptions(cfg.LoadBalancing), uint32(cfg.Mark), reg, log)
 	if err != nil {
 		return err
 	}
@@ -252,7 +253,7 @@ func balanceOptions(c proxy.LoadBalancingConfig) discovery.BalanceOptions {
 // that this namespace has, asking the resolvers of resolvConf. A missing
 // default resolv.conf leaves it with no upstream (mesh names only); one
 // given with --resolv-conf must be readable.
-func newDNSProxy(listen, resolvConf string, explicit bool, registry *discovery.StaticRegistry, balance discovery.BalanceOptions, reg prometheus.Registerer, log *zap.Logger) (*discovery.Server, error) {
+func newDNSProxy(listen, resolvConf string, explicit bool, registry *discovery.StaticRegistry, balance discovery.BalanceOptions, mark uint32, reg prometheus.Registerer, log *zap.Logger) (*discovery.Server, error) {
 	var addrs []string
 	for _, a := range strings.Split(listen, ",") {
 		a = strings.TrimSpace(a)
@@ -280,7 +281,7 @@ func newDNSProxy(listen, resolvConf string, explicit bool, registry *discovery.S
 		}
 		log.Warn("no resolv.conf: the DNS proxy answers mesh names only", zap.Error(err))
 	}
-	o := discovery.Options{Addrs: addrs, Upstreams: ups, Balance: balance, Log: log.Named("dns"), Registerer: reg}
+	o := discovery.Options{Addrs: addrs, Upstreams: ups, Balance: balance, Mark: mark, Log: log.Named("dns"), Registerer: reg}
 	if registry != nil {
 		o.Registry = registry
 	}

@@ -49,6 +49,16 @@ var dbID = spiffeid.RequireFromString("spiffe://a.example/ns/default/sa/db")
 // ends. It returns the CA, the address and the audit log.
 func serveCA(t *testing.T, ttl time.Duration, extraRoots ...*x509.Certificate) (*CA, string, *observer.ObservedLogs) {
 	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveCAOn(t, ln, ttl, extraRoots...)
+}
+
+// serveCAOn is serveCA on ln.
+func serveCAOn(t *testing.T, ln net.Listener, ttl time.Duration, extraRoots ...*x509.Certificate) (*CA, string, *observer.ObservedLogs) {
+	t.Helper()
 	dir := t.TempDir()
 	c, err := Init(filepath.Join(dir, "ca"), td)
 	if err != nil {
@@ -60,10 +70,6 @@ func serveCA(t *testing.T, ttl time.Duration, extraRoots ...*x509.Certificate) (
 		"spiffe://b.example/ns/default/sa/web "+otherToken+"\n"), 0o600)
 	core, logs := observer.New(zapcore.InfoLevel)
 	srv, err := NewServer(c, ServerOptions{TTL: ttl, TokensFile: tokens, ExtraRoots: extraRoots, Log: zap.New(core)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,21 @@
+//go:build !linux
+
+package sockmark
+
+import (
+	"errors"
+	"syscall"
+)
+
+// errNotLinux is every answer off Linux, which has no SO_MARK.
+var errNotLinux = errors.New("sockmark: socket marks (SO_MARK) are Linux only")
+
+// Control returns nil: off Linux there is no mark to set, and no capture
+// rule that looks for one.
+func Control(mark uint32) func(network, address string, c syscall.RawConn) error { return nil }
+
+// Probe reports that marks are Linux only.
+func Probe(mark uint32) error { return errNotLinux }
+
+// Get reports that marks are Linux only.
+func Get(c syscall.RawConn) (uint32, error) { return 0, errNotLinux }
