@@ -66,7 +66,7 @@ unknown fields are errors. For example:
   protocols:
     detectTimeout: 1s       # wait for the app's first bytes, then opaque
     ports: {3306: opaque, 8080: detect}
-    serverFirstMemory: 10m  # destinations that spoke first skip detection
+    destMemory: 10m         # destinations that spoke first skip detection
     l7: true                # HTTP to the mesh as requests over pooled HTTP/2 mTLS
   loadBalancing:            # connections and requests to a service's address
     policy: p2c-peak-ewma   # or round-robin, least-request
