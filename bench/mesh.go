@@ -17,6 +17,7 @@ import (
 	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"meshgate/intercept"
 	"meshgate/mtls"
 	"meshgate/mtls/ca"
 	"meshgate/redirect"
@@ -219,7 +220,7 @@ func (p *meshPair) enroll(ctx context.Context, self, state, logDir string, c *ca
 	}
 	mesh := netip.PrefixFrom(p.client.IPv4, 32).String() + "," + netip.PrefixFrom(p.server.IPv4, 32).String()
 	rules := redirect.DefaultConfig()
-	uid := redirect.DefaultProxyUID
+	uid := intercept.ProxyUID
 	for _, pod := range []*topology.Pod{p.client, p.server} {
 		dir := filepath.Join(state, pod.Name)
 		if _, err := c.IssueDir(dir, spiffeid.RequireFromString("spiffe://bench.local/ns/bench/sa/"+pod.Name), nil, 24*time.Hour); err != nil {

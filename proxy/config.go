@@ -18,6 +18,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
+
+	"meshgate/intercept"
 )
 
 // Config is the proxy's whole configuration: one YAML file whose fields
@@ -30,7 +32,7 @@ type Config struct {
 	// SO_ORIGINAL_DST) or "tproxy" (iptables TPROXY; the inbound listener is
 	// IP_TRANSPARENT and the original destination is the accepted socket's
 	// local address). Outbound capture is REDIRECT in both modes.
-	Mode Mode `json:"mode"`
+	Mode intercept.Mode `json:"mode"`
 	// LogLevel is debug, info, warn or error. The --log-level flag
 	// overrides it.
 	LogLevel string `json:"logLevel"`
@@ -295,43 +297,23 @@ func (m MTLSMode) valid() bool {
 	return m == MTLSStrict || m == MTLSPermissive || m == MTLSDisable
 }
 
-// Mode is the interception mode, see Config.Mode.
-type Mode string
-
-// The interception modes.
-const (
-	ModeRedirect Mode = "redirect"
-	ModeTProxy   Mode = "tproxy"
-)
-
-// The ports of shared/DESIGN.md §3.
-const (
-	DefaultOutboundPort = 15001
-	DefaultInboundPort  = 15006
-	DefaultAdminPort    = 15000
-	DefaultMetricsPort  = 15020
-	DefaultHealthPort   = 15021
-	// DefaultMark is the proxy's socket mark, 1337.
-	DefaultMark Mark = 0x539
-)
-
 // DefaultConfig returns the configuration of shared/DESIGN.md §3, which
 // the proxy runs on when no file is given. A config file overrides it
 // field by field.
 func DefaultConfig() Config {
 	return Config{
-		Mode:     ModeRedirect,
+		Mode:     intercept.ModeRedirect,
 		LogLevel: "info",
-		Mark:     DefaultMark,
-		Outbound: OutboundConfig{Port: DefaultOutboundPort},
+		Mark:     Mark(intercept.ProxyMark),
+		Outbound: OutboundConfig{Port: intercept.OutboundPort},
 		Inbound: InboundConfig{
-			Port:                  DefaultInboundPort,
+			Port:                  intercept.InboundPort,
 			PassthroughSourceIPv4: netip.AddrFrom4([4]byte{127, 0, 0, 6}),
 			PassthroughSourceIPv6: netip.MustParseAddr("::6"),
 		},
-		Admin:   ServerConfig{Address: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), DefaultAdminPort)},
-		Metrics: ServerConfig{Address: netip.AddrPortFrom(netip.IPv4Unspecified(), DefaultMetricsPort)},
-		Health:  ServerConfig{Address: netip.AddrPortFrom(netip.IPv4Unspecified(), DefaultHealthPort)},
+		Admin:   ServerConfig{Address: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), intercept.AdminPort)},
+		Metrics: ServerConfig{Address: netip.AddrPortFrom(netip.IPv4Unspecified(), intercept.MetricsPort)},
+		Health:  ServerConfig{Address: netip.AddrPortFrom(netip.IPv4Unspecified(), intercept.HealthPort)},
 		Timeouts: Timeouts{
 			Connect:    Duration(10 * time.Second),
 			Handshake:  Duration(10 * time.Second),
@@ -568,7 +550,7 @@ func (c Config) Validate() error {
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
 	switch c.Mode {
-	case ModeRedirect, ModeTProxy:
+	case intercept.ModeRedirect, intercept.ModeTProxy:
 	default:
 		bad("mode: %q is not a mode; want redirect or tproxy", string(c.Mode))
 	}

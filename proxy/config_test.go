@@ -15,6 +15,8 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
+
+	"meshgate/intercept"
 )
 
 // testConfig is DefaultConfig on free loopback ports.
@@ -94,7 +96,7 @@ func TestValidate(t *testing.T) {
 		want   string // full text, one problem per line; "" for valid
 	}{
 		{"defaults", func(*Config) {}, ""},
-		{"tproxy", func(c *Config) { c.Mode = ModeTProxy }, ""},
+		{"tproxy", func(c *Config) { c.Mode = intercept.ModeTProxy }, ""},
 		{"mark zero disables marking", func(c *Config) { c.Mark = 0 }, ""},
 		{"zero grace", func(c *Config) { c.Timeouts.DrainGrace = 0 }, ""},
 		{"ports zero for tests", func(c *Config) { *c = testConfig() }, ""},
@@ -268,7 +270,7 @@ loadBalancing:
   outlierDetection: {consecutiveFailures: 0, baseEjectionTime: 1s, maxEjectionTime: 1m, maxEjectionPercent: 100}
 `, want: func(c *Config) {
 			*c = Config{
-				Mode: ModeTProxy, LogLevel: "debug", Mark: 1,
+				Mode: intercept.ModeTProxy, LogLevel: "debug", Mark: 1,
 				Outbound: OutboundConfig{Port: 16001},
 				Inbound: InboundConfig{Port: 16006,
 					PassthroughSourceIPv4: netip.MustParseAddr("127.0.0.7"),
@@ -399,7 +401,7 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.LogLevel != "debug" || c.Outbound.Port != DefaultOutboundPort {
+	if c.LogLevel != "debug" || c.Outbound.Port != intercept.OutboundPort {
 		t.Errorf("LoadConfig = %+v, want defaults with logLevel debug", c)
 	}
 

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"meshgate/intercept"
 	"meshgate/proxy/sniff"
 )
 
@@ -188,7 +189,7 @@ func (p *Proxy) originalDst(l *captureListener, c *net.TCPConn) (netip.AddrPort,
 	if p.origDst != nil {
 		return p.origDst(l.dir, c)
 	}
-	if l.dir == Inbound && p.cfg.Mode == ModeTProxy {
+	if l.dir == Inbound && p.cfg.Mode == intercept.ModeTProxy {
 		return localOriginalDst(c)
 	}
 	return redirectOriginalDst(c)

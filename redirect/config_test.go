@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"meshgate/intercept"
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
@@ -45,7 +47,7 @@ func TestValidate(t *testing.T) {
 			`--proxy-uid 0: the traffic of every root process would escape capture, and apps in containers often run as root; run the proxy as a UID of its own, e.g. 1337`},
 		{"root GID and a duplicate", func(c *Config) { c.ProxyGIDs = []uint32{0, 7, 7} },
 			"--proxy-gid: GID 7 is listed twice; list it once\n--proxy-gid 0: the traffic of every root-group process would escape capture; use a group of the proxy's own"},
-		{"tproxy mark overlap", func(c *Config) { c.Mode, c.ProxyMark = ModeTProxy, 0x1539 },
+		{"tproxy mark overlap", func(c *Config) { c.Mode, c.ProxyMark = intercept.ModeTProxy, 0x1539 },
 			`--proxy-mark 0x1539: shares bit 0x1000 with the tproxy routing mark, so the proxy's own packets would be routed back to itself; pick a mark without that bit, e.g. 0x539`},
 		{"mark overlap is fine in redirect mode", func(c *Config) { c.ProxyMark = 0x1539 }, ""},
 		{"same capture ports", func(c *Config) { c.DNSPort = c.InboundPort },
@@ -209,7 +211,7 @@ func TestAddFlags(t *testing.T) {
 			"--exclude-outbound-cidrs", "10.96.0.0/12,169.254.169.254", "--include-outbound-cidrs", "10.0.0.0/8",
 			"--capture-dns", "--dns-servers", "10.96.0.10",
 		}, func(c *Config) {
-			c.Mode, c.IPv6, c.ProxyUID, c.ProxyGIDs, c.ProxyMark = ModeTProxy, IPv6Off, u32(1000), []uint32{5, 6}, 0x400
+			c.Mode, c.IPv6, c.ProxyUID, c.ProxyGIDs, c.ProxyMark = intercept.ModeTProxy, IPv6Off, u32(1000), []uint32{5, 6}, 0x400
 			c.InboundAllPorts, c.InboundPorts, c.ExcludeInboundPorts, c.ExcludeOutboundPorts = false, []uint16{80, 443}, []uint16{22}, []uint16{5432}
 			c.ExcludeOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("169.254.169.254/32")}
 			c.IncludeOutboundAll, c.IncludeOutboundCIDRs = false, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+
+	"meshgate/intercept"
 )
 
 // DefaultResolvConf is where --capture-dns looks for the DNS servers to
@@ -54,7 +56,7 @@ func AddFlags(fs *flag.FlagSet) func() (Config, error) {
 		}
 		var err error
 
-		c.Mode = Mode(strings.TrimSpace(*mode))
+		c.Mode = intercept.Mode(strings.TrimSpace(*mode))
 		c.IPv6 = IPv6Mode(strings.TrimSpace(*ipv6))
 		if c.ProxyUID, err = ParseUID(*uid); err != nil {
 			fail("proxy-uid", err)

@@ -22,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 
+	"meshgate/intercept"
 	"meshgate/mtls"
 	"meshgate/mtls/ca"
 	"meshgate/redirect"
@@ -122,7 +123,7 @@ func (d *demo) run(ctx context.Context, requests int) error {
 	}
 
 	rules := redirect.DefaultConfig()
-	uid := redirect.DefaultProxyUID
+	uid := intercept.ProxyUID
 	if rules.ProxyUID != nil {
 		uid = *rules.ProxyUID
 	}
@@ -158,7 +159,7 @@ func (d *demo) run(ctx context.Context, requests int) error {
 			args = append(args, "--registry", registry)
 			r.CaptureDNS, r.DNSServers = true, []netip.Addr{outsider.IPv4}
 		}
-		pid, err := e.do(ctx, r, args, 15021, 15*time.Second)
+		pid, err := e.do(ctx, r, args, intercept.HealthPort, 15*time.Second)
 		if err != nil {
 			return fmt.Errorf("enroll %s: %w", p.Name, err)
 		}
@@ -228,11 +229,11 @@ func (d *demo) run(ctx context.Context, requests int) error {
 	d.say("  outsider → web plaintext from a pod without a sidecar: refused (mTLS strict)")
 
 	time.Sleep(100 * time.Millisecond) // let the last close lines and counters land
-	d.say("\nwhat each sidecar saw (its /metrics on :15020):")
+	d.say("\nwhat each sidecar saw (its /metrics on :%d):", intercept.MetricsPort)
 	tw := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "pod\tdirection\tconnections\tHTTP requests\tbytes app→peer\tbytes peer→app\tmTLS full\tresumed\tfailed\tplaintext refused\tpeers verified\t")
 	for _, p := range meshed {
-		m, err := p.Scrape(ctx, 15020)
+		m, err := p.Scrape(ctx, intercept.MetricsPort)
 		if err != nil {
 			return fmt.Errorf("metrics of %s: %w", p.Name, err)
 		}
