@@ -112,3 +112,17 @@ func expiryReason(e x509.CertificateInvalidError) string {
 	}
 	return ReasonExpired
 }
+
+// SourceError is a certificate source that could not start: Source says
+// which ("cert dir /etc/certs", "workload API unix:///run/agent.sock",
+// "CA client"), Err why. A caller that names the source its own way (a
+// command naming its flag) prints Err alone.
+type SourceError struct {
+	Source string
+	Err    error
+}
+
+func (e *SourceError) Error() string { return "mtls: " + e.Source + ": " + e.Err.Error() }
+
+// Unwrap returns Err.
+func (e *SourceError) Unwrap() error { return e.Err }

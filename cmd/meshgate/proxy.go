@@ -5,19 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
-	"os"
 	"strings"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"go.uber.org/zap"
-
-	"meshgate/discovery"
-
-	"meshgate/mtls"
 	"meshgate/proxy"
+	"meshgate/sidecar"
 )
 
 const proxyDescription = `
@@ -150,20 +142,23 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		cfg.MTLS.MeshCIDRs = prefixes
 	}
 	problems = append(problems, certs.check()...)
-	var registry *discovery.StaticRegistry
-	var registryData []byte
+	o := sidecar.Options{
+		Config:             cfg,
+		Certs:              certs.certs(),
+		ResolvConf:         *resolvConf,
+		ResolvConfRequired: flagSet(fs, "resolv-conf"),
+	}
+	if *dnsListen != "" {
+		o.DNSListen = strings.Split(*dnsListen, ",")
+	}
 	if *registryPath != "" {
-		b, err := os.ReadFile(*registryPath)
-		if err == nil {
-			registry, err = discovery.ParseRegistry(b)
+		var err error
+		if o.Registry, err = sidecar.LoadRegistry(*registryPath); err != nil {
+			problems = append(problems, err)
 		}
-		if err != nil {
-			problems = append(problems, fmt.Errorf("--registry %s: %s", *registryPath, strings.TrimPrefix(err.Error(), "discovery: registry: ")))
-		}
-		if *dnsListen == "" {
-			problems = append(problems, errors.New("--registry: its names are answered by the DNS proxy, which --dns-listen \"\" turns off"))
-		}
-		registryData = b
+	}
+	if err := o.Validate(); err != nil {
+		problems = append(problems, err)
 	}
 	log, err := newLogger(cfg.LogLevel)
 	if err != nil {
@@ -173,122 +168,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return errors.Join(problems...)
 	}
 	defer log.Sync()
-
-	src, err := certs.open(ctx, log)
-	if err != nil {
-		return err
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	opts := []proxy.Option{proxy.WithRegistry(reg)}
-	if src != nil {
-		defer src.Close()
-		reg.MustRegister(certCollector{src})
-		opts = append(opts, proxy.WithMeshTLS(mtls.NewMesh(src)))
-	}
-	if *dnsListen == "" {
-		p, err := proxy.New(cfg, log, opts...)
-		if err != nil {
-			return err
-		}
-		return p.Run(ctx)
-	}
-	dns, err := newDNSProxy(*dnsListen, *resolvConf, flagSet(fs, "resolv-conf"), registry, balanceOptions(cfg.LoadBalancing), reg, log)
-	if err != nil {
-		return err
-	}
-	// Names the DNS proxy answered lead to mesh destinations (the
-	// registry's, and those whose TXT record says so), and connections
-	// to a service's address are balanced over its endpoints.
-	p, err := proxy.New(cfg, log, append(opts, proxy.WithDestinations(dns), proxy.WithBalancer(dns))...)
-	if err != nil {
-		return err
-	}
-	dctx, stopDNS := context.WithCancel(ctx)
-	defer stopDNS()
-	dnsDone := make(chan error, 1)
-	go func() { dnsDone <- dns.Run(dctx) }()
-	select {
-	case <-dns.Ready():
-		log.Info("DNS proxy ready", zap.Strings("listen", dns.Addrs()))
-	case err := <-dnsDone:
-		return fmt.Errorf("--dns-listen: %s", strings.TrimPrefix(err.Error(), "discovery: "))
-	}
-	watchDone := make(chan error, 1)
-	if *registryPath != "" {
-		go func() { watchDone <- dns.WatchRegistry(dctx, *registryPath, registryData) }()
-	} else {
-		watchDone <- nil
-	}
-	runErr := p.Run(ctx)
-	stopDNS()
-	if err := <-dnsDone; err != nil && runErr == nil {
-		runErr = fmt.Errorf("DNS proxy: %w", err)
-	}
-	if err := <-watchDone; err != nil && runErr == nil {
-		runErr = fmt.Errorf("--registry: %w", err)
-	}
-	return runErr
-}
-
-// balanceOptions is the config's loadBalancing section for package
-// discovery's balancers.
-func balanceOptions(c proxy.LoadBalancingConfig) discovery.BalanceOptions {
-	o := discovery.BalanceOptions{
-		Policy:              discovery.Policy(c.Policy),
-		Decay:               c.Decay.D(),
-		ConsecutiveFailures: c.OutlierDetection.ConsecutiveFailures,
-		BaseEjection:        c.OutlierDetection.BaseEjectionTime.D(),
-		MaxEjection:         c.OutlierDetection.MaxEjectionTime.D(),
-		MaxEjectedPercent:   c.OutlierDetection.MaxEjectionPercent,
-	}
-	if o.ConsecutiveFailures == 0 {
-		o.ConsecutiveFailures = -1 // the config's 0 is "no ejection"
-	}
-	return o
-}
-
-// newDNSProxy makes the sidecar's DNS proxy: on the addresses of listen
-// that this namespace has, asking the resolvers of resolvConf. A missing
-// default resolv.conf leaves it with no upstream (mesh names only); one
-// given with --resolv-conf must be readable.
-func newDNSProxy(listen, resolvConf string, explicit bool, registry *discovery.StaticRegistry, balance discovery.BalanceOptions, reg prometheus.Registerer, log *zap.Logger) (*discovery.Server, error) {
-	var addrs []string
-	for _, a := range strings.Split(listen, ",") {
-		a = strings.TrimSpace(a)
-		if a == "" {
-			continue
-		}
-		host, _, err := net.SplitHostPort(a)
-		if err != nil {
-			return nil, fmt.Errorf("--dns-listen %q: want host:port, e.g. 127.0.0.1:15053", a)
-		}
-		if ip, err := netip.ParseAddr(host); err == nil && ip.Is6() {
-			if pc, err := net.ListenPacket("udp", net.JoinHostPort(host, "0")); err != nil {
-				log.Info("no IPv6 here: DNS proxy on IPv4 only", zap.String("skipped", a))
-				continue
-			} else {
-				pc.Close()
-			}
-		}
-		addrs = append(addrs, a)
-	}
-	ups, err := discovery.Upstreams(resolvConf)
-	if err != nil {
-		if explicit {
-			return nil, fmt.Errorf("--resolv-conf %s: %s", resolvConf, strings.TrimPrefix(err.Error(), "discovery: "+resolvConf+": "))
-		}
-		log.Warn("no resolv.conf: the DNS proxy answers mesh names only", zap.Error(err))
-	}
-	o := discovery.Options{Addrs: addrs, Upstreams: ups, Balance: balance, Log: log.Named("dns"), Registerer: reg}
-	if registry != nil {
-		o.Registry = registry
-	}
-	s, err := discovery.New(o)
-	if err != nil {
-		return nil, fmt.Errorf("--dns-listen: %s", strings.TrimPrefix(err.Error(), "discovery: "))
-	}
-	return s, nil
+	o.Log = log
+	return sidecar.Run(ctx, o)
 }
 
 // parseCIDRList parses a comma-separated list of CIDRs, each in its
