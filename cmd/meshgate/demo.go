@@ -22,9 +22,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 
+	"meshgate/enroll"
 	"meshgate/intercept"
 	"meshgate/mtls"
 	"meshgate/mtls/ca"
+	"meshgate/proxy"
 	"meshgate/redirect"
 	"meshgate/topology"
 )
@@ -65,7 +67,7 @@ type demo struct {
 	self     string
 	log      *zap.Logger
 	lab      *topology.Lab
-	enrolled []enrollment
+	enrolled []enroll.Enrollment
 	stateDir string
 }
 
@@ -117,7 +119,10 @@ func (d *demo) run(ctx context.Context, requests int) error {
 		p    *topology.Pod
 		port uint16
 	}{{web, 8080}, {web2, 8080}, {echoPod, 9000}} {
-		if err := waitDial(ctx, w.p, netip.AddrPortFrom(w.p.IPv4, w.port)); err != nil {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := w.p.WaitListening(wctx, netip.AddrPortFrom(w.p.IPv4, w.port))
+		cancel()
+		if err != nil {
 			return fmt.Errorf("app in %s did not start: %w", w.p.Name, err)
 		}
 	}
@@ -148,18 +153,18 @@ func (d *demo) run(ctx context.Context, requests int) error {
 
 	d.say("\nenrolling the running pods (sidecar started in each namespace, then rules applied):")
 	for _, p := range meshed {
-		st, err := openEnrollState(d.stateDir, p.Path())
+		st, err := enroll.OpenState(d.stateDir, p.Path())
 		if err != nil {
 			return err
 		}
-		e := enrollment{state: st, netns: p.Path(), log: d.log}
+		e := enroll.Enrollment{State: st, Netns: p.Path(), Log: d.log, DrainGrace: proxy.DefaultConfig().Timeouts.DrainGrace.D()}
 		args := []string{"proxy", "--cert-dir", certDirs[p.Name], "--mesh-cidrs", strings.Join(cidrs, ",")}
 		r := rules
 		if p == client {
 			args = append(args, "--registry", registry)
 			r.CaptureDNS, r.DNSServers = true, []netip.Addr{outsider.IPv4}
 		}
-		pid, err := e.do(ctx, r, args, intercept.HealthPort, 15*time.Second)
+		pid, err := e.Do(ctx, r, args, intercept.HealthPort, 15*time.Second)
 		if err != nil {
 			return fmt.Errorf("enroll %s: %w", p.Name, err)
 		}
@@ -401,7 +406,7 @@ func (d *demo) close() {
 	defer cancel()
 	var errs []error
 	for _, e := range d.enrolled {
-		if err := e.undo(ctx); err != nil {
+		if err := e.Undo(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -420,12 +425,6 @@ func (d *demo) close() {
 	if d.lab != nil {
 		d.say("\ncleaned up: rules removed, sidecars drained and stopped, namespaces deleted.")
 	}
-}
-
-func waitDial(ctx context.Context, p *topology.Pod, addr netip.AddrPort) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	return p.WaitListening(ctx, addr)
 }
 
 func echoSession(ctx context.Context, p *topology.Pod, addr string, msg []byte) error {
