@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"meshgate/intercept"
+	"meshgate/netlist"
 )
 
 // Config is the proxy's whole configuration: one YAML file whose fields
@@ -687,22 +688,12 @@ func (c MTLSConfig) validate() []error {
 		}
 	}
 
-	// A prefix must be in its canonical form: 10.1.2.3/8 is most likely a
-	// typo for a /32 or for 10.0.0.0/8, and an IPv4-mapped IPv6 prefix
-	// would never match (destinations are compared unmapped).
 	checkPrefix := func(field string, p netip.Prefix) bool {
-		switch {
-		case !p.IsValid():
-			bad("%s: want a CIDR, e.g. 10.0.0.0/8 or fd00::/8", field)
-		case p.Addr().Is4In6():
-			bad("%s: %s is IPv4-mapped and would never match; write it as IPv4, e.g. %s",
-				field, p, netip.PrefixFrom(p.Addr().Unmap(), max(0, p.Bits()-96)).Masked())
-		case p != p.Masked():
-			bad("%s: %s has bits set past the /%d; want %s", field, p, p.Bits(), p.Masked())
-		default:
-			return true
+		if err := netlist.CheckPrefix(p); err != nil {
+			bad("%s: %v", field, err)
+			return false
 		}
-		return false
+		return true
 	}
 	seen := map[netip.Prefix]string{}
 	for i, p := range c.MeshCIDRs {

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"meshgate/intercept"
+	"meshgate/netlist"
 )
 
 // Ports and marks of interception alone (the ports, mark, UID and mode that
@@ -251,15 +252,11 @@ func checkPorts(flag string, ports []uint16) []error {
 func checkPrefixes(flag string, prefixes []netip.Prefix) []error {
 	var errs []error
 	for _, p := range prefixes {
-		switch {
-		case !p.IsValid():
-			errs = append(errs, fmt.Errorf("%s: an invalid prefix; want a CIDR like 10.0.0.0/8", flag))
-		case p.Addr().Is4In6():
-			errs = append(errs, fmt.Errorf("%s %q: an IPv4-mapped IPv6 prefix; write it as IPv4, like 10.0.0.0/8", flag, p.String()))
-		case p.Addr().Zone() != "":
-			errs = append(errs, fmt.Errorf("%s %q: iptables cannot match a zone; drop it", flag, p.String()))
-		case p.Masked() != p:
-			errs = append(errs, fmt.Errorf("%s %q: host bits are set; want %s", flag, p.String(), p.Masked()))
+		switch err := netlist.CheckPrefix(p); {
+		case err != nil && !p.IsValid():
+			errs = append(errs, fmt.Errorf("%s: %w", flag, err))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s %w", flag, err))
 		}
 	}
 	for _, p := range duplicates(prefixes) {

@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"strings"
 
+	"meshgate/netlist"
 	"meshgate/proxy"
 	"meshgate/sidecar"
 )
@@ -135,9 +135,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	if flagSet(fs, "mesh-cidrs") {
-		prefixes, err := parseCIDRList(*meshCIDRs)
+		prefixes, err := netlist.ParseCIDRs(*meshCIDRs)
 		if err != nil {
-			problems = append(problems, fmt.Errorf("--mesh-cidrs: %v", err))
+			problems = append(problems, netlist.Named("--mesh-cidrs", err)...)
 		}
 		cfg.MTLS.MeshCIDRs = prefixes
 	}
@@ -170,30 +170,4 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer log.Sync()
 	o.Log = log
 	return sidecar.Run(ctx, o)
-}
-
-// parseCIDRList parses a comma-separated list of CIDRs, each in its
-// canonical form; an empty list is none.
-func parseCIDRList(s string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	var problems []string
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(f)
-		switch {
-		case err != nil:
-			problems = append(problems, fmt.Sprintf("%q is not a CIDR; want e.g. 10.0.0.0/8 or fd00::/8", f))
-		case p != p.Masked():
-			problems = append(problems, fmt.Sprintf("%s has bits set past the /%d; want %s", f, p.Bits(), p.Masked()))
-		default:
-			out = append(out, p)
-		}
-	}
-	if len(problems) > 0 {
-		return nil, errors.New(strings.Join(problems, "; "))
-	}
-	return out, nil
 }

@@ -31,7 +31,8 @@ func TestProxyRejects(t *testing.T) {
 	}{
 		{"bad mode and CIDRs", []string{"--mtls-mode", "tight", "--mesh-cidrs", "10.1.2.3/8,fd00::/8,mesh"}, strings.Join([]string{
 			`--mtls-mode "tight": want strict, permissive or disable`,
-			`--mesh-cidrs: 10.1.2.3/8 has bits set past the /8; want 10.0.0.0/8; "mesh" is not a CIDR; want e.g. 10.0.0.0/8 or fd00::/8`,
+			`--mesh-cidrs 10.1.2.3/8: bits set past the /8; want 10.0.0.0/8`,
+			`--mesh-cidrs "mesh": not an IP address or CIDR; want a CIDR like 10.0.0.0/8 or an address like 10.1.2.3`,
 		}, "\n")},
 		{"two sources", []string{"--cert-dir", tmp, "--workload-api", "unix:///run/spire.sock"},
 			"--cert-dir, --workload-api: give one certificate source, not 2"},
