@@ -233,7 +233,9 @@ func (d *demo) run(ctx context.Context, requests int) error {
 	}
 	d.say("  outsider → web plaintext from a pod without a sidecar: refused (mTLS strict)")
 
-	time.Sleep(100 * time.Millisecond) // let the last close lines and counters land
+	if err := settled(ctx, client, echoPod, web); err != nil {
+		return err
+	}
 	d.say("\nwhat each sidecar saw (its /metrics on :%d):", intercept.MetricsPort)
 	tw := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "pod\tdirection\tconnections\tHTTP requests\tbytes app→peer\tbytes peer→app\tmTLS full\tresumed\tfailed\tplaintext refused\tpeers verified\t")
@@ -431,6 +433,35 @@ func echoSession(ctx context.Context, p *topology.Pod, addr string, msg []byte) 
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	return p.Echo(ctx, addr, msg)
+}
+
+// settled waits until the sidecars' counters hold all the traffic above:
+// every connection client's app made has closed in its sidecar, so have
+// the echo sessions in echo's, and web's has counted the outsider's
+// plaintext refused. (web's inbound connections from client's sidecar stay
+// open in its pool, so they are not waited for.)
+func settled(ctx context.Context, client, echoPod, web *topology.Pod) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		var cm, em, wm topology.Samples
+		var err error
+		if cm, err = client.Scrape(ctx, intercept.MetricsPort); err == nil {
+			if em, err = echoPod.Scrape(ctx, intercept.MetricsPort); err == nil {
+				wm, err = web.Scrape(ctx, intercept.MetricsPort)
+			}
+		}
+		if err == nil && cm["meshgate_tcp_connections_active{direction=outbound}"] == 0 &&
+			em["meshgate_tcp_connections_active{direction=inbound}"] == 0 &&
+			handshakeSummary(wm, "inbound").plaintextRefused > 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the sidecars' metrics did not settle: %v", errors.Join(err, ctx.Err()))
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 func humanBytes(v float64) string {
