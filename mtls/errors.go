@@ -126,3 +126,16 @@ func (e *SourceError) Error() string { return "mtls: " + e.Source + ": " + e.Err
 
 // Unwrap returns Err.
 func (e *SourceError) Unwrap() error { return e.Err }
+
+// DirError is a certificate directory that could not be written: Op is
+// "write DIR", Err why. A caller that names the directory its own way
+// prints Err alone.
+type DirError struct {
+	Op  string
+	Err error
+}
+
+func (e *DirError) Error() string { return "mtls: " + e.Op + ": " + e.Err.Error() }
+
+// Unwrap returns Err.
+func (e *DirError) Unwrap() error { return e.Err }
