@@ -43,3 +43,6 @@ const (
 	// the client's own address.
 	ModeTProxy Mode = "tproxy"
 )
+
+// Valid reports whether m is one of the modes.
+func (m Mode) Valid() bool { return m == ModeRedirect || m == ModeTProxy }

@@ -19,29 +19,7 @@ import (
 // one host (/32 or /128).
 
 // ParsePorts parses a comma-separated list of TCP ports, like "80,443".
-func ParsePorts(s string) ([]uint16, error) {
-	items, err := Split(s)
-	if err != nil {
-		return nil, err
-	}
-	ports := make([]uint16, 0, len(items))
-	var errs []error
-	for _, it := range items {
-		p, err := parsePort(it)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		ports = append(ports, p)
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	if len(ports) == 0 {
-		return nil, nil
-	}
-	return ports, nil
-}
+func ParsePorts(s string) ([]uint16, error) { return parseList(s, parsePort) }
 
 // ParsePortsOrAll is ParsePorts that also accepts "*", meaning every port.
 func ParsePortsOrAll(s string) (all bool, ports []uint16, err error) {
@@ -78,29 +56,7 @@ func parsePort(it string) (uint16, error) {
 // "10.0.0.0/8,fd00::/8". A bare address is a single host (/32 or /128).
 // Prefixes with host bits set ("10.1.2.3/8") are refused rather than
 // silently masked.
-func ParseCIDRs(s string) ([]netip.Prefix, error) {
-	items, err := Split(s)
-	if err != nil {
-		return nil, err
-	}
-	prefixes := make([]netip.Prefix, 0, len(items))
-	var errs []error
-	for _, it := range items {
-		p, err := parseCIDR(it)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		prefixes = append(prefixes, p)
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	if len(prefixes) == 0 {
-		return nil, nil
-	}
-	return prefixes, nil
-}
+func ParseCIDRs(s string) ([]netip.Prefix, error) { return parseList(s, parseCIDR) }
 
 // ParseCIDRsOrAll is ParseCIDRs that also accepts "*", meaning everywhere.
 func ParseCIDRsOrAll(s string) (all bool, prefixes []netip.Prefix, err error) {
@@ -160,28 +116,29 @@ func parseAddr(it, s string) (netip.Addr, error) {
 
 // ParseAddrs parses a comma-separated list of IP addresses, like
 // "10.96.0.10,fd00::a".
-func ParseAddrs(s string) ([]netip.Addr, error) {
+func ParseAddrs(s string) ([]netip.Addr, error) { return parseList(s, ParseAddr) }
+
+// parseList parses each item of the list s with parse. Every bad item is
+// reported (errors.Join); the empty list is nil.
+func parseList[T any](s string, parse func(string) (T, error)) ([]T, error) {
 	items, err := Split(s)
 	if err != nil {
 		return nil, err
 	}
-	addrs := make([]netip.Addr, 0, len(items))
+	var out []T
 	var errs []error
 	for _, it := range items {
-		a, err := ParseAddr(it)
+		v, err := parse(it)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		addrs = append(addrs, a)
+		out = append(out, v)
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	if len(addrs) == 0 {
-		return nil, nil
-	}
-	return addrs, nil
+	return out, nil
 }
 
 // Split splits a comma-separated list into trimmed items; "" is the

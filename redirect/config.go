@@ -153,9 +153,7 @@ func (c Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	switch c.Mode {
-	case intercept.ModeRedirect, intercept.ModeTProxy:
-	default:
+	if !c.Mode.Valid() {
 		bad("--mode %q: want redirect or tproxy", string(c.Mode))
 	}
 	switch c.IPv6 {
