@@ -26,7 +26,7 @@ func WaitCAClientSource(ctx context.Context, cfg CAClientConfig, wait time.Durat
 		if err == nil {
 			return src, nil
 		}
-		var se *SourceError
+		var se *Error
 		if errors.As(err, &se) {
 			err = se.Err
 		}

@@ -113,29 +113,17 @@ func expiryReason(e x509.CertificateInvalidError) string {
 	return ReasonExpired
 }
 
-// SourceError is a certificate source that could not start: Source says
-// which ("cert dir /etc/certs", "workload API unix:///run/agent.sock",
-// "CA client"), Err why. A caller that names the source its own way (a
-// command naming its flag) prints Err alone.
-type SourceError struct {
-	Source string
-	Err    error
-}
-
-func (e *SourceError) Error() string { return "mtls: " + e.Source + ": " + e.Err.Error() }
-
-// Unwrap returns Err.
-func (e *SourceError) Unwrap() error { return e.Err }
-
-// DirError is a certificate directory that could not be written: Op is
-// "write DIR", Err why. A caller that names the directory its own way
-// prints Err alone.
-type DirError struct {
+// Error is an error of this package: Op says what failed (a certificate
+// source that could not start: "cert dir /etc/certs", "workload API
+// unix:///run/agent.sock", "CA client"; or "write DIR"), Err why. A caller
+// that names the thing its own way (a command naming its flag) prints Err
+// alone.
+type Error struct {
 	Op  string
 	Err error
 }
 
-func (e *DirError) Error() string { return "mtls: " + e.Op + ": " + e.Err.Error() }
+func (e *Error) Error() string { return "mtls: " + e.Op + ": " + e.Err.Error() }
 
 // Unwrap returns Err.
-func (e *DirError) Unwrap() error { return e.Err }
+func (e *Error) Unwrap() error { return e.Err }

@@ -30,16 +30,16 @@ func NewWorkloadAPISource(ctx context.Context, addr string, log *zap.Logger) (*W
 	var opts []workloadapi.ClientOption
 	if addr != "" {
 		if err := workloadapi.ValidateAddress(addr); err != nil {
-			return nil, &SourceError{Source: fmt.Sprintf("workload API address %q", addr), Err: err}
+			return nil, &Error{Op: fmt.Sprintf("workload API address %q", addr), Err: err}
 		}
 		opts = append(opts, workloadapi.WithAddr(addr))
 	} else if _, ok := workloadapi.GetDefaultAddress(); !ok {
-		return nil, &SourceError{Source: "workload API", Err: fmt.Errorf("no address given and %s is not set", workloadapi.SocketEnv)}
+		return nil, &Error{Op: "workload API", Err: fmt.Errorf("no address given and %s is not set", workloadapi.SocketEnv)}
 	}
 	opts = append(opts, workloadapi.WithLogger(log.Named("workloadapi").Sugar()))
 	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(opts...))
 	if err != nil {
-		return nil, &SourceError{Source: "workload API " + addrOrEnv(addr), Err: err}
+		return nil, &Error{Op: "workload API " + addrOrEnv(addr), Err: err}
 	}
 	return &WorkloadAPISource{X509Source: src}, nil
 }

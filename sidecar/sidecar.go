@@ -187,9 +187,9 @@ func openCerts(ctx context.Context, c Certs, log *zap.Logger) (certSource, error
 	case c.WorkloadAPI != "":
 		src, err := mtls.NewWorkloadAPISource(ctx, c.WorkloadAPI, log)
 		if err != nil {
-			var se *mtls.SourceError
+			var se *mtls.Error
 			if errors.As(err, &se) {
-				return nil, fmt.Errorf("--workload-api: %s: %w", se.Source, se.Err)
+				return nil, fmt.Errorf("--workload-api: %s: %w", se.Op, se.Err)
 			}
 			return nil, fmt.Errorf("--workload-api: %w", err)
 		}
@@ -211,7 +211,7 @@ func openCerts(ctx context.Context, c Certs, log *zap.Logger) (certSource, error
 // unwrapSource is err without the package's naming of the source, for a
 // message that names the flag instead.
 func unwrapSource(err error) error {
-	var se *mtls.SourceError
+	var se *mtls.Error
 	if errors.As(err, &se) {
 		return se.Err
 	}

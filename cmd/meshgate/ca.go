@@ -288,7 +288,7 @@ func readRoots(path string) ([]*x509.Certificate, error) {
 // message that names the flag instead.
 func cause(err error) error {
 	var ce *ca.Error
-	var de *mtls.DirError
+	var de *mtls.Error
 	switch {
 	case errors.As(err, &ce):
 		return ce.Err
