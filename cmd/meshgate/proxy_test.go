@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"meshgate/sidecar"
 )
 
 // TestProxyRejects pins the refusals of 'meshgate proxy': every problem
@@ -61,7 +63,7 @@ func TestProxyRejects(t *testing.T) {
 			"proxy: invalid config: mtls.mode: strict needs the mesh certificates; give --cert-dir, or set mtls.mode to disable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := runProxy(context.Background(), append(tc.args, "--config", testProxyConfig(t, 0)), io.Discard, io.Discard)
+			err := runProxy(context.Background(), append(tc.args, "--config", testProxyConfig(t, 0, 0)), io.Discard, io.Discard)
 			if err == nil || err.Error() != tc.want {
 				t.Fatalf("error:\n got %v\nwant %s", err, tc.want)
 			}
@@ -70,11 +72,11 @@ func TestProxyRejects(t *testing.T) {
 }
 
 // testProxyConfig writes a config binding every port on loopback, the
-// metrics one on metricsPort (0: any).
-func testProxyConfig(t *testing.T, metricsPort int) string {
+// metrics and health ones on the ports given (0: any).
+func testProxyConfig(t *testing.T, metricsPort, healthPort int) string {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "proxy.yaml")
-	cfg := fmt.Sprintf("logLevel: error\noutbound: {port: 0}\ninbound: {port: 0}\nadmin: {address: \"127.0.0.1:0\"}\nmetrics: {address: \"127.0.0.1:%d\"}\nhealth: {address: \"127.0.0.1:0\"}\n", metricsPort)
+	cfg := fmt.Sprintf("logLevel: error\noutbound: {port: 0}\ninbound: {port: 0}\nadmin: {address: \"127.0.0.1:0\"}\nmetrics: {address: \"127.0.0.1:%d\"}\nhealth: {address: \"127.0.0.1:%d\"}\n", metricsPort, healthPort)
 	if err := os.WriteFile(f, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -90,17 +92,12 @@ func TestProxyCertDir(t *testing.T) {
 	if err := runCA(context.Background(), []string{"issue", "--dir", caDir, "--id", "spiffe://a.example/ns/default/sa/web", "--out", certs}, &sink, &sink); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port, healthPort := freePort(t), freePort(t)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- runProxy(ctx, []string{"--config", testProxyConfig(t, port), "--cert-dir", certs, "--mesh-cidrs", "10.0.0.0/8", "--dns-listen", "127.0.0.1:0"}, io.Discard, io.Discard)
+		done <- runProxy(ctx, []string{"--config", testProxyConfig(t, port, healthPort), "--cert-dir", certs, "--mesh-cidrs", "10.0.0.0/8", "--dns-listen", "127.0.0.1:0"}, io.Discard, io.Discard)
 	}()
 	defer func() {
 		cancel()
@@ -108,21 +105,18 @@ func TestProxyCertDir(t *testing.T) {
 			t.Errorf("proxy: %v", err)
 		}
 	}()
-	var body string
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			body = string(b)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no metrics: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := sidecar.WaitReady(wctx, (&net.Dialer{}).DialContext, uint16(healthPort), nil); err != nil {
+		t.Fatal(err)
 	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		t.Fatalf("no metrics: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	body := string(b)
 	for _, want := range []string{
 		`meshgate_tls_certificate_expiry_timestamp_seconds{root_key_id="`,
 		`spiffe_id="spiffe://a.example/ns/default/sa/web"`,
@@ -132,4 +126,15 @@ func TestProxyCertDir(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
