@@ -443,25 +443,19 @@ func echoSession(ctx context.Context, p *topology.Pod, addr string, msg []byte) 
 func settled(ctx context.Context, client, echoPod, web *topology.Pod) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	for {
-		var cm, em, wm topology.Samples
-		var err error
-		if cm, err = client.Scrape(ctx, intercept.MetricsPort); err == nil {
-			if em, err = echoPod.Scrape(ctx, intercept.MetricsPort); err == nil {
-				wm, err = web.Scrape(ctx, intercept.MetricsPort)
-			}
-		}
-		if err == nil && cm["meshgate_tcp_connections_active{direction=outbound}"] == 0 &&
-			em["meshgate_tcp_connections_active{direction=inbound}"] == 0 &&
-			handshakeSummary(wm, "inbound").plaintextRefused > 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the sidecars' metrics did not settle: %v", errors.Join(err, ctx.Err()))
-		case <-time.After(20 * time.Millisecond):
+	for _, w := range []struct {
+		pod   *topology.Pod
+		until func(topology.Samples) bool
+	}{
+		{client, func(m topology.Samples) bool { return m["meshgate_tcp_connections_active{direction=outbound}"] == 0 }},
+		{echoPod, func(m topology.Samples) bool { return m["meshgate_tcp_connections_active{direction=inbound}"] == 0 }},
+		{web, func(m topology.Samples) bool { return handshakeSummary(m, "inbound").plaintextRefused > 0 }},
+	} {
+		if _, err := w.pod.WaitScrape(ctx, intercept.MetricsPort, w.until); err != nil {
+			return err
 		}
 	}
+	return nil
 }
 
 func humanBytes(v float64) string {
