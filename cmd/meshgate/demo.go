@@ -22,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 
+	"meshgate/demoapp"
 	"meshgate/enroll"
 	"meshgate/intercept"
 	"meshgate/mtls"
@@ -202,7 +203,7 @@ func (d *demo) run(ctx context.Context, requests int) error {
 	if err != nil {
 		return fmt.Errorf("download from web: %w", err)
 	}
-	sum, n, err := hashBody(resp.Body)
+	sum, n, err := demoapp.HashBody(resp.Body)
 	resp.Body.Close()
 	if err != nil || n != size || sum != resp.Header.Get("X-Content-Sha256") {
 		return fmt.Errorf("download from web: %d bytes, sha256 %s, want %d bytes, %s (%v)", n, sum, size, resp.Header.Get("X-Content-Sha256"), err)
