@@ -79,11 +79,7 @@ func LoadRegistry(path string) (*Registry, error) {
 		static, err = discovery.ParseRegistry(b)
 	}
 	if err != nil {
-		var de *discovery.Error
-		if errors.As(err, &de) {
-			err = de.Err
-		}
-		return nil, fmt.Errorf("--registry %s: %w", path, err)
+		return nil, fmt.Errorf("--registry %s: %w", path, causeOf[*discovery.Error](err))
 	}
 	return &Registry{Path: path, static: static, data: b}, nil
 }
@@ -146,7 +142,7 @@ func Run(ctx context.Context, o Options) error {
 	case <-dns.Ready():
 		log.Info("DNS proxy ready", zap.Strings("listen", dns.Addrs()))
 	case err := <-dnsDone:
-		return fmt.Errorf("--dns-listen: %w", unwrapDiscovery(err))
+		return fmt.Errorf("--dns-listen: %w", causeOf[*discovery.Error](err))
 	}
 	watchDone := make(chan error, 1)
 	if o.Registry != nil {
@@ -177,7 +173,7 @@ func openCerts(ctx context.Context, c Certs, log *zap.Logger) (certSource, error
 	case c.Dir != "":
 		src, err := mtls.NewDirSource(c.Dir, log)
 		if err != nil {
-			msg := unwrapSource(err).Error()
+			msg := causeOf[*mtls.Error](err).Error()
 			if errors.Is(err, fs.ErrNotExist) {
 				msg += "; want cert.pem, key.pem and bundle.pem there, e.g. from 'meshgate ca issue --out " + c.Dir + "'"
 			}
@@ -187,9 +183,11 @@ func openCerts(ctx context.Context, c Certs, log *zap.Logger) (certSource, error
 	case c.WorkloadAPI != "":
 		src, err := mtls.NewWorkloadAPISource(ctx, c.WorkloadAPI, log)
 		if err != nil {
-			var se *mtls.Error
-			if errors.As(err, &se) {
-				return nil, fmt.Errorf("--workload-api: %s: %w", se.Op, se.Err)
+			// What failed names the Workload API's address, which the
+			// flag may not have given (SPIFFE_ENDPOINT_SOCKET): keep it.
+			var me *mtls.Error
+			if errors.As(err, &me) {
+				return nil, fmt.Errorf("--workload-api: %s: %w", me.Op, me.Err)
 			}
 			return nil, fmt.Errorf("--workload-api: %w", err)
 		}
@@ -208,22 +206,16 @@ func openCerts(ctx context.Context, c Certs, log *zap.Logger) (certSource, error
 	return nil, nil
 }
 
-// unwrapSource is err without the package's naming of the source, for a
-// message that names the flag instead.
-func unwrapSource(err error) error {
-	var se *mtls.Error
-	if errors.As(err, &se) {
-		return se.Err
-	}
-	return err
-}
-
-// unwrapDiscovery is err without package discovery's prefix, for a
-// message that names the flag instead.
-func unwrapDiscovery(err error) error {
-	var de *discovery.Error
-	if errors.As(err, &de) {
-		return de.Err
+// causeOf is the cause inside the first E of err's chain (an error of
+// package mtls or discovery, which names what failed its own way), for a
+// message that names the flag instead; err itself when it holds no E.
+func causeOf[E interface {
+	error
+	Unwrap() error
+}](err error) error {
+	var e E
+	if errors.As(err, &e) {
+		return e.Unwrap()
 	}
 	return err
 }
@@ -273,7 +265,7 @@ func newDNSProxy(o Options, balance discovery.BalanceOptions, reg prometheus.Reg
 	ups, err := discovery.Upstreams(o.ResolvConf)
 	if err != nil {
 		if o.ResolvConfRequired {
-			return nil, fmt.Errorf("--resolv-conf %s: %w", o.ResolvConf, unwrapDiscovery(err))
+			return nil, fmt.Errorf("--resolv-conf %s: %w", o.ResolvConf, causeOf[*discovery.Error](err))
 		}
 		log.Warn("no resolv.conf: the DNS proxy answers mesh names only", zap.Error(err))
 	}
@@ -283,7 +275,7 @@ func newDNSProxy(o Options, balance discovery.BalanceOptions, reg prometheus.Reg
 	}
 	s, err := discovery.New(do)
 	if err != nil {
-		return nil, fmt.Errorf("--dns-listen: %w", unwrapDiscovery(err))
+		return nil, fmt.Errorf("--dns-listen: %w", causeOf[*discovery.Error](err))
 	}
 	return s, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"meshgate/internal/testnet"
 	"meshgate/proxy"
 )
 
@@ -27,8 +28,8 @@ func TestRunAnswersRegistryNames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	healthPort := freePort(t, "tcp")
-	dnsAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t, "udp")).String()
+	healthPort := testnet.FreePort(t, "tcp")
+	dnsAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), testnet.FreePort(t, "udp")).String()
 	cfg := proxy.DefaultConfig()
 	cfg.LogLevel = "error"
 	cfg.Outbound.Port, cfg.Inbound.Port = 0, 0
@@ -70,23 +71,4 @@ func TestRunRefusesRegistryWithoutDNS(t *testing.T) {
 	if want := `--registry: its names are answered by the DNS proxy, which --dns-listen "" turns off`; err == nil || err.Error() != want {
 		t.Errorf("got %v, want %s", err, want)
 	}
-}
-
-// freePort returns a loopback port of network that was free a moment ago.
-func freePort(t *testing.T, network string) uint16 {
-	t.Helper()
-	if network == "udp" {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer pc.Close()
-		return uint16(pc.LocalAddr().(*net.UDPAddr).Port)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return uint16(ln.Addr().(*net.TCPAddr).Port)
 }

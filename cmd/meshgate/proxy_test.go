@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"meshgate/internal/testnet"
 	"meshgate/sidecar"
 )
 
@@ -92,12 +93,12 @@ func TestProxyCertDir(t *testing.T) {
 	if err := runCA(context.Background(), []string{"issue", "--dir", caDir, "--id", "spiffe://a.example/ns/default/sa/web", "--out", certs}, &sink, &sink); err != nil {
 		t.Fatal(err)
 	}
-	port, healthPort := freePort(t), freePort(t)
+	port, healthPort := testnet.FreePort(t, "tcp"), testnet.FreePort(t, "tcp")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- runProxy(ctx, []string{"--config", testProxyConfig(t, port, healthPort), "--cert-dir", certs, "--mesh-cidrs", "10.0.0.0/8", "--dns-listen", "127.0.0.1:0"}, io.Discard, io.Discard)
+		done <- runProxy(ctx, []string{"--config", testProxyConfig(t, int(port), int(healthPort)), "--cert-dir", certs, "--mesh-cidrs", "10.0.0.0/8", "--dns-listen", "127.0.0.1:0"}, io.Discard, io.Discard)
 	}()
 	defer func() {
 		cancel()
@@ -107,7 +108,7 @@ func TestProxyCertDir(t *testing.T) {
 	}()
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
-	if err := sidecar.WaitReady(wctx, (&net.Dialer{}).DialContext, uint16(healthPort), nil); err != nil {
+	if err := sidecar.WaitReady(wctx, (&net.Dialer{}).DialContext, healthPort, nil); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
@@ -126,15 +127,4 @@ func TestProxyCertDir(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
-}
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
