@@ -1,20 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"meshgate/internal/testnet"
-	"meshgate/sidecar"
 )
 
 // TestProxyRejects pins the refusals of 'meshgate proxy': every problem
@@ -64,7 +56,7 @@ func TestProxyRejects(t *testing.T) {
 			"proxy: invalid config: mtls.mode: strict needs the mesh certificates; give --cert-dir, or set mtls.mode to disable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := runProxy(context.Background(), append(tc.args, "--config", testProxyConfig(t, 0, 0)), io.Discard, io.Discard)
+			err := runProxy(context.Background(), append(tc.args, "--config", testProxyConfig(t)), io.Discard, io.Discard)
 			if err == nil || err.Error() != tc.want {
 				t.Fatalf("error:\n got %v\nwant %s", err, tc.want)
 			}
@@ -72,59 +64,13 @@ func TestProxyRejects(t *testing.T) {
 	}
 }
 
-// testProxyConfig writes a config binding every port on loopback, the
-// metrics and health ones on the ports given (0: any).
-func testProxyConfig(t *testing.T, metricsPort, healthPort int) string {
+// testProxyConfig writes a config binding every port on loopback.
+func testProxyConfig(t *testing.T) string {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "proxy.yaml")
-	cfg := fmt.Sprintf("logLevel: error\noutbound: {port: 0}\ninbound: {port: 0}\nadmin: {address: \"127.0.0.1:0\"}\nmetrics: {address: \"127.0.0.1:%d\"}\nhealth: {address: \"127.0.0.1:%d\"}\n", metricsPort, healthPort)
+	cfg := "logLevel: error\noutbound: {port: 0}\ninbound: {port: 0}\nadmin: {address: \"127.0.0.1:0\"}\nmetrics: {address: \"127.0.0.1:0\"}\nhealth: {address: \"127.0.0.1:0\"}\n"
 	if err := os.WriteFile(f, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return f
-}
-
-// TestProxyCertDir runs the proxy on a certificate directory from 'meshgate
-// ca issue': mTLS is strict, and the metrics show the certificate.
-func TestProxyCertDir(t *testing.T) {
-	caDir := newTestCA(t)
-	certs := filepath.Join(t.TempDir(), "certs")
-	var sink bytes.Buffer
-	if err := runCA(context.Background(), []string{"issue", "--dir", caDir, "--id", "spiffe://a.example/ns/default/sa/web", "--out", certs}, &sink, &sink); err != nil {
-		t.Fatal(err)
-	}
-	port, healthPort := testnet.FreePort(t, "tcp"), testnet.FreePort(t, "tcp")
-
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- runProxy(ctx, []string{"--config", testProxyConfig(t, int(port), int(healthPort)), "--cert-dir", certs, "--mesh-cidrs", "10.0.0.0/8", "--dns-listen", "127.0.0.1:0"}, io.Discard, io.Discard)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("proxy: %v", err)
-		}
-	}()
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer wcancel()
-	if err := sidecar.WaitReady(wctx, (&net.Dialer{}).DialContext, healthPort, nil); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
-	if err != nil {
-		t.Fatalf("no metrics: %v", err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	body := string(b)
-	for _, want := range []string{
-		`meshgate_tls_certificate_expiry_timestamp_seconds{root_key_id="`,
-		`spiffe_id="spiffe://a.example/ns/default/sa/web"`,
-		`meshgate_tls_trust_bundle_roots{trust_domain="a.example"} 1`,
-	} {
-		if !strings.Contains(body, want) {
-			t.Errorf("metrics lack %s", want)
-		}
-	}
 }
