@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -17,9 +16,11 @@ import (
 	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"meshgate/intercept"
 	"meshgate/mtls"
 	"meshgate/mtls/ca"
 	"meshgate/redirect"
+	"meshgate/sidecar"
 	"meshgate/topology"
 )
 
@@ -47,12 +48,12 @@ type MeshOptions struct {
 type meshPair struct {
 	name           string
 	client, server *topology.Pod
-	sidecars       []*sidecar
+	sidecars       []*runningSidecar
 	runs           []*Result
 }
 
-// sidecar is a running meshgate proxy of a scenario.
-type sidecar struct {
+// runningSidecar is a running meshgate proxy of a scenario.
+type runningSidecar struct {
 	pod  *topology.Pod
 	proc *topology.Process
 	cpu0 float64 // CPU seconds when the measured runs began
@@ -121,7 +122,10 @@ func Mesh(ctx context.Context, o MeshOptions) (*Report, error) {
 		if _, err := p.server.Start([]string{o.Self, "bench", "serve", "--http", ":8080", "--tls", ":8443", "--grpc", ":8081", "--tcp", ":9000"}, topology.ProcOptions{}); err != nil {
 			return nil, err
 		}
-		if err := waitDial(ctx, p.server, netip.AddrPortFrom(p.server.IPv4, 8080)); err != nil {
+		wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err := p.server.WaitListening(wctx, netip.AddrPortFrom(p.server.IPv4, 8080))
+		cancel()
+		if err != nil {
 			return nil, fmt.Errorf("bench: the backend in %s did not start: %w", p.server.Name, err)
 		}
 	}
@@ -219,7 +223,7 @@ func (p *meshPair) enroll(ctx context.Context, self, state, logDir string, c *ca
 	}
 	mesh := netip.PrefixFrom(p.client.IPv4, 32).String() + "," + netip.PrefixFrom(p.server.IPv4, 32).String()
 	rules := redirect.DefaultConfig()
-	uid := redirect.DefaultProxyUID
+	uid := intercept.ProxyUID
 	for _, pod := range []*topology.Pod{p.client, p.server} {
 		dir := filepath.Join(state, pod.Name)
 		if _, err := c.IssueDir(dir, spiffeid.RequireFromString("spiffe://bench.local/ns/bench/sa/"+pod.Name), nil, 24*time.Hour); err != nil {
@@ -245,44 +249,19 @@ func (p *meshPair) enroll(ctx context.Context, self, state, logDir string, c *ca
 		if err != nil {
 			return err
 		}
-		if err := waitReady(ctx, pod); err != nil {
+		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err = sidecar.WaitReady(rctx, pod.Dial, intercept.HealthPort, proc.Done())
+		cancel()
+		if err != nil {
 			b, _ := os.ReadFile(filepath.Join(logDir, pod.Name+".log"))
 			return fmt.Errorf("bench: the sidecar in %s is not ready: %w: %s", pod.Name, err, strings.TrimSpace(string(b)))
 		}
 		if err := redirect.Apply(ctx, rules, redirect.Options{NetnsPath: pod.Path()}); err != nil {
 			return err
 		}
-		p.sidecars = append(p.sidecars, &sidecar{pod: pod, proc: proc})
+		p.sidecars = append(p.sidecars, &runningSidecar{pod: pod, proc: proc})
 	}
 	return nil
-}
-
-// waitReady waits for a sidecar's /healthz/ready in pod.
-func waitReady(ctx context.Context, pod *topology.Pod) error {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	hc := pod.HTTPClient(time.Second)
-	for {
-		resp, err := hc.Get("http://127.0.0.1:15021/healthz/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// waitDial waits up to 15 s until addr accepts connections inside pod.
-func waitDial(ctx context.Context, pod *topology.Pod, addr netip.AddrPort) error {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	return pod.WaitListening(ctx, addr)
 }
 
 // mergeResults adds up the repetitions of a scenario.

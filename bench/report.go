@@ -2,6 +2,7 @@ package bench
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image/color"
 	"io"
@@ -118,13 +119,16 @@ func (r *Report) WriteJSON(path string) error {
 // median, 1 p90, 2 p99, 3 p99.9, 4 p99.99.
 var plotQuantiles = []float64{50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99}
 
+// ErrPlotFormat is WritePlot refusing a file that is neither SVG nor PNG.
+var ErrPlotFormat = errors.New("want a .svg or .png file")
+
 // WritePlot draws the latency of every scenario against the percentile
 // (on a log scale of nines, as HDR histogram plots do) to path: SVG or
 // PNG by its extension.
 func (r *Report) WritePlot(path string) error {
 	ext := strings.ToLower(strings.TrimPrefix(filepath.Ext(path), "."))
 	if ext != "svg" && ext != "png" {
-		return fmt.Errorf("bench: plot %s: want a .svg or .png file", path)
+		return fmt.Errorf("bench: plot %s: %w", path, ErrPlotFormat)
 	}
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("latency by percentile: %s, %s", r.Protocol, rateText(r.Rate))

@@ -91,7 +91,7 @@ type registryFile struct {
 func LoadRegistry(path string) (*StaticRegistry, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("discovery: registry: %w", err)
+		return nil, &Error{Op: "registry", Err: err}
 	}
 	return ParseRegistry(b)
 }
@@ -100,7 +100,7 @@ func LoadRegistry(path string) (*StaticRegistry, error) {
 func ParseRegistry(data []byte) (*StaticRegistry, error) {
 	var f registryFile
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
-		return nil, fmt.Errorf("discovery: registry: %w", err)
+		return nil, &Error{Op: "registry", Err: err}
 	}
 	r := &StaticRegistry{services: make(map[string]*Service), meshAt: make(map[netip.Addr]*Service)}
 	var errs []error
@@ -157,7 +157,7 @@ func ParseRegistry(data []byte) (*StaticRegistry, error) {
 		r.services[name] = s
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("discovery: registry: %w", err)
+		return nil, &Error{Op: "registry", Err: err}
 	}
 	return r, nil
 }

@@ -109,7 +109,7 @@ func New(o Options) (*Server, error) {
 		errs = append(errs, fmt.Errorf("balance: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("discovery: %w", err)
+		return nil, &Error{Err: err}
 	}
 	s := &Server{o: o, log: o.Log, cache: newCache(o.CacheSize), names: newNameMemory(65536), ready: make(chan struct{}),
 		conv: make(map[string]convention), dialer: &net.Dialer{Timeout: o.Timeout, Control: sockmark.Control(o.Mark)}}
@@ -141,7 +141,7 @@ func (s *Server) SetRegistry(r Registry) { s.reg.Store(&registryBox{r}) }
 func Upstreams(resolvConf string) ([]string, error) {
 	cc, err := dns.ClientConfigFromFile(resolvConf)
 	if err != nil {
-		return nil, fmt.Errorf("discovery: %s: %w", resolvConf, err)
+		return nil, &Error{Op: resolvConf, Err: err}
 	}
 	var out []string
 	for _, s := range cc.Servers {
@@ -164,7 +164,7 @@ func (s *Server) Run(ctx context.Context) error {
 		pc, ln, err := ListenBoth(a)
 		if err != nil {
 			stopAll()
-			return fmt.Errorf("discovery: %w", err)
+			return &Error{Err: err}
 		}
 		bound = append(bound, pc.LocalAddr().String())
 		for _, srv := range []*dns.Server{{PacketConn: pc, Handler: s}, {Listener: ln, Handler: s}} {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"meshgate/intercept"
+	meshsidecar "meshgate/sidecar"
 	"meshgate/topology"
 )
 
@@ -40,7 +43,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	// The sidecar runs as UID 1337: it must be able to reach the binary.
+	// The sidecar runs as intercept.ProxyUID: it must be able to reach the binary.
 	if err := os.Chmod(dir, 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -160,25 +163,28 @@ func startApp(t *testing.T, pod *topology.Pod) *topology.Process {
 	return p
 }
 
-// waitListening waits until addr accepts connections inside pod.
+// waitListening waits until addr accepts connections inside pod, failing
+// at once if p (when not nil) exits first.
 func waitListening(t *testing.T, pod *topology.Pod, addr netip.AddrPort, p *topology.Process) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		c, err := pod.Dial(ctx, "tcp", addr.String())
-		cancel()
-		if err == nil {
-			c.Close()
-			return
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if p != nil {
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			select {
+			case <-p.Done():
+				cancel()
+			case <-stop:
+			}
+		}()
+	}
+	if err := pod.WaitListening(ctx, addr); err != nil {
 		if p != nil && p.Exited() {
 			t.Fatalf("%s exited before listening on %s:\n%s", p.Cmd.Path, addr, p.Output())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nothing listening on %s in pod %s: %v", addr, pod.Name, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		t.Fatalf("nothing listening on %s in pod %s: %v", addr, pod.Name, err)
 	}
 }
 
@@ -228,7 +234,7 @@ type enrollOpts struct {
 	redirectArgs []string // extra flags for meshgate redirect
 	proxyConfig  string   // YAML for --config; empty runs on defaults
 	proxyArgs    []string // extra flags for meshgate proxy
-	uid          *uint32  // run the proxy as this UID; nil = 1337
+	uid          *uint32  // run the proxy as this UID; nil = intercept.ProxyUID
 	root         bool     // run the proxy as root
 	rulesFirst   bool     // install the rules before starting the proxy, as an init container does
 }
@@ -294,7 +300,7 @@ func enroll(t *testing.T, pod *topology.Pod, o enrollOpts) *sidecar {
 	args = append(args, o.proxyArgs...)
 	var po topology.ProcOptions
 	if !o.root {
-		uid := uint32(1337)
+		uid := intercept.ProxyUID
 		if o.uid != nil {
 			uid = *o.uid
 		}
@@ -322,19 +328,11 @@ func enroll(t *testing.T, pod *topology.Pod, o enrollOpts) *sidecar {
 
 func (s *sidecar) waitReady(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		code, _, err := podGet(s.pod, "http://127.0.0.1:15021/healthz/ready")
-		if err == nil && code == 200 {
-			return
-		}
-		if s.proc.Exited() {
-			t.Fatalf("sidecar in %s exited:\n%s", s.pod.Name, s.proc.Output())
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sidecar in %s not ready after 10s (code %d, %v):\n%s", s.pod.Name, code, err, tail(s.proc.Output(), 20))
-		}
-		time.Sleep(20 * time.Millisecond)
+	switch err := meshsidecar.WaitReady(ctxFor(t, 10*time.Second), s.pod.Dial, intercept.HealthPort, s.proc.Done()); {
+	case errors.Is(err, meshsidecar.ErrExited):
+		t.Fatalf("sidecar in %s exited:\n%s", s.pod.Name, s.proc.Output())
+	case err != nil:
+		t.Fatalf("sidecar in %s not ready after 10s (%v):\n%s", s.pod.Name, err, tail(s.proc.Output(), 20))
 	}
 }
 
@@ -353,7 +351,7 @@ func podGet(pod *topology.Pod, url string) (int, string, error) {
 // metrics scrapes the sidecar's Prometheus endpoint.
 func (s *sidecar) metrics(t *testing.T) topology.Samples {
 	t.Helper()
-	m, err := s.pod.Scrape(ctxFor(t, 10*time.Second), 15020)
+	m, err := s.pod.Scrape(ctxFor(t, 10*time.Second), intercept.MetricsPort)
 	if err != nil {
 		t.Fatal(err)
 	}

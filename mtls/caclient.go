@@ -117,7 +117,7 @@ func NewCAClientSource(ctx context.Context, cfg CAClientConfig, log *zap.Logger)
 		problems = append(problems, fmt.Errorf("Jitter %v: want a fraction smaller than RenewAt and 1-RenewAt", cfg.Jitter))
 	}
 	if err := errors.Join(problems...); err != nil {
-		return nil, fmt.Errorf("mtls: CA client: %w", err)
+		return nil, &Error{Op: "CA client", Err: err}
 	}
 	s := &CAClientSource{
 		cfg:  cfg,
@@ -137,7 +137,7 @@ func NewCAClientSource(ctx context.Context, cfg CAClientConfig, log *zap.Logger)
 	s.boot = httpClient(bootTLS, dialer)
 
 	if err := s.fetch(ctx, true); err != nil {
-		return nil, fmt.Errorf("mtls: CA client: first certificate: %w", err)
+		return nil, &Error{Op: "CA client", Err: fmt.Errorf("first certificate: %w", err)}
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel

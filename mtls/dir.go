@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -35,14 +36,14 @@ const (
 // so a DirSource watching dir never reads a half-written file.
 func WriteDir(dir string, chain []*x509.Certificate, key crypto.Signer, roots []*x509.Certificate) error {
 	if len(chain) == 0 || len(roots) == 0 {
-		return fmt.Errorf("mtls: write %s: want a certificate and at least one root", dir)
+		return &Error{Op: "write " + dir, Err: errors.New("want a certificate and at least one root")}
 	}
 	keyPEM, err := pemfile.EncodeKey(key)
 	if err != nil {
-		return fmt.Errorf("mtls: write %s: %s: %w", dir, KeyFile, err)
+		return &Error{Op: "write " + dir, Err: fmt.Errorf("%s: %w", KeyFile, err)}
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("mtls: write %s: %w", dir, err)
+		return &Error{Op: "write " + dir, Err: err}
 	}
 	for _, f := range []struct {
 		name string
@@ -54,7 +55,7 @@ func WriteDir(dir string, chain []*x509.Certificate, key crypto.Signer, roots []
 		{BundleFile, pemfile.EncodeCerts(roots...), 0o644},
 	} {
 		if err := pemfile.WriteAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
-			return fmt.Errorf("mtls: write %s: %w", dir, err)
+			return &Error{Op: "write " + dir, Err: err}
 		}
 	}
 	return nil

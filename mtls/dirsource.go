@@ -59,17 +59,17 @@ func NewDirSource(dir string, log *zap.Logger) (*DirSource, error) {
 	}
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		return nil, fmt.Errorf("mtls: cert dir %s: watch: %w", dir, err)
+		return nil, &Error{Op: "cert dir " + dir, Err: fmt.Errorf("watch: %w", err)}
 	}
 	// Watch before the first read, so no change between the two is missed.
 	if err := w.Add(dir); err != nil {
 		w.Close()
-		return nil, fmt.Errorf("mtls: cert dir %s: watch: %w", dir, err)
+		return nil, &Error{Op: "cert dir " + dir, Err: fmt.Errorf("watch: %w", err)}
 	}
 	st, err := loadDir(dir, time.Now())
 	if err != nil {
 		w.Close()
-		return nil, fmt.Errorf("mtls: cert dir %s: %w", dir, err)
+		return nil, &Error{Op: "cert dir " + dir, Err: err}
 	}
 	s := &DirSource{
 		dir:     dir,

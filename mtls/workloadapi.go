@@ -37,11 +37,11 @@ func NewWorkloadAPISource(ctx context.Context, addr string, mark uint32, log *za
 	var opts []workloadapi.ClientOption
 	if addr != "" {
 		if err := workloadapi.ValidateAddress(addr); err != nil {
-			return nil, fmt.Errorf("mtls: workload API address %q: %w", addr, err)
+			return nil, &Error{Op: fmt.Sprintf("workload API address %q", addr), Err: err}
 		}
 		opts = append(opts, workloadapi.WithAddr(addr))
 	} else if _, ok := workloadapi.GetDefaultAddress(); !ok {
-		return nil, fmt.Errorf("mtls: workload API: no address given and %s is not set", workloadapi.SocketEnv)
+		return nil, &Error{Op: "workload API", Err: fmt.Errorf("no address given and %s is not set", workloadapi.SocketEnv)}
 	}
 	if strings.HasPrefix(addrOrEnv(addr), "tcp:") {
 		// gRPC hands the dialer the address as IP:port.
@@ -53,7 +53,7 @@ func NewWorkloadAPISource(ctx context.Context, addr string, mark uint32, log *za
 	opts = append(opts, workloadapi.WithLogger(log.Named("workloadapi").Sugar()))
 	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(opts...))
 	if err != nil {
-		return nil, fmt.Errorf("mtls: workload API %s: %w", addrOrEnv(addr), err)
+		return nil, &Error{Op: "workload API " + addrOrEnv(addr), Err: err}
 	}
 	return &WorkloadAPISource{X509Source: src}, nil
 }

@@ -18,6 +18,9 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
+
+	"meshgate/intercept"
+	"meshgate/netlist"
 )
 
 // Config is the proxy's whole configuration: one YAML file whose fields
@@ -31,7 +34,7 @@ type Config struct {
 	// IP_TRANSPARENT, the original destination is the accepted socket's
 	// local address, and the app is dialed from the client's own address,
 	// so it sees who called it). Outbound capture is REDIRECT in both modes.
-	Mode Mode `json:"mode"`
+	Mode intercept.Mode `json:"mode"`
 	// LogLevel is debug, info, warn or error. The --log-level flag
 	// overrides it.
 	LogLevel string `json:"logLevel"`
@@ -297,43 +300,23 @@ func (m MTLSMode) valid() bool {
 	return m == MTLSStrict || m == MTLSPermissive || m == MTLSDisable
 }
 
-// Mode is the interception mode, see Config.Mode.
-type Mode string
-
-// The interception modes.
-const (
-	ModeRedirect Mode = "redirect"
-	ModeTProxy   Mode = "tproxy"
-)
-
-// The ports of shared/DESIGN.md §3.
-const (
-	DefaultOutboundPort = 15001
-	DefaultInboundPort  = 15006
-	DefaultAdminPort    = 15000
-	DefaultMetricsPort  = 15020
-	DefaultHealthPort   = 15021
-	// DefaultMark is the proxy's socket mark, 1337.
-	DefaultMark Mark = 0x539
-)
-
 // DefaultConfig returns the configuration of shared/DESIGN.md §3, which
 // the proxy runs on when no file is given. A config file overrides it
 // field by field.
 func DefaultConfig() Config {
 	return Config{
-		Mode:     ModeRedirect,
+		Mode:     intercept.ModeRedirect,
 		LogLevel: "info",
-		Mark:     DefaultMark,
-		Outbound: OutboundConfig{Port: DefaultOutboundPort},
+		Mark:     Mark(intercept.ProxyMark),
+		Outbound: OutboundConfig{Port: intercept.OutboundPort},
 		Inbound: InboundConfig{
-			Port:                  DefaultInboundPort,
+			Port:                  intercept.InboundPort,
 			PassthroughSourceIPv4: netip.AddrFrom4([4]byte{127, 0, 0, 6}),
 			PassthroughSourceIPv6: netip.MustParseAddr("::6"),
 		},
-		Admin:   ServerConfig{Address: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), DefaultAdminPort)},
-		Metrics: ServerConfig{Address: netip.AddrPortFrom(netip.IPv4Unspecified(), DefaultMetricsPort)},
-		Health:  ServerConfig{Address: netip.AddrPortFrom(netip.IPv4Unspecified(), DefaultHealthPort)},
+		Admin:   ServerConfig{Address: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), intercept.AdminPort)},
+		Metrics: ServerConfig{Address: netip.AddrPortFrom(netip.IPv4Unspecified(), intercept.MetricsPort)},
+		Health:  ServerConfig{Address: netip.AddrPortFrom(netip.IPv4Unspecified(), intercept.HealthPort)},
 		Timeouts: Timeouts{
 			Connect:    Duration(10 * time.Second),
 			Handshake:  Duration(10 * time.Second),
@@ -569,9 +552,7 @@ func (c Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	switch c.Mode {
-	case ModeRedirect, ModeTProxy:
-	default:
+	if !c.Mode.Valid() {
 		bad("mode: %q is not a mode; want redirect or tproxy", string(c.Mode))
 	}
 	switch c.LogLevel {
@@ -707,22 +688,12 @@ func (c MTLSConfig) validate() []error {
 		}
 	}
 
-	// A prefix must be in its canonical form: 10.1.2.3/8 is most likely a
-	// typo for a /32 or for 10.0.0.0/8, and an IPv4-mapped IPv6 prefix
-	// would never match (destinations are compared unmapped).
 	checkPrefix := func(field string, p netip.Prefix) bool {
-		switch {
-		case !p.IsValid():
-			bad("%s: want a CIDR, e.g. 10.0.0.0/8 or fd00::/8", field)
-		case p.Addr().Is4In6():
-			bad("%s: %s is IPv4-mapped and would never match; write it as IPv4, e.g. %s",
-				field, p, netip.PrefixFrom(p.Addr().Unmap(), max(0, p.Bits()-96)).Masked())
-		case p != p.Masked():
-			bad("%s: %s has bits set past the /%d; want %s", field, p, p.Bits(), p.Masked())
-		default:
-			return true
+		if err := netlist.CheckPrefix(p); err != nil {
+			bad("%s: %v", field, err)
+			return false
 		}
-		return false
+		return true
 	}
 	seen := map[netip.Prefix]string{}
 	for i, p := range c.MeshCIDRs {

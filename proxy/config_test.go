@@ -15,6 +15,8 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
+
+	"meshgate/intercept"
 )
 
 // testConfig is DefaultConfig on free loopback ports.
@@ -94,7 +96,7 @@ func TestValidate(t *testing.T) {
 		want   string // full text, one problem per line; "" for valid
 	}{
 		{"defaults", func(*Config) {}, ""},
-		{"tproxy", func(c *Config) { c.Mode = ModeTProxy }, ""},
+		{"tproxy", func(c *Config) { c.Mode = intercept.ModeTProxy }, ""},
 		{"mark zero disables marking", func(c *Config) { c.Mark = 0 }, ""},
 		{"zero grace", func(c *Config) { c.Timeouts.DrainGrace = 0 }, ""},
 		{"ports zero for tests", func(c *Config) { *c = testConfig() }, ""},
@@ -164,8 +166,8 @@ loadBalancing.outlierDetection.maxEjectionPercent: must be 1 to 100, e.g. 50`},
 				netip.MustParsePrefix("::ffff:10.0.0.0/104"), netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("10.0.0.0/8")}
 		}, strings.Join([]string{
 			"mtls.meshCIDRs[0]: want a CIDR, e.g. 10.0.0.0/8 or fd00::/8",
-			"mtls.meshCIDRs[1]: 10.1.2.3/8 has bits set past the /8; want 10.0.0.0/8",
-			"mtls.meshCIDRs[2]: ::ffff:10.0.0.0/104 is IPv4-mapped and would never match; write it as IPv4, e.g. 10.0.0.0/8",
+			"mtls.meshCIDRs[1]: 10.1.2.3/8: bits set past the /8; want 10.0.0.0/8",
+			"mtls.meshCIDRs[2]: ::ffff:10.0.0.0/104: IPv4-mapped, so it would never match; write it as IPv4, e.g. 10.0.0.0/8",
 			"mtls.meshCIDRs[4]: 10.0.0.0/8 is also mtls.meshCIDRs[3]; list it once",
 		}, "\n")},
 		{"destinations outside the mesh CIDRs", func(c *Config) {
@@ -183,7 +185,7 @@ loadBalancing.outlierDetection.maxEjectionPercent: must be 1 to 100, e.g. 50`},
 			"mtls.destinations[0].identity: want a SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/web",
 			"mtls.destinations[1].cidr: want a CIDR, e.g. 10.0.0.0/8 or fd00::/8",
 			"mtls.destinations[2].cidr: 10.0.1.0/24 is also mtls.destinations[0].cidr; give each CIDR one identity",
-			"mtls.destinations[3].cidr: 10.0.1.1/24 has bits set past the /24; want 10.0.1.0/24",
+			"mtls.destinations[3].cidr: 10.0.1.1/24: bits set past the /24; want 10.0.1.0/24",
 		}, "\n")},
 		{"negative greeting hold", func(c *Config) { c.MTLS.GreetingHold = Duration(-time.Millisecond) },
 			"mtls.greetingHold: must be >= 0, e.g. 10ms"},
@@ -268,7 +270,7 @@ loadBalancing:
   outlierDetection: {consecutiveFailures: 0, baseEjectionTime: 1s, maxEjectionTime: 1m, maxEjectionPercent: 100}
 `, want: func(c *Config) {
 			*c = Config{
-				Mode: ModeTProxy, LogLevel: "debug", Mark: 1,
+				Mode: intercept.ModeTProxy, LogLevel: "debug", Mark: 1,
 				Outbound: OutboundConfig{Port: 16001},
 				Inbound: InboundConfig{Port: 16006,
 					PassthroughSourceIPv4: netip.MustParseAddr("127.0.0.7"),
@@ -399,7 +401,7 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.LogLevel != "debug" || c.Outbound.Port != DefaultOutboundPort {
+	if c.LogLevel != "debug" || c.Outbound.Port != intercept.OutboundPort {
 		t.Errorf("LoadConfig = %+v, want defaults with logLevel debug", c)
 	}
 

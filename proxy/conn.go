@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"meshgate/intercept"
 	"meshgate/proxy/sniff"
 )
 
@@ -227,7 +228,7 @@ func (p *Proxy) dialApp(ctx context.Context, from netip.Addr, dst netip.AddrPort
 // the pod) does not see. The inbound port itself is never captured, so
 // the two cannot be confused.
 func (p *Proxy) tproxied(l *captureListener, c *net.TCPConn) bool {
-	return l.dir == Inbound && p.cfg.Mode == ModeTProxy && addrPort(c.LocalAddr()).Port() != l.addr.Port()
+	return l.dir == Inbound && p.cfg.Mode == intercept.ModeTProxy && addrPort(c.LocalAddr()).Port() != l.addr.Port()
 }
 
 // closeUpstream closes a connection of dialUpstream.

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"meshgate/intercept"
 )
 
 // captureListener is one capture listener: a direction and a family.
@@ -74,7 +76,7 @@ func (p *Proxy) bind() (capture []*captureListener, servers []*httpServer, err e
 		transparent bool
 	}{
 		{Outbound, p.cfg.Outbound.Port, false},
-		{Inbound, p.cfg.Inbound.Port, p.cfg.Mode == ModeTProxy},
+		{Inbound, p.cfg.Inbound.Port, p.cfg.Mode == intercept.ModeTProxy},
 	} {
 		for _, network := range []string{"tcp4", "tcp6"} {
 			if network == "tcp6" && noV6 {

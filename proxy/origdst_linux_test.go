@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"meshgate/intercept"
 	"meshgate/nsrun"
 )
 
@@ -154,7 +155,7 @@ func interceptionInNetns(t *testing.T) {
 
 	t.Run("tproxy", func(t *testing.T) {
 		cfg := testConfig()
-		cfg.Mode = ModeTProxy
+		cfg.Mode = intercept.ModeTProxy
 		r := startProxy(t, cfg)
 		be := startBackend(t, "127.0.0.1:0", echo)
 		bport := strconv.Itoa(int(addrPort(be.ln.Addr()).Port()))

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+
+	"meshgate/intercept"
 )
 
 // Chains of ours. Built-in chains only ever hold jumps to these; everything
@@ -236,7 +238,7 @@ func buildFamily(c Config, f Family) FamilyRules {
 	// port. Reached from PREROUTING (redirect mode) and, in both modes, from
 	// MESHGATE_OUTPUT for connections to the pod's own address over lo.
 	if inbound {
-		if c.Mode == ModeRedirect {
+		if c.Mode == intercept.ModeRedirect {
 			b.add("nat", "PREROUTING", "", "-p", "tcp", "-j", ChainInbound)
 		}
 		inboundSelect(b, c, "nat", ChainInRedirect)
@@ -251,7 +253,7 @@ func buildFamily(c Config, f Family) FamilyRules {
 	b.add("nat", "OUTPUT", "", "-p", "tcp", "-j", ChainOutput)
 	b.add("nat", ChainOutput, "the inbound proxy's connection to the app (from the passthrough source) is not captured again",
 		"-s", a.passthrough, "-o", "lo", "-j", "RETURN")
-	if c.Mode == ModeTProxy {
+	if c.Mode == intercept.ModeTProxy {
 		b.add("nat", ChainOutput, "tproxy: the inbound proxy connects to the app from the client's own (non-local) address",
 			"-o", "lo", "-m", "addrtype", "!", "--src-type", "LOCAL", "-j", "RETURN")
 	}
@@ -293,7 +295,7 @@ func buildFamily(c Config, f Family) FamilyRules {
 		}
 	}
 
-	if c.Mode == ModeTProxy && inbound {
+	if c.Mode == intercept.ModeTProxy && inbound {
 		tproxyRules(b, c, a)
 		fr.PolicyRules = []PolicyRule{{Mark: TProxyMark, Mask: TProxyMark, Table: TProxyTable}}
 		fr.LocalRoutes = []LocalRoute{{Dst: a.defaultDst, Dev: "lo", Table: TProxyTable}}

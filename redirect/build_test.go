@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"meshgate/intercept"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -58,9 +60,9 @@ func goldenCases() []goldenCase {
 		{"gid", with(func(c *Config) { c.ProxyGIDs = []uint32{1337, 2000} })},
 		{"uid-only", with(func(c *Config) { c.ProxyMark = 0; c.CaptureDNS = true })},
 		{"mark-only", with(func(c *Config) { c.ProxyUID = nil; c.CaptureDNS = true })},
-		{"tproxy", with(func(c *Config) { c.IPv6 = IPv6On; c.Mode = ModeTProxy })},
+		{"tproxy", with(func(c *Config) { c.IPv6 = IPv6On; c.Mode = intercept.ModeTProxy })},
 		{"tproxy-inbound-ports", with(func(c *Config) {
-			c.Mode = ModeTProxy
+			c.Mode = intercept.ModeTProxy
 			c.InboundAllPorts, c.InboundPorts = false, []uint16{8080}
 			c.ExcludeInboundPorts = []uint16{22}
 		})},
@@ -291,7 +293,7 @@ func TestRuleFlow(t *testing.T) {
 		c.ExcludeOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8:1::/48")}
 		c.ExcludeInboundPorts = []uint16{22}
 	})
-	tproxyCfg := cfg(func(c *Config) { c.Mode = ModeTProxy })
+	tproxyCfg := cfg(func(c *Config) { c.Mode = intercept.ModeTProxy })
 	listedCfg := cfg(func(c *Config) {
 		c.InboundAllPorts, c.InboundPorts = false, []uint16{8080}
 		c.IncludeOutboundAll, c.IncludeOutboundCIDRs = false, []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
@@ -411,7 +413,7 @@ func b2u(b bool) uint16 {
 // proxy made from a client's address are marked for local delivery.
 func TestTProxyDivert(t *testing.T) {
 	c := DefaultConfig()
-	c.Mode, c.IPv6 = ModeTProxy, IPv6Off
+	c.Mode, c.IPv6 = intercept.ModeTProxy, IPv6Off
 	fr := Build(c).Families[0]
 	pod, remote, _, _ := famAddr(IPv4)
 	v := walk(t, fr, "mangle", "PREROUTING", packet{proto: "tcp", src: remote, dst: pod, sport: 40000, dport: 8080, in: "eth0", ctstate: "ESTABLISHED", transparent: true})

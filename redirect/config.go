@@ -6,32 +6,14 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"meshgate/intercept"
+	"meshgate/netlist"
 )
 
-// Ports, marks and identities of the proxy (shared/DESIGN.md §3). The rules
-// send traffic to the capture ports and never capture the others.
+// Ports and marks of interception alone (the ports, mark, UID and mode that
+// the proxy shares are package intercept's).
 const (
-	// DefaultOutboundPort receives the app's outbound TCP connections.
-	DefaultOutboundPort uint16 = 15001
-	// DefaultInboundPort receives inbound TCP connections.
-	DefaultInboundPort uint16 = 15006
-	// TunnelPort is the mesh tunnel between sidecars.
-	TunnelPort uint16 = 15008
-	// DefaultDNSPort receives captured DNS queries, UDP and TCP.
-	DefaultDNSPort uint16 = 15053
-	// AdminPort is the proxy's admin server.
-	AdminPort uint16 = 15000
-	// MetricsPort serves Prometheus metrics.
-	MetricsPort uint16 = 15020
-	// HealthPort serves the readiness and liveness probes.
-	HealthPort uint16 = 15021
-
-	// DefaultProxyUID is the UID the proxy runs as; its traffic is exempt.
-	DefaultProxyUID uint32 = 1337
-	// DefaultProxyMark is the SO_MARK on every socket of the proxy; packets
-	// carrying it are exempt.
-	DefaultProxyMark uint32 = 0x539
-
 	// TProxyMark is the packet-mark bit that sends a packet to the local
 	// routing table TProxyTable in tproxy mode. It must not share a bit with
 	// the proxy mark: 0x539 has bit 0x1 set, so the usual 0x1 would route
@@ -46,17 +28,6 @@ const (
 	// DNSConntrackZone is the conntrack zone of the proxy's own upstream DNS
 	// traffic (see dnsZoneRules for why it needs a zone of its own).
 	DNSConntrackZone uint16 = 1337
-)
-
-// Mode is how inbound connections reach the proxy.
-type Mode string
-
-const (
-	// ModeRedirect uses nat REDIRECT: the app sees connections from 127.0.0.6.
-	ModeRedirect Mode = "redirect"
-	// ModeTProxy uses mangle TPROXY and policy routing, so the proxy can
-	// connect to the app from the client's own address.
-	ModeTProxy Mode = "tproxy"
 )
 
 // IPv6Mode says whether to install ip6tables rules.
@@ -78,7 +49,7 @@ const (
 type Config struct {
 	// Mode is redirect (nat REDIRECT) or tproxy (mangle TPROXY) for inbound
 	// capture; outbound always uses REDIRECT. --mode.
-	Mode Mode
+	Mode intercept.Mode
 	// IPv6 says whether ip6tables rules are installed too. --ipv6.
 	IPv6 IPv6Mode
 
@@ -128,8 +99,8 @@ type Config struct {
 	DNSServers []netip.Addr
 
 	// OutboundPort, InboundPort and DNSPort are where captured traffic is
-	// sent. They default to DefaultOutboundPort, DefaultInboundPort and
-	// DefaultDNSPort and have no flags: DESIGN §3 fixes them.
+	// sent. They default to intercept.OutboundPort, InboundPort and
+	// DNSPort and have no flags: DESIGN §3 fixes them.
 	OutboundPort uint16
 	InboundPort  uint16
 	DNSPort      uint16
@@ -139,17 +110,17 @@ type Config struct {
 // mode, IPv6 auto, every inbound port and every outbound destination
 // captured, the proxy exempt by UID 1337 and by mark 0x539, DNS not captured.
 func DefaultConfig() Config {
-	uid := DefaultProxyUID
+	uid := intercept.ProxyUID
 	return Config{
-		Mode:               ModeRedirect,
+		Mode:               intercept.ModeRedirect,
 		IPv6:               IPv6Auto,
 		ProxyUID:           &uid,
-		ProxyMark:          DefaultProxyMark,
+		ProxyMark:          intercept.ProxyMark,
 		InboundAllPorts:    true,
 		IncludeOutboundAll: true,
-		OutboundPort:       DefaultOutboundPort,
-		InboundPort:        DefaultInboundPort,
-		DNSPort:            DefaultDNSPort,
+		OutboundPort:       intercept.OutboundPort,
+		InboundPort:        intercept.InboundPort,
+		DNSPort:            intercept.DNSPort,
 	}
 }
 
@@ -157,12 +128,12 @@ func DefaultConfig() Config {
 // each one is, in ascending order.
 func (c Config) proxyPorts() []namedPort {
 	ports := []namedPort{
-		{AdminPort, "the proxy's admin port"},
+		{intercept.AdminPort, "the proxy's admin port"},
 		{c.OutboundPort, "the proxy's outbound capture port"},
 		{c.InboundPort, "the proxy's inbound capture port"},
-		{TunnelPort, "the proxy's mesh tunnel port"},
-		{MetricsPort, "the proxy's metrics port"},
-		{HealthPort, "the proxy's health port"},
+		{intercept.TunnelPort, "the proxy's mesh tunnel port"},
+		{intercept.MetricsPort, "the proxy's metrics port"},
+		{intercept.HealthPort, "the proxy's health port"},
 		{c.DNSPort, "the proxy's DNS port"},
 	}
 	slices.SortStableFunc(ports, func(a, b namedPort) int { return int(a.port) - int(b.port) })
@@ -182,9 +153,7 @@ func (c Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	switch c.Mode {
-	case ModeRedirect, ModeTProxy:
-	default:
+	if !c.Mode.Valid() {
 		bad("--mode %q: want redirect or tproxy", string(c.Mode))
 	}
 	switch c.IPv6 {
@@ -195,10 +164,10 @@ func (c Config) Validate() error {
 
 	// Exemptions: the proxy must never capture its own connections.
 	if c.ProxyUID == nil && c.ProxyMark == 0 && len(c.ProxyGIDs) == 0 {
-		bad("--proxy-uid none with --proxy-mark 0: the proxy would capture its own connections; keep --proxy-uid (default %d) or --proxy-mark (default %#x)", DefaultProxyUID, DefaultProxyMark)
+		bad("--proxy-uid none with --proxy-mark 0: the proxy would capture its own connections; keep --proxy-uid (default %d) or --proxy-mark (default %#x)", intercept.ProxyUID, intercept.ProxyMark)
 	}
 	if c.ProxyUID != nil && *c.ProxyUID == 0 {
-		bad("--proxy-uid 0: the traffic of every root process would escape capture, and apps in containers often run as root; run the proxy as a UID of its own, e.g. %d", DefaultProxyUID)
+		bad("--proxy-uid 0: the traffic of every root process would escape capture, and apps in containers often run as root; run the proxy as a UID of its own, e.g. %d", intercept.ProxyUID)
 	}
 	for _, g := range duplicates(c.ProxyGIDs) {
 		bad("--proxy-gid: GID %d is listed twice; list it once", g)
@@ -206,8 +175,8 @@ func (c Config) Validate() error {
 	if slices.Contains(c.ProxyGIDs, 0) {
 		bad("--proxy-gid 0: the traffic of every root-group process would escape capture; use a group of the proxy's own")
 	}
-	if c.Mode == ModeTProxy && c.ProxyMark&TProxyMark != 0 {
-		bad("--proxy-mark %#x: shares bit %#x with the tproxy routing mark, so the proxy's own packets would be routed back to itself; pick a mark without that bit, e.g. %#x", c.ProxyMark, TProxyMark, DefaultProxyMark)
+	if c.Mode == intercept.ModeTProxy && c.ProxyMark&TProxyMark != 0 {
+		bad("--proxy-mark %#x: shares bit %#x with the tproxy routing mark, so the proxy's own packets would be routed back to itself; pick a mark without that bit, e.g. %#x", c.ProxyMark, TProxyMark, intercept.ProxyMark)
 	}
 
 	// Capture ports: set in code only, named by field.
@@ -281,15 +250,11 @@ func checkPorts(flag string, ports []uint16) []error {
 func checkPrefixes(flag string, prefixes []netip.Prefix) []error {
 	var errs []error
 	for _, p := range prefixes {
-		switch {
-		case !p.IsValid():
-			errs = append(errs, fmt.Errorf("%s: an invalid prefix; want a CIDR like 10.0.0.0/8", flag))
-		case p.Addr().Is4In6():
-			errs = append(errs, fmt.Errorf("%s %q: an IPv4-mapped IPv6 prefix; write it as IPv4, like 10.0.0.0/8", flag, p.String()))
-		case p.Addr().Zone() != "":
-			errs = append(errs, fmt.Errorf("%s %q: iptables cannot match a zone; drop it", flag, p.String()))
-		case p.Masked() != p:
-			errs = append(errs, fmt.Errorf("%s %q: host bits are set; want %s", flag, p.String(), p.Masked()))
+		switch err := netlist.CheckPrefix(p); {
+		case err != nil && !p.IsValid():
+			errs = append(errs, fmt.Errorf("%s: %w", flag, err))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s %w", flag, err))
 		}
 	}
 	for _, p := range duplicates(prefixes) {

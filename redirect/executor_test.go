@@ -10,6 +10,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
+
+	"meshgate/intercept"
 )
 
 func TestMain(m *testing.M) {
@@ -184,7 +186,7 @@ func withoutEmptyTables(ns *fakeNS) string {
 // exactly as it was.
 func TestApplyRollback(t *testing.T) {
 	earlier := DefaultConfig()
-	earlier.Mode, earlier.CaptureDNS, earlier.ExcludeOutboundPorts = ModeTProxy, true, []uint16{9}
+	earlier.Mode, earlier.CaptureDNS, earlier.ExcludeOutboundPorts = intercept.ModeTProxy, true, []uint16{9}
 	starts := prestates()
 	starts["earlier-apply"] = func() *fakeNS {
 		ns := newFakeNS()

@@ -7,6 +7,9 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+
+	"meshgate/intercept"
+	"meshgate/netlist"
 )
 
 // DefaultResolvConf is where --capture-dns looks for the DNS servers to
@@ -42,19 +45,11 @@ func AddFlags(fs *flag.FlagSet) func() (Config, error) {
 		c := DefaultConfig()
 		var errs []error
 		fail := func(flag string, err error) {
-			// A parser joins one error per bad item; name the flag on each.
-			var joined interface{ Unwrap() []error }
-			if errors.As(err, &joined) {
-				for _, e := range joined.Unwrap() {
-					errs = append(errs, fmt.Errorf("--%s %w", flag, e))
-				}
-				return
-			}
-			errs = append(errs, fmt.Errorf("--%s %w", flag, err))
+			errs = append(errs, netlist.Named("--"+flag, err)...)
 		}
 		var err error
 
-		c.Mode = Mode(strings.TrimSpace(*mode))
+		c.Mode = intercept.Mode(strings.TrimSpace(*mode))
 		c.IPv6 = IPv6Mode(strings.TrimSpace(*ipv6))
 		if c.ProxyUID, err = ParseUID(*uid); err != nil {
 			fail("proxy-uid", err)
@@ -67,20 +62,20 @@ func AddFlags(fs *flag.FlagSet) func() (Config, error) {
 			fail("proxy-mark", err)
 			c.ProxyMark = d.ProxyMark
 		}
-		if c.InboundAllPorts, c.InboundPorts, err = ParsePortsOrAll(*inPorts); err != nil {
+		if c.InboundAllPorts, c.InboundPorts, err = netlist.ParsePortsOrAll(*inPorts); err != nil {
 			fail("inbound-ports", err)
 			c.InboundAllPorts = true
 		}
-		if c.ExcludeInboundPorts, err = ParsePorts(*exInPorts); err != nil {
+		if c.ExcludeInboundPorts, err = netlist.ParsePorts(*exInPorts); err != nil {
 			fail("exclude-inbound-ports", err)
 		}
-		if c.ExcludeOutboundPorts, err = ParsePorts(*exOutPorts); err != nil {
+		if c.ExcludeOutboundPorts, err = netlist.ParsePorts(*exOutPorts); err != nil {
 			fail("exclude-outbound-ports", err)
 		}
-		if c.ExcludeOutboundCIDRs, err = ParseCIDRs(*exOutCIDRs); err != nil {
+		if c.ExcludeOutboundCIDRs, err = netlist.ParseCIDRs(*exOutCIDRs); err != nil {
 			fail("exclude-outbound-cidrs", err)
 		}
-		if c.IncludeOutboundAll, c.IncludeOutboundCIDRs, err = ParseCIDRsOrAll(*inOutCIDRs); err != nil {
+		if c.IncludeOutboundAll, c.IncludeOutboundCIDRs, err = netlist.ParseCIDRsOrAll(*inOutCIDRs); err != nil {
 			fail("include-outbound-cidrs", err)
 			c.IncludeOutboundAll = true
 		}
@@ -92,7 +87,7 @@ func AddFlags(fs *flag.FlagSet) func() (Config, error) {
 		case servers == "*":
 			// Any server: no address filter.
 		case servers != "":
-			if c.DNSServers, err = ParseAddrs(servers); err != nil {
+			if c.DNSServers, err = netlist.ParseAddrs(servers); err != nil {
 				fail("dns-servers", err)
 			}
 		case c.CaptureDNS:

@@ -90,6 +90,9 @@ func (p *Pod) Run(ctx context.Context, argv ...string) (string, error) {
 // PID returns the process ID.
 func (pr *Process) PID() int { return pr.Cmd.Process.Pid }
 
+// Done is closed when the process has ended.
+func (pr *Process) Done() <-chan struct{} { return pr.done }
+
 // Exited reports whether the process has ended.
 func (pr *Process) Exited() bool {
 	select {

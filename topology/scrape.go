@@ -2,6 +2,7 @@ package topology
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -99,4 +100,25 @@ func (p *Pod) Scrape(ctx context.Context, port uint16) (Samples, error) {
 		}
 	}
 	return out, nil
+}
+
+// WaitScrape scrapes port inside the pod every 20 ms until until accepts
+// the samples, and returns them; when ctx ends first, an error with the
+// last scrape's outcome. It is how to wait for a sidecar's counters to
+// show that something has happened, rather than sleeping and hoping.
+func (p *Pod) WaitScrape(ctx context.Context, port uint16, until func(Samples) bool) (Samples, error) {
+	for {
+		m, err := p.Scrape(ctx, port)
+		if err == nil && until(m) {
+			return m, nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = errors.New("the metrics never showed it")
+			}
+			return nil, fmt.Errorf("wait for the metrics of %s: %w", p.Name, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

@@ -87,7 +87,10 @@ func (b *benchFlags) write(r *bench.Report, stdout io.Writer) error {
 	}
 	if b.plotPath != "" {
 		if err := r.WritePlot(b.plotPath); err != nil {
-			errs = append(errs, fmt.Errorf("--plot %s: %s", b.plotPath, strings.TrimPrefix(err.Error(), "bench: plot "+b.plotPath+": ")))
+			if errors.Is(err, bench.ErrPlotFormat) {
+				err = bench.ErrPlotFormat
+			}
+			errs = append(errs, fmt.Errorf("--plot %s: %w", b.plotPath, err))
 		} else {
 			fmt.Fprintf(stdout, "plot: %s\n", b.plotPath)
 		}

@@ -119,7 +119,7 @@ Example:
 		return fmt.Errorf("--dir %s: a CA is already there; pass --force to replace it (certificates it issued stop being trusted once its root is replaced)", *dir)
 	}
 	if err != nil {
-		return fmt.Errorf("--dir %s: %w", *dir, trimPrefix(err, "mtls/ca: init "+*dir+": "))
+		return fmt.Errorf("--dir %s: %w", *dir, cause(err))
 	}
 	stamp := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 	fmt.Fprintf(stdout, "created the CA of trust domain %s in %s:\n", td, *dir)
@@ -223,16 +223,16 @@ Examples:
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("--dir %s: no CA there (%v); create one with 'meshgate ca init --dir %s --trust-domain %s'",
-			*dir, trimPrefix(err, "mtls/ca: load "+*dir+": "), *dir, id.TrustDomain())
+			*dir, cause(err), *dir, id.TrustDomain())
 	case err != nil:
-		return fmt.Errorf("--dir %s: %v", *dir, trimPrefix(err, "mtls/ca: load "+*dir+": "))
+		return fmt.Errorf("--dir %s: %v", *dir, cause(err))
 	case !id.MemberOf(c.TrustDomain()):
 		return fmt.Errorf("--id %s: trust domain %s is not the CA's; the CA in %s issues spiffe://%s/... IDs only", id, id.TrustDomain(), *dir, c.TrustDomain())
 	}
 	chain, err := c.IssueDir(*out, id, dnsNames, *ttl, extraRoots...)
 	if err != nil {
 		if strings.HasPrefix(err.Error(), "mtls: write "+*out+": ") {
-			return fmt.Errorf("--out %s: %v", *out, trimPrefix(err, "mtls: write "+*out+": "))
+			return fmt.Errorf("--out %s: %v", *out, cause(err))
 		}
 		return err
 	}
@@ -284,11 +284,16 @@ func readRoots(path string) ([]*x509.Certificate, error) {
 	return roots, nil
 }
 
-// trimPrefix drops a library's context that the command's message says
-// another way.
-func trimPrefix(err error, prefix string) error {
-	if s, ok := strings.CutPrefix(err.Error(), prefix); ok {
-		return errors.New(s)
+// cause is err without the package's naming of what failed, for a
+// message that names the flag instead.
+func cause(err error) error {
+	var ce *ca.Error
+	var de *mtls.Error
+	switch {
+	case errors.As(err, &ce):
+		return ce.Err
+	case errors.As(err, &de):
+		return de.Err
 	}
 	return err
 }
@@ -371,20 +376,17 @@ Example:
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("--dir %s: no CA there (%v); create one with 'meshgate ca init --dir %s --trust-domain TD'",
-			*dir, trimPrefix(err, "mtls/ca: load "+*dir+": "), *dir)
+			*dir, cause(err), *dir)
 	case err != nil:
-		return fmt.Errorf("--dir %s: %v", *dir, trimPrefix(err, "mtls/ca: load "+*dir+": "))
+		return fmt.Errorf("--dir %s: %v", *dir, cause(err))
 	}
 	srv, err := ca.NewServer(c, ca.ServerOptions{TTL: *ttl, TokensFile: *tokens, DNSNames: dnsNames, ExtraRoots: extraRoots, Log: log})
 	if err != nil {
-		msg := strings.TrimPrefix(err.Error(), "mtls/ca: serve: ")
-		if rest, ok := strings.CutPrefix(msg, "tokens file "+*tokens+", "); ok {
-			return fmt.Errorf("--tokens %s: %s", *tokens, rest)
+		var te *ca.TokensError
+		if errors.As(err, &te) {
+			return fmt.Errorf("--tokens %s: %s", *tokens, te.Where())
 		}
-		if rest, ok := strings.CutPrefix(msg, "tokens file: "); ok {
-			return fmt.Errorf("--tokens %s: %s", *tokens, rest)
-		}
-		return errors.New(msg)
+		return cause(err)
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {

@@ -22,8 +22,12 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 
+	"meshgate/demoapp"
+	"meshgate/enroll"
+	"meshgate/intercept"
 	"meshgate/mtls"
 	"meshgate/mtls/ca"
+	"meshgate/proxy"
 	"meshgate/redirect"
 	"meshgate/topology"
 )
@@ -64,7 +68,7 @@ type demo struct {
 	self     string
 	log      *zap.Logger
 	lab      *topology.Lab
-	enrolled []enrollment
+	enrolled []enroll.Enrollment
 	stateDir string
 }
 
@@ -116,13 +120,16 @@ func (d *demo) run(ctx context.Context, requests int) error {
 		p    *topology.Pod
 		port uint16
 	}{{web, 8080}, {web2, 8080}, {echoPod, 9000}} {
-		if err := waitDial(ctx, w.p, netip.AddrPortFrom(w.p.IPv4, w.port)); err != nil {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := w.p.WaitListening(wctx, netip.AddrPortFrom(w.p.IPv4, w.port))
+		cancel()
+		if err != nil {
 			return fmt.Errorf("app in %s did not start: %w", w.p.Name, err)
 		}
 	}
 
 	rules := redirect.DefaultConfig()
-	uid := redirect.DefaultProxyUID
+	uid := intercept.ProxyUID
 	if rules.ProxyUID != nil {
 		uid = *rules.ProxyUID
 	}
@@ -147,18 +154,18 @@ func (d *demo) run(ctx context.Context, requests int) error {
 
 	d.say("\nenrolling the running pods (sidecar started in each namespace, then rules applied):")
 	for _, p := range meshed {
-		st, err := openEnrollState(d.stateDir, p.Path())
+		st, err := enroll.OpenState(d.stateDir, p.Path())
 		if err != nil {
 			return err
 		}
-		e := enrollment{state: st, netns: p.Path(), log: d.log}
+		e := enroll.Enrollment{State: st, Netns: p.Path(), Log: d.log, DrainGrace: proxy.DefaultConfig().Timeouts.DrainGrace.D()}
 		args := []string{"proxy", "--cert-dir", certDirs[p.Name], "--mesh-cidrs", strings.Join(cidrs, ",")}
 		r := rules
 		if p == client {
 			args = append(args, "--registry", registry)
 			r.CaptureDNS, r.DNSServers = true, []netip.Addr{outsider.IPv4}
 		}
-		pid, err := e.do(ctx, r, args, 15021, 15*time.Second)
+		pid, err := e.Do(ctx, r, args, intercept.HealthPort, 15*time.Second)
 		if err != nil {
 			return fmt.Errorf("enroll %s: %w", p.Name, err)
 		}
@@ -196,7 +203,7 @@ func (d *demo) run(ctx context.Context, requests int) error {
 	if err != nil {
 		return fmt.Errorf("download from web: %w", err)
 	}
-	sum, n, err := hashBody(resp.Body)
+	sum, n, err := demoapp.HashBody(resp.Body)
 	resp.Body.Close()
 	if err != nil || n != size || sum != resp.Header.Get("X-Content-Sha256") {
 		return fmt.Errorf("download from web: %d bytes, sha256 %s, want %d bytes, %s (%v)", n, sum, size, resp.Header.Get("X-Content-Sha256"), err)
@@ -227,12 +234,14 @@ func (d *demo) run(ctx context.Context, requests int) error {
 	}
 	d.say("  outsider → web plaintext from a pod without a sidecar: refused (mTLS strict)")
 
-	time.Sleep(100 * time.Millisecond) // let the last close lines and counters land
-	d.say("\nwhat each sidecar saw (its /metrics on :15020):")
+	if err := settled(ctx, client, echoPod, web); err != nil {
+		return err
+	}
+	d.say("\nwhat each sidecar saw (its /metrics on :%d):", intercept.MetricsPort)
 	tw := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "pod\tdirection\tconnections\tHTTP requests\tbytes app→peer\tbytes peer→app\tmTLS full\tresumed\tfailed\tplaintext refused\tpeers verified\t")
 	for _, p := range meshed {
-		m, err := p.Scrape(ctx, 15020)
+		m, err := p.Scrape(ctx, intercept.MetricsPort)
 		if err != nil {
 			return fmt.Errorf("metrics of %s: %w", p.Name, err)
 		}
@@ -400,7 +409,7 @@ func (d *demo) close() {
 	defer cancel()
 	var errs []error
 	for _, e := range d.enrolled {
-		if err := e.undo(ctx); err != nil {
+		if err := e.Undo(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -421,16 +430,33 @@ func (d *demo) close() {
 	}
 }
 
-func waitDial(ctx context.Context, p *topology.Pod, addr netip.AddrPort) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	return p.WaitListening(ctx, addr)
-}
-
 func echoSession(ctx context.Context, p *topology.Pod, addr string, msg []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	return p.Echo(ctx, addr, msg)
+}
+
+// settled waits until the sidecars' counters hold all the traffic above:
+// every connection client's app made has closed in its sidecar, so have
+// the echo sessions in echo's, and web's has counted the outsider's
+// plaintext refused. (web's inbound connections from client's sidecar stay
+// open in its pool, so they are not waited for.)
+func settled(ctx context.Context, client, echoPod, web *topology.Pod) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, w := range []struct {
+		pod   *topology.Pod
+		until func(topology.Samples) bool
+	}{
+		{client, func(m topology.Samples) bool { return m["meshgate_tcp_connections_active{direction=outbound}"] == 0 }},
+		{echoPod, func(m topology.Samples) bool { return m["meshgate_tcp_connections_active{direction=inbound}"] == 0 }},
+		{web, func(m topology.Samples) bool { return handshakeSummary(m, "inbound").plaintextRefused > 0 }},
+	} {
+		if _, err := w.pod.WaitScrape(ctx, intercept.MetricsPort, w.until); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func humanBytes(v float64) string {

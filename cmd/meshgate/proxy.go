@@ -5,19 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/netip"
-	"os"
 	"strings"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"go.uber.org/zap"
-
-	"meshgate/discovery"
-
-	"meshgate/mtls"
+	"meshgate/netlist"
 	"meshgate/proxy"
+	"meshgate/sidecar"
 )
 
 const proxyDescription = `
@@ -66,7 +58,7 @@ unknown fields are errors. For example:
   protocols:
     detectTimeout: 1s       # wait for the app's first bytes, then opaque
     ports: {3306: opaque, 8080: detect}
-    serverFirstMemory: 10m  # destinations that spoke first skip detection
+    destMemory: 10m         # destinations that spoke first skip detection
     l7: true                # HTTP to the mesh as requests over pooled HTTP/2 mTLS
   loadBalancing:            # connections and requests to a service's address
     policy: p2c-peak-ewma   # or round-robin, least-request
@@ -143,27 +135,30 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	if flagSet(fs, "mesh-cidrs") {
-		prefixes, err := parseCIDRList(*meshCIDRs)
+		prefixes, err := netlist.ParseCIDRs(*meshCIDRs)
 		if err != nil {
-			problems = append(problems, fmt.Errorf("--mesh-cidrs: %v", err))
+			problems = append(problems, netlist.Named("--mesh-cidrs", err)...)
 		}
 		cfg.MTLS.MeshCIDRs = prefixes
 	}
 	problems = append(problems, certs.check()...)
-	var registry *discovery.StaticRegistry
-	var registryData []byte
+	o := sidecar.Options{
+		Config:             cfg,
+		Certs:              certs.certs(),
+		ResolvConf:         *resolvConf,
+		ResolvConfRequired: flagSet(fs, "resolv-conf"),
+	}
+	if *dnsListen != "" {
+		o.DNSListen = strings.Split(*dnsListen, ",")
+	}
 	if *registryPath != "" {
-		b, err := os.ReadFile(*registryPath)
-		if err == nil {
-			registry, err = discovery.ParseRegistry(b)
+		var err error
+		if o.Registry, err = sidecar.LoadRegistry(*registryPath); err != nil {
+			problems = append(problems, err)
 		}
-		if err != nil {
-			problems = append(problems, fmt.Errorf("--registry %s: %s", *registryPath, strings.TrimPrefix(err.Error(), "discovery: registry: ")))
-		}
-		if *dnsListen == "" {
-			problems = append(problems, errors.New("--registry: its names are answered by the DNS proxy, which --dns-listen \"\" turns off"))
-		}
-		registryData = b
+	}
+	if err := o.Validate(); err != nil {
+		problems = append(problems, err)
 	}
 	log, err := newLogger(cfg.LogLevel)
 	if err != nil {
@@ -173,147 +168,6 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return errors.Join(problems...)
 	}
 	defer log.Sync()
-
-	certs.mark = uint32(cfg.Mark) // connections for certificates are exempt as the proxy's are
-	src, err := certs.open(ctx, log)
-	if err != nil {
-		return err
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	opts := []proxy.Option{proxy.WithRegistry(reg)}
-	if src != nil {
-		defer src.Close()
-		reg.MustRegister(certCollector{src})
-		opts = append(opts, proxy.WithMeshTLS(mtls.NewMesh(src)))
-	}
-	if *dnsListen == "" {
-		p, err := proxy.New(cfg, log, opts...)
-		if err != nil {
-			return err
-		}
-		return p.Run(ctx)
-	}
-	dns, err := newDNSProxy(*dnsListen, *resolvConf, flagSet(fs, "resolv-conf"), registry, balanceOptions(cfg.LoadBalancing), uint32(cfg.Mark), reg, log)
-	if err != nil {
-		return err
-	}
-	// Names the DNS proxy answered lead to mesh destinations (the
-	// registry's, and those whose TXT record says so), and connections
-	// to a service's address are balanced over its endpoints.
-	p, err := proxy.New(cfg, log, append(opts, proxy.WithDestinations(dns), proxy.WithBalancer(dns))...)
-	if err != nil {
-		return err
-	}
-	dctx, stopDNS := context.WithCancel(ctx)
-	defer stopDNS()
-	dnsDone := make(chan error, 1)
-	go func() { dnsDone <- dns.Run(dctx) }()
-	select {
-	case <-dns.Ready():
-		log.Info("DNS proxy ready", zap.Strings("listen", dns.Addrs()))
-	case err := <-dnsDone:
-		return fmt.Errorf("--dns-listen: %s", strings.TrimPrefix(err.Error(), "discovery: "))
-	}
-	watchDone := make(chan error, 1)
-	if *registryPath != "" {
-		go func() { watchDone <- dns.WatchRegistry(dctx, *registryPath, registryData) }()
-	} else {
-		watchDone <- nil
-	}
-	runErr := p.Run(ctx)
-	stopDNS()
-	if err := <-dnsDone; err != nil && runErr == nil {
-		runErr = fmt.Errorf("DNS proxy: %w", err)
-	}
-	if err := <-watchDone; err != nil && runErr == nil {
-		runErr = fmt.Errorf("--registry: %w", err)
-	}
-	return runErr
-}
-
-// balanceOptions is the config's loadBalancing section for package
-// discovery's balancers.
-func balanceOptions(c proxy.LoadBalancingConfig) discovery.BalanceOptions {
-	o := discovery.BalanceOptions{
-		Policy:              discovery.Policy(c.Policy),
-		Decay:               c.Decay.D(),
-		ConsecutiveFailures: c.OutlierDetection.ConsecutiveFailures,
-		BaseEjection:        c.OutlierDetection.BaseEjectionTime.D(),
-		MaxEjection:         c.OutlierDetection.MaxEjectionTime.D(),
-		MaxEjectedPercent:   c.OutlierDetection.MaxEjectionPercent,
-	}
-	if o.ConsecutiveFailures == 0 {
-		o.ConsecutiveFailures = -1 // the config's 0 is "no ejection"
-	}
-	return o
-}
-
-// newDNSProxy makes the sidecar's DNS proxy: on the addresses of listen
-// that this namespace has, asking the resolvers of resolvConf. A missing
-// default resolv.conf leaves it with no upstream (mesh names only); one
-// given with --resolv-conf must be readable.
-func newDNSProxy(listen, resolvConf string, explicit bool, registry *discovery.StaticRegistry, balance discovery.BalanceOptions, mark uint32, reg prometheus.Registerer, log *zap.Logger) (*discovery.Server, error) {
-	var addrs []string
-	for _, a := range strings.Split(listen, ",") {
-		a = strings.TrimSpace(a)
-		if a == "" {
-			continue
-		}
-		host, _, err := net.SplitHostPort(a)
-		if err != nil {
-			return nil, fmt.Errorf("--dns-listen %q: want host:port, e.g. 127.0.0.1:15053", a)
-		}
-		if ip, err := netip.ParseAddr(host); err == nil && ip.Is6() {
-			if pc, err := net.ListenPacket("udp", net.JoinHostPort(host, "0")); err != nil {
-				log.Info("no IPv6 here: DNS proxy on IPv4 only", zap.String("skipped", a))
-				continue
-			} else {
-				pc.Close()
-			}
-		}
-		addrs = append(addrs, a)
-	}
-	ups, err := discovery.Upstreams(resolvConf)
-	if err != nil {
-		if explicit {
-			return nil, fmt.Errorf("--resolv-conf %s: %s", resolvConf, strings.TrimPrefix(err.Error(), "discovery: "+resolvConf+": "))
-		}
-		log.Warn("no resolv.conf: the DNS proxy answers mesh names only", zap.Error(err))
-	}
-	o := discovery.Options{Addrs: addrs, Upstreams: ups, Balance: balance, Mark: mark, Log: log.Named("dns"), Registerer: reg}
-	if registry != nil {
-		o.Registry = registry
-	}
-	s, err := discovery.New(o)
-	if err != nil {
-		return nil, fmt.Errorf("--dns-listen: %s", strings.TrimPrefix(err.Error(), "discovery: "))
-	}
-	return s, nil
-}
-
-// parseCIDRList parses a comma-separated list of CIDRs, each in its
-// canonical form; an empty list is none.
-func parseCIDRList(s string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	var problems []string
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(f)
-		switch {
-		case err != nil:
-			problems = append(problems, fmt.Sprintf("%q is not a CIDR; want e.g. 10.0.0.0/8 or fd00::/8", f))
-		case p != p.Masked():
-			problems = append(problems, fmt.Sprintf("%s has bits set past the /%d; want %s", f, p.Bits(), p.Masked()))
-		default:
-			out = append(out, p)
-		}
-	}
-	if len(problems) > 0 {
-		return nil, errors.New(strings.Join(problems, "; "))
-	}
-	return out, nil
+	o.Log = log
+	return sidecar.Run(ctx, o)
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"meshgate/netlist"
 	"meshgate/redirect"
 )
 
@@ -31,7 +32,7 @@ func TestRedirectRejects(t *testing.T) {
 		{"bad CIDR", []string{"--exclude-outbound-cidrs", "10.0.0.0/33"},
 			`--exclude-outbound-cidrs "10.0.0.0/33": invalid prefix length "33" (IPv4 allows 0 to 32); want a CIDR like 10.0.0.0/8 or an address like 10.1.2.3`},
 		{"CIDR host bits", []string{"--include-outbound-cidrs", "10.1.2.3/8"},
-			`--include-outbound-cidrs "10.1.2.3/8": host bits are set; want 10.0.0.0/8`},
+			`--include-outbound-cidrs 10.1.2.3/8: bits set past the /8; want 10.0.0.0/8`},
 		{"bad mode", []string{"--mode", "nat"}, `--mode "nat": want redirect or tproxy`},
 		{"bad ipv6", []string{"--ipv6=maybe"}, `--ipv6 "maybe": want auto, on or off`},
 		{"both exemptions off", []string{"--proxy-uid", "none", "--proxy-mark", "0"},
@@ -105,7 +106,7 @@ func TestRedirectDryRun(t *testing.T) {
 
 func redirectAddrs(t *testing.T, s string) []netip.Addr {
 	t.Helper()
-	a, err := redirect.ParseAddrs(s)
+	a, err := netlist.ParseAddrs(s)
 	if err != nil {
 		t.Fatal(err)
 	}

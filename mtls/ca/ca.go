@@ -88,17 +88,17 @@ func Init(dir string, td spiffeid.TrustDomain, opts ...InitOption) (*CA, error) 
 		o.now = time.Now
 	}
 	if td.IsZero() {
-		return nil, fmt.Errorf("mtls/ca: init %s: empty trust domain", dir)
+		return nil, &Error{Op: "init " + dir, Err: errors.New("empty trust domain")}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("mtls/ca: init %s: %w", dir, err)
+		return nil, &Error{Op: "init " + dir, Err: err}
 	}
 	if !o.overwrite {
 		for _, name := range []string{RootCertFile, RootKeyFile, IntermediateCertFile, IntermediateKeyFile} {
 			if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
-				return nil, fmt.Errorf("mtls/ca: init %s: %w (%s is there)", dir, ErrExists, name)
+				return nil, &Error{Op: "init " + dir, Err: fmt.Errorf("%w (%s is there)", ErrExists, name)}
 			} else if !errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("mtls/ca: init %s: %w", dir, err)
+				return nil, &Error{Op: "init " + dir, Err: err}
 			}
 		}
 	}
@@ -107,7 +107,7 @@ func Init(dir string, td spiffeid.TrustDomain, opts ...InitOption) (*CA, error) 
 	tdURI := &url.URL{Scheme: "spiffe", Host: td.Name()}
 	rootKey, err := newKey()
 	if err != nil {
-		return nil, fmt.Errorf("mtls/ca: init %s: %w", dir, err)
+		return nil, &Error{Op: "init " + dir, Err: err}
 	}
 	root, err := sign(&x509.Certificate{
 		Subject:               pkix.Name{Organization: []string{"meshgate"}, CommonName: "meshgate root " + td.Name()},
@@ -120,11 +120,11 @@ func Init(dir string, td spiffeid.TrustDomain, opts ...InitOption) (*CA, error) 
 		URIs:                  []*url.URL{tdURI},
 	}, nil, rootKey.Public(), rootKey)
 	if err != nil {
-		return nil, fmt.Errorf("mtls/ca: init %s: root: %w", dir, err)
+		return nil, &Error{Op: "init " + dir, Err: fmt.Errorf("root: %w", err)}
 	}
 	interKey, err := newKey()
 	if err != nil {
-		return nil, fmt.Errorf("mtls/ca: init %s: %w", dir, err)
+		return nil, &Error{Op: "init " + dir, Err: err}
 	}
 	inter, err := sign(&x509.Certificate{
 		Subject:               pkix.Name{Organization: []string{"meshgate"}, CommonName: "meshgate intermediate " + td.Name()},
@@ -137,16 +137,16 @@ func Init(dir string, td spiffeid.TrustDomain, opts ...InitOption) (*CA, error) 
 		URIs:                  []*url.URL{tdURI},
 	}, root, interKey.Public(), rootKey)
 	if err != nil {
-		return nil, fmt.Errorf("mtls/ca: init %s: intermediate: %w", dir, err)
+		return nil, &Error{Op: "init " + dir, Err: fmt.Errorf("intermediate: %w", err)}
 	}
 
 	rootKeyPEM, err := pemfile.EncodeKey(rootKey)
 	if err != nil {
-		return nil, fmt.Errorf("mtls/ca: init %s: %w", dir, err)
+		return nil, &Error{Op: "init " + dir, Err: err}
 	}
 	interKeyPEM, err := pemfile.EncodeKey(interKey)
 	if err != nil {
-		return nil, fmt.Errorf("mtls/ca: init %s: %w", dir, err)
+		return nil, &Error{Op: "init " + dir, Err: err}
 	}
 	// Keys first: a crash part way leaves files that make the next Init
 	// refuse rather than a CA whose certificates have no keys.
@@ -161,7 +161,7 @@ func Init(dir string, td spiffeid.TrustDomain, opts ...InitOption) (*CA, error) 
 		{IntermediateCertFile, pemfile.EncodeCerts(inter), 0o644},
 	} {
 		if err := pemfile.WriteAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
-			return nil, fmt.Errorf("mtls/ca: init %s: %w", dir, err)
+			return nil, &Error{Op: "init " + dir, Err: err}
 		}
 	}
 	return &CA{td: td, root: root, inter: inter, interKey: interKey, now: o.now}, nil
@@ -179,7 +179,7 @@ func Load(dir string, opts ...InitOption) (*CA, error) {
 		o.now = time.Now
 	}
 	fail := func(name string, err error) error {
-		return fmt.Errorf("mtls/ca: load %s: %s: %w", dir, name, err)
+		return &Error{Op: "load " + dir, Err: fmt.Errorf("%s: %w", name, err)}
 	}
 	root, err := readCert(filepath.Join(dir, RootCertFile))
 	if err != nil {

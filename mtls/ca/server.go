@@ -81,19 +81,19 @@ func NewServer(c *CA, o ServerOptions) (*Server, error) {
 		o.TTL = DefaultServeTTL
 	}
 	if o.TTL < 0 {
-		return nil, fmt.Errorf("mtls/ca: serve: TTL %s: want a positive duration", o.TTL)
+		return nil, &Error{Op: "serve", Err: fmt.Errorf("TTL %s: want a positive duration", o.TTL)}
 	}
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
 	if o.TokensFile != "" {
 		if _, err := readTokens(o.TokensFile); err != nil {
-			return nil, fmt.Errorf("mtls/ca: serve: %w", err)
+			return nil, &Error{Op: "serve", Err: err}
 		}
 	}
 	for _, n := range o.DNSNames {
 		if err := ValidateDNSName(n); err != nil {
-			return nil, fmt.Errorf("mtls/ca: serve: DNS name %q: %v", n, err)
+			return nil, &Error{Op: "serve", Err: fmt.Errorf("DNS name %q: %v", n, err)}
 		}
 	}
 	roots := append([]*x509.Certificate{c.root}, o.ExtraRoots...)
@@ -109,7 +109,7 @@ func NewServer(c *CA, o ServerOptions) (*Server, error) {
 		},
 	}
 	if _, err := s.self.GetX509SVID(); err != nil {
-		return nil, fmt.Errorf("mtls/ca: serve: %w", err)
+		return nil, &Error{Op: "serve", Err: err}
 	}
 	// Clients without a certificate yet come with a bootstrap token, so
 	// a client certificate is asked for but not required; when one is
@@ -144,7 +144,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { errc <- srv.Serve(tls.NewListener(ln, s.tlsConf)) }()
 	select {
 	case err := <-errc:
-		return fmt.Errorf("mtls/ca: serve: %w", err)
+		return &Error{Op: "serve", Err: err}
 	case <-ctx.Done():
 	}
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -152,7 +152,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	err := srv.Shutdown(shutdown)
 	<-errc // http.ErrServerClosed
 	if err != nil {
-		return fmt.Errorf("mtls/ca: serve: shutdown: %w", err)
+		return &Error{Op: "serve", Err: fmt.Errorf("shutdown: %w", err)}
 	}
 	return nil
 }
@@ -277,7 +277,7 @@ type tokenEntry struct {
 func readTokens(path string) ([]tokenEntry, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("tokens file: %w", err)
+		return nil, &TokensError{Path: path, Err: err}
 	}
 	var out []tokenEntry
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -288,14 +288,14 @@ func readTokens(path string) ([]tokenEntry, error) {
 		}
 		fields := strings.Fields(line)
 		if len(fields) != 2 {
-			return nil, fmt.Errorf("tokens file %s, line %d: want a SPIFFE ID, a space and a token", path, n)
+			return nil, &TokensError{Path: path, Line: n, Err: errors.New("want a SPIFFE ID, a space and a token")}
 		}
 		id, err := spiffeid.FromString(fields[0])
 		if err != nil {
-			return nil, fmt.Errorf("tokens file %s, line %d: %q: %v", path, n, fields[0], err)
+			return nil, &TokensError{Path: path, Line: n, Err: fmt.Errorf("%q: %v", fields[0], err)}
 		}
 		if len(fields[1]) < MinTokenLength {
-			return nil, fmt.Errorf("tokens file %s, line %d: token shorter than %d characters; make one with: openssl rand -hex 16", path, n, MinTokenLength)
+			return nil, &TokensError{Path: path, Line: n, Err: fmt.Errorf("token shorter than %d characters; make one with: openssl rand -hex 16", MinTokenLength)}
 		}
 		out = append(out, tokenEntry{id: id, token: fields[1]})
 	}

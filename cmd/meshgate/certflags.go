@@ -1,34 +1,20 @@
 package main
 
 import (
-	"context"
 	"crypto/x509"
-	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"go.uber.org/zap"
 
 	"meshgate/mtls"
 	"meshgate/mtls/ca"
+	"meshgate/sidecar"
 )
-
-// certSource is where the sidecar's certificate comes from: one of
-// package mtls's sources.
-type certSource interface {
-	mtls.Source
-	CurrentSVID() *x509svid.SVID
-	Close() error
-}
 
 // certFlags are the proxy's flags choosing its certificate source.
 type certFlags struct {
@@ -41,7 +27,6 @@ type certFlags struct {
 	dns         stringList
 	caWait      time.Duration
 	workloadAPI string
-	mark        uint32 // the socket mark of connections to the CA or the Workload API (the proxy config's mark)
 
 	// Set by check.
 	spiffeID spiffeid.ID
@@ -124,88 +109,12 @@ func (c *certFlags) check() []error {
 	return problems
 }
 
-// open opens the source the flags chose; nil, nil when they chose none.
-func (c *certFlags) open(ctx context.Context, log *zap.Logger) (certSource, error) {
-	switch {
-	case c.dir != "":
-		src, err := mtls.NewDirSource(c.dir, log)
-		if err != nil {
-			msg := strings.TrimPrefix(err.Error(), "mtls: cert dir "+c.dir+": ")
-			if errors.Is(err, fs.ErrNotExist) {
-				msg += "; want cert.pem, key.pem and bundle.pem there, e.g. from 'meshgate ca issue --out " + c.dir + "'"
-			}
-			return nil, fmt.Errorf("--cert-dir %s: %s", c.dir, msg)
-		}
-		return src, nil
-	case c.workloadAPI != "":
-		src, err := mtls.NewWorkloadAPISource(ctx, c.workloadAPI, c.mark, log)
-		if err != nil {
-			return nil, fmt.Errorf("--workload-api: %v", strings.TrimPrefix(err.Error(), "mtls: "))
-		}
-		return src, nil
-	case c.caServer != "":
-		return c.openCA(ctx, log)
+// certs is the source the flags chose, for the sidecar; call it after
+// check.
+func (c *certFlags) certs() sidecar.Certs {
+	sc := sidecar.Certs{Dir: c.dir, WorkloadAPI: c.workloadAPI, CAWait: c.caWait}
+	if c.caServer != "" {
+		sc.CA = mtls.CAClientConfig{Server: c.caServer, ID: c.spiffeID, DNSNames: c.dns, Token: c.token, Roots: c.roots}
 	}
-	return nil, nil
-}
-
-// openCA gets the first certificate from the CA server, trying again
-// with backoff for --ca-wait: a sidecar often starts before its CA can
-// be reached.
-func (c *certFlags) openCA(ctx context.Context, log *zap.Logger) (certSource, error) {
-	cfg := mtls.CAClientConfig{Server: c.caServer, ID: c.spiffeID, DNSNames: c.dns, Token: c.token, Roots: c.roots, Mark: c.mark}
-	waitCtx, cancel := context.WithTimeout(ctx, c.caWait)
-	defer cancel()
-	backoff := 100 * time.Millisecond
-	for {
-		src, err := mtls.NewCAClientSource(waitCtx, cfg, log)
-		if err == nil {
-			return src, nil
-		}
-		msg := strings.TrimPrefix(err.Error(), "mtls: CA client: ")
-		log.Warn("no certificate from the CA server yet", zap.String("ca_server", c.caServer), zap.String("error", msg))
-		select {
-		case <-waitCtx.Done():
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, fmt.Errorf("--ca-server %s: no certificate within --ca-wait %s: %s", c.caServer, c.caWait, msg)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
-}
-
-// certCollector exports the certificate the sidecar presents (when it
-// expires, which one it is, which root it chains to) and the size of its
-// trust bundle: what to watch during a rotation.
-type certCollector struct{ src certSource }
-
-var (
-	certExpiryDesc = prometheus.NewDesc("meshgate_tls_certificate_expiry_timestamp_seconds",
-		"When the workload certificate the sidecar presents expires (Unix time), by its SPIFFE ID, serial number (hex) "+
-			"and the key ID (hex) of the root it chains to, which 'openssl x509 -noout -ext subjectKeyIdentifier' shows for a root.pem.",
-		[]string{"spiffe_id", "serial", "root_key_id"}, nil)
-	bundleRootsDesc = prometheus.NewDesc("meshgate_tls_trust_bundle_roots",
-		"Roots in the sidecar's trust bundle for its own trust domain: 2 while a root rotation is under way.",
-		[]string{"trust_domain"}, nil)
-)
-
-func (c certCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- certExpiryDesc
-	ch <- bundleRootsDesc
-}
-
-func (c certCollector) Collect(ch chan<- prometheus.Metric) {
-	svid := c.src.CurrentSVID()
-	if svid == nil || len(svid.Certificates) == 0 {
-		return
-	}
-	leaf, top := svid.Certificates[0], svid.Certificates[len(svid.Certificates)-1]
-	ch <- prometheus.MustNewConstMetric(certExpiryDesc, prometheus.GaugeValue,
-		float64(leaf.NotAfter.Unix()), svid.ID.String(), leaf.SerialNumber.Text(16), hex.EncodeToString(top.AuthorityKeyId))
-	td := svid.ID.TrustDomain()
-	if b, err := c.src.GetX509BundleForTrustDomain(td); err == nil {
-		ch <- prometheus.MustNewConstMetric(bundleRootsDesc, prometheus.GaugeValue, float64(len(b.X509Authorities())), td.Name())
-	}
+	return sc
 }

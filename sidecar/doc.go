@@ -1,0 +1,12 @@
+// Package sidecar assembles a whole meshgate sidecar from its parts: the
+// proxy (package proxy) on its certificate source (package mtls), the DNS
+// proxy and balancer (package discovery) beside it, and the one Prometheus
+// registry they all report to. "meshgate proxy" runs it after turning its
+// flags into Options; tests may start it the same way.
+//
+// It also holds WaitReady, the one way to wait for a running sidecar to
+// be ready, used by enrollment, the bench harness and the tests.
+//
+// Errors name the "meshgate proxy" flag that sets the option at fault,
+// so the command can print them as they are.
+package sidecar

@@ -1,0 +1,284 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"meshgate/discovery"
+	"meshgate/mtls"
+	"meshgate/proxy"
+)
+
+// Options is a sidecar: the proxy's configuration and what surrounds it.
+// Field comments name the flag of "meshgate proxy" that sets the field.
+type Options struct {
+	// Config is the proxy's configuration, validated (--config and the
+	// flags that override it).
+	Config proxy.Config
+	// Log receives the sidecar's logs; nil logs nothing.
+	Log *zap.Logger
+	// Certs says where the mesh certificate comes from; the zero Certs is
+	// none.
+	Certs Certs
+	// DNSListen are the addresses (host:port) of the DNS proxy, UDP and
+	// TCP; an IPv6 one is skipped where the namespace has no IPv6. Empty:
+	// no DNS proxy. --dns-listen.
+	DNSListen []string
+	// ResolvConf is the file whose resolvers answer the names outside the
+	// mesh. --resolv-conf.
+	ResolvConf string
+	// ResolvConfRequired makes a missing ResolvConf an error (it was
+	// given explicitly); otherwise the DNS proxy answers mesh names only.
+	ResolvConfRequired bool
+	// Registry holds the mesh names the DNS proxy answers, watched for
+	// changes; nil: none. --registry.
+	Registry *Registry
+}
+
+// Certs is where the sidecar's certificate comes from: at most one of Dir,
+// WorkloadAPI and CA.Server is set.
+type Certs struct {
+	// Dir holds cert.pem, key.pem and bundle.pem, reloaded when they
+	// change. --cert-dir.
+	Dir string
+	// WorkloadAPI is the address of the SPIFFE Workload API.
+	// --workload-api.
+	WorkloadAPI string
+	// CA, when CA.Server is set, gets certificates from "meshgate ca
+	// serve". --ca-server, --id, --ca-token-file, --ca-root, --dns.
+	CA mtls.CAClientConfig
+	// CAWait is how long to keep trying for the first certificate from
+	// CA.Server. --ca-wait.
+	CAWait time.Duration
+}
+
+// Registry is a registry file, read.
+type Registry struct {
+	Path   string
+	static *discovery.StaticRegistry
+	data   []byte // what was read, so the watch reloads only on a change
+}
+
+// LoadRegistry reads and parses the registry file at path. Its error
+// names --registry.
+func LoadRegistry(path string) (*Registry, error) {
+	b, err := os.ReadFile(path)
+	var static *discovery.StaticRegistry
+	if err == nil {
+		static, err = discovery.ParseRegistry(b)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--registry %s: %w", path, causeOf[*discovery.Error](err))
+	}
+	return &Registry{Path: path, static: static, data: b}, nil
+}
+
+// Validate reports the problems of o that its parts do not check
+// themselves (Config has its own Validate).
+func (o Options) Validate() error {
+	if o.Registry != nil && len(o.DNSListen) == 0 {
+		return errors.New("--registry: its names are answered by the DNS proxy, which --dns-listen \"\" turns off")
+	}
+	return nil
+}
+
+// Run runs the sidecar until ctx ends, then drains it (proxy.Run); its
+// parts are closed before it returns.
+func Run(ctx context.Context, o Options) error {
+	log := o.Log
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	src, err := openCerts(ctx, o.Certs, uint32(o.Config.Mark), log)
+	if err != nil {
+		return err
+	}
+	// One registry for every part: the proxy serves it on the metrics port.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	opts := []proxy.Option{proxy.WithRegistry(reg)}
+	if src != nil {
+		defer src.Close()
+		reg.MustRegister(mtls.NewCertCollector(src))
+		opts = append(opts, proxy.WithMeshTLS(mtls.NewMesh(src)))
+	}
+	if len(o.DNSListen) == 0 {
+		p, err := proxy.New(o.Config, log, opts...)
+		if err != nil {
+			return err
+		}
+		return p.Run(ctx)
+	}
+	dns, err := newDNSProxy(o, balanceOptions(o.Config.LoadBalancing), reg, log)
+	if err != nil {
+		return err
+	}
+	// Names the DNS proxy answered lead to mesh destinations (the
+	// registry's, and those whose TXT record says so), and connections
+	// to a service's address are balanced over its endpoints.
+	p, err := proxy.New(o.Config, log, append(opts, proxy.WithDestinations(dns), proxy.WithBalancer(dns))...)
+	if err != nil {
+		return err
+	}
+	dctx, stopDNS := context.WithCancel(ctx)
+	defer stopDNS()
+	dnsDone := make(chan error, 1)
+	go func() { dnsDone <- dns.Run(dctx) }()
+	select {
+	case <-dns.Ready():
+		log.Info("DNS proxy ready", zap.Strings("listen", dns.Addrs()))
+	case err := <-dnsDone:
+		return fmt.Errorf("--dns-listen: %w", causeOf[*discovery.Error](err))
+	}
+	watchDone := make(chan error, 1)
+	if o.Registry != nil {
+		go func() { watchDone <- dns.WatchRegistry(dctx, o.Registry.Path, o.Registry.data) }()
+	} else {
+		watchDone <- nil
+	}
+	runErr := p.Run(ctx)
+	stopDNS()
+	if err := <-dnsDone; err != nil && runErr == nil {
+		runErr = fmt.Errorf("DNS proxy: %w", err)
+	}
+	if err := <-watchDone; err != nil && runErr == nil {
+		runErr = fmt.Errorf("--registry: %w", err)
+	}
+	return runErr
+}
+
+// certSource is a certificate source the sidecar closes when it ends.
+type certSource interface {
+	mtls.CurrentSource
+	Close() error
+}
+
+// openCerts opens the source c chooses; nil, nil when it chooses none. The
+// sockets it opens to a CA server or a Workload API over TCP carry mark,
+// so the pod's rules never capture them.
+func openCerts(ctx context.Context, c Certs, mark uint32, log *zap.Logger) (certSource, error) {
+	switch {
+	case c.Dir != "":
+		src, err := mtls.NewDirSource(c.Dir, log)
+		if err != nil {
+			msg := causeOf[*mtls.Error](err).Error()
+			if errors.Is(err, fs.ErrNotExist) {
+				msg += "; want cert.pem, key.pem and bundle.pem there, e.g. from 'meshgate ca issue --out " + c.Dir + "'"
+			}
+			return nil, fmt.Errorf("--cert-dir %s: %s", c.Dir, msg)
+		}
+		return src, nil
+	case c.WorkloadAPI != "":
+		src, err := mtls.NewWorkloadAPISource(ctx, c.WorkloadAPI, mark, log)
+		if err != nil {
+			// What failed names the Workload API's address, which the
+			// flag may not have given (SPIFFE_ENDPOINT_SOCKET): keep it.
+			var me *mtls.Error
+			if errors.As(err, &me) {
+				return nil, fmt.Errorf("--workload-api: %s: %w", me.Op, me.Err)
+			}
+			return nil, fmt.Errorf("--workload-api: %w", err)
+		}
+		return src, nil
+	case c.CA.Server != "":
+		c.CA.Mark = mark
+		src, err := mtls.WaitCAClientSource(ctx, c.CA, c.CAWait, log)
+		var we *mtls.CAWaitError
+		if errors.As(err, &we) {
+			return nil, fmt.Errorf("--ca-server %s: no certificate within --ca-wait %s: %w", c.CA.Server, we.Wait, we.Err)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return src, nil
+	}
+	return nil, nil
+}
+
+// causeOf is the cause inside the first E of err's chain (an error of
+// package mtls or discovery, which names what failed its own way), for a
+// message that names the flag instead; err itself when it holds no E.
+func causeOf[E interface {
+	error
+	Unwrap() error
+}](err error) error {
+	var e E
+	if errors.As(err, &e) {
+		return e.Unwrap()
+	}
+	return err
+}
+
+// balanceOptions is the config's loadBalancing section for package
+// discovery's balancers.
+func balanceOptions(c proxy.LoadBalancingConfig) discovery.BalanceOptions {
+	o := discovery.BalanceOptions{
+		Policy:              discovery.Policy(c.Policy),
+		Decay:               c.Decay.D(),
+		ConsecutiveFailures: c.OutlierDetection.ConsecutiveFailures,
+		BaseEjection:        c.OutlierDetection.BaseEjectionTime.D(),
+		MaxEjection:         c.OutlierDetection.MaxEjectionTime.D(),
+		MaxEjectedPercent:   c.OutlierDetection.MaxEjectionPercent,
+	}
+	if o.ConsecutiveFailures == 0 {
+		o.ConsecutiveFailures = -1 // the config's 0 is "no ejection"
+	}
+	return o
+}
+
+// newDNSProxy makes the sidecar's DNS proxy: on the addresses of
+// o.DNSListen that this namespace has, asking the resolvers of
+// o.ResolvConf. A missing resolv.conf leaves it with no upstream (mesh
+// names only) unless it is required.
+func newDNSProxy(o Options, balance discovery.BalanceOptions, reg prometheus.Registerer, log *zap.Logger) (*discovery.Server, error) {
+	var addrs []string
+	for _, a := range o.DNSListen {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			return nil, fmt.Errorf("--dns-listen %q: want host:port, e.g. 127.0.0.1:15053", a)
+		}
+		if ip, err := netip.ParseAddr(host); err == nil && ip.Is6() {
+			if pc, err := net.ListenPacket("udp", net.JoinHostPort(host, "0")); err != nil {
+				log.Info("no IPv6 here: DNS proxy on IPv4 only", zap.String("skipped", a))
+				continue
+			} else {
+				pc.Close()
+			}
+		}
+		addrs = append(addrs, a)
+	}
+	ups, err := discovery.Upstreams(o.ResolvConf)
+	if err != nil {
+		if o.ResolvConfRequired {
+			return nil, fmt.Errorf("--resolv-conf %s: %w", o.ResolvConf, causeOf[*discovery.Error](err))
+		}
+		log.Warn("no resolv.conf: the DNS proxy answers mesh names only", zap.Error(err))
+	}
+	do := discovery.Options{Addrs: addrs, Upstreams: ups, Balance: balance, Mark: uint32(o.Config.Mark), Log: log.Named("dns"), Registerer: reg}
+	if o.Registry != nil {
+		do.Registry = o.Registry.static
+	}
+	s, err := discovery.New(do)
+	if err != nil {
+		return nil, fmt.Errorf("--dns-listen: %w", causeOf[*discovery.Error](err))
+	}
+	return s, nil
+}
