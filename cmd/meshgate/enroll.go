@@ -78,6 +78,11 @@ Examples:
 	} else {
 		pcfg = proxy.DefaultConfig()
 	}
+	if len(problems) == 0 && !*cleanup {
+		if err := enroll.Agree(rules, pcfg); err != nil {
+			problems = append(problems, err)
+		}
+	}
 	if len(problems) > 0 {
 		return errors.Join(problems...)
 	}
