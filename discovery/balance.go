@@ -18,10 +18,11 @@ type Policy string
 const (
 	// P2CPeakEWMA, the default, picks two endpoints at random and takes
 	// the cheaper: cost is the endpoint's latency estimate times its
-	// requests in flight plus one. The estimate is a moving average that
-	// jumps to any slower sample at once (the "peak") and forgets it with
-	// time (Decay), so an endpoint that turns slow loses traffic at once
-	// and wins it back gradually.
+	// requests in flight plus one. The estimate is a moving average of
+	// the time to answer, connection set-up not included, that jumps to
+	// any slower sample at once (the "peak") and forgets it with time
+	// (Decay), so an endpoint that turns slow loses traffic at once and
+	// wins it back gradually.
 	P2CPeakEWMA Policy = "p2c-peak-ewma"
 	// RoundRobin takes the endpoints in turn.
 	RoundRobin Policy = "round-robin"
@@ -277,17 +278,29 @@ func (b *balancer) cost(e *endpoint, now time.Time) float64 {
 	return max(b.estimate(e, now), float64(time.Microsecond)) * float64(e.pending+1)
 }
 
-// done ends a pick: latency is how long the try took to connect, or to
-// answer; failed says it failed. The latency feeds the estimate (a
-// failure's counts as twice the slowest other's at least); a failure
-// counts towards ejection.
-func (b *balancer) done(e *endpoint, latency time.Duration, failed bool) {
+// done ends a pick: setup is how long the try spent setting up a
+// connection to the endpoint (dial and mesh handshake; 0 over a pooled
+// connection), latency how long it took after that (to the response's
+// headers; 0 for a connection of its own, which measures nothing after
+// its set-up); failed says it failed.
+//
+// A success's latency feeds the estimate; its set-up does not. Set-up is
+// paid once per connection, by whichever try comes first, and the first
+// connection to an endpoint costs more than the next (a full handshake,
+// then resumed ones): charged, it made the endpoint connected to first
+// look slower than an equal one for about Decay, and lose all serial
+// traffic to it. A success with no latency (a connection of its own)
+// leaves the estimate as it is: such tries compete by their number in
+// flight. A failure is charged its whole time, set-up and latency (twice
+// the slowest other's estimate at least), and counts towards ejection.
+func (b *balancer) done(e *endpoint, setup, latency time.Duration, failed bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
 	e.pending--
 	rtt := float64(latency)
 	if failed {
+		rtt = float64(setup + latency)
 		// A failure costs twice the slowest of the others at least: a
 		// fast one (refused at once) must not make the endpoint look
 		// cheap, or it would draw the traffic it fails. Under P2C a
@@ -299,14 +312,12 @@ func (b *balancer) done(e *endpoint, latency time.Duration, failed bool) {
 			}
 		}
 	}
-	est := b.estimate(e, now)
-	if rtt > est {
-		e.ewma = rtt
-	} else {
+	if est := b.estimate(e, now); rtt > est {
+		e.ewma, e.stamp = rtt, now
+	} else if rtt > 0 {
 		w := math.Exp(-float64(now.Sub(e.stamp)) / float64(b.o.Decay))
-		e.ewma = est*w + rtt*(1-w)
+		e.ewma, e.stamp = est*w+rtt*(1-w), now
 	}
-	e.stamp = now
 	if !failed {
 		e.fails = 0
 		if e.ejections > 0 && e.until.IsZero() && now.Sub(e.back) >= b.o.MaxEjection {

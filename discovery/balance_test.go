@@ -48,6 +48,16 @@ func newTestBalancer(t *testing.T, o BalanceOptions, n int) (*balancer, *clock, 
 // and failing if fail(endpoint); it returns the picks per endpoint.
 func serve(t *testing.T, b *balancer, c *clock, n int, latency func(netip.AddrPort) time.Duration, fail func(netip.AddrPort) bool) map[netip.AddrPort]int {
 	t.Helper()
+	return serveTries(t, b, c, n, func(e netip.AddrPort) (time.Duration, time.Duration, bool) {
+		return 0, latency(e), fail != nil && fail(e)
+	})
+}
+
+// serveTries makes n sequential picks, each try taking setup (connecting)
+// then latency, and failing as try says; it returns the picks per
+// endpoint.
+func serveTries(t *testing.T, b *balancer, c *clock, n int, try func(netip.AddrPort) (setup, latency time.Duration, failed bool)) map[netip.AddrPort]int {
+	t.Helper()
 	got := map[netip.AddrPort]int{}
 	for range n {
 		e, ok := b.pick(nil)
@@ -55,9 +65,9 @@ func serve(t *testing.T, b *balancer, c *clock, n int, latency func(netip.AddrPo
 			t.Fatal("no pick")
 		}
 		got[e.addr]++
-		d := latency(e.addr)
-		c.advance(d)
-		b.done(e, d, fail != nil && fail(e.addr))
+		setup, latency, failed := try(e.addr)
+		c.advance(setup + latency)
+		b.done(e, setup, latency, failed)
 		c.advance(time.Millisecond)
 	}
 	return got
@@ -90,6 +100,31 @@ func TestPeakEWMAAvoidsTheSlowEndpoint(t *testing.T) {
 	got = serve(t, b, c, 10, func(netip.AddrPort) time.Duration { return time.Millisecond }, nil)
 	if got[slow] == 0 {
 		t.Errorf("the slow endpoint was not tried again 40s later: %v", got)
+	}
+}
+
+// TestPeakEWMASerialRequestsSpread drives the balancer as the proxy does
+// over pooled mesh connections: requests one at a time to two equal
+// endpoints, the first to each also connecting to it (dial and mesh
+// handshake). They share the requests: set-up is no latency of the
+// endpoint's.
+func TestPeakEWMASerialRequestsSpread(t *testing.T) {
+	for _, decay := range []time.Duration{0, 2 * time.Second} {
+		b, c, _ := newTestBalancer(t, BalanceOptions{Decay: decay}, 2)
+		uses := map[netip.AddrPort]int{}
+		got := serveTries(t, b, c, 40, func(e netip.AddrPort) (time.Duration, time.Duration, bool) {
+			var setup time.Duration
+			if uses[e] == 0 {
+				setup = 5 * time.Millisecond
+			}
+			uses[e]++
+			return setup, time.Millisecond, false
+		})
+		for _, e := range eps(2) {
+			if got[e] < 10 {
+				t.Errorf("decay %v: 40 requests one at a time over two equal endpoints: %s got %d; want 10 (25%%) at least: %v", decay, e, got[e], got)
+			}
+		}
 	}
 }
 
@@ -224,9 +259,9 @@ func TestUpdateKeepsState(t *testing.T) {
 	b, c, ev := newTestBalancer(t, BalanceOptions{}, 2)
 	all := eps(3)
 	e, _ := b.pick(nil)
-	b.done(e, 4*time.Millisecond, false)
+	b.done(e, 0, 4*time.Millisecond, false)
 	other, _ := b.pick(nil)
-	b.done(other, 2*time.Millisecond, false)
+	b.done(other, 0, 2*time.Millisecond, false)
 	c.advance(time.Millisecond)
 	b.update([]netip.AddrPort{all[1], all[2]}) // all[0] goes, all[2] comes
 	if ev.log[len(ev.log)-1] != "removed "+all[0].String() {

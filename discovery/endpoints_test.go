@@ -23,7 +23,7 @@ func pickAll(t *testing.T, s *Server, dst netip.AddrPort, n int) map[netip.AddrP
 			t.Fatalf("Pick(%s): not a service address", dst)
 		}
 		got[ep]++
-		done(time.Millisecond, false)
+		done(0, time.Millisecond, false)
 	}
 	return got
 }
