@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"testing"
@@ -106,25 +107,58 @@ func TestPeakEWMAAvoidsTheSlowEndpoint(t *testing.T) {
 // TestPeakEWMASerialRequestsSpread drives the balancer as the proxy does
 // over pooled mesh connections: requests one at a time to two equal
 // endpoints, the first to each also connecting to it (dial and mesh
-// handshake). They share the requests: set-up is no latency of the
-// endpoint's.
+// handshake). They share the requests whatever else the answers do: the
+// first ones slower (the peer sidecar connects to its app, code runs
+// cold), with noise, or now and then one much slower (a pause).
 func TestPeakEWMASerialRequestsSpread(t *testing.T) {
-	for _, decay := range []time.Duration{0, 2 * time.Second} {
-		b, c, _ := newTestBalancer(t, BalanceOptions{Decay: decay}, 2)
-		uses := map[netip.AddrPort]int{}
-		got := serveTries(t, b, c, 40, func(e netip.AddrPort) (time.Duration, time.Duration, bool) {
-			var setup time.Duration
-			if uses[e] == 0 {
-				setup = 5 * time.Millisecond
+	ms := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
+	type serialCase struct {
+		name  string
+		decay time.Duration
+		// answer is how long an endpoint's nth answer (from 0) takes.
+		answer func(ep netip.AddrPort, n int) time.Duration
+	}
+	cases := []serialCase{
+		{"set-up", 0, func(netip.AddrPort, int) time.Duration { return time.Millisecond }},
+		{"set-up, decay 2s", 2 * time.Second, func(netip.AddrPort, int) time.Duration { return time.Millisecond }},
+		{"warm-up", 0, func(ep netip.AddrPort, n int) time.Duration {
+			if ep == eps(2)[0] {
+				return ms([]float64{4, 2, 1}[min(n, 2)])
 			}
-			uses[e]++
-			return setup, time.Millisecond, false
+			return ms([]float64{3, 1.2, 1}[min(n, 2)])
+		}},
+		{"a pause now and then", 0, func(_ netip.AddrPort, n int) time.Duration {
+			if n%7 == 3 {
+				return 10 * time.Millisecond
+			}
+			return time.Millisecond
+		}},
+	}
+	for seed := range uint64(8) {
+		noise := rand.New(rand.NewPCG(seed, 2))
+		cases = append(cases, serialCase{fmt.Sprintf("noise %d", seed), 0, func(netip.AddrPort, int) time.Duration {
+			return ms(0.3 + 0.2*noise.ExpFloat64())
+		}})
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b, c, _ := newTestBalancer(t, BalanceOptions{Decay: tc.decay}, 2)
+			uses := map[netip.AddrPort]int{}
+			got := serveTries(t, b, c, 40, func(e netip.AddrPort) (time.Duration, time.Duration, bool) {
+				n := uses[e]
+				uses[e]++
+				var setup time.Duration
+				if n == 0 {
+					setup = 5 * time.Millisecond
+				}
+				return setup, tc.answer(e, n), false
+			})
+			for _, e := range eps(2) {
+				if got[e] < 10 {
+					t.Errorf("40 requests one at a time over two equal endpoints: %s got %d; want 10 (25%%) at least: %v", e, got[e], got)
+				}
+			}
 		})
-		for _, e := range eps(2) {
-			if got[e] < 10 {
-				t.Errorf("decay %v: 40 requests one at a time over two equal endpoints: %s got %d; want 10 (25%%) at least: %v", decay, e, got[e], got)
-			}
-		}
 	}
 }
 
@@ -257,11 +291,13 @@ func TestPickAvoids(t *testing.T) {
 
 func TestUpdateKeepsState(t *testing.T) {
 	b, c, ev := newTestBalancer(t, BalanceOptions{}, 2)
-	all := eps(3)
-	e, _ := b.pick(nil)
-	b.done(e, 0, 4*time.Millisecond, false)
-	other, _ := b.pick(nil)
-	b.done(other, 0, 2*time.Millisecond, false)
+	all := eps(4)
+	for range peakRun { // an endpoint's first answers only start its estimate
+		for i, d := range []time.Duration{4 * time.Millisecond, 2 * time.Millisecond} {
+			e, _ := b.pick([]netip.AddrPort{all[1-i]})
+			b.done(e, 0, d, false)
+		}
+	}
 	c.advance(time.Millisecond)
 	b.update([]netip.AddrPort{all[1], all[2]}) // all[0] goes, all[2] comes
 	if ev.log[len(ev.log)-1] != "removed "+all[0].String() {
@@ -274,6 +310,11 @@ func TestUpdateKeepsState(t *testing.T) {
 	kept, added := b.estimate(b.eps[0], now), b.estimate(b.eps[1], now)
 	if kept < float64(time.Millisecond) || added < float64(time.Millisecond) || added > float64(4*time.Millisecond) {
 		t.Errorf("estimates after update: kept %v, new %v; want the kept one's and the mean of the old", time.Duration(kept), time.Duration(added))
+	}
+	// The mean is of the endpoints sampled: all[2]'s start is no sample.
+	b.update([]netip.AddrPort{all[1], all[2], all[3]})
+	if got := b.estimate(b.eps[2], now); got != kept {
+		t.Errorf("a third endpoint starts at %v, want %v: the mean of the one sampled", time.Duration(got), time.Duration(kept))
 	}
 }
 
