@@ -5,15 +5,30 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
-// clock is a test clock.
-type clock struct{ t time.Time }
+// clock is a test clock, safe for concurrent use.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
 
-func (c *clock) now() time.Time          { return c.t }
-func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
+func newClock() *clock { return &clock{t: time.Unix(1_000_000, 0)} }
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
 
 // events records a balancer's events.
 type events struct{ log []string }
@@ -38,7 +53,7 @@ func eps(n int) []netip.AddrPort {
 
 func newTestBalancer(t *testing.T, o BalanceOptions, n int) (*balancer, *clock, *events) {
 	t.Helper()
-	c := &clock{t: time.Unix(1_000_000, 0)}
+	c := newClock()
 	ev := &events{}
 	b := newBalancer("web.shop.mesh", o, ev, c.now, 1)
 	b.update(eps(n))

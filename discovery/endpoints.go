@@ -117,7 +117,7 @@ func (e *endpointSets) pick(dst netip.AddrPort, avoid []netip.AddrPort) (netip.A
 		if !e.s.meshedName(fq) {
 			return netip.AddrPort{}, nil, false
 		}
-		now := time.Now()
+		now := e.s.o.Now()
 		e.mu.Lock()
 		set := e.dns[familyKey{fq, v6}]
 		if set != nil {
@@ -137,7 +137,7 @@ func (e *endpointSets) pick(dst netip.AddrPort, avoid []netip.AddrPort) (netip.A
 	b := e.bals[key]
 	if b == nil {
 		e.seed++
-		b = newBalancer(strings.TrimSuffix(fq, "."), e.o, e, time.Now, e.seed)
+		b = newBalancer(strings.TrimSuffix(fq, "."), e.o, e, e.s.o.Now, e.seed)
 		e.bals[key] = b
 	}
 	e.mu.Unlock()
@@ -234,7 +234,7 @@ func (e *endpointSets) refresh(fq string, v6 bool) {
 	q := new(dns.Msg)
 	q.SetQuestion(fq, qtype)
 	q.RecursionDesired = true
-	now := time.Now()
+	now := e.s.o.Now()
 	key := keyOf(q.Question[0], false)
 	e.s.learn(fq, now)
 	m := e.s.cache.get(key, now)
