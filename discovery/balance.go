@@ -18,17 +18,40 @@ type Policy string
 const (
 	// P2CPeakEWMA, the default, picks two endpoints at random and takes
 	// the cheaper: cost is the endpoint's latency estimate times its
-	// requests in flight plus one. The estimate is a moving average that
-	// jumps to any slower sample at once (the "peak") and forgets it with
-	// time (Decay), so an endpoint that turns slow loses traffic at once
-	// and wins it back gradually.
+	// requests in flight plus one. The estimate is a moving average of
+	// the time to answer, connection set-up not included, that jumps at
+	// once to a slower level held for peakRun answers in a row (the
+	// "peak") and forgets it with time (Decay), so an endpoint that turns
+	// slow loses traffic within a few answers and wins it back gradually.
+	// Costs within tieMargin of each other are a tie, which goes to the
+	// endpoint picked less recently.
 	P2CPeakEWMA Policy = "p2c-peak-ewma"
 	// RoundRobin takes the endpoints in turn.
 	RoundRobin Policy = "round-robin"
 	// LeastRequest picks two endpoints at random and takes the one with
-	// fewer requests (or connections) in flight.
+	// fewer requests (or connections) in flight; a tie goes to the one
+	// picked less recently.
 	LeastRequest Policy = "least-request"
 )
+
+// tieMargin is how much cheaper than another an endpoint must look for
+// P2CPeakEWMA to prefer it. An estimate is the peak of recent samples: of
+// two equal endpoints, the one that served the last requests has had
+// more samples and so a higher peak, and loses to the other only when a
+// sample beats the other's last peak. Taken strictly, the comparison
+// hands serial traffic to one endpoint in ever longer runs; within the
+// margin, equal endpoints take turns, and an endpoint half again as slow
+// as another is still avoided.
+const tieMargin = 1.5
+
+// peakRun is how many answers in a row must be slower than an endpoint's
+// estimate for it to jump: it jumps to the fastest of them. One slow
+// answer is as often the measuring side's (a pause of the sidecar's, the
+// scheduler of a busy machine) or an endpoint's first, warming up (its
+// sidecar's first connection to the app, code run cold); taken as a
+// peak, it kept the endpoint out of serial traffic for about Decay
+// while an equal one took it all. Failures are charged at once.
+const peakRun = 3
 
 // BalanceOptions configure load balancing and passive outlier ejection.
 // The zero value is the defaults.
@@ -108,10 +131,11 @@ type balancer struct {
 	now     func() time.Time
 	events  balanceEvents
 
-	mu   sync.Mutex
-	eps  []*endpoint
-	next uint64     // round robin
-	rnd  *rand.Rand // under mu
+	mu    sync.Mutex
+	eps   []*endpoint
+	next  uint64     // round robin
+	picks uint64     // picks made, numbering them
+	rnd   *rand.Rand // under mu
 }
 
 // balanceEvents is what a balancer tells its owner (metrics, log).
@@ -129,6 +153,12 @@ type endpoint struct {
 	pending int     // picked and not done
 	ewma    float64 // latency estimate, ns
 	stamp   time.Time
+	// sampled says the estimate has had a sample: before, it is only
+	// where the endpoint started (the service's mean, or nothing).
+	sampled bool
+	last    uint64 // the number of its latest pick
+	// prev are the latest latency samples, ns, latest first (0: none).
+	prev [peakRun - 1]float64
 	// fails counts failures in a row; ejections how many times the
 	// endpoint was ejected (it lengthens the next one); until is when the
 	// current ejection ends (zero: not ejected).
@@ -144,21 +174,25 @@ func newBalancer(service string, o BalanceOptions, events balanceEvents, now fun
 }
 
 // update makes addrs the endpoints. Those already known keep their state;
-// a new one starts with the mean latency estimate of the others, so that
-// it is neither starved nor flooded before its first sample.
+// a new one starts with the mean latency estimate of those sampled, so
+// that it is neither starved nor flooded before its first sample.
 func (b *balancer) update(addrs []netip.AddrPort) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
 	old := make(map[netip.AddrPort]*endpoint, len(b.eps))
 	var sum float64
+	var n int
 	for _, e := range b.eps {
 		old[e.addr] = e
-		sum += b.estimate(e, now)
+		if e.sampled {
+			sum += b.estimate(e, now)
+			n++
+		}
 	}
 	mean := 0.0
-	if len(b.eps) > 0 {
-		mean = sum / float64(len(b.eps))
+	if n > 0 {
+		mean = sum / float64(n)
 	}
 	eps := make([]*endpoint, 0, len(addrs))
 	for _, a := range addrs {
@@ -257,11 +291,22 @@ func (b *balancer) pick(avoid []netip.AddrPort) (*endpoint, bool) {
 			j++
 		}
 		x, y := cands[i], cands[j]
-		if b.cost(y, now) < b.cost(x, now) {
+		margin := tieMargin
+		if b.o.Policy == LeastRequest {
+			margin = 1
+		}
+		cx, cy := b.cost(x, now), b.cost(y, now)
+		switch {
+		case cy*margin < cx:
 			x = y
+		case cx*margin < cy:
+		case y.last < x.last:
+			x = y // a tie: the one picked less recently
 		}
 		e = x
 	}
+	b.picks++
+	e.last = b.picks
 	e.pending++
 	b.events.picked(b.service, e.addr)
 	return e, true
@@ -277,36 +322,57 @@ func (b *balancer) cost(e *endpoint, now time.Time) float64 {
 	return max(b.estimate(e, now), float64(time.Microsecond)) * float64(e.pending+1)
 }
 
-// done ends a pick: latency is how long the try took to connect, or to
-// answer; failed says it failed. The latency feeds the estimate (a
-// failure's counts as twice the slowest other's at least); a failure
-// counts towards ejection.
-func (b *balancer) done(e *endpoint, latency time.Duration, failed bool) {
+// done ends a pick: setup is how long the try spent setting up a
+// connection to the endpoint (dial and mesh handshake; 0 over a pooled
+// connection), latency how long it took after that (to the response's
+// headers; 0 for a connection of its own, which measures nothing after
+// its set-up); failed says it failed.
+//
+// A success's latency feeds the estimate; its set-up does not. Set-up is
+// paid once per connection, by whichever try comes first, and the first
+// connection to an endpoint costs more than the next (a full handshake,
+// then resumed ones): charged, it made the endpoint connected to first
+// look slower than an equal one for about Decay, and lose all serial
+// traffic to it. A latency is a peak only as the fastest of peakRun in a
+// row (an endpoint's first answers so never are: they are averaged into
+// the estimate it started with). A success with no latency (a connection
+// of its own) leaves the estimate as it is: such tries compete by their
+// number in flight. A failure is charged at once its whole time, set-up
+// and latency (twice the slowest other's estimate, beyond the tie
+// margin, at least), and counts towards ejection.
+func (b *balancer) done(e *endpoint, setup, latency time.Duration, failed bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
 	e.pending--
 	rtt := float64(latency)
 	if failed {
-		// A failure costs twice the slowest of the others at least: a
-		// fast one (refused at once) must not make the endpoint look
-		// cheap, or it would draw the traffic it fails. Under P2C a
-		// failing endpoint so gets little traffic until its estimate
-		// decays, and is ejected after its next failures.
+		rtt = float64(setup + latency)
+		// A failure costs twice the slowest of the others at least,
+		// beyond the tie margin: a fast one (refused at once) must not
+		// make the endpoint look cheap, or it would draw the traffic it
+		// fails. Under P2C a failing endpoint so gets little traffic
+		// until its estimate decays, and is ejected after its next
+		// failures.
 		for _, o := range b.eps {
 			if o != e {
-				rtt = max(rtt, 2*b.estimate(o, now))
+				rtt = max(rtt, 2*tieMargin*b.estimate(o, now))
 			}
 		}
 	}
-	est := b.estimate(e, now)
-	if rtt > est {
-		e.ewma = rtt
-	} else {
-		w := math.Exp(-float64(now.Sub(e.stamp)) / float64(b.o.Decay))
-		e.ewma = est*w + rtt*(1-w)
+	peak := rtt
+	if !failed && rtt > 0 {
+		peak = min(rtt, slices.Min(e.prev[:]))
+		copy(e.prev[1:], e.prev[:])
+		e.prev[0] = rtt
 	}
-	e.stamp = now
+	if est := b.estimate(e, now); peak > est {
+		e.ewma, e.stamp = peak, now
+	} else if rtt > 0 {
+		w := math.Exp(-float64(now.Sub(e.stamp)) / float64(b.o.Decay))
+		e.ewma, e.stamp = est*w+rtt*(1-w), now
+	}
+	e.sampled = e.sampled || rtt > 0
 	if !failed {
 		e.fails = 0
 		if e.ejections > 0 && e.until.IsZero() && now.Sub(e.back) >= b.o.MaxEjection {

@@ -2,17 +2,33 @@ package discovery
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
-// clock is a test clock.
-type clock struct{ t time.Time }
+// clock is a test clock, safe for concurrent use.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
 
-func (c *clock) now() time.Time          { return c.t }
-func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
+func newClock() *clock { return &clock{t: time.Unix(1_000_000, 0)} }
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
 
 // events records a balancer's events.
 type events struct{ log []string }
@@ -37,7 +53,7 @@ func eps(n int) []netip.AddrPort {
 
 func newTestBalancer(t *testing.T, o BalanceOptions, n int) (*balancer, *clock, *events) {
 	t.Helper()
-	c := &clock{t: time.Unix(1_000_000, 0)}
+	c := newClock()
 	ev := &events{}
 	b := newBalancer("web.shop.mesh", o, ev, c.now, 1)
 	b.update(eps(n))
@@ -48,6 +64,16 @@ func newTestBalancer(t *testing.T, o BalanceOptions, n int) (*balancer, *clock, 
 // and failing if fail(endpoint); it returns the picks per endpoint.
 func serve(t *testing.T, b *balancer, c *clock, n int, latency func(netip.AddrPort) time.Duration, fail func(netip.AddrPort) bool) map[netip.AddrPort]int {
 	t.Helper()
+	return serveTries(t, b, c, n, func(e netip.AddrPort) (time.Duration, time.Duration, bool) {
+		return 0, latency(e), fail != nil && fail(e)
+	})
+}
+
+// serveTries makes n sequential picks, each try taking setup (connecting)
+// then latency, and failing as try says; it returns the picks per
+// endpoint.
+func serveTries(t *testing.T, b *balancer, c *clock, n int, try func(netip.AddrPort) (setup, latency time.Duration, failed bool)) map[netip.AddrPort]int {
+	t.Helper()
 	got := map[netip.AddrPort]int{}
 	for range n {
 		e, ok := b.pick(nil)
@@ -55,9 +81,9 @@ func serve(t *testing.T, b *balancer, c *clock, n int, latency func(netip.AddrPo
 			t.Fatal("no pick")
 		}
 		got[e.addr]++
-		d := latency(e.addr)
-		c.advance(d)
-		b.done(e, d, fail != nil && fail(e.addr))
+		setup, latency, failed := try(e.addr)
+		c.advance(setup + latency)
+		b.done(e, setup, latency, failed)
 		c.advance(time.Millisecond)
 	}
 	return got
@@ -90,6 +116,64 @@ func TestPeakEWMAAvoidsTheSlowEndpoint(t *testing.T) {
 	got = serve(t, b, c, 10, func(netip.AddrPort) time.Duration { return time.Millisecond }, nil)
 	if got[slow] == 0 {
 		t.Errorf("the slow endpoint was not tried again 40s later: %v", got)
+	}
+}
+
+// TestPeakEWMASerialRequestsSpread drives the balancer as the proxy does
+// over pooled mesh connections: requests one at a time to two equal
+// endpoints, the first to each also connecting to it (dial and mesh
+// handshake). They share the requests whatever else the answers do: the
+// first ones slower (the peer sidecar connects to its app, code runs
+// cold), with noise, or now and then one much slower (a pause).
+func TestPeakEWMASerialRequestsSpread(t *testing.T) {
+	ms := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
+	type serialCase struct {
+		name  string
+		decay time.Duration
+		// answer is how long an endpoint's nth answer (from 0) takes.
+		answer func(ep netip.AddrPort, n int) time.Duration
+	}
+	cases := []serialCase{
+		{"set-up", 0, func(netip.AddrPort, int) time.Duration { return time.Millisecond }},
+		{"set-up, decay 2s", 2 * time.Second, func(netip.AddrPort, int) time.Duration { return time.Millisecond }},
+		{"warm-up", 0, func(ep netip.AddrPort, n int) time.Duration {
+			if ep == eps(2)[0] {
+				return ms([]float64{4, 2, 1}[min(n, 2)])
+			}
+			return ms([]float64{3, 1.2, 1}[min(n, 2)])
+		}},
+		{"a pause now and then", 0, func(_ netip.AddrPort, n int) time.Duration {
+			if n%7 == 3 {
+				return 10 * time.Millisecond
+			}
+			return time.Millisecond
+		}},
+	}
+	for seed := range uint64(8) {
+		noise := rand.New(rand.NewPCG(seed, 2))
+		cases = append(cases, serialCase{fmt.Sprintf("noise %d", seed), 0, func(netip.AddrPort, int) time.Duration {
+			return ms(0.3 + 0.2*noise.ExpFloat64())
+		}})
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b, c, _ := newTestBalancer(t, BalanceOptions{Decay: tc.decay}, 2)
+			uses := map[netip.AddrPort]int{}
+			got := serveTries(t, b, c, 40, func(e netip.AddrPort) (time.Duration, time.Duration, bool) {
+				n := uses[e]
+				uses[e]++
+				var setup time.Duration
+				if n == 0 {
+					setup = 5 * time.Millisecond
+				}
+				return setup, tc.answer(e, n), false
+			})
+			for _, e := range eps(2) {
+				if got[e] < 10 {
+					t.Errorf("40 requests one at a time over two equal endpoints: %s got %d; want 10 (25%%) at least: %v", e, got[e], got)
+				}
+			}
+		})
 	}
 }
 
@@ -222,11 +306,13 @@ func TestPickAvoids(t *testing.T) {
 
 func TestUpdateKeepsState(t *testing.T) {
 	b, c, ev := newTestBalancer(t, BalanceOptions{}, 2)
-	all := eps(3)
-	e, _ := b.pick(nil)
-	b.done(e, 4*time.Millisecond, false)
-	other, _ := b.pick(nil)
-	b.done(other, 2*time.Millisecond, false)
+	all := eps(4)
+	for range peakRun { // an endpoint's first answers only start its estimate
+		for i, d := range []time.Duration{4 * time.Millisecond, 2 * time.Millisecond} {
+			e, _ := b.pick([]netip.AddrPort{all[1-i]})
+			b.done(e, 0, d, false)
+		}
+	}
 	c.advance(time.Millisecond)
 	b.update([]netip.AddrPort{all[1], all[2]}) // all[0] goes, all[2] comes
 	if ev.log[len(ev.log)-1] != "removed "+all[0].String() {
@@ -239,6 +325,11 @@ func TestUpdateKeepsState(t *testing.T) {
 	kept, added := b.estimate(b.eps[0], now), b.estimate(b.eps[1], now)
 	if kept < float64(time.Millisecond) || added < float64(time.Millisecond) || added > float64(4*time.Millisecond) {
 		t.Errorf("estimates after update: kept %v, new %v; want the kept one's and the mean of the old", time.Duration(kept), time.Duration(added))
+	}
+	// The mean is of the endpoints sampled: all[2]'s start is no sample.
+	b.update([]netip.AddrPort{all[1], all[2], all[3]})
+	if got := b.estimate(b.eps[2], now); got != kept {
+		t.Errorf("a third endpoint starts at %v, want %v: the mean of the one sampled", time.Duration(got), time.Duration(kept))
 	}
 }
 

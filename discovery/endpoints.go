@@ -87,16 +87,18 @@ func (e *endpointSets) collectors() []prometheus.Collector {
 // goes: when dst was answered for a mesh service's name, one of that
 // service's endpoints of dst's family, at dst's port, chosen by the
 // balancer, avoiding those in avoid (endpoints already tried). done must
-// be called once the try is over, with how long it took to connect (or
-// to get the response's headers) and whether it failed; it feeds the
-// latency estimate and outlier ejection. ok is false when dst is not a
+// be called once the try is over, with how long it spent setting up a
+// connection (dial and mesh handshake; 0 over a pooled one), how long it
+// took after that to get the response's headers (0 for a connection of
+// its own) and whether it failed; it feeds the latency estimate, which
+// set-up does not, and outlier ejection. ok is false when dst is not a
 // service address (the connection goes to dst itself) or every endpoint
 // is in avoid. It implements package proxy's Balancer.
-func (s *Server) Pick(dst netip.AddrPort, avoid []netip.AddrPort) (ep netip.AddrPort, done func(latency time.Duration, failed bool), ok bool) {
+func (s *Server) Pick(dst netip.AddrPort, avoid []netip.AddrPort) (ep netip.AddrPort, done func(setup, latency time.Duration, failed bool), ok bool) {
 	return s.eps.pick(dst, avoid)
 }
 
-func (e *endpointSets) pick(dst netip.AddrPort, avoid []netip.AddrPort) (netip.AddrPort, func(time.Duration, bool), bool) {
+func (e *endpointSets) pick(dst netip.AddrPort, avoid []netip.AddrPort) (netip.AddrPort, func(time.Duration, time.Duration, bool), bool) {
 	a := dst.Addr().Unmap()
 	name, ok := e.s.NameOf(a)
 	if !ok {
@@ -115,7 +117,7 @@ func (e *endpointSets) pick(dst netip.AddrPort, avoid []netip.AddrPort) (netip.A
 		if !e.s.meshedName(fq) {
 			return netip.AddrPort{}, nil, false
 		}
-		now := time.Now()
+		now := e.s.o.Now()
 		e.mu.Lock()
 		set := e.dns[familyKey{fq, v6}]
 		if set != nil {
@@ -135,7 +137,7 @@ func (e *endpointSets) pick(dst netip.AddrPort, avoid []netip.AddrPort) (netip.A
 	b := e.bals[key]
 	if b == nil {
 		e.seed++
-		b = newBalancer(strings.TrimSuffix(fq, "."), e.o, e, time.Now, e.seed)
+		b = newBalancer(strings.TrimSuffix(fq, "."), e.o, e, e.s.o.Now, e.seed)
 		e.bals[key] = b
 	}
 	e.mu.Unlock()
@@ -145,8 +147,8 @@ func (e *endpointSets) pick(dst netip.AddrPort, avoid []netip.AddrPort) (netip.A
 		return netip.AddrPort{}, nil, false
 	}
 	var once sync.Once
-	return picked.addr, func(latency time.Duration, failed bool) {
-		once.Do(func() { b.done(picked, latency, failed) })
+	return picked.addr, func(setup, latency time.Duration, failed bool) {
+		once.Do(func() { b.done(picked, setup, latency, failed) })
 	}, true
 }
 
@@ -232,7 +234,7 @@ func (e *endpointSets) refresh(fq string, v6 bool) {
 	q := new(dns.Msg)
 	q.SetQuestion(fq, qtype)
 	q.RecursionDesired = true
-	now := time.Now()
+	now := e.s.o.Now()
 	key := keyOf(q.Question[0], false)
 	e.s.learn(fq, now)
 	m := e.s.cache.get(key, now)

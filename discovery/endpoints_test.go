@@ -23,7 +23,7 @@ func pickAll(t *testing.T, s *Server, dst netip.AddrPort, n int) map[netip.AddrP
 			t.Fatalf("Pick(%s): not a service address", dst)
 		}
 		got[ep]++
-		done(time.Millisecond, false)
+		done(0, time.Millisecond, false)
 	}
 	return got
 }
@@ -97,7 +97,8 @@ func TestPickFollowsDNS(t *testing.T) {
 			m.Answer = []dns.RR{&dns.TXT{Hdr: hdr, Txt: []string{"meshgate.identity=spiffe://cluster.local/ns/shop/sa/api", "meshgate.meshed=true"}}}
 		}
 	})
-	s, addr := startProxy(t, nil, pc.LocalAddr().String())
+	c := newClock()
+	s, addr := startProxyWith(t, Options{Upstreams: []string{pc.LocalAddr().String()}, Now: c.now})
 	ask(t, addr, "udp", "api.example.", dns.TypeA, 0)
 	dst := netip.MustParseAddrPort("192.0.2.11:9000")
 	got := pickAll(t, s, dst, 100)
@@ -108,19 +109,31 @@ func TestPickFollowsDNS(t *testing.T) {
 	replicas = append(replicas, net.IPv4(192, 0, 2, 13))
 	ttl = 30
 	mu.Unlock()
-	third := netip.MustParseAddrPort("192.0.2.13:9000")
-	deadline := time.Now().Add(10 * time.Second)
-	for pickAll(t, s, dst, 30)[third] == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the third replica was not picked 10s after it was added (TTL 1s); upstream asked %d times", up.Count("api.example.", dns.TypeA))
-		}
-		time.Sleep(100 * time.Millisecond)
+	// pickAsked makes picks d from now, once the addresses asked again
+	// on the way (if they were) are learnt, and returns them and how
+	// many times upstream was asked.
+	pickAsked := func(d time.Duration) (map[netip.AddrPort]int, int) {
+		t.Helper()
+		c.advance(d)
+		pickAll(t, s, dst, 1)
+		s.eps.wait()
+		return pickAll(t, s, dst, 30), up.Count("api.example.", dns.TypeA)
 	}
-	// The new TTL (30s) holds: no more questions for a while.
-	n := up.Count("api.example.", dns.TypeA)
-	time.Sleep(1500 * time.Millisecond)
-	pickAll(t, s, dst, 30)
-	if m := up.Count("api.example.", dns.TypeA); m != n {
+	third := netip.MustParseAddrPort("192.0.2.13:9000")
+	// Within the TTL (1s), the addresses stay; after it, they are asked
+	// again.
+	if got, n := pickAsked(500 * time.Millisecond); got[third] != 0 || n != 1 {
+		t.Errorf("within the TTL: picks %v, upstream asked %d times; want the two replicas, asked once", got, n)
+	}
+	got, n := pickAsked(time.Second)
+	if got[third] == 0 || n != 2 {
+		t.Fatalf("after the TTL: picks %v, upstream asked %d times; want the third replica too, asked again", got, n)
+	}
+	// The new TTL (30s) holds: no more questions within it, one after.
+	if _, m := pickAsked(29 * time.Second); m != n {
 		t.Errorf("asked %d more times within the new 30s TTL", m-n)
+	}
+	if _, m := pickAsked(time.Second); m != n+1 {
+		t.Errorf("asked %d more times once the new 30s TTL was over, want 1", m-n)
 	}
 }

@@ -44,6 +44,9 @@ type Options struct {
 	CacheSize int
 	// Log gets a line per failed upstream; nil logs nothing.
 	Log *zap.Logger
+	// Now is the clock that TTLs (of cached answers, of the names and
+	// endpoints learnt from them) and balancing go by; nil: time.Now.
+	Now func() time.Time
 	// Registerer gets the metrics; nil registers none.
 	Registerer prometheus.Registerer
 }
@@ -95,6 +98,9 @@ func New(o Options) (*Server, error) {
 	}
 	if o.Log == nil {
 		o.Log = zap.NewNop()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	var errs []error
 	if len(o.Addrs) == 0 {
@@ -236,7 +242,7 @@ func (s *Server) Addrs() []string {
 // NameOf returns the name an address was last answered for, while that
 // answer's TTL lasts: how outbound connections to it are routed, logged
 // and authorized by name.
-func (s *Server) NameOf(a netip.Addr) (string, bool) { return s.names.get(a.Unmap(), time.Now()) }
+func (s *Server) NameOf(a netip.Addr) (string, bool) { return s.names.get(a.Unmap(), s.o.Now()) }
 
 // ServeDNS answers one question: from the registry for mesh names, else
 // from the cache, else from the upstreams. Over UDP the answer is cut to
@@ -293,7 +299,7 @@ func (s *Server) answer(r *dns.Msg) (*dns.Msg, string) {
 		do = opt.Do()
 	}
 	key := keyOf(q, do)
-	now := time.Now()
+	now := s.o.Now()
 	// An address answered for a name must be known as in the mesh or not
 	// before the app can connect to it: the name's TXT record is asked
 	// alongside (and kept for its TTL).
@@ -460,7 +466,7 @@ func (s *Server) meshedName(fq string) bool {
 // remember notes which name each address of m, the answer to q, belongs
 // to, and the name's endpoints (see endpointSets.learn).
 func (s *Server) remember(q dns.Question, m *dns.Msg) {
-	now := time.Now()
+	now := s.o.Now()
 	s.eps.learn(q, m, now)
 	for _, rr := range m.Answer {
 		a, ok := addrOf(rr)
@@ -468,7 +474,7 @@ func (s *Server) remember(q dns.Question, m *dns.Msg) {
 			continue
 		}
 		ttl := max(time.Duration(rr.Header().Ttl)*time.Second, 30*time.Second)
-		s.names.put(a, strings.TrimSuffix(strings.ToLower(rr.Header().Name), "."), now.Add(ttl))
+		s.names.put(a, strings.TrimSuffix(strings.ToLower(rr.Header().Name), "."), now, now.Add(ttl))
 	}
 }
 
@@ -499,11 +505,10 @@ func newNameMemory(max int) *nameMemory {
 	return &nameMemory{m: make(map[netip.Addr]nameEntry), max: max}
 }
 
-func (n *nameMemory) put(a netip.Addr, name string, until time.Time) {
+func (n *nameMemory) put(a netip.Addr, name string, now, until time.Time) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if _, ok := n.m[a]; !ok && len(n.m) >= n.max {
-		now := time.Now()
 		for k, e := range n.m {
 			if now.After(e.until) || len(n.m) >= n.max {
 				delete(n.m, k)

@@ -69,7 +69,15 @@ func startUpstream(t *testing.T) *upstream {
 // startProxy runs a Server for the test with reg, forwarding to ups.
 func startProxy(t *testing.T, reg Registry, ups ...string) (*Server, string) {
 	t.Helper()
-	s, err := New(Options{Addrs: []string{"127.0.0.1:0"}, Upstreams: ups, Registry: reg, Timeout: time.Second, Registerer: prometheus.NewRegistry()})
+	return startProxyWith(t, Options{Registry: reg, Upstreams: ups})
+}
+
+// startProxyWith starts a DNS proxy with o, serving on 127.0.0.1 with a
+// 1s timeout and metrics of its own, and returns it and its address.
+func startProxyWith(t *testing.T, o Options) (*Server, string) {
+	t.Helper()
+	o.Addrs, o.Timeout, o.Registerer = []string{"127.0.0.1:0"}, time.Second, prometheus.NewRegistry()
+	s, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,17 +120,18 @@ func ask(t *testing.T, addr, network, name string, qtype uint16, edns uint16) *d
 // for their TTL, which ages; NXDOMAIN is cached for the SOA minimum.
 func TestForwardAndCache(t *testing.T) {
 	up := startUpstream(t)
-	s, addr := startProxy(t, nil, up.addr)
+	c := newClock()
+	s, addr := startProxyWith(t, Options{Upstreams: []string{up.addr}, Now: c.now})
 	r := ask(t, addr, "udp", "a.example.", dns.TypeA, 0)
 	if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "192.0.2.1" || r.Answer[0].Header().Ttl != 2 {
 		t.Fatalf("a.example: %v", r)
 	}
-	time.Sleep(1100 * time.Millisecond)
+	c.advance(time.Second)
 	r = ask(t, addr, "udp", "a.example.", dns.TypeA, 0)
 	if up.count("a.example.", dns.TypeA) != 1 || r.Answer[0].Header().Ttl != 1 {
 		t.Errorf("from the cache a second later: upstream asked %d times, TTL %d; want 1 and 1", up.count("a.example.", dns.TypeA), r.Answer[0].Header().Ttl)
 	}
-	time.Sleep(time.Second)
+	c.advance(time.Second)
 	ask(t, addr, "udp", "a.example.", dns.TypeA, 0)
 	if up.count("a.example.", dns.TypeA) != 2 {
 		t.Errorf("after the TTL: upstream asked %d times, want 2", up.count("a.example.", dns.TypeA))
@@ -139,7 +148,7 @@ func TestForwardAndCache(t *testing.T) {
 	if n := up.count("missing.example.", dns.TypeA); n != 1 {
 		t.Errorf("NXDOMAIN asked upstream %d times in its negative TTL, want 1", n)
 	}
-	time.Sleep(1100 * time.Millisecond)
+	c.advance(time.Second)
 	ask(t, addr, "udp", "missing.example.", dns.TypeA, 0)
 	if n := up.count("missing.example.", dns.TypeA); n != 2 {
 		t.Errorf("NXDOMAIN after its negative TTL (SOA minimum 1 s): upstream asked %d times, want 2", n)

@@ -142,15 +142,15 @@ func issueAs(t *testing.T, caDir string, pod *topology.Pod, id string) string {
 }
 
 // TestServiceBalancing: a client pod calls a service by name, found
-// through its sidecar's DNS proxy from a real DNS server: its requests
-// spread over the replicas; a replica added upstream, with a new TTL, gets
-// traffic without a restart; a replica whose app stops is ejected after a
-// few failures; a replica presenting a valid mesh certificate of another
-// identity never serves a request; negative answers are cached for their
-// TTL; a registry file edited in place is followed; and a replica gone
-// whole (sidecar and app) costs the app no failed request. All of it with
-// either exemption alone: the sidecar's own DNS questions are not captured
-// back to it.
+// through its sidecar's DNS proxy from a real DNS server: its requests,
+// serial or concurrent, spread over the replicas; a replica added
+// upstream, with a new TTL, gets traffic without a restart; a replica
+// whose app stops is ejected after a few failures; a replica presenting a
+// valid mesh certificate of another identity never serves a request;
+// negative answers are cached for their TTL; a registry file edited in
+// place is followed; and a replica gone whole (sidecar and app) costs the
+// app no failed request. All of it with either exemption alone: the
+// sidecar's own DNS questions are not captured back to it.
 func TestServiceBalancing(t *testing.T) {
 	needRoot(t)
 	if _, err := exec.LookPath("dig"); err != nil {
@@ -240,10 +240,32 @@ func testServiceBalancing(t *testing.T, e exemption) {
 		t.Errorf("NXDOMAIN asked upstream again %v after the first time, within its 2s TTL", d.Round(time.Millisecond))
 	}
 
+	api := "http://api.example.test:8080/"
+	// First, while neither replica has been connected to: requests one at
+	// a time, each on a new connection of the app's, spread over both.
+	// The first request to each replica also sets up the sidecars' mesh
+	// connection (dial and mTLS handshake) and warms the replica up,
+	// which is no latency of the replica's: were it charged, one replica
+	// would look the faster for seconds and take nearly every request.
+	t.Run("serial requests spread over equal replicas", func(t *testing.T) {
+		serial := cli.NameClient(hostPort(nsPod.IPv4, 53), 10*time.Second, false)
+		got := map[string]int{}
+		for i := range 40 {
+			code, name, err := call(serial, api)
+			if err != nil || code != 200 {
+				t.Fatalf("request %d: %d %q %v", i, code, name, err)
+			}
+			got[name]++
+		}
+		t.Logf("40 serial requests, a new connection each: %v", got)
+		if got["r1"] < 10 || got["r2"] < 10 {
+			t.Errorf("40 serial requests over two equal replicas: %v; want 10 (25%%) each at least", got)
+		}
+	})
+
 	// The app resolves by name through the captured DNS, connects to the
 	// first address of the answer, and keeps its connections alive.
 	app := cli.NameClient(hostPort(nsPod.IPv4, 53), 10*time.Second, true)
-	api := "http://api.example.test:8080/"
 	got := spread(t, app, api, 200)
 	t.Logf("200 requests over two replicas: %v", got)
 	if got["r1"] < 20 || got["r2"] < 20 || got["r1"]+got["r2"] != 200 {

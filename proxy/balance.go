@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/netip"
 	"sync"
 	"time"
@@ -17,10 +18,14 @@ import (
 type Balancer interface {
 	// Pick returns the endpoint for a try at dst, avoiding those in avoid
 	// (already tried). done must be called once the try is over, with how
-	// long it took to connect (or to get the response headers) and
-	// whether it failed. ok false: dst is no service address, or every
+	// long it spent setting up a connection to the endpoint (dial and
+	// mesh handshake; 0 when a pooled one served), how long it took
+	// after that to get the response's headers (0 for a connection of
+	// its own: it measures nothing after its set-up), and whether it
+	// failed; a try that failed before it had a connection reports all
+	// its time as set-up. ok false: dst is no service address, or every
 	// endpoint has been tried.
-	Pick(dst netip.AddrPort, avoid []netip.AddrPort) (ep netip.AddrPort, done func(latency time.Duration, failed bool), ok bool)
+	Pick(dst netip.AddrPort, avoid []netip.AddrPort) (ep netip.AddrPort, done func(setup, latency time.Duration, failed bool), ok bool)
 }
 
 // WithBalancer has outbound connections and requests to service addresses
@@ -29,10 +34,15 @@ func WithBalancer(b Balancer) Option {
 	return func(p *Proxy) { p.balancer = b }
 }
 
-// try is where one try at a destination goes.
+// try is where one try at a destination goes, and when it began and had
+// its connection.
 type try struct {
 	addr netip.AddrPort
-	done func(time.Duration, bool) // nil: not balanced
+	done func(setup, latency time.Duration, failed bool) // nil: not balanced
+	// start is when the try began; connected when it had its connection,
+	// new or pooled (zero: not yet). What came before is set-up, which
+	// the balancer does not count as the endpoint's latency.
+	start, connected time.Time
 }
 
 // pick returns the endpoint of dst for a try, avoiding those tried: the
@@ -50,10 +60,19 @@ func (p *Proxy) pick(dst netip.AddrPort, tried []netip.AddrPort) (try, bool) {
 	return try{addr: dst}, true
 }
 
+// spent splits the try's time until end into set-up (until it had its
+// connection) and latency (since): a try not connected was all set-up.
+func (t *try) spent(end time.Time) (setup, latency time.Duration) {
+	if t.connected.IsZero() {
+		return end.Sub(t.start), 0
+	}
+	return t.connected.Sub(t.start), end.Sub(t.connected)
+}
+
 // report ends a try.
-func (t try) report(latency time.Duration, failed bool) {
+func (t *try) report(setup, latency time.Duration, failed bool) {
 	if t.done != nil {
-		t.done(latency, failed)
+		t.done(setup, latency, failed)
 	}
 }
 
@@ -71,20 +90,21 @@ type service struct {
 	endpoint netip.AddrPort
 	once     sync.Once
 	t        try
-	latency  time.Duration
 }
 
 // finish ends the connection's try: failed if it failed before the
-// upstream sent a byte. Later calls do nothing.
+// upstream sent a byte. Its latency is nothing: the connection's own
+// time, from its set-up to its end, says nothing of how fast the
+// endpoint answers. Later calls do nothing.
 func (s *service) finish(failed bool) {
-	s.once.Do(func() { s.t.report(s.latency, failed) })
+	s.once.Do(func() { s.t.report(s.t.connected.Sub(s.t.start), 0, failed) })
 }
 
 // eachEndpoint runs attempt on an endpoint of dst the balancer picks and,
 // while it fails with nothing of the app's sent (retriable), reports the
 // failure and tries the next, up to loadBalancing.connectAttempts. An
 // attempt that succeeds reports its own try. The error is the last try's.
-func (p *Proxy) eachEndpoint(ctx context.Context, dst netip.AddrPort, attempt func(t try) error) error {
+func (p *Proxy) eachEndpoint(ctx context.Context, dst netip.AddrPort, attempt func(t *try) error) error {
 	var tried []netip.AddrPort
 	var lastErr error
 	for range p.cfg.LoadBalancing.ConnectAttempts {
@@ -92,12 +112,13 @@ func (p *Proxy) eachEndpoint(ctx context.Context, dst netip.AddrPort, attempt fu
 		if !ok {
 			break
 		}
-		start := time.Now()
-		err := attempt(t)
+		t.start = time.Now()
+		err := attempt(&t)
 		if err == nil {
 			return nil
 		}
-		t.report(time.Since(start), true)
+		setup, latency := t.spent(time.Now())
+		t.report(setup, latency, true)
 		lastErr = err
 		if t.done == nil || !retriable(err) || ctx.Err() != nil {
 			break
@@ -112,13 +133,12 @@ func (p *Proxy) eachEndpoint(ctx context.Context, dst netip.AddrPort, attempt fu
 // eachEndpoint does; the error is a *dialError or a *handshakeError.
 func (p *Proxy) dialService(ctx context.Context, dst netip.AddrPort, meshTLS bool, proto string) (*service, error) {
 	var svc *service
-	err := p.eachEndpoint(ctx, dst, func(t try) error {
-		start := time.Now()
+	err := p.eachEndpoint(ctx, dst, func(t *try) error {
 		c, err := p.dialUpstream(ctx, t.addr)
 		if err != nil {
 			return &dialError{err}
 		}
-		svc = &service{conn: upConn{tcp: c}, endpoint: t.addr, t: t}
+		svc = &service{conn: upConn{tcp: c}, endpoint: t.addr}
 		if meshTLS {
 			mc, err := p.originate(ctx, c, dst, proto)
 			if err != nil {
@@ -127,7 +147,8 @@ func (p *Proxy) dialService(ctx context.Context, dst netip.AddrPort, meshTLS boo
 			}
 			svc.conn.tls, svc.info = mc.conn, mc.info
 		}
-		svc.latency = time.Since(start)
+		t.connected = time.Now()
+		svc.t = *t
 		return nil
 	})
 	if err != nil {
@@ -147,8 +168,21 @@ type balancedTransport struct {
 
 func (t balancedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	var resp *http.Response
-	err := t.p.eachEndpoint(r.Context(), t.dst, func(tr try) error {
-		out := r.Clone(r.Context())
+	err := t.p.eachEndpoint(r.Context(), t.dst, func(tr *try) error {
+		ctx := r.Context()
+		if tr.done != nil {
+			// The pooled transport dials and runs the mesh handshake, when
+			// it has no connection to the endpoint, before GotConn: set-up,
+			// which the balancer does not count as the endpoint's latency.
+			ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+				GotConn: func(c httptrace.GotConnInfo) {
+					if tr.connected = time.Now(); c.Reused {
+						tr.connected = tr.start
+					}
+				},
+			})
+		}
+		out := r.Clone(ctx)
 		out.URL.Host = tr.addr.String()
 		if r.Body != nil && r.Body != http.NoBody {
 			// The transport closes the body when the try fails; another
@@ -156,16 +190,18 @@ func (t balancedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 			// nothing). The server closes it once the handler is done.
 			out.Body = io.NopCloser(r.Body)
 		}
-		start := time.Now()
 		var err error
 		if resp, err = t.p.l7.mesh.RoundTrip(out); err != nil {
 			return err
 		}
 		if tr.done != nil {
-			latency := time.Since(start)
+			if tr.connected.IsZero() {
+				tr.connected = tr.start // no trace of the connection: all latency
+			}
+			setup, latency := tr.spent(time.Now())
 			failed := resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusServiceUnavailable ||
 				resp.StatusCode == http.StatusGatewayTimeout
-			resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { tr.report(latency, failed) }}
+			resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { tr.report(setup, latency, failed) }}
 		}
 		return nil
 	})

@@ -16,10 +16,17 @@ type fakeBalancer struct {
 	mu      sync.Mutex
 	eps     []netip.AddrPort
 	next    int
-	reports []string // "ENDPOINT ok" or "ENDPOINT failed", as done was called
+	reports []fakeReport // as done was called
 }
 
-func (b *fakeBalancer) Pick(_ netip.AddrPort, avoid []netip.AddrPort) (netip.AddrPort, func(time.Duration, bool), bool) {
+// fakeReport is one call of a try's done.
+type fakeReport struct {
+	ep             netip.AddrPort
+	setup, latency time.Duration
+	failed         bool
+}
+
+func (b *fakeBalancer) Pick(_ netip.AddrPort, avoid []netip.AddrPort) (netip.AddrPort, func(time.Duration, time.Duration, bool), bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for range len(b.eps) {
@@ -28,19 +35,45 @@ func (b *fakeBalancer) Pick(_ netip.AddrPort, avoid []netip.AddrPort) (netip.Add
 		if slices.Contains(avoid, ep) {
 			continue
 		}
-		return ep, func(_ time.Duration, failed bool) {
+		return ep, func(setup, latency time.Duration, failed bool) {
 			b.mu.Lock()
 			defer b.mu.Unlock()
-			b.reports = append(b.reports, fmt.Sprintf("%s %s", ep, map[bool]string{false: "ok", true: "failed"}[failed]))
+			b.reports = append(b.reports, fakeReport{ep, setup, latency, failed})
 		}, true
 	}
 	return netip.AddrPort{}, nil, false
 }
 
+// got returns the reports as "ENDPOINT ok" or "ENDPOINT failed".
 func (b *fakeBalancer) got() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return slices.Clone(b.reports)
+	var out []string
+	for _, r := range b.reports {
+		out = append(out, fmt.Sprintf("%s %s", r.ep, map[bool]string{false: "ok", true: "failed"}[r.failed]))
+	}
+	return out
+}
+
+// phases returns the reports as what they measured: "set-up", "latency",
+// "set-up+latency" or "nothing".
+func (b *fakeBalancer) phases() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, r := range b.reports {
+		switch {
+		case r.setup > 0 && r.latency > 0:
+			out = append(out, "set-up+latency")
+		case r.setup > 0:
+			out = append(out, "set-up")
+		case r.latency > 0:
+			out = append(out, "latency")
+		default:
+			out = append(out, "nothing")
+		}
+	}
+	return out
 }
 
 func (b *fakeBalancer) count(s string) int {
@@ -69,18 +102,9 @@ func closedAddr(t *testing.T) netip.AddrPort {
 // reported failed and the next endpoint tried, so the app sees no error;
 // a peer's 502 is reported failed.
 func TestBalancedConnections(t *testing.T) {
-	mca := newMeshCA(t)
-	cm, sm := mca.meshes()
 	app, _ := startL7App(t)
-	srv := startProxy(t, testConfig(), WithMeshTLS(sm), to(app))
-	good := netip.MustParseAddrPort(srv.in())
 	dead := closedAddr(t)
-	b := &fakeBalancer{eps: []netip.AddrPort{dead, good}}
-	ccfg := testConfig()
-	ccfg.MTLS.MeshCIDRs = prefixes("127.0.0.0/8")
-	// The original destination: any address of the service.
-	cli := startProxy(t, ccfg, WithMeshTLS(cm), WithBalancer(b), to(dead.String()))
-
+	good, b, cli := startBalanced(t, app, dead)
 	for i := range 4 {
 		resp, body := get(t, h1Client(t), "http://"+cli.out()+"/", nil)
 		if resp.StatusCode != 200 || body != "HTTP/1.1" {
@@ -96,7 +120,41 @@ func TestBalancedConnections(t *testing.T) {
 	}
 
 	// Opaque bytes: the connection's endpoint is picked the same way.
-	c := dial(t, cli.out())
+	sendOpaque(t, cli.out())
+	waitFor(t, func() bool {
+		logs := cli.closedLogs(t, 1)
+		return field(logs[len(logs)-1], "endpoint") == good.String()
+	})
+
+	// A 502 from the peer sidecar (its app is gone) counts against the
+	// endpoint.
+	srv2, b2, cli2 := startBalanced(t, closedAddr(t).String())
+	if resp, _ := get(t, h1Client(t), "http://"+cli2.out()+"/", nil); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("app down: %d, want 502", resp.StatusCode)
+	}
+	waitFor(t, func() bool { return b2.count(srv2.String()+" failed") == 1 })
+}
+
+// startBalanced starts a server sidecar in front of app, and a client
+// sidecar whose balancer hands out first, then the server sidecar's
+// address, in turn. It returns that address, the balancer and the client
+// sidecar, whose original destination is the first endpoint (any address
+// of the service).
+func startBalanced(t *testing.T, app string, first ...netip.AddrPort) (netip.AddrPort, *fakeBalancer, *running) {
+	t.Helper()
+	cm, sm := newMeshCA(t).meshes()
+	srv := netip.MustParseAddrPort(startProxy(t, testConfig(), WithMeshTLS(sm), to(app)).in())
+	b := &fakeBalancer{eps: append(first, srv)}
+	ccfg := testConfig()
+	ccfg.MTLS.MeshCIDRs = prefixes("127.0.0.0/8")
+	return srv, b, startProxy(t, ccfg, WithMeshTLS(cm), WithBalancer(b), to(b.eps[0].String()))
+}
+
+// sendOpaque sends bytes that are no HTTP over a connection to addr and
+// waits for an answer.
+func sendOpaque(t *testing.T, addr string) {
+	t.Helper()
+	c := dial(t, addr)
 	if _, err := c.Write([]byte("\x00\x01 not http\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -108,19 +166,39 @@ func TestBalancedConnections(t *testing.T) {
 	if n == 0 {
 		t.Fatal("no answer through a balanced opaque connection")
 	}
-	waitFor(t, func() bool {
-		logs := cli.closedLogs(t, 1)
-		return field(logs[len(logs)-1], "endpoint") == good.String()
-	})
+}
 
-	// A 502 from the peer sidecar (its app is gone) counts against the
-	// endpoint.
-	gone := closedAddr(t)
-	srv2 := startProxy(t, testConfig(), WithMeshTLS(sm), to(gone.String()))
-	b2 := &fakeBalancer{eps: []netip.AddrPort{netip.MustParseAddrPort(srv2.in())}}
-	cli2 := startProxy(t, ccfg, WithMeshTLS(cm), WithBalancer(b2), to(gone.String()))
-	if resp, _ := get(t, h1Client(t), "http://"+cli2.out()+"/", nil); resp.StatusCode != http.StatusBadGateway {
-		t.Fatalf("app down: %d, want 502", resp.StatusCode)
+// TestBalancerToldSetUpApart: a connection's set-up (dial and mesh
+// handshake) is reported to the balancer apart from the latency after
+// it, which alone is the endpoint's: the first HTTP request to an
+// endpoint reports the set-up of the pooled connection it opened and its
+// latency, the next, over that connection, its latency only; a
+// connection of its own (detection's, opaque bytes') reports its set-up
+// only.
+func TestBalancerToldSetUpApart(t *testing.T) {
+	app, _ := startL7App(t)
+	ep, b, cli := startBalanced(t, app)
+
+	step := func(what string, do func(), want ...string) {
+		t.Helper()
+		n := len(b.phases())
+		do()
+		waitFor(t, func() bool { return len(b.phases()) >= n+len(want) })
+		if got := b.phases()[n:]; !slices.Equal(got, want) {
+			t.Errorf("%s: reports %q, want %q", what, got, want)
+		}
 	}
-	waitFor(t, func() bool { return b2.count(srv2.in()+" failed") == 1 })
+	getOK := func() {
+		if resp, body := get(t, h1Client(t), "http://"+cli.out()+"/", nil); resp.StatusCode != 200 || body != "HTTP/1.1" {
+			t.Fatalf("%d %q", resp.StatusCode, body)
+		}
+	}
+	// Detection dials while it waits for the app's bytes; HTTP then goes
+	// by a pooled connection, opened for this request.
+	step("first request", getOK, "set-up", "set-up+latency")
+	step("second request", getOK, "latency")
+	step("opaque connection", func() { sendOpaque(t, cli.out()) }, "set-up")
+	if got := b.got(); slices.ContainsFunc(got, func(r string) bool { return r != ep.String()+" ok" }) {
+		t.Errorf("reports %q, want all ok", got)
+	}
 }
