@@ -1,26 +1,35 @@
 package testnet
 
 import (
+	"fmt"
 	"net"
 	"testing"
 )
 
-// FreePort returns a loopback port of network ("tcp" or "udp") that was
-// free a moment ago, for a server that cannot report the port it bound.
+// FreePort returns a loopback port of network that was free a moment ago,
+// for a server that cannot report the port it bound. network is "tcp",
+// or "udp", which also checks TCP: a server that binds the same port
+// over both (a DNS proxy) needs a port free over both.
 func FreePort(t testing.TB, network string) uint16 {
 	t.Helper()
-	if network == "udp" {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer pc.Close()
-		return uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+		port := ln.Addr().(*net.TCPAddr).Port
+		free := true
+		if network == "udp" {
+			pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+			if free = err == nil; free {
+				pc.Close()
+			}
+		}
+		ln.Close()
+		if free {
+			return uint16(port)
+		}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return uint16(ln.Addr().(*net.TCPAddr).Port)
+	t.Fatalf("testnet: no loopback port free over %s", network)
+	return 0
 }
