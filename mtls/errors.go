@@ -115,9 +115,9 @@ func expiryReason(e x509.CertificateInvalidError) string {
 
 // Error is an error of this package: Op says what failed (a certificate
 // source that could not start: "cert dir /etc/certs", "workload API
-// unix:///run/agent.sock", "CA client"; or "write DIR"), Err why. A caller
-// that names the thing its own way (a command naming its flag) prints Err
-// alone.
+// unix:///run/agent.sock", "CA client"; or "write DIR", "read roots
+// FILE"), Err why. A caller that names the thing its own way (a command
+// naming its flag) prints Err alone.
 type Error struct {
 	Op  string
 	Err error

@@ -3,14 +3,12 @@ package main
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -206,9 +204,9 @@ Examples:
 	}
 	var extraRoots []*x509.Certificate
 	for _, f := range alsoTrust {
-		roots, err := readRoots(f)
+		roots, err := mtls.ReadRoots(f)
 		if err != nil {
-			problems = append(problems, fmt.Errorf("--also-trust %s: %v; want a PEM file of root certificates, like a CA's root.pem", f, err))
+			problems = append(problems, fmt.Errorf("--also-trust %s: %v; want a PEM file of root certificates, like a CA's root.pem", f, cause(err)))
 		}
 		extraRoots = append(extraRoots, roots...)
 	}
@@ -251,37 +249,6 @@ Examples:
 	fmt.Fprintf(stdout, "  %-10s the trust bundle: %d root%s\n", mtls.BundleFile, len(roots), plural)
 	fmt.Fprintf(stdout, "use it with: meshgate proxy --cert-dir %s\n", *out)
 	return nil
-}
-
-// readRoots reads a PEM file of CA certificates.
-func readRoots(path string) ([]*x509.Certificate, error) {
-	data, err := os.ReadFile(filepath.Clean(path))
-	if err != nil {
-		return nil, err
-	}
-	var roots []*x509.Certificate
-	for rest := data; ; {
-		block, r := pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		rest = r
-		if block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("holds a %q PEM block", block.Type)
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		if !cert.IsCA {
-			return nil, fmt.Errorf("%q is not a CA certificate", cert.Subject)
-		}
-		roots = append(roots, cert)
-	}
-	if len(roots) == 0 {
-		return nil, errors.New("no PEM certificate")
-	}
-	return roots, nil
 }
 
 // cause is err without the package's naming of what failed, for a
@@ -357,9 +324,9 @@ Example:
 	}
 	var extraRoots []*x509.Certificate
 	for _, f := range alsoTrust {
-		roots, err := readRoots(f)
+		roots, err := mtls.ReadRoots(f)
 		if err != nil {
-			problems = append(problems, fmt.Errorf("--also-trust %s: %v; want a PEM file of root certificates, like a CA's root.pem", f, err))
+			problems = append(problems, fmt.Errorf("--also-trust %s: %v; want a PEM file of root certificates, like a CA's root.pem", f, cause(err)))
 		}
 		extraRoots = append(extraRoots, roots...)
 	}

@@ -83,7 +83,7 @@ func TestCARejects(t *testing.T) {
 		{"issue with a workload certificate as extra root", issue("--also-trust", filepath.Join(leafDir, "cert.pem")),
 			"--also-trust " + filepath.Join(leafDir, "cert.pem") + `: "O=meshgate" is not a CA certificate; want a PEM file of root certificates, like a CA's root.pem`},
 		{"issue with garbage as extra root", issue("--also-trust", garbage),
-			"--also-trust " + garbage + ": no PEM certificate; want a PEM file of root certificates, like a CA's root.pem"},
+			"--also-trust " + garbage + ": no complete PEM CERTIFICATE block (truncated file?); want a PEM file of root certificates, like a CA's root.pem"},
 		{"issue from a directory without a CA", []string{"issue", "--dir", noCA, "--id", "spiffe://a.example/ns/default/sa/web", "--out", out},
 			"--dir " + noCA + ": no CA there (root.pem: open " + noCA + "/root.pem: no such file or directory); create one with 'meshgate ca init --dir " + noCA + " --trust-domain a.example'"},
 		{"issue from a certificate directory", []string{"issue", "--dir", leafDir, "--id", "spiffe://a.example/ns/default/sa/web", "--out", out},

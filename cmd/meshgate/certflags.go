@@ -93,8 +93,8 @@ func (c *certFlags) check() []error {
 	}
 	if c.rootFile == "" {
 		bad("--ca-root is required with --ca-server: the CA's root.pem, to verify the CA server")
-	} else if roots, err := readRoots(c.rootFile); err != nil {
-		bad("--ca-root %s: %v; want a PEM file of root certificates, like a CA's root.pem", c.rootFile, err)
+	} else if roots, err := mtls.ReadRoots(c.rootFile); err != nil {
+		bad("--ca-root %s: %v; want a PEM file of root certificates, like a CA's root.pem", c.rootFile, cause(err))
 	} else {
 		c.roots = roots
 	}

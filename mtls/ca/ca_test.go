@@ -270,7 +270,7 @@ func TestLoadRejects(t *testing.T) {
 		{"key of another intermediate", copyFrom(other, IntermediateKeyFile),
 			"mtls/ca: load DIR: intermediate.key: not the key of the certificate in intermediate.pem", false},
 		{"truncated root", truncate(RootCertFile),
-			"mtls/ca: load DIR: root.pem: text after certificate 0 is not a PEM block (truncated file?)", false},
+			"mtls/ca: load DIR: root.pem: no complete PEM CERTIFICATE block (truncated file?)", false},
 		{"truncated key", truncate(IntermediateKeyFile),
 			"mtls/ca: load DIR: intermediate.key: no PEM PRIVATE KEY or EC PRIVATE KEY block (truncated file?)", false},
 		{"intermediate in place of the root", func(t *testing.T, dir string) {

@@ -37,7 +37,11 @@ func ParseCerts(data []byte) ([]*x509.Certificate, error) {
 	for i := 1; ; i++ {
 		block, rest := pem.Decode(data)
 		if block == nil {
-			if len(strings.TrimSpace(string(data))) > 0 {
+			switch {
+			case len(strings.TrimSpace(string(data))) == 0:
+			case i == 1:
+				return nil, errors.New("no complete PEM CERTIFICATE block (truncated file?)")
+			default:
 				return nil, fmt.Errorf("text after certificate %d is not a PEM block (truncated file?)", i-1)
 			}
 			break

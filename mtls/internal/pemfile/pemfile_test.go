@@ -46,6 +46,31 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// TestParseCertsRefuses: what is not a whole file of certificates is
+// refused, saying where it went wrong.
+func TestParseCertsRefuses(t *testing.T) {
+	cert, key := selfSigned(t)
+	certPEM := EncodeCerts(cert)
+	keyPEM, _ := EncodeKey(key)
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"empty", nil, "no PEM CERTIFICATE block"},
+		{"not PEM", []byte("not PEM"), "no complete PEM CERTIFICATE block (truncated file?)"},
+		{"truncated", certPEM[:len(certPEM)/2], "no complete PEM CERTIFICATE block (truncated file?)"},
+		{"second truncated", append(EncodeCerts(cert), certPEM[:len(certPEM)/2]...), "text after certificate 1 is not a PEM block (truncated file?)"},
+		{"a key", keyPEM, `PEM block 1 is "PRIVATE KEY"; want CERTIFICATE`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := ParseCerts(tc.data); errText(err) != tc.want {
+				t.Errorf("ParseCerts = %v; want %s", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestWriteAtomic(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "key.pem")
