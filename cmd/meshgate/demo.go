@@ -14,7 +14,7 @@ import (
 )
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("demo", "[--requests N] [--keep]", `
+	fs := newFlagSet("demo", "[--requests N]", `
 Build a small mesh on this machine and show it working: five pods (network
 namespaces joined by a bridge) run ordinary apps that know nothing of the
 mesh. meshgate makes a mesh CA, gives four of the pods a SPIFFE identity
