@@ -77,6 +77,9 @@ func New(opts Options) (*Lab, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("topology: network namespaces need root: run as root (sudo)")
 	}
+	if err := sharedNetnsDir(); err != nil {
+		return nil, err
+	}
 	removeStale()
 	labSeq.Lock()
 	labSeq.n++
