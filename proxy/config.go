@@ -135,8 +135,11 @@ type ProtocolsConfig struct {
 	// as L7, so its app gets no trustworthy X-Forwarded-Client-Cert.
 	Ports map[uint16]PortProtocol `json:"ports"`
 	// ServerFirstMemory is how long a destination whose server spoke first
-	// is remembered as server-first (its connections then skip detection),
-	// and one whose clients spoke HTTP as HTTP. 0 remembers nothing.
+	// is remembered as server-first (its outbound connections then skip
+	// detection), and one whose clients spoke HTTP as HTTP (its
+	// connections are not dialed while detecting, and inbound, a client
+	// that pauses mid-request-line is served as HTTP). 0 remembers
+	// nothing.
 	ServerFirstMemory Duration `json:"destMemory"`
 	// L7 carries HTTP (HTTP/1.x and HTTP/2 from the app) to mesh
 	// destinations request by request, over pooled, multiplexed HTTP/2
