@@ -215,7 +215,8 @@ func TestXFCCNeverForged(t *testing.T) {
 			// Clients that try to slip past detection: one that waits out
 			// every timeout (timeouts.handshake, protocols.detectTimeout)
 			// before it speaks, one that pauses mid-request-line, one whose
-			// request line is longer than detection reads.
+			// request line is longer than detection reads, one whose method
+			// is (the app accepts any token).
 			for _, tc := range []struct {
 				name  string
 				parts []string
@@ -224,6 +225,7 @@ func TestXFCCNeverForged(t *testing.T) {
 				{"late", []string{"", "GET /" + path.name + "/late HTTP/1.1\r\n"}, 1500 * time.Millisecond},
 				{"paused", []string{"GET /" + path.name + "/paused HT", "TP/1.1\r\n"}, 300 * time.Millisecond},
 				{"long", []string{"GET /" + path.name + "/long?q=" + strings.Repeat("q", 70<<10) + " HTTP/1.1\r\n"}, 0},
+				{"long-method", []string{strings.Repeat("GET", 20) + " /" + path.name + "/long-method HTTP/1.1\r\n"}, 0},
 			} {
 				t.Run(tc.name, func(t *testing.T) {
 					c, err := path.from.Dial(ctxFor(t, 10*time.Second), "tcp", target)

@@ -155,14 +155,15 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream *leg, dst 
 // the wait has no timeout of its own (timeouts.idle bounds it): with
 // one, a client could wait it out, then send HTTP to pass as bytes,
 // forged X-Forwarded-Client-Cert and all. For the same reason, to an app
-// whose clients spoke HTTP lately (destMemory), bytes that could still
-// become an HTTP request when the client pauses (for detectQuiet) are
-// served as HTTP, unless the app spoke meanwhile; to any other app they
-// pass as bytes, so that a client-first protocol whose first message
-// looks like the start of a request line is not broken. Only a port
-// declared opaque is forwarded with no detection; unlike outbound, an app
-// is not skipped for having spoken first before, since whether HTTP
-// reaches it as bytes must not depend on what other connections did.
+// whose clients spoke HTTP lately (destMemory), whatever a client sends
+// first but TLS is served as HTTP (httpAppProtocol), a request line left
+// unfinished when the client pauses (for detectQuiet) included, unless
+// the app spoke first; to any other app, bytes that are not HTTP pass as
+// they are, so that a client-first protocol whose first message looks
+// like the start of a request line is not broken. Only a port declared
+// opaque is forwarded with no detection; unlike outbound, an app is not
+// skipped for having spoken first before, since whether HTTP reaches it
+// as bytes must not depend on what other connections did.
 func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, dst netip.AddrPort, peer tlsInfo, m *dirMetrics) outcome {
 	start := time.Now()
 	knownHTTP := p.httpDests.has(dst, start)
@@ -198,9 +199,9 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, d
 			return outcome{dst: dst, mtls: pc.tls != nil, tls: peer, err: fmt.Errorf("read from upstream: %w", op.upErr), refused: true}
 		}
 		d = verdict(op, pc.peeked())
-		if d.by == byIncomplete && (d.maybe == sniff.HTTP1 || d.maybe == sniff.HTTP2) && knownHTTP && len(op.greeting) == 0 {
-			d.proto.Protocol = d.maybe
-		}
+	}
+	if knownHTTP && len(upstream.pending) == 0 {
+		d.proto.Protocol = httpAppProtocol(d)
 	}
 	p.countDetection(Inbound, d, time.Since(start))
 	if d.proto.Protocol == sniff.HTTP1 || d.proto.Protocol == sniff.HTTP2 {
@@ -215,6 +216,24 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, d
 	o := p.forwardInbound(ctx, pc, upstream, dst, peer, m)
 	o.detected = &d
 	return o
+}
+
+// httpAppProtocol is what a client that spoke first is served in when
+// its app is known to speak HTTP: whatever it sent but the app's own TLS
+// goes to the app's HTTP server anyway, so it goes through L7, HTTP/2 if
+// it is (or may become) the preface, else HTTP/1. A request the sidecar's
+// detection or its HTTP server finds malformed is thus refused by the
+// sidecar, never passed as bytes to an app that may be more lenient
+// (empty lines first, a long method, two spaces) and read it with the
+// client's own identity header. Other verdicts stand.
+func httpAppProtocol(d detection) sniff.Protocol {
+	switch {
+	case d.by != byClient && d.by != byIncomplete, d.proto.Protocol == sniff.TLS, d.maybe == sniff.TLS:
+		return d.proto.Protocol
+	case d.proto.Protocol == sniff.HTTP2, d.maybe == sniff.HTTP2:
+		return sniff.HTTP2
+	}
+	return sniff.HTTP1
 }
 
 // dialApp makes r dial the app at dst (see firstBytesRace.dial).

@@ -449,7 +449,8 @@ func TestInboundClientCert(t *testing.T) {
 		// mid-request-line (to an app that served HTTP just now), one that
 		// sends an empty line first (which many servers skip, RFC 9112
 		// §2.2; net/http does not, so the sidecar answers 400), one whose
-		// request line is longer than detection reads.
+		// request line is longer than detection reads, one whose method
+		// is.
 		for _, tc := range []struct {
 			name   string
 			parts  []string
@@ -463,6 +464,9 @@ func TestInboundClientCert(t *testing.T) {
 			{"paused", []string{"GET / HT", "TP/1.1\r\n"}, 300 * time.Millisecond, 200},
 			{"empty-line-first", []string{"\r\nGET / HTTP/1.1\r\n"}, 0, 400},
 			{"long-request-line", []string{"GET /?q=" + strings.Repeat("a", sniff.MaxRequestLineLen) + " HTTP/1.1\r\n"}, 0, 200},
+			// Longer than sniff.MaxMethodLen: not HTTP to detection, a
+			// method to net/http (to the app that served HTTP just now).
+			{"long-method", []string{strings.Repeat("GET", 20) + " / HTTP/1.1\r\n"}, 0, 200},
 		} {
 			t.Run(path.name+"/"+tc.name, func(t *testing.T) {
 				before := len(seen())
@@ -491,8 +495,8 @@ func TestInboundClientCert(t *testing.T) {
 		r    *running
 		peer string
 	}{{tcp.server, clientID}, {l7.server, ""}} {
-		if n := side.r.counter(t, "meshgate_http_requests_total", map[string]string{"direction": "inbound", "peer_identity": side.peer}); n != 9 {
-			t.Errorf("server sidecar: %v inbound requests from %q, want 9", n, side.peer)
+		if n := side.r.counter(t, "meshgate_http_requests_total", map[string]string{"direction": "inbound", "peer_identity": side.peer}); n != 10 {
+			t.Errorf("server sidecar: %v inbound requests from %q, want 10", n, side.peer)
 		}
 	}
 }
