@@ -137,8 +137,8 @@ type ProtocolsConfig struct {
 	// ServerFirstMemory is how long a destination whose server spoke first
 	// is remembered as server-first (its outbound connections then skip
 	// detection), and one whose clients spoke HTTP as HTTP (its
-	// connections are not dialed while detecting, and inbound, a client
-	// that pauses mid-request-line is served as HTTP). 0 remembers
+	// connections are not dialed while detecting, and inbound, whatever
+	// a client sends first but TLS is served as HTTP). 0 remembers
 	// nothing.
 	ServerFirstMemory Duration `json:"destMemory"`
 	// L7 carries HTTP (HTTP/1.x and HTTP/2 from the app) to mesh
