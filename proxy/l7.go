@@ -499,6 +499,11 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 			wg.Add(1)
 			defer wg.Done()
 		}
+		// HTTP/1: the request's body is the transport's to read, even once
+		// the app's answer has begun (an echo streams it back). Without
+		// this, net/http would read what is left of it itself as the
+		// answer's header is written, racing the transport, and close it.
+		http.NewResponseController(w).EnableFullDuplex()
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		defer func() { p.observeRequest(Inbound, r, rec, id, time.Since(start)) }()
