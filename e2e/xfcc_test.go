@@ -128,13 +128,17 @@ func TestXFCCNeverForged(t *testing.T) {
 	_, pods := newLabWith(t, "a", "n", "plain", "b")
 	a, n, plain, b := pods[0], pods[1], pods[2], pods[3]
 	app := startIdentityApp(t, b, 8080)
+	// The same app on a port declared http (protocols.ports), for a
+	// client whose request detection cannot tell from other bytes.
+	declaredApp := startIdentityApp(t, b, 8081)
 	ca := meshCA(t)
 	enroll(t, a, meshOpts(issueFor(t, ca, a), "strict", a, n, b))
 	no := meshOpts(issueFor(t, ca, n), "strict", a, n, b)
 	no.proxyConfig = "protocols:\n  l7: false\n"
 	enroll(t, n, no)
 	bo := meshOpts(issueFor(t, ca, b), "permissive", a, n, b)
-	bo.proxyConfig = "timeouts:\n  handshake: 1s\n" // for a client to outwait (see "late" below)
+	// A short handshake timeout, for a client to outwait (see "late" below).
+	bo.proxyConfig = "timeouts:\n  handshake: 1s\nprotocols:\n  ports: {8081: http}\n"
 	enroll(t, b, bo)
 	target := hostPort(b.IPv4, 8080)
 
@@ -215,19 +219,26 @@ func TestXFCCNeverForged(t *testing.T) {
 			// Clients that try to slip past detection: one that waits out
 			// every timeout (timeouts.handshake, protocols.detectTimeout)
 			// before it speaks, one that pauses mid-request-line, one whose
-			// request line is longer than detection reads, one whose method
-			// is (the app accepts any token).
+			// request line is longer than detection reads, and to the port
+			// declared http, one whose method is (the app accepts any
+			// token; undeclared, such bytes pass as a client-first
+			// protocol's would).
 			for _, tc := range []struct {
-				name  string
-				parts []string
-				pause time.Duration
+				name     string
+				parts    []string
+				pause    time.Duration
+				declared bool
 			}{
-				{"late", []string{"", "GET /" + path.name + "/late HTTP/1.1\r\n"}, 1500 * time.Millisecond},
-				{"paused", []string{"GET /" + path.name + "/paused HT", "TP/1.1\r\n"}, 300 * time.Millisecond},
-				{"long", []string{"GET /" + path.name + "/long?q=" + strings.Repeat("q", 70<<10) + " HTTP/1.1\r\n"}, 0},
-				{"long-method", []string{strings.Repeat("GET", 20) + " /" + path.name + "/long-method HTTP/1.1\r\n"}, 0},
+				{"late", []string{"", "GET /" + path.name + "/late HTTP/1.1\r\n"}, 1500 * time.Millisecond, false},
+				{"paused", []string{"GET /" + path.name + "/paused HT", "TP/1.1\r\n"}, 300 * time.Millisecond, false},
+				{"long", []string{"GET /" + path.name + "/long?q=" + strings.Repeat("q", 70<<10) + " HTTP/1.1\r\n"}, 0, false},
+				{"long-method", []string{strings.Repeat("GET", 20) + " /" + path.name + "/long-method HTTP/1.1\r\n"}, 0, true},
 			} {
 				t.Run(tc.name, func(t *testing.T) {
+					target, app := target, app
+					if tc.declared {
+						target, app = hostPort(b.IPv4, 8081), declaredApp
+					}
 					c, err := path.from.Dial(ctxFor(t, 10*time.Second), "tcp", target)
 					if err != nil {
 						t.Fatal(err)

@@ -128,18 +128,22 @@ type ProtocolsConfig struct {
 	DetectTimeout Duration `json:"detectTimeout"`
 	// Ports declares what is spoken at destination ports (outbound) and
 	// at the app's ports (inbound): opaque (no detection and no wait: the
-	// bytes pass as they are) or detect. The defaults declare the ports of
-	// well-known server-first and binary protocols opaque (see
-	// DefaultOpaquePorts); list a port to change it, e.g. {3306: detect,
-	// 7000: opaque}. Inbound HTTP on a port declared opaque is not served
-	// as L7, so its app gets no trustworthy X-Forwarded-Client-Cert.
+	// bytes pass as they are), detect, or http (served as HTTP whatever
+	// the client sends first, but TLS: inbound, a request the sidecar's
+	// HTTP server finds malformed is refused, never passed to the app as
+	// bytes). The defaults declare the ports of well-known server-first
+	// and binary protocols opaque (see DefaultOpaquePorts); list a port to
+	// change it, e.g. {3306: detect, 7000: opaque, 8080: http}. Inbound
+	// HTTP on a port declared opaque is not served as L7, so its app gets
+	// no trustworthy X-Forwarded-Client-Cert; one that trusts that header
+	// should have its port declared http.
 	Ports map[uint16]PortProtocol `json:"ports"`
 	// ServerFirstMemory is how long a destination whose server spoke first
 	// is remembered as server-first (its outbound connections then skip
 	// detection), and one whose clients spoke HTTP as HTTP (its
-	// connections are not dialed while detecting, and inbound, whatever
-	// a client sends first but TLS is served as HTTP). 0 remembers
-	// nothing.
+	// connections are not dialed while detecting, and inbound, a request
+	// line left unfinished when the client pauses is served as HTTP). 0
+	// remembers nothing.
 	ServerFirstMemory Duration `json:"destMemory"`
 	// L7 carries HTTP (HTTP/1.x and HTTP/2 from the app) to mesh
 	// destinations request by request, over pooled, multiplexed HTTP/2
@@ -160,6 +164,7 @@ type PortProtocol string
 const (
 	PortOpaque PortProtocol = "opaque"
 	PortDetect PortProtocol = "detect"
+	PortHTTP   PortProtocol = "http"
 )
 
 // DefaultOpaquePorts are declared opaque by default: server-first
@@ -685,8 +690,8 @@ func (c ProtocolsConfig) validate() []error {
 		switch pp := c.Ports[port]; {
 		case port == 0:
 			bad("protocols.ports.0: 0 is not a port; want a number from 1 to 65535")
-		case pp != PortOpaque && pp != PortDetect:
-			bad("protocols.ports.%d: %q is not a declaration; want opaque or detect", port, string(pp))
+		case pp != PortOpaque && pp != PortDetect && pp != PortHTTP:
+			bad("protocols.ports.%d: %q is not a declaration; want opaque, detect or http", port, string(pp))
 		}
 	}
 	if c.ServerFirstMemory < 0 {

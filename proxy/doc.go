@@ -61,7 +61,8 @@
 // X-Forwarded-Client-Cert (setClientCert: any a client sent, in any
 // spelling, is removed; plaintext gets none). Upgrades get a
 // meshgate/http1 connection of their own. Inbound HTTP detected on
-// meshgate/tcp or plaintext is served the same way.
+// meshgate/tcp or plaintext is served the same way, and on a port
+// declared http (protocols.ports) whatever a client sends but TLS is.
 //
 // Beside the listeners, the proxy serves Prometheus metrics (15020), the
 // health probes (15021) and an admin API on loopback (15000). Run drains

@@ -155,21 +155,31 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream *leg, dst 
 // the wait has no timeout of its own (timeouts.idle bounds it): with
 // one, a client could wait it out, then send HTTP to pass as bytes,
 // forged X-Forwarded-Client-Cert and all. For the same reason, to an app
-// whose clients spoke HTTP lately (destMemory), whatever a client sends
-// first but TLS is served as HTTP (httpAppProtocol), a request line left
-// unfinished when the client pauses (for detectQuiet) included, unless
-// the app spoke first; to any other app, bytes that are not HTTP pass as
-// they are, so that a client-first protocol whose first message looks
-// like the start of a request line is not broken. Only a port declared
-// opaque is forwarded with no detection; unlike outbound, an app is not
-// skipped for having spoken first before, since whether HTTP reaches it
-// as bytes must not depend on what other connections did.
+// whose clients spoke HTTP lately (destMemory), bytes that could still
+// become an HTTP request when the client pauses (for detectQuiet) are
+// served as HTTP, unless the app spoke meanwhile; to any other app they
+// pass as bytes, so that a client-first protocol whose first message
+// looks like the start of a request line is not broken.
+//
+// Detection is stricter than some servers: a method longer than
+// sniff.MaxMethodLen, or two spaces after it, is not HTTP to it and may
+// be to the app. Only a port declared http (protocols.ports) closes that
+// for good: whatever a client sends first there but TLS is served as HTTP
+// (httpAppProtocol), and what the sidecar's HTTP server finds malformed
+// it refuses. That is a declaration, not something learnt from traffic:
+// learnt, one HTTP request to a port of another client-first protocol
+// would break that protocol's clients for as long as it is remembered.
+// A port declared opaque is forwarded with no detection; unlike
+// outbound, an app is not skipped for having spoken first before, since
+// whether HTTP reaches it as bytes must not depend on what other
+// connections did.
 func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, dst netip.AddrPort, peer tlsInfo, m *dirMetrics) outcome {
 	start := time.Now()
-	knownHTTP := p.httpDests.has(dst, start)
+	declared := p.cfg.Protocols.Ports[dst.Port()]
+	knownHTTP := declared == PortHTTP || p.httpDests.has(dst, start)
 	var d detection
 	switch {
-	case p.cfg.Protocols.Ports[dst.Port()] == PortOpaque:
+	case declared == PortOpaque:
 		d.by = byDeclared
 	case len(upstream.pending) > 0:
 		// The app greeted before the client's first bytes settled
@@ -200,8 +210,12 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, d
 		}
 		d = verdict(op, pc.peeked())
 	}
-	if knownHTTP && len(upstream.pending) == 0 {
+	switch {
+	case len(upstream.pending) > 0:
+	case declared == PortHTTP:
 		d.proto.Protocol = httpAppProtocol(d)
+	case knownHTTP && d.by == byIncomplete && (d.maybe == sniff.HTTP1 || d.maybe == sniff.HTTP2):
+		d.proto.Protocol = d.maybe
 	}
 	p.countDetection(Inbound, d, time.Since(start))
 	if d.proto.Protocol == sniff.HTTP1 || d.proto.Protocol == sniff.HTTP2 {
@@ -218,14 +232,13 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, d
 	return o
 }
 
-// httpAppProtocol is what a client that spoke first is served in when
-// its app is known to speak HTTP: whatever it sent but the app's own TLS
-// goes to the app's HTTP server anyway, so it goes through L7, HTTP/2 if
-// it is (or may become) the preface, else HTTP/1. A request the sidecar's
-// detection or its HTTP server finds malformed is thus refused by the
-// sidecar, never passed as bytes to an app that may be more lenient
-// (empty lines first, a long method, two spaces) and read it with the
-// client's own identity header. Other verdicts stand.
+// httpAppProtocol is what a client that spoke first is served in on a
+// port declared http: whatever it sent but the app's own TLS goes
+// through L7, HTTP/2 if it is (or may become) the preface, else HTTP/1.
+// A request the sidecar's detection or its HTTP server finds malformed
+// is thus refused by the sidecar, never passed as bytes to an app that
+// may be more lenient (empty lines first, a long method, two spaces) and
+// read it with the client's own identity header. Other verdicts stand.
 func httpAppProtocol(d detection) sniff.Protocol {
 	switch {
 	case d.by != byClient && d.by != byIncomplete, d.proto.Protocol == sniff.TLS, d.maybe == sniff.TLS:

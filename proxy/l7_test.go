@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -432,8 +433,15 @@ func TestInboundClientCert(t *testing.T) {
 			c.Protocols.DetectTimeout = Duration(100 * time.Millisecond)
 		}
 	}
+	// The app's port declared http (protocols.ports): whatever a client
+	// sends there is served as HTTP.
+	declaredHTTP := func(c *Config) {
+		permissive(c)
+		c.Protocols.Ports = map[uint16]PortProtocol{netip.MustParseAddrPort(app).Port(): PortHTTP}
+	}
 	l7 := startPair(t, app, cm, sm, pairOptions{serverCfg: permissive, clientCfg: client(true)})
 	tcp := startPair(t, app, cm, sm, pairOptions{serverCfg: permissive, clientCfg: client(false)})
+	declared := startPair(t, app, cm, sm, pairOptions{serverCfg: declaredHTTP, clientCfg: client(false)})
 	const forgedID = "URI=spiffe://cluster.local/ns/shop/sa/forged"
 	forged := http.Header{}
 	for _, k := range []string{"X-Forwarded-Client-Cert", "x-forwarded-client-cert", "X_Forwarded_Client_Cert"} {
@@ -456,10 +464,15 @@ func TestInboundClientCert(t *testing.T) {
 			}
 		}
 	}
-	for _, path := range []struct{ name, addr, want string }{
-		{"mesh-l7", l7.client.out(), "URI=" + clientID},
-		{"meshgate-tcp", tcp.client.out(), "URI=" + clientID},
-		{"plaintext", l7.server.in(), ""},
+	for _, path := range []struct {
+		name, addr, want string
+		declared         bool
+	}{
+		{"mesh-l7", l7.client.out(), "URI=" + clientID, false},
+		{"meshgate-tcp", tcp.client.out(), "URI=" + clientID, false},
+		{"plaintext", l7.server.in(), "", false},
+		{"meshgate-tcp-declared-http", declared.client.out(), "URI=" + clientID, true},
+		{"plaintext-declared-http", declared.server.in(), "", true},
 	} {
 		for _, c := range []struct {
 			name   string
@@ -502,25 +515,30 @@ func TestInboundClientCert(t *testing.T) {
 		// mid-request-line (to an app that served HTTP just now), one that
 		// sends an empty line first (which many servers skip, RFC 9112
 		// §2.2; net/http does not, so the sidecar answers 400), one whose
-		// request line is longer than detection reads, one whose method
-		// is.
+		// request line is longer than detection reads, and, to a port
+		// declared http, one whose method is.
 		for _, tc := range []struct {
-			name   string
-			parts  []string
-			pause  time.Duration
-			status int
+			name     string
+			parts    []string
+			pause    time.Duration
+			status   int
+			declared bool // only to a port declared http
 		}{
 			// Past timeouts.handshake and every detectTimeout.
-			{"late", []string{"", "GET / HTTP/1.1\r\n"}, 1500 * time.Millisecond, 200},
+			{"late", []string{"", "GET / HTTP/1.1\r\n"}, 1500 * time.Millisecond, 200, false},
 			// Past detectQuiet, within timeouts.handshake (the header's
 			// read deadline).
-			{"paused", []string{"GET / HT", "TP/1.1\r\n"}, 300 * time.Millisecond, 200},
-			{"empty-line-first", []string{"\r\nGET / HTTP/1.1\r\n"}, 0, 400},
-			{"long-request-line", []string{"GET /?q=" + strings.Repeat("a", sniff.MaxRequestLineLen) + " HTTP/1.1\r\n"}, 0, 200},
+			{"paused", []string{"GET / HT", "TP/1.1\r\n"}, 300 * time.Millisecond, 200, false},
+			{"empty-line-first", []string{"\r\nGET / HTTP/1.1\r\n"}, 0, 400, false},
+			{"long-request-line", []string{"GET /?q=" + strings.Repeat("a", sniff.MaxRequestLineLen) + " HTTP/1.1\r\n"}, 0, 200, false},
 			// Longer than sniff.MaxMethodLen: not HTTP to detection, a
-			// method to net/http (to the app that served HTTP just now).
-			{"long-method", []string{strings.Repeat("GET", 20) + " / HTTP/1.1\r\n"}, 0, 200},
+			// method to net/http. Undeclared, such bytes pass as they are
+			// (a client-first protocol may look like that).
+			{"long-method", []string{strings.Repeat("GET", 20) + " / HTTP/1.1\r\n"}, 0, 200, true},
 		} {
+			if tc.declared && !path.declared {
+				continue
+			}
 			t.Run(path.name+"/"+tc.name, func(t *testing.T) {
 				before := len(seen())
 				c := dial(t, path.addr)
@@ -543,13 +561,18 @@ func TestInboundClientCert(t *testing.T) {
 			})
 		}
 	}
-	// The meshgate/tcp and plaintext paths were served as HTTP.
+	// The meshgate/tcp and plaintext paths were served as HTTP: 2 http1,
+	// 2 h2c, 2 around a declined upgrade, late, paused, a long request
+	// line, and to a port declared http, a long method.
 	for _, side := range []struct {
+		name string
 		r    *running
 		peer string
-	}{{tcp.server, clientID}, {l7.server, ""}} {
-		if n := side.r.counter(t, "meshgate_http_requests_total", map[string]string{"direction": "inbound", "peer_identity": side.peer}); n != 10 {
-			t.Errorf("server sidecar: %v inbound requests from %q, want 10", n, side.peer)
+		want float64
+	}{{"meshgate-tcp", tcp.server, clientID, 9}, {"plaintext", l7.server, "", 9},
+		{"meshgate-tcp-declared-http", declared.server, clientID, 10}, {"plaintext-declared-http", declared.server, "", 10}} {
+		if n := side.r.counter(t, "meshgate_http_requests_total", map[string]string{"direction": "inbound", "peer_identity": side.peer}); n != side.want {
+			t.Errorf("%s: server sidecar counted %v inbound requests from %q, want %v", side.name, n, side.peer, side.want)
 		}
 	}
 }

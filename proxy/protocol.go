@@ -159,7 +159,7 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	pc := &peekConn{TCPConn: client}
 	defer pc.release()
 	l7 := meshTLS && p.cfg.Protocols.L7
-	if l7 && p.httpDests.has(dst, start) {
+	if l7 && (p.cfg.Protocols.Ports[dst.Port()] == PortHTTP || p.httpDests.has(dst, start)) {
 		return p.detectKnownHTTP(ctx, pc, dst, start, m)
 	}
 	var svc *service // written by the dial, read once run has returned
@@ -223,8 +223,8 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	return o
 }
 
-// detectKnownHTTP serves a connection to a mesh destination whose clients
-// spoke HTTP before: it waits for the app's first bytes without dialing
+// detectKnownHTTP serves a connection to a mesh destination whose port is
+// declared http or whose clients spoke HTTP before: it waits for the app's first bytes without dialing
 // (HTTP goes by the pooled L7 connections), and if they are not HTTP
 // after all, dials the destination with mesh TLS and passes them on.
 func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.AddrPort, start time.Time, m *dirMetrics) outcome {
