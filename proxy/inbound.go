@@ -32,7 +32,8 @@ import (
 //     dialed while the client's first bytes are awaited (firstBytesRace),
 //     so a server-first app's greeting reaches a silent plaintext client
 //     at once (after mtls.greetingHold) instead of after a timeout; an
-//     app whose clients spoke HTTP before is not (see serveInbound).
+//     app whose clients spoke HTTP before, or whose port is declared
+//     http, is not (see serveInbound).
 //
 // The first bytes and the handshake together get timeouts.handshake.
 func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, dst netip.AddrPort, m *dirMetrics) outcome {
@@ -45,7 +46,7 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, dst netip.Addr
 	pc := &peekConn{TCPConn: client}
 	defer pc.release()
 	race := firstBytesRace{client: pc, settled: helloSettled, deadline: start.Add(timeout)}
-	if mode == MTLSPermissive && !p.httpDests.has(dst, start) {
+	if mode == MTLSPermissive && p.cfg.Protocols.Ports[dst.Port()] != PortHTTP && !p.httpDests.has(dst, start) {
 		race.dialApp(p, dst)
 		race.holdUntil = start.Add(p.cfg.MTLS.GreetingHold.D())
 	}
