@@ -83,23 +83,14 @@ func TestL7RealClients(t *testing.T) {
 		if err != nil {
 			t.Fatalf("WebSocket handshake through the mesh: %v", err)
 		}
-		for _, msg := range []string{"hello", "through two sidecars"} {
-			if err := websocket.Message.Send(ws, msg); err != nil {
-				t.Fatal(err)
-			}
-			var got string
-			if err := websocket.Message.Receive(ws, &got); err != nil || got != msg {
-				t.Fatalf("WebSocket echo: %q, %v", got, err)
-			}
-		}
+		wsEcho(t, ws, "hello", "through two sidecars")
 	})
 
-	// The client side saw every request: 3 by curl over L7, curl's h2c
-	// Upgrade (declined: 200) and the WebSocket's (101), each on a mesh
-	// connection of its own, and nghttp's. The server side saw the 4 that
-	// rode L7 (upgrades pass as bytes), each from the verified peer. A
-	// request is counted and logged as its response ends, which can be
-	// after the client has read it.
+	// Each side saw every request: 3 by curl over L7, curl's h2c Upgrade
+	// (declined: 200) and the WebSocket's (101), each on a mesh connection
+	// of its own, and nghttp's; the server side, each from the verified
+	// peer. A request is counted and logged as its response ends, which
+	// can be after the client has read it.
 	eventually(t, 5*time.Second, func() error {
 		var errs []error
 		am := sa.metrics(t)
@@ -109,12 +100,30 @@ func TestL7RealClients(t *testing.T) {
 		if n := am["meshgate_http_requests_total{direction=outbound,method=GET,peer_identity="+spiffeFor(b)+",response_class=1xx}"]; n != 1 {
 			errs = append(errs, fmt.Errorf("a's sidecar counted %v GETs to %s answered 101, want 1 (the WebSocket)", n, spiffeFor(b)))
 		}
-		if n := sb.metrics(t)["meshgate_http_requests_total{direction=inbound,method=GET,peer_identity="+spiffeFor(a)+",response_class=2xx}"]; n != 4 {
-			errs = append(errs, fmt.Errorf("b's sidecar counted %v GETs from %s answered 2xx, want 4", n, spiffeFor(a)))
+		bm := sb.metrics(t)
+		if n := bm["meshgate_http_requests_total{direction=inbound,method=GET,peer_identity="+spiffeFor(a)+",response_class=2xx}"]; n != 5 {
+			errs = append(errs, fmt.Errorf("b's sidecar counted %v GETs from %s answered 2xx, want 5", n, spiffeFor(a)))
 		}
-		if n := strings.Count(sb.proc.Output(), `"msg":"request"`); n != 4 {
-			errs = append(errs, fmt.Errorf("b's access log has %d request lines, want 4", n))
+		if n := bm["meshgate_http_requests_total{direction=inbound,method=GET,peer_identity="+spiffeFor(a)+",response_class=1xx}"]; n != 1 {
+			errs = append(errs, fmt.Errorf("b's sidecar counted %v GETs from %s answered 101, want 1 (the WebSocket)", n, spiffeFor(a)))
+		}
+		if n := strings.Count(sb.proc.Output(), `"msg":"request"`); n != 6 {
+			errs = append(errs, fmt.Errorf("b's access log has %d request lines, want 6", n))
 		}
 		return errors.Join(errs...)
 	})
+}
+
+// wsEcho sends each message on ws and fails t unless it comes back.
+func wsEcho(t *testing.T, ws *websocket.Conn, msgs ...string) {
+	t.Helper()
+	for _, msg := range msgs {
+		if err := websocket.Message.Send(ws, msg); err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		if err := websocket.Message.Receive(ws, &got); err != nil || got != msg {
+			t.Fatalf("WebSocket echo: %q, %v", got, err)
+		}
+	}
 }

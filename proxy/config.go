@@ -123,28 +123,41 @@ const (
 // server. Such a destination is then remembered as server-first and its
 // next connections are not detected at all.
 type ProtocolsConfig struct {
-	// DetectTimeout is how long an outbound connection waits for the
-	// app's first bytes before it is taken for opaque, when the server
-	// has not spoken either. It costs nothing to server-first protocols
-	// (the server's greeting ends the wait) and is no delay to the
-	// connection's bytes, which flow on as opaque.
+	// DetectTimeout is how long a connection waits for the client's
+	// first bytes before it is taken for opaque, when the server has not
+	// spoken either: outbound, the app's; inbound, a plaintext client's
+	// (permissive mode) or those carried by meshgate/tcp. It costs nothing
+	// to server-first protocols (the server's greeting ends the wait) and
+	// is no delay to the connection's bytes, which flow on as opaque.
 	DetectTimeout Duration `json:"detectTimeout"`
-	// Ports declares what is spoken at destination ports: opaque (no
-	// detection and no wait: the bytes pass as they are) or detect. The
-	// defaults declare the ports of well-known server-first and binary
-	// protocols opaque (see DefaultOpaquePorts); list a port to change it,
-	// e.g. {3306: detect, 7000: opaque}.
+	// Ports declares what is spoken at destination ports (outbound) and
+	// at the app's ports (inbound): opaque (no detection and no wait: the
+	// bytes pass as they are), detect, or http (served as HTTP whatever
+	// the client sends first, but TLS: inbound, a request the sidecar's
+	// HTTP server finds malformed is refused, never passed to the app as
+	// bytes). The defaults declare the ports of well-known server-first
+	// and binary protocols opaque (see DefaultOpaquePorts); list a port to
+	// change it, e.g. {3306: detect, 7000: opaque, 8080: http}. Inbound
+	// HTTP on a port declared opaque is not served as L7, so its app gets
+	// no trustworthy X-Forwarded-Client-Cert; one that trusts that header
+	// should have its port declared http.
 	Ports map[uint16]PortProtocol `json:"ports"`
 	// ServerFirstMemory is how long a destination whose server spoke first
-	// is remembered as server-first (its connections then skip detection),
-	// and one whose clients spoke HTTP as HTTP. 0 remembers nothing.
+	// is remembered as server-first (its outbound connections then skip
+	// detection), and one whose clients spoke HTTP as HTTP (its
+	// connections are not dialed while detecting, and inbound, a request
+	// line left unfinished when the client pauses is served as HTTP). 0
+	// remembers nothing.
 	ServerFirstMemory Duration `json:"destMemory"`
 	// L7 carries HTTP (HTTP/1.x and HTTP/2 from the app) to mesh
 	// destinations request by request, over pooled, multiplexed HTTP/2
 	// mTLS connections between the sidecars (ALPN meshgate/h2), with
 	// per-request metrics and access logs; the server sidecar speaks to
 	// its app in the protocol the client app used. false passes HTTP as
-	// opaque bytes, like any other protocol.
+	// opaque bytes, like any other protocol, over meshgate/tcp. It is the
+	// client side's choice: inbound, HTTP detected on meshgate/tcp or
+	// plaintext is served as L7 either way, so that X-Forwarded-Client-Cert
+	// is always the sidecar's.
 	L7 bool `json:"l7"`
 }
 
@@ -155,6 +168,7 @@ type PortProtocol string
 const (
 	PortOpaque PortProtocol = "opaque"
 	PortDetect PortProtocol = "detect"
+	PortHTTP   PortProtocol = "http"
 )
 
 // DefaultOpaquePorts are declared opaque by default: server-first
@@ -659,8 +673,8 @@ func (c ProtocolsConfig) validate() []error {
 		switch pp := c.Ports[port]; {
 		case port == 0:
 			bad("protocols.ports.0: 0 is not a port; want a number from 1 to 65535")
-		case pp != PortOpaque && pp != PortDetect:
-			bad("protocols.ports.%d: %q is not a declaration; want opaque or detect", port, string(pp))
+		case pp != PortOpaque && pp != PortDetect && pp != PortHTTP:
+			bad("protocols.ports.%d: %q is not a declaration; want opaque, detect or http", port, string(pp))
 		}
 	}
 	if c.ServerFirstMemory < 0 {

@@ -142,12 +142,12 @@ loadBalancing.outlierDetection.maxEjectionPercent: must be 1 to 100, e.g. 50`},
 		}, ""},
 		{"bad protocols", func(c *Config) {
 			c.Protocols.DetectTimeout = 0
-			c.Protocols.Ports = map[uint16]PortProtocol{0: PortOpaque, 8080: "http", 3306: PortDetect}
+			c.Protocols.Ports = map[uint16]PortProtocol{0: PortOpaque, 8080: "h2", 3306: PortDetect}
 			c.Protocols.ServerFirstMemory = Duration(-time.Second)
 		}, strings.Join([]string{
 			"protocols.detectTimeout: must be > 0, e.g. 1s",
 			"protocols.ports.0: 0 is not a port; want a number from 1 to 65535",
-			`protocols.ports.8080: "http" is not a declaration; want opaque or detect`,
+			`protocols.ports.8080: "h2" is not a declaration; want opaque, detect or http`,
 			"protocols.destMemory: must be >= 0, e.g. 10m",
 		}, "\n")},
 		{"zero handshake timeout", func(c *Config) { c.Timeouts.Handshake = 0 },

@@ -27,9 +27,13 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // peekConn is an accepted connection whose first bytes are read to decide
 // what it is, then replayed: Read returns them before reading on. It is
-// the net.Conn a TLS server reads the ClientHello through.
+// the net.Conn a TLS server reads the ClientHello through, and the one an
+// HTTP server reads a detected connection through.
 type peekConn struct {
 	*net.TCPConn
+	// tls, when set, is the mesh TLS terminated on TCPConn: what is peeked,
+	// read and written is its plaintext (deadlines still act on TCPConn).
+	tls *tls.Conn
 	bp  *[]byte // buf's pooled backing array; nil when buf is not pooled
 	buf []byte  // the bytes read so far
 	off int     // how many of them Read has returned
@@ -42,8 +46,12 @@ func (c *peekConn) peeked() []byte { return c.buf }
 // up to sniff.MaxClientHelloLen. It returns how many it read.
 func (c *peekConn) fill() (int, error) {
 	if c.bp == nil && c.buf == nil {
-		if err := waitReadable(c.TCPConn); err != nil {
-			return 0, err
+		// Through TLS the read itself waits (readable bytes may be no
+		// data), so the buffer is taken at once, as upReport.readFirst does.
+		if c.tls == nil {
+			if err := waitReadable(c.TCPConn); err != nil {
+				return 0, err
+			}
 		}
 		c.bp = peekPool.Get().(*[]byte)
 		c.buf = (*c.bp)[:0]
@@ -57,9 +65,17 @@ func (c *peekConn) fill() (int, error) {
 		c.releaseBuf()
 		c.buf = grown
 	}
-	n, err := c.TCPConn.Read(c.buf[len(c.buf):cap(c.buf)])
+	n, err := c.src().Read(c.buf[len(c.buf):cap(c.buf)])
 	c.buf = c.buf[:len(c.buf)+n]
 	return n, err
+}
+
+// src is what the connection's bytes are read from and written to.
+func (c *peekConn) src() net.Conn {
+	if c.tls != nil {
+		return c.tls
+	}
+	return c.TCPConn
 }
 
 // Read returns the peeked bytes not yet returned, then reads the socket.
@@ -72,8 +88,23 @@ func (c *peekConn) Read(b []byte) (int, error) {
 		}
 		return n, nil
 	}
-	return c.TCPConn.Read(b)
+	return c.src().Read(b)
 }
+
+// Write writes to the connection (through its TLS, if any).
+func (c *peekConn) Write(b []byte) (int, error) { return c.src().Write(b) }
+
+// CloseWrite half-closes the connection: through TLS, a close_notify
+// alert, which the peer sidecar reads as EOF.
+func (c *peekConn) CloseWrite() error {
+	if c.tls != nil {
+		return c.tls.CloseWrite()
+	}
+	return c.TCPConn.CloseWrite()
+}
+
+// Close closes the connection (through its TLS, if any).
+func (c *peekConn) Close() error { return c.src().Close() }
 
 // take hands the peeked bytes not yet read, and the pooled buffer holding
 // them, to the caller (for replay by forward); c forgets them.
@@ -249,8 +280,17 @@ func (r *firstBytesRace) run(ctx context.Context) (opening, error) {
 	}
 
 	var o opening
-	spoke := false // the client sent a byte
+	// spoke: the client sent a byte, during this wait or before it (a
+	// wait may go on from bytes peeked by an earlier one, see
+	// serveInbound); quiet counts from the start then.
+	spoke := len(c.peeked()) > 0
 	want := r.deadline
+	if spoke && r.quiet > 0 {
+		if q := time.Now().Add(r.quiet); q.Before(want) {
+			want = q
+			c.SetReadDeadline(want)
+		}
+	}
 	for {
 		n, err := c.fill()
 		if n > 0 {

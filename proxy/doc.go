@@ -28,6 +28,12 @@
 //	    replayed to the app (permissive). In permissive mode the app is
 //	    dialed while the client's first bytes are awaited, so a
 //	    server-first app is heard at once (firstBytesRace).
+//	  - protocol detection, inbound: plaintext (permissive) and the
+//	    plaintext of meshgate/tcp are classified the same way while the
+//	    app is dialed, so that HTTP is served by L7 (below) whatever the
+//	    client sidecar did with it: the app learns of its client's
+//	    identity only what this sidecar tells it. Anything else is
+//	    forwarded as it is.
 //	  - protocol detection (protocol.go), outbound: unless the port is
 //	    declared opaque (ProtocolsConfig; the well-known server-first
 //	    ports are by default) or the destination spoke first before, the
@@ -54,8 +60,11 @@
 // multiplexed HTTP/2 mTLS connection to the peer sidecar (ALPN
 // meshgate/h2), whose inbound side passes it to its app in the client
 // app's protocol, with the client's verified identity in
-// X-Forwarded-Client-Cert. Upgrades get a meshgate/tcp connection of
-// their own.
+// X-Forwarded-Client-Cert (setClientCert: any a client sent, in any
+// spelling, is removed; plaintext gets none). Upgrades get a
+// meshgate/http1 connection of their own. Inbound HTTP detected on
+// meshgate/tcp or plaintext is served the same way, and on a port
+// declared http (protocols.ports) whatever a client sends but TLS is.
 //
 // Beside the listeners, the proxy serves Prometheus metrics (15020), the
 // health probes (15021) and an admin API on loopback (15000). Run drains

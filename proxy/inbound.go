@@ -27,15 +27,17 @@ import (
 //     TLS scanner like what it is, a TLS 1.3 server that requires a
 //     client certificate. Anything else is reset. A client sidecar always
 //     speaks first, so the wait for its bytes needs no race.
-//   - permissive: the same for mesh TLS, and anything else is forwarded
-//     as plaintext with the peeked bytes replayed. The app is dialed
-//     while the client's first bytes are awaited (firstBytesRace), so a
-//     server-first app's greeting reaches a silent plaintext client at
-//     once (after mtls.greetingHold) instead of after a timeout.
+//   - permissive: the same for mesh TLS, and anything else is served as
+//     plaintext (serveInbound) with the peeked bytes replayed. The app is
+//     dialed while the client's first bytes are awaited (firstBytesRace),
+//     so a server-first app's greeting reaches a silent plaintext client
+//     at once (after mtls.greetingHold) instead of after a timeout; an
+//     app whose clients spoke HTTP before, or whose port is declared
+//     http, is not (see serveInbound).
 //
 // The first bytes and the handshake together get timeouts.handshake. The
 // app is dialed from from: the client's own address in tproxy mode, or,
-// when invalid, the passthrough source (see dialApp).
+// when invalid, the passthrough source (see Proxy.dialApp).
 func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Addr, dst netip.AddrPort, m *dirMetrics) outcome {
 	mode := p.mesh.inboundMode(dst.Port())
 	if mode == MTLSDisable {
@@ -46,29 +48,22 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 	pc := &peekConn{TCPConn: client}
 	defer pc.release()
 	race := firstBytesRace{client: pc, settled: helloSettled, deadline: start.Add(timeout)}
-	if mode == MTLSPermissive {
-		race.dial = func(ctx context.Context) (upConn, error) {
-			c, err := p.dialApp(ctx, from, dst)
-			if err != nil {
-				return upConn{}, &dialError{err}
-			}
-			return upConn{tcp: c}, nil
-		}
-		race.drop = func(u upConn) { p.closeUpstream(u.tcp) }
+	if mode == MTLSPermissive && p.cfg.Protocols.Ports[dst.Port()] != PortHTTP && !p.httpDests.has(dst, start) {
+		race.dialApp(p, from, dst)
 		race.holdUntil = start.Add(p.cfg.MTLS.GreetingHold.D())
 	}
 	op, err := race.run(ctx)
 	if err != nil {
-		if de, ok := errors.AsType[*dialError](err); ok {
-			m.connectFailures.Inc()
-			err = de.err
-		}
-		return outcome{dst: dst, err: err, refused: true}
+		return p.dialFailed(outcome{dst: dst}, err, m)
 	}
+	// The app's connection, if dialed, is closed here; the paths below
+	// may dial it, or close it early and clear it.
 	upstream := leg{tcp: op.upstream.tcp, pending: op.greeting, pendingBuf: op.greetBuf}
-	if op.upstream.tcp != nil {
-		defer p.closeUpstream(op.upstream.tcp)
-	}
+	defer func() {
+		if upstream.tcp != nil {
+			p.closeUpstream(upstream.tcp)
+		}
+	}()
 
 	var (
 		hello    sniff.ClientHello
@@ -88,28 +83,35 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 		p.countHandshake(Inbound, tlsInfo{}, err)
 		return outcome{dst: dst, err: err, refused: true, mtls: true, reason: refusedUnsupported}
 	case mesh, helloErr == nil && mode == MTLSStrict:
-		return p.terminate(ctx, pc, upstream, from, dst, start.Add(timeout), &hello, m)
+		return p.terminate(ctx, pc, &upstream, from, dst, start.Add(timeout), &hello, m)
 	case mode == MTLSStrict:
 		p.metrics.plaintextRefused.WithLabelValues(Inbound.String(), strconv.Itoa(int(dst.Port()))).Inc()
 		return outcome{dst: dst, err: notMeshError(op, pc.peeked(), helloErr, timeout), refused: true, reason: refusedStrict}
 	}
 
-	// Permissive, and not mesh TLS: plaintext, as it came.
+	// Permissive, and not mesh TLS: plaintext.
 	if op.upErr != nil {
 		upstream.releasePending()
 		return outcome{dst: dst, err: fmt.Errorf("read from upstream: %w", op.upErr), refused: true}
 	}
-	pending, pendingBuf := pc.take()
-	o := outcome{dst: dst}
-	o.sent, o.received, o.err = forward(leg{tcp: client, pending: pending, pendingBuf: pendingBuf}, upstream,
-		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
-	return o
+	if op.first == speakerServer || op.clientEOF {
+		// The app spoke first, or the client closed before its first
+		// bytes said anything: nothing to detect.
+		d := verdict(op, pc.peeked())
+		p.countDetection(Inbound, d, time.Since(start))
+		o := p.forwardInbound(ctx, pc, &upstream, from, dst, tlsInfo{}, m)
+		o.detected = &d
+		return o
+	}
+	return p.serveInbound(ctx, pc, &upstream, from, dst, tlsInfo{}, m)
 }
 
-// terminate runs the server side of mesh TLS on the client, then
-// forwards the plaintext to the app (dialed now from from, unless
-// permissive mode dialed it already).
-func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream leg, from netip.Addr, dst netip.AddrPort, deadline time.Time, hello *sniff.ClientHello, m *dirMetrics) outcome {
+// terminate runs the server side of mesh TLS on the client, then serves
+// what it carries: meshgate/h2 and meshgate/http1 as HTTP, meshgate/tcp
+// by what it turns out to be (serveInbound). upstream is the app's
+// connection if permissive mode dialed it already; otherwise it is dialed
+// from from.
+func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream *leg, from netip.Addr, dst netip.AddrPort, deadline time.Time, hello *sniff.ClientHello, m *dirMetrics) outcome {
 	o := outcome{dst: dst, mtls: true}
 	mc, err := p.accept(pc, deadline, hello)
 	if err != nil {
@@ -120,23 +122,154 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream leg, from 
 		}
 		return o
 	}
-	o.tls = mc.info
-	var head []byte // what the app gets first, for meshgate/http1
 	switch mc.conn.ConnectionState().NegotiatedProtocol {
-	case alpnH2:
+	case alpnH2, alpnHTTP1:
 		// L7 HTTP from a client sidecar: requests, each to the app on a
 		// connection of the pool; what permissive mode dialed goes unused.
-		upstream.releasePending()
-		return p.serveInboundHTTP(ctx, mc, from, dst, m)
-	case alpnHTTP1:
-		// A request that switches protocols: its head, with the client's
-		// identity set, then the bytes as they are.
-		if head, err = p.upgradeHead(mc); err != nil {
-			upstream.releasePending()
-			o.err, o.refused = err, true
-			return o
+		// meshgate/h2 names the app's protocol in each request;
+		// meshgate/http1 is an HTTP/1.1 request that switches protocols.
+		p.dropUpstream(upstream)
+		proto, appProto := sniff.HTTP2, ""
+		if mc.conn.ConnectionState().NegotiatedProtocol == alpnHTTP1 {
+			proto, appProto = sniff.HTTP1, appProtoLabel(sniff.HTTP1)
 		}
+		lo := p.serveInboundHTTP(ctx, mc.conn, proto, appProto, from, dst, mc.info, m)
+		lo.mtls = true
+		return lo
 	}
+	// meshgate/tcp: its plaintext is peeked as a plaintext client's is.
+	tpc := &peekConn{TCPConn: pc.TCPConn, tls: mc.conn}
+	defer tpc.release()
+	return p.serveInbound(ctx, tpc, upstream, from, dst, mc.info, m)
+}
+
+// serveInbound serves a connection to the app that is no mesh TLS being
+// set up: plaintext in permissive mode (pc reads the socket), or the
+// plaintext of meshgate/tcp (pc reads the mesh TLS; peer is the client's
+// verified identity). Whatever a client that speaks HTTP sends, the app
+// must learn of its identity only what the sidecar tells it
+// (shared/DESIGN.md §5), so the client's first bytes are classified
+// (verdict): HTTP is served request by request (serveInboundHTTP), and
+// anything else forwarded as it is.
+//
+// Nothing is delayed by the wait. The app is dialed meanwhile (or,
+// dialed already, watched), so a server-first app's greeting ends it at
+// once; an app whose clients spoke HTTP before is dialed only if they
+// turn out not to. Until one side speaks there is nothing to forward, so
+// the wait has no timeout of its own (timeouts.idle bounds it): with
+// one, a client could wait it out, then send HTTP to pass as bytes,
+// forged X-Forwarded-Client-Cert and all. For the same reason, to an app
+// whose clients spoke HTTP lately (destMemory), bytes that could still
+// become an HTTP request when the client pauses (for detectQuiet) are
+// served as HTTP, unless the app spoke meanwhile; to any other app they
+// pass as bytes, so that a client-first protocol whose first message
+// looks like the start of a request line is not broken.
+//
+// Detection is stricter than some servers: a method longer than
+// sniff.MaxMethodLen, or two spaces after it, is not HTTP to it and may
+// be to the app. Only a port declared http (protocols.ports) closes that
+// for good: whatever a client sends first there but TLS is served as HTTP
+// (httpAppProtocol), and what the sidecar's HTTP server finds malformed
+// it refuses. That is a declaration, not something learnt from traffic:
+// learnt, one HTTP request to a port of another client-first protocol
+// would break that protocol's clients for as long as it is remembered.
+// A port declared opaque is forwarded with no detection; unlike
+// outbound, an app is not skipped for having spoken first before, since
+// whether HTTP reaches it as bytes must not depend on what other
+// connections did.
+func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, from netip.Addr, dst netip.AddrPort, peer tlsInfo, m *dirMetrics) outcome {
+	start := time.Now()
+	declared := p.cfg.Protocols.Ports[dst.Port()]
+	knownHTTP := declared == PortHTTP || p.httpDests.has(dst, start)
+	var d detection
+	switch {
+	case declared == PortOpaque:
+		d.by = byDeclared
+	case len(upstream.pending) > 0:
+		// The app greeted before the client's first bytes settled
+		// anything (permissive mode's wait): it speaks first.
+		d.by = byServerFirst
+	case detectSettled(pc.peeked()):
+		d = verdict(opening{first: speakerClient}, pc.peeked())
+	default:
+		race := detectRace(pc, start.Add(p.cfg.Timeouts.Idle.D()))
+		if u := upstream.tcp; u != nil {
+			// Watched, not dialed; its owner closes it.
+			race.dial = func(context.Context) (upConn, error) { return upConn{tcp: u}, nil }
+			race.drop = func(upConn) {}
+		} else if !knownHTTP {
+			race.dialApp(p, from, dst)
+		}
+		op, err := race.run(ctx)
+		if err != nil {
+			return p.dialFailed(outcome{dst: dst, mtls: pc.tls != nil, tls: peer}, err, m)
+		}
+		if op.upstream.tcp != nil {
+			upstream.tcp = op.upstream.tcp
+			upstream.pending, upstream.pendingBuf = op.greeting, op.greetBuf
+		}
+		if op.upErr != nil {
+			upstream.releasePending()
+			return outcome{dst: dst, mtls: pc.tls != nil, tls: peer, err: fmt.Errorf("read from upstream: %w", op.upErr), refused: true}
+		}
+		d = verdict(op, pc.peeked())
+	}
+	switch {
+	case len(upstream.pending) > 0:
+	case declared == PortHTTP:
+		d.proto.Protocol = httpAppProtocol(d)
+	case knownHTTP && d.by == byIncomplete && (d.maybe == sniff.HTTP1 || d.maybe == sniff.HTTP2):
+		d.proto.Protocol = d.maybe
+	}
+	p.countDetection(Inbound, d, time.Since(start))
+	if d.proto.Protocol == sniff.HTTP1 || d.proto.Protocol == sniff.HTTP2 {
+		// Requests go to the app on the pool's connections: the one
+		// dialed while detecting goes unused, and is not dialed next time.
+		p.httpDests.remember(dst, time.Now())
+		p.dropUpstream(upstream)
+		o := p.serveInboundHTTP(ctx, pc, d.proto.Protocol, appProtoLabel(d.proto.Protocol), from, dst, peer, m)
+		o.mtls, o.detected = pc.tls != nil, &d
+		return o
+	}
+	o := p.forwardInbound(ctx, pc, upstream, from, dst, peer, m)
+	o.detected = &d
+	return o
+}
+
+// httpAppProtocol is what a client that spoke first is served in on a
+// port declared http: whatever it sent but the app's own TLS goes
+// through L7, HTTP/2 if it is (or may become) the preface, else HTTP/1.
+// A request the sidecar's detection or its HTTP server finds malformed
+// is thus refused by the sidecar, never passed as bytes to an app that
+// may be more lenient (empty lines first, a long method, two spaces) and
+// read it with the client's own identity header. Other verdicts stand.
+func httpAppProtocol(d detection) sniff.Protocol {
+	switch {
+	case d.by != byClient && d.by != byIncomplete, d.proto.Protocol == sniff.TLS, d.maybe == sniff.TLS:
+		return d.proto.Protocol
+	case d.proto.Protocol == sniff.HTTP2, d.maybe == sniff.HTTP2:
+		return sniff.HTTP2
+	}
+	return sniff.HTTP1
+}
+
+// dialApp makes r dial the app at dst from from (see firstBytesRace.dial
+// and Proxy.dialApp).
+func (r *firstBytesRace) dialApp(p *Proxy, from netip.Addr, dst netip.AddrPort) {
+	r.dial = func(ctx context.Context) (upConn, error) {
+		c, err := p.dialApp(ctx, from, dst)
+		if err != nil {
+			return upConn{}, &dialError{err}
+		}
+		return upConn{tcp: c}, nil
+	}
+	r.drop = func(u upConn) { p.closeUpstream(u.tcp) }
+}
+
+// forwardInbound forwards pc to the app as it is, the bytes peeked first,
+// dialing the app (from from) unless upstream holds its connection already.
+func (p *Proxy) forwardInbound(ctx context.Context, pc *peekConn, upstream *leg, from netip.Addr, dst netip.AddrPort, peer tlsInfo, m *dirMetrics) outcome {
+	o := outcome{dst: dst, mtls: pc.tls != nil, tls: peer}
 	if upstream.tcp == nil {
 		c, err := p.dialApp(ctx, from, dst)
 		if err != nil {
@@ -144,11 +277,23 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream leg, from 
 			o.err, o.refused = err, true
 			return o
 		}
-		defer p.closeUpstream(c)
 		upstream.tcp = c
 	}
-	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, tls: mc.conn, pending: head}, upstream, p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	pending, pendingBuf := pc.take()
+	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, tls: pc.tls, pending: pending, pendingBuf: pendingBuf}, *upstream,
+		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	// forward put the pending bytes' buffers back.
+	upstream.pending, upstream.pendingBuf = nil, nil
 	return o
+}
+
+// dropUpstream closes the app's connection a detection dialed, unused.
+func (p *Proxy) dropUpstream(upstream *leg) {
+	upstream.releasePending()
+	if upstream.tcp != nil {
+		p.closeUpstream(upstream.tcp)
+		upstream.tcp = nil
+	}
 }
 
 // accept runs the server side of a mesh handshake on pc (whose ClientHello

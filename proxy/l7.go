@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -24,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/net/http2"
@@ -166,6 +166,18 @@ func (c *meshHTTPConn) Close() error {
 	return err
 }
 
+// CloseWrite half-closes the connection, so that a protocol switched to
+// (ReverseProxy copies an upgraded connection) keeps TCP half-close.
+func (c *meshHTTPConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// closeWrite half-closes c if it can be.
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return fmt.Errorf("half-close %T: %w", c, errors.ErrUnsupported)
+}
+
 // countingConn counts the bytes of an app connection served as L7 into
 // the direction's counters and the connection's outcome.
 type countingConn struct {
@@ -191,6 +203,9 @@ func (c *countingConn) Write(b []byte) (int, error) {
 	}
 	return n, err
 }
+
+// CloseWrite half-closes the connection (see meshHTTPConn.CloseWrite).
+func (c *countingConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 // connListener hands one connection to an http.Server, then blocks until
 // done is closed, so that Serve returns only once the connection is over.
@@ -230,7 +245,7 @@ func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.A
 			pr.Out.URL.Host = dst.String()
 			pr.Out.Host = pr.In.Host
 			pr.Out.Header.Set(hdrAppProtocol, h.appProto)
-			pr.Out.Header.Del(hdrClientCert)
+			setClientCert(pr.Out.Header, spiffeid.ID{})
 		},
 		Transport:     balancedTransport{p: p, dst: dst},
 		BufferPool:    copyBuffers{},
@@ -387,7 +402,7 @@ func (h *outboundHTTP) upgrade(w *recorder, r *http.Request) tlsInfo {
 	defer svc.finish(false)
 	up, mc := svc.conn.tcp, meshConn{conn: svc.conn.tls, info: svc.info}
 	out := r.Clone(ctx)
-	out.Header.Del(hdrClientCert)
+	setClientCert(out.Header, spiffeid.ID{})
 	out.Header.Del(hdrAppProtocol)
 	out.RequestURI = ""
 	if err := out.Write(mc.conn); err != nil {
@@ -447,27 +462,43 @@ func underlyingTCP(c net.Conn) *net.TCPConn {
 	}
 }
 
-// serveInboundHTTP serves a meshgate/h2 connection from a client sidecar:
-// each request goes to the app at dst in the protocol the client app
-// spoke, with the client's verified identity in hdrClientCert. With from
-// (tproxy mode) the app is to see the client's address, so the requests
-// go over connections of their own dialed from it, not the pool shared by
-// every client, and those are closed with the mesh connection.
-func (p *Proxy) serveInboundHTTP(ctx context.Context, mc meshConn, from netip.Addr, dst netip.AddrPort, m *dirMetrics) outcome {
-	o := outcome{dst: dst, mtls: true, tls: mc.info}
+// serveInboundHTTP serves an HTTP connection to the app at dst request
+// by request, so that what the app is told of the client's identity is
+// the sidecar's own (setClientCert): peer's verified identity, or none
+// for plaintext. c speaks proto: meshgate/h2 from a client sidecar
+// (HTTP/2, each request to the app in the protocol the client app spoke,
+// by hdrAppProtocol), meshgate/http1 (a request that switches protocols),
+// or HTTP detected on meshgate/tcp or plaintext, each request to the app
+// in appProto. Requests that switch protocols are passed on, then the
+// bytes as they are (ReverseProxy, with half-close). With from (tproxy
+// mode) the app is to see the client's address, so the requests go over
+// connections of their own dialed from it, not the pool shared by every
+// client, and those are closed with c.
+func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Protocol, appProto string, from netip.Addr, dst netip.AddrPort, peer tlsInfo, m *dirMetrics) outcome {
+	o := outcome{dst: dst, tls: peer}
 	app := p.l7.app
 	if from.IsValid() {
 		app = p.newAppTransport(from)
 		defer app.closeIdle()
 	}
-	cc := &countingConn{Conn: mc.conn, sentC: m.sent, recvC: m.received}
-	peer := mc.info.peer.String()
+	cc := &countingConn{Conn: c, sentC: m.sent, recvC: m.received}
+	id := peer.peer.String()
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = dst.String()
 			pr.Out.Host = pr.In.Host
-			pr.Out.Header.Set(hdrClientCert, "URI="+peer)
+			// Rewrite drops these; the app gets them as the client sent
+			// them, as it would without the sidecar.
+			for _, k := range forwardedHeaders {
+				if v := pr.In.Header[k]; v != nil {
+					pr.Out.Header[k] = v
+				}
+			}
+			if appProto != "" {
+				pr.Out.Header.Set(hdrAppProtocol, appProto)
+			}
+			setClientCert(pr.Out.Header, peer.peer)
 		},
 		Transport:     app,
 		BufferPool:    copyBuffers{},
@@ -475,16 +506,72 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, mc meshConn, from netip.Ad
 		ErrorLog:      discardLog,
 		ErrorHandler:  p.proxyError,
 	}
+	var wg sync.WaitGroup // upgraded connections in flight
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isUpgrade(r) {
+			// Counted before ReverseProxy hijacks the connection, which
+			// ends serveHTTPConn's Serve: its Wait must see it.
+			wg.Add(1)
+			defer wg.Done()
+		}
+		// HTTP/1: the request's body is the transport's to read, even once
+		// the app's answer has begun (an echo streams it back). Without
+		// this, net/http would read what is left of it itself as the
+		// answer's header is written, racing the transport, and close it.
+		http.NewResponseController(w).EnableFullDuplex()
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
-		defer func() { p.observeRequest(Inbound, r, rec, peer, time.Since(start)) }()
+		defer func() { p.observeRequest(Inbound, r, rec, id, time.Since(start)) }()
 		rp.ServeHTTP(rec, r)
 	})
-	var wg sync.WaitGroup
-	p.serveHTTPConn(ctx, cc, sniff.HTTP2, h, &wg)
+	p.serveHTTPConn(ctx, cc, proto, h, &wg)
 	o.sent, o.received = cc.sent.Load(), cc.received.Load()
 	return o
+}
+
+// forwardedHeaders are the headers ReverseProxy's Rewrite removes from a
+// request (RFC 7239 Forwarded and the X-Forwarded- ones).
+var forwardedHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+// setClientCert makes hdrClientCert in h the sidecar's own: every header
+// that an app could read as it is removed, in any spelling (header names
+// are case-insensitive, and CGI-style frameworks (WSGI, PHP, Rack) read
+// X_Forwarded_Client_Cert as the same HTTP_X_FORWARDED_CLIENT_CERT), and
+// then, unless peer is zero, the verified identity set (URI=<SPIFFE ID>).
+// It is the one place that says what the app learns of its client.
+func setClientCert(h http.Header, peer spiffeid.ID) {
+	for k := range h {
+		if len(k) == len(hdrClientCert) && sameHeaderName(k, hdrClientCert) {
+			delete(h, k)
+		}
+	}
+	if !peer.IsZero() {
+		h[hdrClientCert] = []string{"URI=" + peer.String()}
+	}
+}
+
+// sameHeaderName reports whether a and b name the same header to an app:
+// equal but for ASCII case, and '_' taken for '-'.
+func sameHeaderName(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if foldHeaderByte(a[i]) != foldHeaderByte(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func foldHeaderByte(c byte) byte {
+	switch {
+	case 'A' <= c && c <= 'Z':
+		return c + 'a' - 'A'
+	case c == '_':
+		return '-'
+	}
+	return c
 }
 
 // copyBuffers lends ReverseProxy the pooled copy buffers of forward, so
@@ -493,32 +580,6 @@ type copyBuffers struct{}
 
 func (copyBuffers) Get() []byte  { return *bufPool.Get().(*[]byte) }
 func (copyBuffers) Put(b []byte) { bufPool.Put(&b) }
-
-// upgradeHead reads the request that opens a meshgate/http1 connection
-// (one that switches protocols), sets the client's verified identity in
-// hdrClientCert (one the app sent is dropped), and returns it, rewritten,
-// with the bytes the client sent after it: what the app is to get first,
-// before the connection's bytes pass as they are. The head is bounded as
-// any request's, and must come within timeouts.handshake.
-func (p *Proxy) upgradeHead(mc meshConn) ([]byte, error) {
-	lim := &io.LimitedReader{R: mc.conn, N: maxHeaderBytes + 64<<10}
-	br := bufio.NewReaderSize(lim, 16<<10)
-	mc.conn.SetReadDeadline(time.Now().Add(p.cfg.Timeouts.Handshake.D()))
-	req, err := http.ReadRequest(br)
-	mc.conn.SetReadDeadline(time.Time{})
-	if err != nil {
-		return nil, fmt.Errorf("read the upgrade request: %w", err)
-	}
-	req.Header.Del(hdrClientCert)
-	req.Header.Del(hdrAppProtocol)
-	req.Header.Set(hdrClientCert, "URI="+mc.info.peer.String())
-	var head bytes.Buffer
-	if err := req.Write(&head); err != nil {
-		return nil, fmt.Errorf("rewrite the upgrade request: %w", err)
-	}
-	rest, _ := br.Peek(br.Buffered())
-	return append(head.Bytes(), rest...), nil
-}
 
 // appTransport sends a request to the local app in the protocol named by
 // hdrAppProtocol (which it removes): HTTP/1.1, or h2c.
@@ -607,6 +668,41 @@ func (r *recorder) Flush() {
 }
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Hijack hands the connection over, as ReverseProxy does once the app has
+// switched protocols: the answer was 101. ReverseProxy then reads the
+// connection, not brw, so the returned connection reads first what the
+// server buffered of it: bytes the client sent right after the request.
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	if err != nil {
+		return c, brw, err
+	}
+	r.status, r.wroteHeader, r.hijacked = http.StatusSwitchingProtocols, true, true
+	if brw.Reader.Buffered() > 0 {
+		c = &bufferedConn{Conn: c, r: brw.Reader}
+	}
+	return c, brw, nil
+}
+
+// bufferedConn reads what r holds before reading the connection.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(b []byte) (int, error) {
+	if c.r != nil {
+		if n := c.r.Buffered(); n > 0 {
+			return c.r.Read(b[:min(len(b), n)])
+		}
+		c.r = nil
+	}
+	return c.Conn.Read(b)
+}
+
+// CloseWrite half-closes the connection (see meshHTTPConn.CloseWrite).
+func (c *bufferedConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 // ensureRequestIDs generates the request identifiers an app did not send:
 // X-Request-Id and X-Correlation-Id (a random UUID each; the correlation

@@ -9,12 +9,18 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
+
+	"meshgate/proxy/sniff"
 )
 
 // seenRequest is what the app behind the server sidecar saw of a request.
@@ -50,12 +56,51 @@ func startL7App(t *testing.T) (addr string, seen func() []seenRequest) {
 	srv.Config.Protocols = new(http.Protocols)
 	srv.Config.Protocols.SetHTTP1(true)
 	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Listener = lenientListener{srv.Listener}
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv.Listener.Addr().String(), func() []seenRequest {
 		mu.Lock()
 		defer mu.Unlock()
 		return append([]seenRequest(nil), reqs...)
+	}
+}
+
+// lenientListener's connections skip the empty lines a client sends
+// before its first request, as many servers do (RFC 9112 §2.2: nginx,
+// Node.js, Tomcat), though net/http does not.
+type lenientListener struct{ net.Listener }
+
+func (l lenientListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &lenientConn{Conn: c}, nil
+}
+
+type lenientConn struct {
+	net.Conn
+	started bool
+}
+
+func (c *lenientConn) Read(b []byte) (int, error) {
+	for {
+		n, err := c.Conn.Read(b)
+		if c.started || n == 0 {
+			return n, err
+		}
+		i := 0
+		for i < n && (b[i] == '\r' || b[i] == '\n') {
+			i++
+		}
+		if i < n {
+			c.started = true
+			return copy(b, b[i:n]), err
+		}
+		if err != nil {
+			return 0, err
+		}
 	}
 }
 
@@ -210,9 +255,12 @@ func TestL7Errors(t *testing.T) {
 }
 
 // TestL7Upgrade: a request that switches protocols (as WebSocket does)
-// gets a mesh connection of its own (meshgate/http1), reaches the app with
-// the client's verified identity (a forged one dropped), and bytes flow
-// both ways after the 101.
+// reaches the app with the client's verified identity (a forged one
+// dropped), and bytes flow both ways after the 101, the first ones sent
+// with the request too, until a half-close: from a client sidecar on a
+// mesh connection of its own (meshgate/http1) or over meshgate/tcp
+// (protocols.l7 off), and from a plaintext client (permissive mode, no
+// identity).
 func TestL7Upgrade(t *testing.T) {
 	mca := newMeshCA(t)
 	cm, sm := mca.meshes()
@@ -227,25 +275,101 @@ func TestL7Upgrade(t *testing.T) {
 		identity <- req.Header.Values("X-Forwarded-Client-Cert")
 		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
 		io.Copy(c, br)
+		c.CloseWrite()
 	})
-	p := startPair(t, be.addr(), cm, sm, pairOptions{})
-	c := dial(t, p.client.out())
+	permissive := func(c *Config) { c.MTLS.Mode = MTLSPermissive }
+	l7 := startPair(t, be.addr(), cm, sm, pairOptions{serverCfg: permissive})
+	tcp := startPair(t, be.addr(), cm, sm, pairOptions{clientCfg: func(c *Config) { c.Protocols.L7 = false }})
+	for _, path := range []struct {
+		name, addr string
+		want       []string
+	}{
+		{"meshgate/http1", l7.client.out(), []string{"URI=" + clientID}},
+		{"meshgate/tcp", tcp.client.out(), []string{"URI=" + clientID}},
+		{"plaintext", l7.server.in(), nil},
+	} {
+		t.Run(path.name, func(t *testing.T) {
+			c := dial(t, path.addr)
+			defer c.Close()
+			// The first bytes of the new protocol come with the request,
+			// before the 101: they must not be lost on the way.
+			io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: chat\r\nUpgrade: echo\r\nConnection: Upgrade\r\nX-Forwarded-Client-Cert: URI=spiffe://forged\r\n\r\nearly")
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != 101 {
+				t.Fatalf("upgrade: %v, %v", resp, err)
+			}
+			if got := <-identity; !slices.Equal(got, path.want) {
+				t.Errorf("X-Forwarded-Client-Cert at the app = %q, want %q", got, path.want)
+			}
+			for _, msg := range []string{"early", "hello", "through the mesh"} {
+				if msg != "early" {
+					io.WriteString(c, msg)
+				}
+				got := make([]byte, len(msg))
+				if _, err := io.ReadFull(br, got); err != nil || string(got) != msg {
+					t.Fatalf("after the upgrade: %q, %v", got, err)
+				}
+			}
+			// Half-close: the app sees EOF, and closes its side after.
+			c.CloseWrite()
+			if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
+				t.Errorf("after the half-close: %q, %v; want EOF", rest, err)
+			}
+		})
+	}
+}
+
+// TestInboundFullDuplex: an app that answers while the request's body is
+// still arriving (an echo that streams it back) gets the whole body and
+// its client the whole answer, through the server sidecar's HTTP/1
+// serving of plaintext, and the connection serves the next request.
+func TestInboundFullDuplex(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		rc.EnableFullDuplex()
+		w.WriteHeader(http.StatusOK)
+		rc.Flush()
+		b := make([]byte, 1)
+		for {
+			n, err := r.Body.Read(b)
+			if n > 0 {
+				w.Write(b[:n])
+				rc.Flush()
+			}
+			if err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	mca := newMeshCA(t)
+	cm, sm := mca.meshes()
+	p := startPair(t, srv.Listener.Addr().String(), cm, sm, pairOptions{serverCfg: func(c *Config) { c.MTLS.Mode = MTLSPermissive }})
+	c := dial(t, p.server.in())
 	defer c.Close()
-	io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: chat\r\nUpgrade: echo\r\nConnection: Upgrade\r\nX-Forwarded-Client-Cert: URI=spiffe://forged\r\n\r\n")
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.SetDeadline(time.Now().Add(10 * time.Second))
 	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != 101 {
-		t.Fatalf("upgrade: %v, %v", resp, err)
-	}
-	if got := <-identity; len(got) != 1 || got[0] != "URI="+clientID {
-		t.Errorf("X-Forwarded-Client-Cert at the app = %q, want [URI=%s]", got, clientID)
-	}
-	for _, msg := range []string{"hello", "through the mesh"} {
-		io.WriteString(c, msg)
-		got := make([]byte, len(msg))
-		if _, err := io.ReadFull(br, got); err != nil || string(got) != msg {
-			t.Fatalf("after the upgrade: %q, %v", got, err)
+	for i := range 2 {
+		const body = "0123456789"
+		fmt.Fprintf(c, "POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: %d\r\n\r\n%c", len(body), body[0])
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		got := make([]byte, len(body))
+		for j := range len(body) {
+			if j > 0 {
+				time.Sleep(10 * time.Millisecond)
+				io.WriteString(c, body[j:j+1])
+			}
+			if _, err := io.ReadFull(resp.Body, got[j:j+1]); err != nil {
+				t.Fatalf("request %d: echo of byte %d: %v", i, j, err)
+			}
+		}
+		if rest, err := io.ReadAll(resp.Body); err != nil || string(got) != body || len(rest) != 0 {
+			t.Fatalf("request %d: echo %q%q, %v; want %q", i, got, rest, err, body)
 		}
 	}
 }
@@ -284,5 +408,199 @@ func TestL7PoolOutlivesHandshakeTimeout(t *testing.T) {
 	}
 	if n := p.server.counter(t, "meshgate_tls_handshakes_total", map[string]string{"direction": "inbound", "result": "ok"}); n != 2 {
 		t.Errorf("%v inbound handshakes, want 2: the pooled connection was not kept", n)
+	}
+}
+
+// TestInboundClientCert: whatever path an HTTP request takes to the app
+// (mesh L7 over meshgate/h2, or meshgate/http1 for an upgrade the app
+// declines; meshgate/tcp from a client sidecar with protocols.l7 off;
+// plaintext in permissive mode) and however the client spells
+// X-Forwarded-Client-Cert, the app sees only the sidecar's: the client's
+// verified identity, or none for plaintext.
+func TestInboundClientCert(t *testing.T) {
+	mca := newMeshCA(t)
+	cm, sm := mca.meshes()
+	app, seen := startL7App(t)
+	// Short waits, so that a client can outwait them (see "late" below).
+	permissive := func(c *Config) {
+		c.MTLS.Mode = MTLSPermissive
+		c.Timeouts.Handshake = Duration(time.Second)
+		c.Protocols.DetectTimeout = Duration(100 * time.Millisecond)
+	}
+	client := func(l7 bool) func(*Config) {
+		return func(c *Config) {
+			c.Protocols.L7 = l7
+			c.Protocols.DetectTimeout = Duration(100 * time.Millisecond)
+		}
+	}
+	// The app's port declared http (protocols.ports): whatever a client
+	// sends there is served as HTTP.
+	declaredHTTP := func(c *Config) {
+		permissive(c)
+		c.Protocols.Ports = map[uint16]PortProtocol{netip.MustParseAddrPort(app).Port(): PortHTTP}
+	}
+	l7 := startPair(t, app, cm, sm, pairOptions{serverCfg: permissive, clientCfg: client(true)})
+	tcp := startPair(t, app, cm, sm, pairOptions{serverCfg: permissive, clientCfg: client(false)})
+	declared := startPair(t, app, cm, sm, pairOptions{serverCfg: declaredHTTP, clientCfg: client(false)})
+	const forgedID = "URI=spiffe://cluster.local/ns/shop/sa/forged"
+	forged := http.Header{}
+	for _, k := range []string{"X-Forwarded-Client-Cert", "x-forwarded-client-cert", "X_Forwarded_Client_Cert"} {
+		forged[k] = []string{forgedID}
+	}
+	check := func(t *testing.T, reqs []seenRequest, n int, want string) {
+		t.Helper()
+		if len(reqs) != n {
+			t.Fatalf("the app saw %d requests, want %d", len(reqs), n)
+		}
+		for i, r := range reqs {
+			for k, vs := range r.header {
+				if strings.Contains(strings.Join(vs, ","), "forged") {
+					t.Errorf("request %d: the forged identity reached the app as %s: %q", i, k, vs)
+				}
+			}
+			got := r.header.Values(hdrClientCert)
+			if want == "" && len(got) != 0 || want != "" && (len(got) != 1 || got[0] != want) {
+				t.Errorf("request %d: %s at the app = %q, want %q", i, hdrClientCert, got, want)
+			}
+		}
+	}
+	for _, path := range []struct {
+		name, addr, want string
+		declared         bool
+	}{
+		{"mesh-l7", l7.client.out(), "URI=" + clientID, false},
+		{"meshgate-tcp", tcp.client.out(), "URI=" + clientID, false},
+		{"plaintext", l7.server.in(), "", false},
+		{"meshgate-tcp-declared-http", declared.client.out(), "URI=" + clientID, true},
+		{"plaintext-declared-http", declared.server.in(), "", true},
+	} {
+		for _, c := range []struct {
+			name   string
+			client *http.Client
+		}{{"http1", h1Client(t)}, {"h2c", h2cClient(t)}} {
+			t.Run(path.name+"/"+c.name, func(t *testing.T) {
+				before := len(seen())
+				for i := range 2 { // two requests on one connection
+					if resp, body := get(t, c.client, "http://"+path.addr+"/", forged); resp.StatusCode != 200 || !strings.HasPrefix(body, "HTTP/") {
+						t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+					}
+				}
+				check(t, seen()[before:], 2, path.want)
+			})
+		}
+		t.Run(path.name+"/declined-upgrade", func(t *testing.T) {
+			// An upgrade the app declines leaves an HTTP/1.1 connection,
+			// whose next request is a request like any other.
+			before := len(seen())
+			c := dial(t, path.addr)
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(c)
+			for i, extra := range []string{"Connection: Upgrade\r\nUpgrade: example\r\n", ""} {
+				fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: app\r\n%sX-Forwarded-Client-Cert: %s\r\nx_forwarded_client_cert: %[2]s\r\n\r\n", extra, forgedID)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("request %d: %v", i, err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					t.Fatalf("request %d: %d", i, resp.StatusCode)
+				}
+			}
+			check(t, seen()[before:], 2, path.want)
+		})
+		// Nor do clients that try to slip past detection: one that waits
+		// out every detection timeout before it speaks, one that pauses
+		// mid-request-line (to an app that served HTTP just now), one that
+		// sends an empty line first (which many servers skip, RFC 9112
+		// §2.2; net/http does not, so the sidecar answers 400), one whose
+		// request line is longer than detection reads, and, to a port
+		// declared http, one whose method is.
+		for _, tc := range []struct {
+			name     string
+			parts    []string
+			pause    time.Duration
+			status   int
+			declared bool // only to a port declared http
+		}{
+			// Past timeouts.handshake and every detectTimeout.
+			{"late", []string{"", "GET / HTTP/1.1\r\n"}, 1500 * time.Millisecond, 200, false},
+			// Past detectQuiet, within timeouts.handshake (the header's
+			// read deadline).
+			{"paused", []string{"GET / HT", "TP/1.1\r\n"}, 300 * time.Millisecond, 200, false},
+			{"empty-line-first", []string{"\r\nGET / HTTP/1.1\r\n"}, 0, 400, false},
+			{"long-request-line", []string{"GET /?q=" + strings.Repeat("a", sniff.MaxRequestLineLen) + " HTTP/1.1\r\n"}, 0, 200, false},
+			// Longer than sniff.MaxMethodLen: not HTTP to detection, a
+			// method to net/http. Undeclared, such bytes pass as they are
+			// (a client-first protocol may look like that).
+			{"long-method", []string{strings.Repeat("GET", 20) + " / HTTP/1.1\r\n"}, 0, 200, true},
+		} {
+			if tc.declared && !path.declared {
+				continue
+			}
+			t.Run(path.name+"/"+tc.name, func(t *testing.T) {
+				before := len(seen())
+				c := dial(t, path.addr)
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				for _, part := range tc.parts[:len(tc.parts)-1] {
+					io.WriteString(c, part)
+					time.Sleep(tc.pause)
+				}
+				fmt.Fprintf(c, "%sHost: app\r\nX-Forwarded-Client-Cert: %s\r\nConnection: close\r\n\r\n", tc.parts[len(tc.parts)-1], forgedID)
+				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != tc.status {
+					t.Errorf("status %d, want %d", resp.StatusCode, tc.status)
+				}
+				check(t, seen()[before:], map[bool]int{true: 1}[tc.status == 200], path.want)
+			})
+		}
+	}
+	// The meshgate/tcp and plaintext paths were served as HTTP: 2 http1,
+	// 2 h2c, 2 around a declined upgrade, late, paused, a long request
+	// line, and to a port declared http, a long method.
+	for _, side := range []struct {
+		name string
+		r    *running
+		peer string
+		want float64
+	}{{"meshgate-tcp", tcp.server, clientID, 9}, {"plaintext", l7.server, "", 9},
+		{"meshgate-tcp-declared-http", declared.server, clientID, 10}, {"plaintext-declared-http", declared.server, "", 10}} {
+		if n := side.r.counter(t, "meshgate_http_requests_total", map[string]string{"direction": "inbound", "peer_identity": side.peer}); n != side.want {
+			t.Errorf("%s: server sidecar counted %v inbound requests from %q, want %v", side.name, n, side.peer, side.want)
+		}
+	}
+}
+
+// TestSetClientCert: every spelling an app could read as
+// X-Forwarded-Client-Cert goes, other headers stay, and the verified
+// identity is set when there is one.
+func TestSetClientCert(t *testing.T) {
+	peer := spiffeid.RequireFromString(clientID)
+	for _, tc := range []struct {
+		name string
+		in   http.Header
+		peer spiffeid.ID
+		want http.Header
+	}{
+		{"none sent, peer", http.Header{"A": {"1"}}, peer, http.Header{"A": {"1"}, hdrClientCert: {"URI=" + clientID}}},
+		{"none sent, plaintext", http.Header{"A": {"1"}}, spiffeid.ID{}, http.Header{"A": {"1"}}},
+		{"spellings, peer", http.Header{
+			"X-Forwarded-Client-Cert": {"f1", "f2"}, "x-forwarded-client-cert": {"f3"}, "X_Forwarded_Client_Cert": {"f4"},
+			"X-FORWARDED_CLIENT-CERT": {"f5"}, "X-Forwarded-Client-Certs": {"kept"}, "X-Forwarded-Client": {"kept"},
+		}, peer, http.Header{hdrClientCert: {"URI=" + clientID}, "X-Forwarded-Client-Certs": {"kept"}, "X-Forwarded-Client": {"kept"}}},
+		{"spellings, plaintext", http.Header{"X-Forwarded-Client-Cert": {"f1"}, "x_forwarded_client_cert": {"f2"}}, spiffeid.ID{}, http.Header{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			setClientCert(tc.in, tc.peer)
+			if diff := cmp.Diff(tc.want, tc.in); diff != "" {
+				t.Errorf("headers (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

@@ -35,6 +35,14 @@ func detectSettled(b []byte) bool {
 	return err == nil
 }
 
+// detectRace is the wait of protocol detection on pc until deadline: for
+// bytes that settle the protocol (sniff.Detect), given up when the client
+// goes quiet after bytes that settle nothing or when the upstream (once
+// set to be dialed) answers them.
+func detectRace(pc *peekConn, deadline time.Time) firstBytesRace {
+	return firstBytesRace{client: pc, settled: detectSettled, deadline: deadline, quiet: detectQuiet, upstreamEnds: true}
+}
+
 // destMemory remembers destinations for a while: those whose server
 // spoke first (their next connections skip detection), and those whose
 // clients spoke HTTP (theirs skip the dial made while detecting). It is
@@ -94,6 +102,9 @@ func (s *destMemory) remember(dst netip.AddrPort, now time.Time) {
 type detection struct {
 	proto sniff.Detection
 	by    string
+	// maybe is, when the client's bytes settled nothing (byIncomplete),
+	// what they could still become (sniff.Detect): TLS, HTTP1 or HTTP2.
+	maybe sniff.Protocol
 }
 
 // verdict reads what a race's opening says of the protocol: the server
@@ -108,10 +119,11 @@ func verdict(op opening, peeked []byte) detection {
 	case len(peeked) == 0:
 		return detection{by: byTimeout}
 	}
-	if det, err := sniff.Detect(peeked); err == nil {
+	det, err := sniff.Detect(peeked)
+	if err == nil {
 		return detection{proto: det, by: byClient}
 	}
-	return detection{by: byIncomplete}
+	return detection{by: byIncomplete, maybe: det.Protocol}
 }
 
 // skipDetection says why an outbound connection to dst is not detected
@@ -147,28 +159,22 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	pc := &peekConn{TCPConn: client}
 	defer pc.release()
 	l7 := meshTLS && p.cfg.Protocols.L7
-	if l7 && p.httpDests.has(dst, start) {
+	if l7 && (p.cfg.Protocols.Ports[dst.Port()] == PortHTTP || p.httpDests.has(dst, start)) {
 		return p.detectKnownHTTP(ctx, pc, dst, start, m)
 	}
 	var svc *service // written by the dial, read once run has returned
-	race := firstBytesRace{
-		client:       pc,
-		settled:      detectSettled,
-		deadline:     start.Add(p.cfg.Protocols.DetectTimeout.D()),
-		quiet:        detectQuiet,
-		upstreamEnds: true,
-		dial: func(ctx context.Context) (upConn, error) {
-			s, err := p.dialService(ctx, dst, meshTLS, alpnTCP)
-			if err != nil {
-				return upConn{}, err
-			}
-			svc = s
-			return s.conn, nil
-		},
-		drop: func(u upConn) {
-			p.closeUpstream(u.tcp)
-			svc.finish(false)
-		},
+	race := detectRace(pc, start.Add(p.cfg.Protocols.DetectTimeout.D()))
+	race.dial = func(ctx context.Context) (upConn, error) {
+		s, err := p.dialService(ctx, dst, meshTLS, alpnTCP)
+		if err != nil {
+			return upConn{}, err
+		}
+		svc = s
+		return s.conn, nil
+	}
+	race.drop = func(u upConn) {
+		p.closeUpstream(u.tcp)
+		svc.finish(false)
 	}
 	op, err := race.run(ctx)
 	if err != nil {
@@ -217,12 +223,12 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	return o
 }
 
-// detectKnownHTTP serves a connection to a mesh destination whose clients
-// spoke HTTP before: it waits for the app's first bytes without dialing
+// detectKnownHTTP serves a connection to a mesh destination whose port is
+// declared http or whose clients spoke HTTP before: it waits for the app's first bytes without dialing
 // (HTTP goes by the pooled L7 connections), and if they are not HTTP
 // after all, dials the destination with mesh TLS and passes them on.
 func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.AddrPort, start time.Time, m *dirMetrics) outcome {
-	race := firstBytesRace{client: pc, settled: detectSettled, deadline: start.Add(p.cfg.Protocols.DetectTimeout.D()), quiet: detectQuiet}
+	race := detectRace(pc, start.Add(p.cfg.Protocols.DetectTimeout.D()))
 	op, err := race.run(ctx)
 	if err != nil {
 		return outcome{dst: dst, err: err, refused: true, mtls: true}

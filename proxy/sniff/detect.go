@@ -54,8 +54,9 @@ const (
 	// MaxMethodLen bounds the method token; standard methods are at most
 	// 7 letters, extensions (WebDAV's PROPPATCH, ...) a few more.
 	MaxMethodLen = 32
-	// MaxRequestLineLen bounds the whole request line: one longer is
-	// taken for opaque bytes rather than buffered on.
+	// MaxRequestLineLen bounds what is read of a request line (with the
+	// empty lines before it): one longer, well-formed so far, is taken
+	// for HTTP/1 without its version rather than buffered on.
 	MaxRequestLineLen = 64 << 10
 )
 
@@ -63,13 +64,16 @@ const (
 // Detection once the bytes decide it, ErrNeedMore while they are a prefix
 // of a TLS ClientHello, an HTTP/2 preface or an HTTP/1.x request line
 // (read more and ask again); it never fails otherwise: bytes that are
-// none of these are Opaque.
+// none of these are Opaque. With ErrNeedMore, the Detection's Protocol
+// says what the bytes could still become: TLS, HTTP2 (for a prefix of the
+// preface, which may be a request line's too) or HTTP1; Opaque for none.
 //
 // A verdict, once given, holds for any bytes appended, and a prefix of
 // bytes that need more needs more too (the fuzz test holds it to both),
 // so a caller may ask after every read. TLS is decided by the whole
 // ClientHello (for its SNI and ALPN), HTTP/2 by the whole 24-byte
-// preface, HTTP/1 by the end of the request line.
+// preface, HTTP/1 by the end of the request line (or by its first
+// MaxRequestLineLen bytes, well-formed: Version is then "").
 func Detect(b []byte) (Detection, error) {
 	if len(b) == 0 {
 		return Detection{}, ErrNeedMore
@@ -80,13 +84,13 @@ func Detect(b []byte) (Detection, error) {
 		case err == nil:
 			return Detection{Protocol: TLS, Hello: h}, nil
 		case errors.Is(err, ErrNeedMore):
-			return Detection{}, ErrNeedMore
+			return Detection{Protocol: TLS}, ErrNeedMore
 		}
 		return Detection{Protocol: Opaque}, nil
 	}
 	if n := min(len(b), len(http2Preface)); string(b[:n]) == http2Preface[:n] {
 		if n < len(http2Preface) {
-			return Detection{}, ErrNeedMore
+			return Detection{Protocol: HTTP2}, ErrNeedMore
 		}
 		return Detection{Protocol: HTTP2}, nil
 	}
@@ -94,19 +98,40 @@ func Detect(b []byte) (Detection, error) {
 	switch {
 	case err == nil:
 		return Detection{Protocol: HTTP1, Method: method, Version: version}, nil
+	case errors.Is(err, ErrNeedMore) && len(b) >= MaxRequestLineLen:
+		if method == "" {
+			return Detection{Protocol: Opaque}, nil // empty lines only
+		}
+		// Well-formed so far, and longer than is buffered: servers take
+		// longer request lines (net/http up to its header limit, 1 MiB
+		// by default), so it is HTTP, of a version not read.
+		return Detection{Protocol: HTTP1, Method: method}, nil
 	case errors.Is(err, ErrNeedMore):
-		return Detection{}, ErrNeedMore
+		return Detection{Protocol: HTTP1}, ErrNeedMore
 	}
 	return Detection{Protocol: Opaque}, nil
 }
 
 // requestLine parses an HTTP/1.x request line (RFC 9112 §3): method SP
 // request-target SP HTTP-version, ended by CRLF or a bare LF (which
-// servers accept, §2.2). Leading empty lines are not skipped: a client
-// that sends them first is rare enough to pass as opaque.
+// servers accept, §2.2). Empty lines before it are skipped, as servers
+// do (§2.2), and count towards MaxRequestLineLen. With ErrNeedMore, the
+// method is returned once read.
 func requestLine(b []byte) (method, version string, err error) {
 	if len(b) > MaxRequestLineLen {
 		b = b[:MaxRequestLineLen]
+	}
+	for {
+		if bytes.HasPrefix(b, []byte("\r\n")) {
+			b = b[2:]
+		} else if len(b) > 0 && b[0] == '\n' {
+			b = b[1:]
+		} else {
+			break
+		}
+	}
+	if len(b) == 1 && b[0] == '\r' {
+		return "", "", ErrNeedMore
 	}
 	// The method: one or more token characters, then SP.
 	i := 0
@@ -130,10 +155,8 @@ func requestLine(b []byte) (method, version string, err error) {
 		j++
 	}
 	switch {
-	case j == len(b) && len(b) == MaxRequestLineLen:
-		return "", "", fmt.Errorf("%w: request line longer than %d bytes", ErrNoMatch, MaxRequestLineLen)
 	case j == len(b):
-		return "", "", ErrNeedMore
+		return method, "", ErrNeedMore
 	case j == i+1 || b[j] != ' ':
 		return "", "", fmt.Errorf("%w: no request target", ErrNoMatch)
 	}
@@ -143,12 +166,12 @@ func requestLine(b []byte) (method, version string, err error) {
 	if n := min(len(rest), len(proto)); !bytes.Equal(rest[:n], []byte(proto[:n])) {
 		return "", "", fmt.Errorf("%w: not HTTP/1.x", ErrNoMatch)
 	} else if n < len(proto) {
-		return "", "", ErrNeedMore
+		return method, "", ErrNeedMore
 	}
 	rest = rest[len(proto):]
 	switch {
 	case len(rest) == 0:
-		return "", "", ErrNeedMore
+		return method, "", ErrNeedMore
 	case rest[0] < '0' || rest[0] > '9':
 		return "", "", fmt.Errorf("%w: bad HTTP version", ErrNoMatch)
 	}
@@ -156,13 +179,13 @@ func requestLine(b []byte) (method, version string, err error) {
 	rest = rest[1:]
 	switch {
 	case len(rest) == 0:
-		return "", "", ErrNeedMore
+		return method, "", ErrNeedMore
 	case rest[0] == '\n':
 		return method, version, nil
 	case rest[0] != '\r':
 		return "", "", fmt.Errorf("%w: request line not ended", ErrNoMatch)
 	case len(rest) == 1:
-		return "", "", ErrNeedMore
+		return method, "", ErrNeedMore
 	case rest[1] != '\n':
 		return "", "", fmt.Errorf("%w: request line not ended", ErrNoMatch)
 	}

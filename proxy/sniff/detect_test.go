@@ -37,6 +37,9 @@ func TestDetect(t *testing.T) {
 		{"lowercase version", "GET / http/1.1\r\n", Opaque, "", ""},
 		{"two spaces", "GET  / HTTP/1.1\r\n", Opaque, "", ""},
 		{"control byte in target", "GET /a\x01b HTTP/1.1\r\n", Opaque, "", ""},
+		// Servers skip empty lines before a request (RFC 9112 §2.2).
+		{"empty lines first", "\r\n\nGET / HTTP/1.1\r\n", HTTP1, "GET", "HTTP/1.1"},
+		{"CR, not an empty line", "\rGET / HTTP/1.1\r\n", Opaque, "", ""},
 		{"PostgreSQL startup", "\x00\x00\x00\x08\x04\xd2\x16\x2f", Opaque, "", ""},
 		{"TLS record, not a hello", "\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00", Opaque, "", ""},
 		{"long method", strings.Repeat("A", MaxMethodLen+1) + " / HTTP/1.1\r\n", Opaque, "", ""},
@@ -54,17 +57,32 @@ func TestDetect(t *testing.T) {
 			}
 		})
 	}
-	// Prefixes of what is not decided yet need more.
-	for _, in := range []string{"", "G", "GET", "GET ", "GET /", "GET / ", "GET / HTTP/1", "GET / HTTP/1.1", "GET / HTTP/1.1\r",
-		"PRI * HTTP/2.0\r\n", string(hello[:40])} {
-		if _, err := Detect([]byte(in)); err != ErrNeedMore {
-			t.Errorf("Detect(%q) = %v, want ErrNeedMore", in, err)
+	// Prefixes of what is not decided yet need more, and say what they
+	// could still become.
+	for _, tc := range []struct {
+		in    string
+		maybe Protocol
+	}{
+		{"", Opaque}, {"\r", HTTP1}, {"\r\n", HTTP1}, {"\nG", HTTP1}, {"G", HTTP1}, {"GET", HTTP1}, {"GET ", HTTP1}, {"GET /", HTTP1}, {"GET / ", HTTP1}, {"GET / HTTP/1", HTTP1},
+		{"GET / HTTP/1.1", HTTP1}, {"GET / HTTP/1.1\r", HTTP1}, {"P", HTTP2}, {"PRI * HTTP/2.0\r\n", HTTP2}, {string(hello[:40]), TLS},
+	} {
+		if d, err := Detect([]byte(tc.in)); err != ErrNeedMore || d.Protocol != tc.maybe {
+			t.Errorf("Detect(%q) = %v, %v; want %v, ErrNeedMore", tc.in, d.Protocol, err, tc.maybe)
 		}
 	}
-	// A request line too long to buffer is given up on.
+	// A request line too long to buffer is HTTP all the same (servers
+	// take longer ones), of a version not read; empty lines that fill the
+	// buffer are not.
 	long := "GET /" + strings.Repeat("a", MaxRequestLineLen)
+	if d, err := Detect([]byte(long)); err != nil || d.Protocol != HTTP1 || d.Method != "GET" || d.Version != "" {
+		t.Errorf("a %d-byte request target: %v %q %q, %v; want http1 GET, no version", len(long), d.Protocol, d.Method, d.Version, err)
+	}
+	long = strings.Repeat("GET / HTTP/1.1", MaxRequestLineLen/14) + " HTTP/1.1\r\n"
 	if d, err := Detect([]byte(long)); err != nil || d.Protocol != Opaque {
-		t.Errorf("a %d-byte request target: %v, %v; want opaque", len(long), d.Protocol, err)
+		t.Errorf("a malformed request line: %v, %v; want opaque", d.Protocol, err)
+	}
+	if d, err := Detect([]byte(strings.Repeat("\r\n", MaxRequestLineLen))); err != nil || d.Protocol != Opaque {
+		t.Errorf("%d empty lines: %v, %v; want opaque", MaxRequestLineLen, d.Protocol, err)
 	}
 }
 
