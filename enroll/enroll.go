@@ -47,6 +47,10 @@ func (s State) PIDPath() string { return filepath.Join(s.Dir, "sidecar.pid") }
 // LogPath is the sidecar's log.
 func (s State) LogPath() string { return filepath.Join(s.Dir, "sidecar.log") }
 
+// GracePath holds the drain grace period of the sidecar Do started, so
+// that Undo waits for it to drain without being given its config again.
+func (s State) GracePath() string { return filepath.Join(s.Dir, "sidecar.drain-grace") }
+
 // Enrollment enrolls one namespace, or undoes it.
 type Enrollment struct {
 	// State is where the sidecar's PID file and log are kept.
@@ -57,7 +61,8 @@ type Enrollment struct {
 	Log *zap.Logger
 	// DrainGrace is the sidecar's drain grace period (its config's
 	// timeouts.drainGrace): Undo waits that long and StopMargin for it to
-	// exit after SIGTERM, then SIGKILLs it.
+	// exit after SIGTERM, then SIGKILLs it. Do records it in the State, and
+	// Undo takes the longer of the recorded one and this.
 	DrainGrace time.Duration
 }
 
@@ -86,6 +91,10 @@ func (e Enrollment) Do(ctx context.Context, rules redirect.Config, args []string
 			return 0, err
 		}
 		started = true
+		if err := os.WriteFile(e.State.GracePath(), []byte(e.DrainGrace.String()+"\n"), 0o644); err != nil {
+			e.stopSidecar(pid)
+			return 0, fmt.Errorf("write %s: %w", e.State.GracePath(), err)
+		}
 		if err := e.waitReady(ctx, healthPort, readyTimeout, exited); err != nil {
 			e.stopSidecar(pid)
 			return 0, err
@@ -229,6 +238,20 @@ func lastLine(path string) string {
 	return lines[len(lines)-1]
 }
 
+// drainGrace is how long the sidecar of the State drains: the longer of
+// what Do recorded there and e.DrainGrace.
+func (e Enrollment) drainGrace() time.Duration {
+	b, err := os.ReadFile(e.State.GracePath())
+	if err != nil {
+		return e.DrainGrace
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(string(b)))
+	if err != nil {
+		return e.DrainGrace
+	}
+	return max(d, e.DrainGrace)
+}
+
 // stopSidecar sends SIGTERM so the sidecar drains, and SIGKILLs it if it
 // has not exited after its drain grace period and StopMargin.
 func (e Enrollment) stopSidecar(pid int) error {
@@ -238,7 +261,7 @@ func (e Enrollment) stopSidecar(pid int) error {
 		}
 		return fmt.Errorf("stop sidecar %d: %w", pid, err)
 	}
-	wait := e.DrainGrace + StopMargin
+	wait := e.drainGrace() + StopMargin
 	deadline := time.Now().Add(wait)
 	for time.Now().Before(deadline) {
 		if syscall.Kill(pid, 0) != nil || isZombie(pid) {
