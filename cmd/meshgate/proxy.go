@@ -57,7 +57,7 @@ unknown fields are errors. For example:
     plaintextOutsideMesh: true
   protocols:
     detectTimeout: 1s       # wait for the app's first bytes, then opaque
-    ports: {3306: opaque, 8080: detect}
+    ports: {3306: opaque, 8080: http}  # opaque, detect or http (served as HTTP)
     destMemory: 10m         # destinations that spoke first skip detection
     l7: true                # HTTP to the mesh as requests over pooled HTTP/2 mTLS
   loadBalancing:            # connections and requests to a service's address
