@@ -344,6 +344,13 @@ func (h *outboundHTTP) lastPeer() tlsInfo {
 func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ensureRequestIDs(r.Header)
+	// HTTP/1: the request's body is the transport's to read, even once the
+	// answer has begun, as inbound (serveInboundHTTP). Without this,
+	// net/http reads what is left of the body itself as the answer's
+	// header is written, and a client that sends the rest only once it
+	// has seen the answer start (a streaming echo) waits for ever.
+	// HTTP/2 is full duplex already (ErrNotSupported, ignored).
+	http.NewResponseController(w).EnableFullDuplex()
 	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 	var peer tlsInfo
 	// Deferred: ReverseProxy aborts the handler with a panic when the

@@ -321,11 +321,12 @@ func TestL7Upgrade(t *testing.T) {
 	}
 }
 
-// TestInboundFullDuplex: an app that answers while the request's body is
-// still arriving (an echo that streams it back) gets the whole body and
-// its client the whole answer, through the server sidecar's HTTP/1
-// serving of plaintext, and the connection serves the next request.
-func TestInboundFullDuplex(t *testing.T) {
+// TestFullDuplex: an app that answers while the request's body is still
+// arriving (an echo that streams it back) gets the whole body and its
+// client the whole answer, through either sidecar's HTTP/1 serving: the
+// client sidecar's of its app's requests (mesh L7), and the server
+// sidecar's of plaintext; and the connection serves the next request.
+func TestFullDuplex(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rc := http.NewResponseController(w)
 		rc.EnableFullDuplex()
@@ -347,30 +348,34 @@ func TestInboundFullDuplex(t *testing.T) {
 	mca := newMeshCA(t)
 	cm, sm := mca.meshes()
 	p := startPair(t, srv.Listener.Addr().String(), cm, sm, pairOptions{serverCfg: func(c *Config) { c.MTLS.Mode = MTLSPermissive }})
-	c := dial(t, p.server.in())
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(c)
-	for i := range 2 {
-		const body = "0123456789"
-		fmt.Fprintf(c, "POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: %d\r\n\r\n%c", len(body), body[0])
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("request %d: %v", i, err)
-		}
-		got := make([]byte, len(body))
-		for j := range len(body) {
-			if j > 0 {
-				time.Sleep(10 * time.Millisecond)
-				io.WriteString(c, body[j:j+1])
+	for _, path := range []struct{ name, addr string }{{"outbound-l7", p.client.out()}, {"inbound-plaintext", p.server.in()}} {
+		t.Run(path.name, func(t *testing.T) {
+			c := dial(t, path.addr)
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(c)
+			for i := range 2 {
+				const body = "0123456789"
+				fmt.Fprintf(c, "POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: %d\r\n\r\n%c", len(body), body[0])
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("request %d: %v", i, err)
+				}
+				got := make([]byte, len(body))
+				for j := range len(body) {
+					if j > 0 {
+						time.Sleep(10 * time.Millisecond)
+						io.WriteString(c, body[j:j+1])
+					}
+					if _, err := io.ReadFull(resp.Body, got[j:j+1]); err != nil {
+						t.Fatalf("request %d: echo of byte %d: %v", i, j, err)
+					}
+				}
+				if rest, err := io.ReadAll(resp.Body); err != nil || string(got) != body || len(rest) != 0 {
+					t.Fatalf("request %d: echo %q%q, %v; want %q", i, got, rest, err, body)
+				}
 			}
-			if _, err := io.ReadFull(resp.Body, got[j:j+1]); err != nil {
-				t.Fatalf("request %d: echo of byte %d: %v", i, j, err)
-			}
-		}
-		if rest, err := io.ReadAll(resp.Body); err != nil || string(got) != body || len(rest) != 0 {
-			t.Fatalf("request %d: echo %q%q, %v; want %q", i, got, rest, err, body)
-		}
+		})
 	}
 }
 
