@@ -2,11 +2,11 @@ package proxy
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -86,15 +86,26 @@ func (b *fakeBalancer) count(s string) int {
 	return n
 }
 
-// closedAddr is a loopback address nothing listens on.
+// closedAddr is a loopback address nothing listens on for the whole
+// test: its port is held by a socket that is bound but never listens, so
+// a connection to it is refused, and no listener the test opens on port
+// 0 can be given it, as one was the port of a listener just closed (the
+// client sidecar's own, which made the "dead" endpoint a live loop).
 func closedAddr(t *testing.T) netip.AddrPort {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := netip.MustParseAddrPort(ln.Addr().String())
-	ln.Close()
-	return a
+	t.Cleanup(func() { syscall.Close(fd) })
+	lo := [4]byte{127, 0, 0, 1}
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: lo}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4(lo), uint16(sa.(*syscall.SockaddrInet4).Port))
 }
 
 // TestBalancedConnections: connections and L7 requests go to the
@@ -104,7 +115,7 @@ func closedAddr(t *testing.T) netip.AddrPort {
 func TestBalancedConnections(t *testing.T) {
 	app, _ := startL7App(t)
 	dead := closedAddr(t)
-	good, b, cli := startBalanced(t, app, dead)
+	good, b, cli := startBalanced(t, app, nil, dead)
 	for i := range 4 {
 		resp, body := get(t, h1Client(t), "http://"+cli.out()+"/", nil)
 		if resp.StatusCode != 200 || body != "HTTP/1.1" {
@@ -127,8 +138,11 @@ func TestBalancedConnections(t *testing.T) {
 	})
 
 	// A 502 from the peer sidecar (its app is gone) counts against the
-	// endpoint.
-	srv2, b2, cli2 := startBalanced(t, closedAddr(t).String())
+	// endpoint. The service's port is declared http: with detection, the
+	// connection dialed while the client's request is awaited fails too
+	// (the peer sidecar cannot reach its app), and when that comes first
+	// the client's connection is reset before it can send its request.
+	srv2, b2, cli2 := startBalanced(t, closedAddr(t).String(), declareHTTP)
 	if resp, _ := get(t, h1Client(t), "http://"+cli2.out()+"/", nil); resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("app down: %d, want 502", resp.StatusCode)
 	}
@@ -139,15 +153,25 @@ func TestBalancedConnections(t *testing.T) {
 // sidecar whose balancer hands out first, then the server sidecar's
 // address, in turn. It returns that address, the balancer and the client
 // sidecar, whose original destination is the first endpoint (any address
-// of the service).
-func startBalanced(t *testing.T, app string, first ...netip.AddrPort) (netip.AddrPort, *fakeBalancer, *running) {
+// of the service). client, if not nil, changes the client sidecar's
+// config, given the service's address.
+func startBalanced(t *testing.T, app string, client func(*Config, netip.AddrPort), first ...netip.AddrPort) (netip.AddrPort, *fakeBalancer, *running) {
 	t.Helper()
 	cm, sm := newMeshCA(t).meshes()
 	srv := netip.MustParseAddrPort(startProxy(t, testConfig(), WithMeshTLS(sm), to(app)).in())
 	b := &fakeBalancer{eps: append(first, srv)}
 	ccfg := testConfig()
 	ccfg.MTLS.MeshCIDRs = prefixes("127.0.0.0/8")
+	if client != nil {
+		client(&ccfg, b.eps[0])
+	}
 	return srv, b, startProxy(t, ccfg, WithMeshTLS(cm), WithBalancer(b), to(b.eps[0].String()))
+}
+
+// declareHTTP declares the service's port http in the client sidecar's
+// config (protocols.ports).
+func declareHTTP(c *Config, svc netip.AddrPort) {
+	c.Protocols.Ports = map[uint16]PortProtocol{svc.Port(): PortHTTP}
 }
 
 // sendOpaque sends bytes that are no HTTP over a connection to addr and
@@ -177,7 +201,7 @@ func sendOpaque(t *testing.T, addr string) {
 // only.
 func TestBalancerToldSetUpApart(t *testing.T) {
 	app, _ := startL7App(t)
-	ep, b, cli := startBalanced(t, app)
+	ep, b, cli := startBalanced(t, app, nil)
 
 	step := func(what string, do func(), want ...string) {
 		t.Helper()
