@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -133,7 +132,8 @@ func lingerClose(c *net.TCPConn) {
 // inbound.go); outbound, mTLS origination to the mesh (outbound.go);
 // then dial and forward. Protocol detection and L7 slot in after mTLS.
 func (p *Proxy) pipeline(ctx context.Context, l *captureListener, client *net.TCPConn, m *dirMetrics) outcome {
-	dst, err := p.originalDst(l, client)
+	tproxied := p.tproxied(l, client)
+	dst, err := p.originalDst(l, client, tproxied)
 	if err != nil {
 		if l.dir == Inbound && errors.Is(err, errNotRedirected) {
 			return p.probe(ctx, client, outcome{err: err, refused: true})
@@ -155,7 +155,7 @@ func (p *Proxy) pipeline(ctx context.Context, l *captureListener, client *net.TC
 	}
 	if l.dir == Inbound {
 		var from netip.Addr
-		if p.tproxied(l, client) {
+		if tproxied {
 			from = addrPort(client.RemoteAddr()).Addr()
 		}
 		return p.inbound(ctx, client, from, dst, m)
@@ -179,7 +179,7 @@ func (p *Proxy) plain(ctx context.Context, client *net.TCPConn, from netip.Addr,
 // dialUpstream dials dst for an outbound connection (see dial) and
 // registers the connection with the loop guard until closeUpstream.
 func (p *Proxy) dialUpstream(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
-	c, err := p.dial(ctx, Outbound, dst)
+	c, err := p.dial(ctx, Outbound, netip.Addr{}, dst)
 	if err != nil {
 		return nil, err
 	}
@@ -188,37 +188,22 @@ func (p *Proxy) dialUpstream(ctx context.Context, dst netip.AddrPort) (*net.TCPC
 }
 
 // dialApp connects to the app at dst for an inbound connection, to be
-// closed with closeUpstream. Without from it is dialUpstream for the
-// inbound direction: from the passthrough source, registered with the
-// loop guard. With from (tproxy mode) it connects from the client's own
-// address, on a port the kernel picks, through a transparent socket
-// (transparentControl), marked: that is what the app is to see. The rules
-// never capture such a connection (nat OUTPUT lets a non-local source to
-// lo pass, mangle PREROUTING returns lo, and MESHGATE_TPROXY_OUTPUT routes
-// the app's replies back here), and it is not registered: its local
-// address is the client's, and a connection of that client from the same
-// port to another port of the pod is no loop.
+// closed with closeUpstream: from the passthrough source, or with from
+// (tproxy mode) from the client's own address (see dial). Only the
+// former is registered with the loop guard: the latter's local address
+// is the client's, and a connection of that client from the same port to
+// another port of the pod is no loop. The rules never capture it (nat
+// OUTPUT lets a non-local source to lo pass, mangle PREROUTING returns
+// lo, and MESHGATE_TPROXY_OUTPUT routes the app's replies back here).
 func (p *Proxy) dialApp(ctx context.Context, from netip.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
-	if !from.IsValid() {
-		c, err := p.dial(ctx, Inbound, dst)
-		if err != nil {
-			return nil, err
-		}
-		p.upstreams.Store(addrPort(c.LocalAddr()), struct{}{})
-		return c, nil
-	}
-	d := net.Dialer{Timeout: p.cfg.Timeouts.Connect.D(), LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 0))}
-	d.Control = func(network, address string, c syscall.RawConn) error {
-		if err := transparentControl(network, address, c); err != nil || p.markCtl == nil {
-			return err
-		}
-		return p.markCtl(network, address, c)
-	}
-	c, err := d.DialContext(ctx, "tcp", dst.String())
+	c, err := p.dial(ctx, Inbound, from, dst)
 	if err != nil {
 		return nil, err
 	}
-	return c.(*net.TCPConn), nil
+	if !from.IsValid() {
+		p.upstreams.Store(addrPort(c.LocalAddr()), struct{}{})
+	}
+	return c, nil
 }
 
 // tproxied reports whether l accepted c from TPROXY, in tproxy mode: its
@@ -238,25 +223,17 @@ func (p *Proxy) closeUpstream(c *net.TCPConn) {
 }
 
 // originalDst finds where the client was going.
-func (p *Proxy) originalDst(l *captureListener, c *net.TCPConn) (netip.AddrPort, error) {
+// tproxied is p.tproxied(l, c).
+func (p *Proxy) originalDst(l *captureListener, c *net.TCPConn, tproxied bool) (netip.AddrPort, error) {
 	if p.origDst != nil {
 		return p.origDst(l.dir, c)
 	}
-	if p.tproxied(l, c) {
-		return localOriginalDst(c)
+	if tproxied {
+		// TPROXY delivers the connection without rewriting it: the
+		// accepted socket's local address is where the client was going.
+		return addrPort(c.LocalAddr()), nil
 	}
 	return redirectOriginalDst(c)
-}
-
-// localOriginalDst is the original destination in TPROXY mode: TPROXY
-// delivers the connection without rewriting it, so the accepted socket's
-// local address is where the client was going.
-func localOriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
-	ap, err := netip.ParseAddrPort(c.LocalAddr().String())
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("original destination: local address: %w", err)
-	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
 // isSelf reports whether dst is one of the proxy's capture listeners: a
@@ -286,15 +263,20 @@ func (p *Proxy) isSelf(dst netip.AddrPort, c *net.TCPConn) bool {
 
 // dial connects to the connection's destination: outbound, the original
 // destination; inbound, the app at the original destination address, from
-// the passthrough source so the rules do not capture it again. Both are
-// marked (when marking works).
-func (p *Proxy) dial(ctx context.Context, dir Direction, dst netip.AddrPort) (*net.TCPConn, error) {
+// the passthrough source so the rules do not capture it again, or with
+// from (tproxy mode) from the client's own address, on a port the kernel
+// picks, through a transparent socket: that is what the app is to see.
+// All are marked (when marking works).
+func (p *Proxy) dial(ctx context.Context, dir Direction, from netip.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
 	d := net.Dialer{Timeout: p.cfg.Timeouts.Connect.D(), Control: p.markCtl}
 	fam := 0
 	if dst.Addr().Is6() {
 		fam = 1
 	}
-	if dir == Inbound && !p.noSource[fam].Load() {
+	switch {
+	case from.IsValid():
+		d.LocalAddr, d.Control = net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 0)), p.transparentCtl
+	case dir == Inbound && !p.noSource[fam].Load():
 		src := p.cfg.Inbound.PassthroughSourceIPv4
 		if fam == 1 {
 			src = p.cfg.Inbound.PassthroughSourceIPv6
@@ -302,7 +284,7 @@ func (p *Proxy) dial(ctx context.Context, dir Direction, dst netip.AddrPort) (*n
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 	}
 	c, err := d.DialContext(ctx, "tcp", dst.String())
-	if err != nil && d.LocalAddr != nil && isBindAddrNotAvail(err) {
+	if err != nil && d.LocalAddr != nil && !from.IsValid() && isBindAddrNotAvail(err) {
 		// The passthrough source is not assigned here (typically ::6):
 		// connect without one from now on.
 		p.noSource[fam].Store(true)

@@ -284,10 +284,17 @@ func (r *firstBytesRace) run(ctx context.Context) (opening, error) {
 	// wait may go on from bytes peeked by an earlier one, see
 	// serveInbound); quiet counts from the start then.
 	spoke := len(c.peeked()) > 0
+	// quietUntil is when a client that spoke is taken to have paused:
+	// quiet from now, never past the race's deadline.
+	quietUntil := func() time.Time {
+		if q := time.Now().Add(r.quiet); q.Before(r.deadline) {
+			return q
+		}
+		return r.deadline
+	}
 	want := r.deadline
 	if spoke && r.quiet > 0 {
-		if q := time.Now().Add(r.quiet); q.Before(want) {
-			want = q
+		if want = quietUntil(); want != r.deadline {
 			c.SetReadDeadline(want)
 		}
 	}
@@ -306,10 +313,7 @@ func (r *firstBytesRace) run(ctx context.Context) (opening, error) {
 				break
 			}
 			if r.quiet > 0 {
-				want = time.Now().Add(r.quiet)
-				if want.After(r.deadline) {
-					want = r.deadline
-				}
+				want = quietUntil()
 				c.SetReadDeadline(want)
 			}
 			continue

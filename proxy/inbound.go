@@ -48,7 +48,7 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 	pc := &peekConn{TCPConn: client}
 	defer pc.release()
 	race := firstBytesRace{client: pc, settled: helloSettled, deadline: start.Add(timeout)}
-	if mode == MTLSPermissive && p.cfg.Protocols.Ports[dst.Port()] != PortHTTP && !p.httpDests.has(dst, start) {
+	if mode == MTLSPermissive && !p.knownHTTP(dst, start) {
 		race.dialApp(p, from, dst)
 		race.holdUntil = start.Add(p.cfg.MTLS.GreetingHold.D())
 	}
@@ -180,7 +180,7 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream *leg, from
 func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, from netip.Addr, dst netip.AddrPort, peer tlsInfo, m *dirMetrics) outcome {
 	start := time.Now()
 	declared := p.cfg.Protocols.Ports[dst.Port()]
-	knownHTTP := declared == PortHTTP || p.httpDests.has(dst, start)
+	knownHTTP := p.knownHTTP(dst, start)
 	var d detection
 	switch {
 	case declared == PortOpaque:

@@ -239,13 +239,14 @@ func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.A
 	o := outcome{dst: dst, mtls: true}
 	cc := &countingConn{Conn: pc, sentC: m.sent, recvC: m.received}
 	h := &outboundHTTP{p: p, dst: dst, appProto: appProtoLabel(proto)}
+	host := dst.String()
 	h.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "https"
-			pr.Out.URL.Host = dst.String()
+			pr.Out.URL.Host = host
 			pr.Out.Host = pr.In.Host
 			pr.Out.Header.Set(hdrAppProtocol, h.appProto)
-			setClientCert(pr.Out.Header, spiffeid.ID{})
+			setClientCert(pr.Out.Header, nil)
 		},
 		Transport:     balancedTransport{p: p, dst: dst},
 		BufferPool:    copyBuffers{},
@@ -349,8 +350,10 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// net/http reads what is left of the body itself as the answer's
 	// header is written, and a client that sends the rest only once it
 	// has seen the answer start (a streaming echo) waits for ever.
-	// HTTP/2 is full duplex already (ErrNotSupported, ignored).
-	http.NewResponseController(w).EnableFullDuplex()
+	// HTTP/2 is full duplex already.
+	if r.ProtoMajor == 1 {
+		http.NewResponseController(w).EnableFullDuplex()
+	}
 	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 	var peer tlsInfo
 	// Deferred: ReverseProxy aborts the handler with a panic when the
@@ -409,7 +412,7 @@ func (h *outboundHTTP) upgrade(w *recorder, r *http.Request) tlsInfo {
 	defer svc.finish(false)
 	up, mc := svc.conn.tcp, meshConn{conn: svc.conn.tls, info: svc.info}
 	out := r.Clone(ctx)
-	setClientCert(out.Header, spiffeid.ID{})
+	setClientCert(out.Header, nil)
 	out.Header.Del(hdrAppProtocol)
 	out.RequestURI = ""
 	if err := out.Write(mc.conn); err != nil {
@@ -489,11 +492,11 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 		defer app.closeIdle()
 	}
 	cc := &countingConn{Conn: c, sentC: m.sent, recvC: m.received}
-	id := peer.peer.String()
+	id, cert, host := peer.peer.String(), clientCert(peer.peer), dst.String()
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = dst.String()
+			pr.Out.URL.Host = host
 			pr.Out.Host = pr.In.Host
 			// Rewrite drops these; the app gets them as the client sent
 			// them, as it would without the sidecar.
@@ -505,7 +508,7 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 			if appProto != "" {
 				pr.Out.Header.Set(hdrAppProtocol, appProto)
 			}
-			setClientCert(pr.Out.Header, peer.peer)
+			setClientCert(pr.Out.Header, cert)
 		},
 		Transport:     app,
 		BufferPool:    copyBuffers{},
@@ -525,7 +528,10 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 		// the app's answer has begun (an echo streams it back). Without
 		// this, net/http would read what is left of it itself as the
 		// answer's header is written, racing the transport, and close it.
-		http.NewResponseController(w).EnableFullDuplex()
+		// HTTP/2 is full duplex already.
+		if r.ProtoMajor == 1 {
+			http.NewResponseController(w).EnableFullDuplex()
+		}
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		defer func() { p.observeRequest(Inbound, r, rec, id, time.Since(start)) }()
@@ -544,17 +550,28 @@ var forwardedHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Hos
 // that an app could read as it is removed, in any spelling (header names
 // are case-insensitive, and CGI-style frameworks (WSGI, PHP, Rack) read
 // X_Forwarded_Client_Cert as the same HTTP_X_FORWARDED_CLIENT_CERT), and
-// then, unless peer is zero, the verified identity set (URI=<SPIFFE ID>).
+// then, unless cert is nil, set to cert (clientCert's).
 // It is the one place that says what the app learns of its client.
-func setClientCert(h http.Header, peer spiffeid.ID) {
+func setClientCert(h http.Header, cert []string) {
 	for k := range h {
 		if len(k) == len(hdrClientCert) && sameHeaderName(k, hdrClientCert) {
 			delete(h, k)
 		}
 	}
-	if !peer.IsZero() {
-		h[hdrClientCert] = []string{"URI=" + peer.String()}
+	if cert != nil {
+		h[hdrClientCert] = cert
 	}
+}
+
+// clientCert is the hdrClientCert value naming peer's verified identity
+// (URI=<SPIFFE ID>), nil for none: made once per connection, shared by
+// its requests (a header's one-element value is never appended to in
+// place).
+func clientCert(peer spiffeid.ID) []string {
+	if peer.IsZero() {
+		return nil
+	}
+	return []string{"URI=" + peer.String()}
 }
 
 // sameHeaderName reports whether a and b name the same header to an app:

@@ -602,7 +602,7 @@ func TestSetClientCert(t *testing.T) {
 		{"spellings, plaintext", http.Header{"X-Forwarded-Client-Cert": {"f1"}, "x_forwarded_client_cert": {"f2"}}, spiffeid.ID{}, http.Header{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			setClientCert(tc.in, tc.peer)
+			setClientCert(tc.in, clientCert(tc.peer))
 			if diff := cmp.Diff(tc.want, tc.in); diff != "" {
 				t.Errorf("headers (-want +got):\n%s", diff)
 			}

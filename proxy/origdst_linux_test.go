@@ -72,7 +72,7 @@ func interceptionInNetns(t *testing.T) {
 
 	t.Run("redirect", func(t *testing.T) {
 		r := startProxy(t, testConfig())
-		if !r.markOn {
+		if r.markCtl == nil {
 			t.Fatal("socket mark not set although root")
 		}
 		a := r.Addrs()

@@ -126,6 +126,13 @@ func verdict(op opening, peeked []byte) detection {
 	return detection{by: byIncomplete, maybe: det.Protocol}
 }
 
+// knownHTTP says whether dst speaks HTTP, so that its connections need
+// not be dialed while detecting: its port is declared http, or its
+// clients spoke HTTP within destMemory.
+func (p *Proxy) knownHTTP(dst netip.AddrPort, now time.Time) bool {
+	return p.cfg.Protocols.Ports[dst.Port()] == PortHTTP || p.httpDests.has(dst, now)
+}
+
 // skipDetection says why an outbound connection to dst is not detected
 // ("" when it is): its port is declared opaque, or it spoke first before.
 func (p *Proxy) skipDetection(dst netip.AddrPort) string {
@@ -159,7 +166,7 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	pc := &peekConn{TCPConn: client}
 	defer pc.release()
 	l7 := meshTLS && p.cfg.Protocols.L7
-	if l7 && (p.cfg.Protocols.Ports[dst.Port()] == PortHTTP || p.httpDests.has(dst, start)) {
+	if l7 && p.knownHTTP(dst, start) {
 		return p.detectKnownHTTP(ctx, pc, dst, start, m)
 	}
 	var svc *service // written by the dial, read once run has returned

@@ -118,9 +118,9 @@ type Proxy struct {
 	quitOnce  sync.Once
 
 	// Set by Run before any connection is served, then read-only.
-	markOn   bool                                                   // SO_MARK can be set (CAP_NET_ADMIN)
-	markCtl  func(network, address string, c syscall.RawConn) error // marks a dialed socket; nil when markOn is not set
-	ownPorts map[uint16]struct{}                                    // ports of the capture listeners, for the loop guard
+	markCtl        func(network, address string, c syscall.RawConn) error // marks a dialed socket; nil when the proxy may not mark
+	transparentCtl func(network, address string, c syscall.RawConn) error // makes a dialed socket transparent (tproxy mode), and marks it
+	ownPorts       map[uint16]struct{}                                    // ports of the capture listeners, for the loop guard
 
 	// noSource[family] is set once binding the passthrough source failed
 	// with EADDRNOTAVAIL (::6 is rarely assigned): later inbound
@@ -208,8 +208,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if !p.started.CompareAndSwap(false, true) {
 		return errors.New("proxy: Run called twice")
 	}
-	if p.markOn = p.checkMark(); p.markOn {
+	if p.checkMark() {
 		p.markCtl = sockmark.Control(uint32(p.cfg.Mark))
+	}
+	p.transparentCtl = func(network, address string, c syscall.RawConn) error {
+		if err := transparentControl(network, address, c); err != nil || p.markCtl == nil {
+			return err
+		}
+		return p.markCtl(network, address, c)
 	}
 
 	capture, servers, err := p.bind()
