@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"time"
 
@@ -77,7 +76,7 @@ type registryFile struct {
 	Services []*Service `json:"services"`
 }
 
-// LoadRegistry reads a registry file (YAML):
+// ParseRegistry reads a registry file's contents (YAML):
 //
 //	services:
 //	- name: web.shop.mesh
@@ -88,15 +87,6 @@ type registryFile struct {
 //	  ttl: 30s
 //
 // Every problem is reported at once, each naming its field.
-func LoadRegistry(path string) (*StaticRegistry, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, &Error{Op: "registry", Err: err}
-	}
-	return ParseRegistry(b)
-}
-
-// ParseRegistry reads a registry file's contents, see LoadRegistry.
 func ParseRegistry(data []byte) (*StaticRegistry, error) {
 	var f registryFile
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {

@@ -70,6 +70,8 @@ type Server struct {
 	eps *endpointSets
 
 	dialer *net.Dialer // every upstream socket's, carrying the mark
+	// clients ask the upstreams over UDP, then TCP, through dialer.
+	clients [2]*dns.Client
 }
 
 // registryBox holds the registry in use (nil: none).
@@ -119,6 +121,9 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{o: o, log: o.Log, cache: newCache(o.CacheSize), names: newNameMemory(65536), ready: make(chan struct{}),
 		conv: make(map[string]convention), dialer: &net.Dialer{Timeout: o.Timeout, Control: sockmark.Control(o.Mark)}}
+	for i, network := range []string{"udp", "tcp"} {
+		s.clients[i] = &dns.Client{Net: network, Timeout: o.Timeout, UDPSize: UpstreamEDNSSize, Dialer: s.dialer}
+	}
 	s.queries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshgate_dns_queries_total",
 		Help: "DNS questions the proxy answered, by type and how: registry (a mesh name), cache, upstream, " +
@@ -336,8 +341,8 @@ func (s *Server) forward(r *dns.Msg) (*dns.Msg, error) {
 	}
 	var errs []error
 	for _, up := range s.o.Upstreams {
-		for _, network := range []string{"udp", "tcp"} {
-			c := &dns.Client{Net: network, Timeout: s.o.Timeout, UDPSize: UpstreamEDNSSize, Dialer: s.dialer}
+		for _, c := range s.clients {
+			network := c.Net
 			m, _, err := c.Exchange(q, up)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s over %s: %w", up, network, err))

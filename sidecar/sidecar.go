@@ -18,6 +18,7 @@ import (
 	"meshgate/discovery"
 	"meshgate/mtls"
 	"meshgate/proxy"
+	"meshgate/sockmark"
 )
 
 // Options is a sidecar: the proxy's configuration and what surrounds it.
@@ -103,7 +104,14 @@ func Run(ctx context.Context, o Options) error {
 	if err := o.Validate(); err != nil {
 		return err
 	}
-	src, err := openCerts(ctx, o.Certs, uint32(o.Config.Mark), log)
+	// The parts' own sockets carry the mark as the proxy's do; where it
+	// cannot be set (no CAP_NET_ADMIN: the proxy warns), they go without,
+	// rather than fail a setsockopt on every socket.
+	mark := uint32(o.Config.Mark)
+	if mark != 0 && sockmark.Probe(mark) != nil {
+		mark = 0
+	}
+	src, err := openCerts(ctx, o.Certs, mark, log)
 	if err != nil {
 		return err
 	}
@@ -123,7 +131,7 @@ func Run(ctx context.Context, o Options) error {
 		}
 		return p.Run(ctx)
 	}
-	dns, err := newDNSProxy(o, balanceOptions(o.Config.LoadBalancing), reg, log)
+	dns, err := newDNSProxy(o, mark, balanceOptions(o.Config.LoadBalancing), reg, log)
 	if err != nil {
 		return err
 	}
@@ -244,7 +252,7 @@ func balanceOptions(c proxy.LoadBalancingConfig) discovery.BalanceOptions {
 // o.DNSListen that this namespace has, asking the resolvers of
 // o.ResolvConf. A missing resolv.conf leaves it with no upstream (mesh
 // names only) unless it is required.
-func newDNSProxy(o Options, balance discovery.BalanceOptions, reg prometheus.Registerer, log *zap.Logger) (*discovery.Server, error) {
+func newDNSProxy(o Options, mark uint32, balance discovery.BalanceOptions, reg prometheus.Registerer, log *zap.Logger) (*discovery.Server, error) {
 	var addrs []string
 	for _, a := range o.DNSListen {
 		a = strings.TrimSpace(a)
@@ -272,7 +280,7 @@ func newDNSProxy(o Options, balance discovery.BalanceOptions, reg prometheus.Reg
 		}
 		log.Warn("no resolv.conf: the DNS proxy answers mesh names only", zap.Error(err))
 	}
-	do := discovery.Options{Addrs: addrs, Upstreams: ups, Balance: balance, Mark: uint32(o.Config.Mark), Log: log.Named("dns"), Registerer: reg}
+	do := discovery.Options{Addrs: addrs, Upstreams: ups, Balance: balance, Mark: mark, Log: log.Named("dns"), Registerer: reg}
 	if o.Registry != nil {
 		do.Registry = o.Registry.static
 	}
