@@ -119,16 +119,21 @@ func (r *Report) WriteJSON(path string) error {
 // median, 1 p90, 2 p99, 3 p99.9, 4 p99.99.
 var plotQuantiles = []float64{50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99}
 
-// ErrPlotFormat is WritePlot refusing a file that is neither SVG nor PNG.
-var ErrPlotFormat = errors.New("want a .svg or .png file")
+// PlotFormat refuses a plot file that is neither SVG nor PNG, by its
+// extension, as WritePlot does: to check before any load runs.
+func PlotFormat(path string) error {
+	if ext := strings.ToLower(filepath.Ext(path)); ext != ".svg" && ext != ".png" {
+		return errors.New("want a .svg or .png file")
+	}
+	return nil
+}
 
 // WritePlot draws the latency of every scenario against the percentile
 // (on a log scale of nines, as HDR histogram plots do) to path: SVG or
 // PNG by its extension.
 func (r *Report) WritePlot(path string) error {
-	ext := strings.ToLower(strings.TrimPrefix(filepath.Ext(path), "."))
-	if ext != "svg" && ext != "png" {
-		return fmt.Errorf("bench: plot %s: %w", path, ErrPlotFormat)
+	if err := PlotFormat(path); err != nil {
+		return fmt.Errorf("bench: plot %s: %w", path, err)
 	}
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("latency by percentile: %s, %s", r.Protocol, rateText(r.Rate))

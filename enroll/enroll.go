@@ -17,6 +17,7 @@ import (
 	"meshgate/nsrun"
 	"meshgate/redirect"
 	"meshgate/sidecar"
+	"meshgate/sockmark"
 )
 
 // DefaultStateDir holds one State directory per enrolled namespace.
@@ -83,14 +84,12 @@ func (e Enrollment) Do(ctx context.Context, rules redirect.Config, args []string
 		return 0, fmt.Errorf("state directory: %w", err)
 	}
 	pid, running := e.runningSidecar()
-	started := false
 	if !running {
 		var exited <-chan struct{}
 		var err error
 		if pid, exited, err = e.startSidecar(args, rules.ProxyUID); err != nil {
 			return 0, err
 		}
-		started = true
 		if err := os.WriteFile(e.State.GracePath(), []byte(e.DrainGrace.String()+"\n"), 0o644); err != nil {
 			e.stopSidecar(pid)
 			return 0, fmt.Errorf("write %s: %w", e.State.GracePath(), err)
@@ -103,7 +102,7 @@ func (e Enrollment) Do(ctx context.Context, rules redirect.Config, args []string
 		e.log().Info("sidecar already running", zap.Int("pid", pid), zap.String("netns", e.Netns))
 	}
 	if err := redirect.Apply(ctx, rules, redirect.Options{NetnsPath: e.Netns, Logger: e.Log}); err != nil {
-		if started {
+		if !running { // started here
 			e.stopSidecar(pid)
 		}
 		return 0, err
@@ -147,8 +146,7 @@ func (e Enrollment) startSidecar(args []string, uid *uint32) (pid int, exited <-
 	if uid != nil {
 		// The proxy runs as the exempted UID, keeping CAP_NET_ADMIN so it
 		// can also mark its sockets: either exemption alone suffices.
-		attr.Sys.Credential = &syscall.Credential{Uid: *uid, Gid: *uid}
-		keepNetAdmin(attr.Sys)
+		sockmark.AsUser(attr.Sys, *uid, *uid)
 	}
 	var proc *os.Process
 	err = nsrun.Do(e.Netns, func() error {

@@ -70,3 +70,12 @@ func set(fd int, mark uint32) error {
 	}
 	return nil
 }
+
+// AsUser makes a process started with attr run as uid and gid, keeping
+// CAP_NET_ADMIN across the change of user (an ambient capability): a
+// sidecar run as the exempt UID can so still mark its sockets, and either
+// exemption alone keeps it out of capture.
+func AsUser(attr *syscall.SysProcAttr, uid, gid uint32) {
+	attr.Credential = &syscall.Credential{Uid: uid, Gid: gid}
+	attr.AmbientCaps = []uintptr{unix.CAP_NET_ADMIN}
+}

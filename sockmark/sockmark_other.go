@@ -19,3 +19,9 @@ func Probe(mark uint32) error { return errNotLinux }
 
 // Get reports that marks are Linux only.
 func Get(c syscall.RawConn) (uint32, error) { return 0, errNotLinux }
+
+// AsUser makes a process started with attr run as uid and gid; there are
+// no ambient capabilities to keep off Linux.
+func AsUser(attr *syscall.SysProcAttr, uid, gid uint32) {
+	attr.Credential = &syscall.Credential{Uid: uid, Gid: gid}
+}

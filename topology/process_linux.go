@@ -1,9 +1,10 @@
 package topology
 
-import "syscall"
+import (
+	"syscall"
 
-// capNetAdmin is CAP_NET_ADMIN, needed for SO_MARK.
-const capNetAdmin = 12
+	"meshgate/sockmark"
+)
 
 // sysProcAttr is how Start runs a process: in a process group of its own,
 // killed with the test binary, as o's user with CAP_NET_ADMIN kept.
@@ -17,8 +18,7 @@ func (o ProcOptions) sysProcAttr() (*syscall.SysProcAttr, error) {
 		if o.GID != nil {
 			gid = *o.GID
 		}
-		attr.Credential = &syscall.Credential{Uid: *o.UID, Gid: gid}
-		attr.AmbientCaps = []uintptr{capNetAdmin}
+		sockmark.AsUser(attr, *o.UID, gid)
 	}
 	return attr, nil
 }

@@ -87,9 +87,6 @@ func (b *benchFlags) write(r *bench.Report, stdout io.Writer) error {
 	}
 	if b.plotPath != "" {
 		if err := r.WritePlot(b.plotPath); err != nil {
-			if errors.Is(err, bench.ErrPlotFormat) {
-				err = bench.ErrPlotFormat
-			}
 			errs = append(errs, fmt.Errorf("--plot %s: %w", b.plotPath, err))
 		} else {
 			fmt.Fprintf(stdout, "plot: %s\n", b.plotPath)
@@ -103,8 +100,8 @@ func (b *benchFlags) checkPlot() error {
 	if b.plotPath == "" {
 		return nil
 	}
-	if p := strings.ToLower(b.plotPath); !strings.HasSuffix(p, ".svg") && !strings.HasSuffix(p, ".png") {
-		return fmt.Errorf("--plot %s: want a .svg or .png file", b.plotPath)
+	if err := bench.PlotFormat(b.plotPath); err != nil {
+		return fmt.Errorf("--plot %s: %w", b.plotPath, err)
 	}
 	return nil
 }
