@@ -399,6 +399,27 @@ func (s *sidecar) waitLog(t *testing.T, direction, dst string) logLine {
 	}
 }
 
+// waitOutput waits until the sidecar's log says substr (a line written
+// as a connection closes can come a moment after the client saw it end);
+// if it never does, the test fails saying what.
+func (s *sidecar) waitOutput(t *testing.T, substr, what string) {
+	t.Helper()
+	eventually(t, 5*time.Second, func() error {
+		if !strings.Contains(s.proc.Output(), substr) {
+			return fmt.Errorf("%s:\n%s", what, tail(s.proc.Output(), 10))
+		}
+		return nil
+	})
+}
+
+// skipNoIPv6 skips an IPv6 sub-test on a kernel without IPv6.
+func skipNoIPv6(t *testing.T, fam family) {
+	t.Helper()
+	if _, err := os.Stat("/proc/net/if_inet6"); fam.name == "ipv6" && err != nil {
+		t.Skip("this kernel has no IPv6 (/proc/net/if_inet6 missing)")
+	}
+}
+
 func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {

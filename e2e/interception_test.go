@@ -40,9 +40,7 @@ func TestPodToPodHTTP(t *testing.T) {
 	needRoot(t)
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
-			if _, err := os.Stat("/proc/net/if_inet6"); fam.name == "ipv6" && err != nil {
-				t.Skip("this kernel has no IPv6 (/proc/net/if_inet6 missing)")
-			}
+			skipNoIPv6(t, fam)
 			pods := newLab(t, "a", "b")
 			a, b := pods[0], pods[1]
 			startApp(t, b)
@@ -358,12 +356,7 @@ func TestLoopDetected(t *testing.T) {
 	}
 	// The refusal is logged as the captured connection closes, which can
 	// be a moment after curl saw the failure it caused.
-	eventually(t, 5*time.Second, func() error {
-		if !strings.Contains(sa.proc.Output(), "captured again") {
-			return fmt.Errorf("sidecar log does not name the loop:\n%s", tail(sa.proc.Output(), 10))
-		}
-		return nil
-	})
+	sa.waitOutput(t, "captured again", "sidecar log does not name the loop")
 	// The loop was cut after a few hops, not left to run away. Each hop
 	// is dialed by a connection still open, so once none is active no
 	// further hop can come, and the count is final.

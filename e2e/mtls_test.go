@@ -191,12 +191,7 @@ func TestMTLSModes(t *testing.T) {
 			if mode == "strict" {
 				// The line is written as the refused connection closes,
 				// which can be a moment after curl saw it refused.
-				eventually(t, 5*time.Second, func() error {
-					if !strings.Contains(sb.proc.Output(), "plaintext refused") {
-						return fmt.Errorf("strict refusal not explained in the log:\n%s", tail(sb.proc.Output(), 10))
-					}
-					return nil
-				})
+				sb.waitOutput(t, "plaintext refused", "strict refusal not explained in the log")
 			}
 			// From a: the connection dialed while curl's first bytes were
 			// detected, and the pooled HTTP/2 one its request rode.
@@ -270,12 +265,7 @@ func TestMTLSRefusesBadPeers(t *testing.T) {
 			}
 			// The line is written as the refused connection closes,
 			// which can be a moment after curl saw it refused.
-			eventually(t, 5*time.Second, func() error {
-				if !strings.Contains(sa.proc.Output(), tc.reason) {
-					return fmt.Errorf("a's log does not name the reason %s:\n%s", tc.reason, tail(sa.proc.Output(), 8))
-				}
-				return nil
-			})
+			sa.waitOutput(t, tc.reason, "a's log does not name the reason "+tc.reason)
 		})
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -81,14 +80,6 @@ func holdEcho(t *testing.T, pod *topology.Pod, addr string) io.Closer {
 		t.Fatalf("echo over a held connection to %s: %q, %v", addr, buf, err)
 	}
 	return c
-}
-
-// skipNoIPv6 skips an IPv6 sub-test on a kernel without IPv6.
-func skipNoIPv6(t *testing.T, fam family) {
-	t.Helper()
-	if _, err := os.Stat("/proc/net/if_inet6"); fam.name == "ipv6" && err != nil {
-		t.Skip("this kernel has no IPv6 (/proc/net/if_inet6 missing)")
-	}
 }
 
 // TestTProxyClientAddress: what tproxy mode is for. Pod b is enrolled with
@@ -181,18 +172,13 @@ func TestTProxyClientAddress(t *testing.T) {
 // connections than a made (or refuse them with its loop guard).
 func meshConnsMatch(t *testing.T, sa, sb *sidecar, a, b *topology.Pod) {
 	t.Helper()
-	var aOut, bIn, bOpened float64
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		aOut = sa.tlsHandshakes(t, "direction=outbound", "result=ok", "peer_identity="+spiffeFor(b))
-		bIn = sb.tlsHandshakes(t, "direction=inbound", "result=ok", "peer_identity="+spiffeFor(a))
-		bOpened = sb.conns(t, "inbound")
-		if (aOut == bIn && bIn == bOpened) || time.Now().After(deadline) {
-			break
+	eventually(t, 5*time.Second, func() error {
+		aOut := sa.tlsHandshakes(t, "direction=outbound", "result=ok", "peer_identity="+spiffeFor(b))
+		bIn := sb.tlsHandshakes(t, "direction=inbound", "result=ok", "peer_identity="+spiffeFor(a))
+		bOpened := sb.conns(t, "inbound")
+		if aOut < 3 || aOut != bIn || bIn != bOpened {
+			return fmt.Errorf("a's sidecar made %v verified mTLS connections to b, b's sidecar verified %v and accepted %v; want them equal, and at least 3 (the pooled HTTP/2 one, two echoes)", aOut, bIn, bOpened)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if aOut < 3 || aOut != bIn || bIn != bOpened {
-		t.Errorf("a's sidecar made %v verified mTLS connections to b, b's sidecar verified %v and accepted %v; want them equal, and at least 3 (the pooled HTTP/2 one, two echoes)", aOut, bIn, bOpened)
-	}
+		return nil
+	})
 }
