@@ -157,11 +157,7 @@ func (d *run) run(ctx context.Context) error {
 	}
 
 	rules := redirect.DefaultConfig()
-	uid := intercept.ProxyUID
-	if rules.ProxyUID != nil {
-		uid = *rules.ProxyUID
-	}
-	certDirs, err := d.issueCerts(meshed, uid)
+	certDirs, err := d.issueCerts(meshed, *rules.ProxyUID)
 	if err != nil {
 		return err
 	}

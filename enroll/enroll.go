@@ -204,12 +204,7 @@ func (e Enrollment) waitReady(ctx context.Context, port uint16, timeout time.Dur
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := nsrun.Do(e.Netns, func() (err error) {
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
+		return nsrun.Dial(ctx, e.Netns, network, addr)
 	}
 	switch err := sidecar.WaitReady(ctx, dial, port, exited); {
 	case errors.Is(err, sidecar.ErrExited):

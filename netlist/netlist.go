@@ -96,11 +96,9 @@ func parseCIDR(it string) (netip.Prefix, error) {
 	return p, nil
 }
 
-// ParseAddr parses one address of a list, refusing zones and IPv4-mapped
-// IPv6 addresses, which no rule or match would treat as meant.
-func ParseAddr(it string) (netip.Addr, error) { return parseAddr(it, it) }
-
-// parseAddr parses the address part s of item it, see ParseAddr.
+// parseAddr parses the address part s of item it, refusing zones and
+// IPv4-mapped IPv6 addresses, which no rule or match would treat as
+// meant.
 func parseAddr(it, s string) (netip.Addr, error) {
 	addr, err := netip.ParseAddr(s)
 	switch {
@@ -116,7 +114,9 @@ func parseAddr(it, s string) (netip.Addr, error) {
 
 // ParseAddrs parses a comma-separated list of IP addresses, like
 // "10.96.0.10,fd00::a".
-func ParseAddrs(s string) ([]netip.Addr, error) { return parseList(s, ParseAddr) }
+func ParseAddrs(s string) ([]netip.Addr, error) {
+	return parseList(s, func(it string) (netip.Addr, error) { return parseAddr(it, it) })
+}
 
 // parseList parses each item of the list s with parse. Every bad item is
 // reported (errors.Join); the empty list is nil.

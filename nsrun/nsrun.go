@@ -1,12 +1,25 @@
 package nsrun
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"runtime"
 
 	"github.com/vishvananda/netns"
 )
+
+// Dial connects to addr from inside the network namespace at path: the
+// socket is made there, so the namespace's routes and rules apply to it.
+func Dial(ctx context.Context, path, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := Do(path, func() (err error) {
+		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
 
 // Do runs fn with a thread switched into the network namespace at path (for
 // example /proc/1234/ns/net or /run/netns/pod-a) and waits for it. An empty

@@ -107,18 +107,16 @@ func (p *Pod) Scrape(ctx context.Context, port uint16) (Samples, error) {
 // last scrape's outcome. It is how to wait for a sidecar's counters to
 // show that something has happened, rather than sleeping and hoping.
 func (p *Pod) WaitScrape(ctx context.Context, port uint16, until func(Samples) bool) (Samples, error) {
-	for {
-		m, err := p.Scrape(ctx, port)
-		if err == nil && until(m) {
-			return m, nil
+	var m Samples
+	err := poll(ctx, func() error {
+		var err error
+		if m, err = p.Scrape(ctx, port); err == nil && !until(m) {
+			err = errors.New("the metrics never showed it")
 		}
-		select {
-		case <-ctx.Done():
-			if err == nil {
-				err = errors.New("the metrics never showed it")
-			}
-			return nil, fmt.Errorf("wait for the metrics of %s: %w", p.Name, err)
-		case <-time.After(20 * time.Millisecond):
-		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("wait for the metrics of %s: %w", p.Name, err)
 	}
+	return m, nil
 }

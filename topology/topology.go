@@ -332,23 +332,27 @@ func nthAddr(p netip.Prefix, n int) netip.Addr {
 // Dial opens a connection from inside the pod: the socket is created in the
 // pod's namespace, so it is captured by the pod's rules like the app's own.
 func (p *Pod) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := nsrun.Do(p.Path(), func() error {
-		var d net.Dialer
-		var err error
-		c, err = d.DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
+	return nsrun.Dial(ctx, p.Path(), network, addr)
 }
 
 // WaitListening waits until addr accepts TCP connections from inside the
 // pod, trying every 20 ms, or until ctx ends (the last dial error then).
 func (p *Pod) WaitListening(ctx context.Context, addr netip.AddrPort) error {
-	for {
+	return poll(ctx, func() error {
 		c, err := p.Dial(ctx, "tcp", addr.String())
 		if err == nil {
 			c.Close()
+		}
+		return err
+	})
+}
+
+// poll calls try every 20 ms until it returns nil, or until ctx ends:
+// then it returns try's last error.
+func poll(ctx context.Context, try func() error) error {
+	for {
+		err := try()
+		if err == nil {
 			return nil
 		}
 		select {
