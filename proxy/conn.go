@@ -236,11 +236,24 @@ func (p *Proxy) originalDst(l *captureListener, c *net.TCPConn, tproxied bool) (
 	return redirectOriginalDst(c)
 }
 
+// ownPort is a capture listener's port in its address family: the IPv4
+// and IPv6 listeners are bound apart (tcp4, tcp6), so a port of one
+// family may be another program's in the other.
+type ownPort struct {
+	port uint16
+	v6   bool
+}
+
+func ownPortOf(a netip.AddrPort) ownPort {
+	return ownPort{a.Port(), !a.Addr().Unmap().Is4()}
+}
+
 // isSelf reports whether dst is one of the proxy's capture listeners: a
-// capture port on an address of this namespace. Only a capture port is
-// looked into further, so the common case costs a map lookup.
+// capture port of dst's family on an address of this namespace. Only a
+// capture port is looked into further, so the common case costs a map
+// lookup.
 func (p *Proxy) isSelf(dst netip.AddrPort, c *net.TCPConn) bool {
-	if _, ok := p.ownPorts[dst.Port()]; !ok {
+	if _, ok := p.ownPorts[ownPortOf(dst)]; !ok {
 		return false
 	}
 	a := dst.Addr().Unmap()

@@ -120,7 +120,7 @@ type Proxy struct {
 	// Set by Run before any connection is served, then read-only.
 	markCtl        func(network, address string, c syscall.RawConn) error // marks a dialed socket; nil when the proxy may not mark
 	transparentCtl func(network, address string, c syscall.RawConn) error // makes a dialed socket transparent (tproxy mode), and marks it
-	ownPorts       map[uint16]struct{}                                    // ports of the capture listeners, for the loop guard
+	ownPorts       map[ownPort]struct{}                                   // the capture listeners' ports, for the loop guard
 
 	// noSource[family] is set once binding the passthrough source failed
 	// with EADDRNOTAVAIL (::6 is rarely assigned): later inbound
@@ -222,9 +222,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p.ownPorts = make(map[uint16]struct{})
+	p.ownPorts = make(map[ownPort]struct{})
 	for _, l := range capture {
-		p.ownPorts[l.addr.Port()] = struct{}{}
+		p.ownPorts[ownPortOf(l.addr)] = struct{}{}
 	}
 
 	// In-flight connections outlive ctx for the grace period, so they get a

@@ -389,6 +389,30 @@ func TestLoopGuard(t *testing.T) {
 			t.Errorf("inbound opened = %v, want 0", got)
 		}
 	})
+	t.Run("the port of an IPv6 listener is another program's over IPv4", func(t *testing.T) {
+		// The listeners are bound per family: 127.0.0.1 on the port of the
+		// proxy's [::] listener is someone else, not a loop.
+		var r *running
+		var be *backend
+		r = startProxy(t, testConfig(), WithOriginalDst(func(Direction, *net.TCPConn) (netip.AddrPort, error) {
+			return netip.MustParseAddrPort(be.addr()), nil
+		}))
+		var v6 netip.AddrPort
+		for _, a := range r.Addrs().Outbound {
+			if a.Addr().Is6() {
+				v6 = a
+			}
+		}
+		if !v6.IsValid() {
+			t.Skip("no IPv6 listener here")
+		}
+		be = startBackend(t, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), v6.Port()).String(), echo)
+		c := dial(t, r.out())
+		defer c.Close()
+		if got := roundTrip(t, c, "hello"); got != "hello" {
+			t.Errorf("echo through the proxy = %q, want hello (refused as a loop?)", got)
+		}
+	})
 	t.Run("connected to the capture port directly", func(t *testing.T) {
 		// The real lookup: nothing redirected this connection.
 		r := startProxy(t, testConfig())
