@@ -150,7 +150,7 @@ func (p *Proxy) pipeline(ctx context.Context, l *captureListener, client *net.TC
 	// this connection registers itself when it returns, which can be just
 	// after this connection was accepted. A loop missed here is caught one
 	// hop later, and the refusal unwinds the whole chain.
-	if _, ok := p.upstreams.Load(addrPort(client.RemoteAddr())); ok {
+	if _, ok := p.upstreams.Load(upstreamKey{addrPort(client.RemoteAddr()), dst}); ok {
 		return outcome{dst: dst, err: errCaptured, refused: true}
 	}
 	if l.dir == Inbound {
@@ -183,8 +183,20 @@ func (p *Proxy) dialUpstream(ctx context.Context, dst netip.AddrPort) (*net.TCPC
 	if err != nil {
 		return nil, err
 	}
-	p.upstreams.Store(addrPort(c.LocalAddr()), struct{}{})
+	p.upstreams.Store(upstreamKeyOf(c), struct{}{})
 	return c, nil
+}
+
+// upstreamKey is a connection the proxy dialed, as the loop guard knows
+// it: its local address and where it went. Captured again, it arrives
+// from the one, with the other for original destination. The local
+// address alone is not enough: the kernel gives one local port to
+// connections to different destinations, so the app's own connection
+// may share it with one of the proxy's.
+type upstreamKey struct{ local, remote netip.AddrPort }
+
+func upstreamKeyOf(c *net.TCPConn) upstreamKey {
+	return upstreamKey{addrPort(c.LocalAddr()), addrPort(c.RemoteAddr())}
 }
 
 // dialApp connects to the app at dst for an inbound connection, to be
@@ -201,7 +213,7 @@ func (p *Proxy) dialApp(ctx context.Context, from netip.Addr, dst netip.AddrPort
 		return nil, err
 	}
 	if !from.IsValid() {
-		p.upstreams.Store(addrPort(c.LocalAddr()), struct{}{})
+		p.upstreams.Store(upstreamKeyOf(c), struct{}{})
 	}
 	return c, nil
 }
@@ -218,7 +230,7 @@ func (p *Proxy) tproxied(l *captureListener, c *net.TCPConn) bool {
 
 // closeUpstream closes a connection of dialUpstream.
 func (p *Proxy) closeUpstream(c *net.TCPConn) {
-	p.upstreams.Delete(addrPort(c.LocalAddr()))
+	p.upstreams.Delete(upstreamKeyOf(c))
 	c.Close()
 }
 

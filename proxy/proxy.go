@@ -127,9 +127,9 @@ type Proxy struct {
 	// connections of that family go without an explicit source.
 	noSource [2]atomic.Bool // 0: IPv4, 1: IPv6
 
-	// upstreams holds the local address (netip.AddrPort) of every
-	// connection the proxy dialed and still has open, so a connection of
-	// its own that the rules capture again is recognised and refused.
+	// upstreams holds every connection the proxy dialed and still has
+	// open (an upstreamKey), so a connection of its own that the rules
+	// capture again is recognised and refused.
 	upstreams sync.Map
 
 	mu     sync.Mutex

@@ -20,6 +20,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"sigs.k8s.io/yaml"
+
+	"meshgate/internal/testnet"
 )
 
 func TestOutboundEcho(t *testing.T) {
@@ -411,6 +413,44 @@ func TestLoopGuard(t *testing.T) {
 		defer c.Close()
 		if got := roundTrip(t, c, "hello"); got != "hello" {
 			t.Errorf("echo through the proxy = %q, want hello (refused as a loop?)", got)
+		}
+	})
+	t.Run("a local port the proxy uses towards another destination", func(t *testing.T) {
+		// The kernel gives one local port to connections to different
+		// destinations: an app connection from the local address of one
+		// of the proxy's own connections, going elsewhere, is no loop.
+		// Going where the proxy's went, it is that connection captured.
+		be := startBackend(t, "127.0.0.1:0", echo)
+		dst := netip.MustParseAddrPort(be.addr())
+		r := startProxy(t, testConfig(), to(be.addr()))
+		for _, tc := range []struct {
+			remote netip.AddrPort
+			loop   bool
+		}{{netip.MustParseAddrPort("192.0.2.1:80"), false}, {dst, true}} {
+			local := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), testnet.FreePort(t, "tcp"))
+			r.upstreams.Store(upstreamKey{local, tc.remote}, struct{}{})
+			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local)}
+			c, err := d.Dial("tcp", r.out())
+			if tc.loop {
+				// Refused: reset, which may come before the dial returns.
+				if err == nil {
+					expectClosed(t, c, 5*time.Second)
+					c.Close()
+				}
+				if got := field(r.closedLogs(t, 2)[1], "error"); !strings.Contains(got, "captured again") {
+					t.Errorf("error = %q, want the proxy's own connection captured again", got)
+				}
+			} else {
+				if err != nil {
+					t.Fatalf("an app connection sharing a local port with one of the proxy's, to another destination: %v", err)
+				}
+				if got := roundTrip(t, c, "hello"); got != "hello" {
+					t.Errorf("echo = %q: an app connection sharing a local port with one of the proxy's, to another destination, was refused", got)
+				}
+				c.Close()
+			}
+			r.upstreams.Delete(upstreamKey{local, tc.remote})
+			r.closedLogs(t, 1) // logged in order
 		}
 	})
 	t.Run("connected to the capture port directly", func(t *testing.T) {
