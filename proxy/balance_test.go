@@ -194,11 +194,10 @@ func sendOpaque(t *testing.T, addr string) {
 
 // TestBalancerToldSetUpApart: a connection's set-up (dial and mesh
 // handshake) is reported to the balancer apart from the latency after
-// it, which alone is the endpoint's: the first HTTP request to an
-// endpoint reports the set-up of the pooled connection it opened and its
-// latency, the next, over that connection, its latency only; a
-// connection of its own (detection's, opaque bytes') reports its set-up
-// only.
+// it, which alone is the endpoint's: the connection detection dialed
+// reports its set-up, and the HTTP requests that then go over it (it
+// joins the pool) their latency only; a connection of its own (opaque
+// bytes') reports its set-up only.
 func TestBalancerToldSetUpApart(t *testing.T) {
 	app, _ := startL7App(t)
 	ep, b, cli := startBalanced(t, app, nil)
@@ -218,8 +217,8 @@ func TestBalancerToldSetUpApart(t *testing.T) {
 		}
 	}
 	// Detection dials while it waits for the app's bytes; HTTP then goes
-	// by a pooled connection, opened for this request.
-	step("first request", getOK, "set-up", "set-up+latency")
+	// by the pool, where that connection went.
+	step("first request", getOK, "set-up", "latency")
 	step("second request", getOK, "latency")
 	step("opaque connection", func() { sendOpaque(t, cli.out()) }, "set-up")
 	if got := b.got(); slices.ContainsFunc(got, func(r string) bool { return r != ep.String()+" ok" }) {

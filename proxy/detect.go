@@ -127,6 +127,13 @@ func (c *peekConn) releaseBuf() {
 	}
 }
 
+// putPeekBuf gives a buffer taken from a peekConn back, if it is pooled.
+func putPeekBuf(bp *[]byte) {
+	if bp != nil {
+		peekPool.Put(bp)
+	}
+}
+
 // speaker says who spoke first on a connection.
 type speaker uint8
 

@@ -123,17 +123,19 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream *leg, from
 		return o
 	}
 	switch mc.conn.ConnectionState().NegotiatedProtocol {
-	case alpnH2, alpnHTTP1:
-		// L7 HTTP from a client sidecar: requests, each to the app on a
-		// connection of the pool; what permissive mode dialed goes unused.
-		// meshgate/h2 names the app's protocol in each request;
-		// meshgate/http1 is an HTTP/1.1 request that switches protocols.
+	case alpnHTTP1:
+		// HTTP/1.1 from a client sidecar's pool: requests, each to the app
+		// on a connection of the pool; what permissive mode dialed goes
+		// unused.
 		p.dropUpstream(upstream)
-		proto, appProto := sniff.HTTP2, ""
-		if mc.conn.ConnectionState().NegotiatedProtocol == alpnHTTP1 {
-			proto, appProto = sniff.HTTP1, appProtoLabel(sniff.HTTP1)
-		}
-		lo := p.serveInboundHTTP(ctx, mc.conn, proto, appProto, from, dst, mc.info, m)
+		lo := p.serveH1(ctx, Inbound, pc.TCPConn, mc.conn, nil, from, dst, mc.info, m)
+		lo.mtls = true
+		return lo
+	case alpnH2:
+		// HTTP/2 from a client sidecar: each request names the app's
+		// protocol (hdrAppProtocol).
+		p.dropUpstream(upstream)
+		lo := p.serveInboundHTTP(ctx, mc.conn, sniff.HTTP2, "", from, dst, mc.info, m)
 		lo.mtls = true
 		return lo
 	}

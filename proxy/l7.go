@@ -3,13 +3,14 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -82,10 +83,11 @@ type l7 struct {
 	p    *Proxy
 	mesh *http2.Transport
 	app  appTransport // from the passthrough source
+	h1   *h1Pool      // the HTTP/1 engine's upstream connections
 }
 
 func newL7(p *Proxy) *l7 {
-	l := &l7{p: p}
+	l := &l7{p: p, h1: newH1Pool(p)}
 	l.mesh = &http2.Transport{
 		DialTLSContext: func(ctx context.Context, _, addr string, _ *tls.Config) (net.Conn, error) {
 			dst, err := netip.ParseAddrPort(addr)
@@ -114,6 +116,7 @@ func newL7(p *Proxy) *l7 {
 
 // closeIdle closes the pooled connections no request uses.
 func (l *l7) closeIdle() {
+	l.h1.closeIdle(false)
 	l.mesh.CloseIdleConnections()
 	l.app.closeIdle()
 }
@@ -236,6 +239,11 @@ var discardLog = log.New(io.Discard, "", 0)
 // protocol. Upgrades (WebSocket, h2c) get a mesh connection of their own.
 // pc replays the bytes peeked by detection.
 func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.AddrPort, proto sniff.Protocol, m *dirMetrics) outcome {
+	if proto == sniff.HTTP1 {
+		pending, bp := pc.take()
+		defer putPeekBuf(bp)
+		return p.serveH1(ctx, Outbound, pc.TCPConn, nil, pending, netip.Addr{}, dst, tlsInfo{}, m)
+	}
 	o := outcome{dst: dst, mtls: true}
 	cc := &countingConn{Conn: pc, sentC: m.sent, recvC: m.received}
 	h := &outboundHTTP{p: p, dst: dst, appProto: appProtoLabel(proto)}
@@ -246,7 +254,6 @@ func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.A
 			pr.Out.URL.Host = host
 			pr.Out.Host = pr.In.Host
 			pr.Out.Header.Set(hdrAppProtocol, h.appProto)
-			setClientCert(pr.Out.Header, nil)
 		},
 		Transport:     balancedTransport{p: p, dst: dst},
 		BufferPool:    copyBuffers{},
@@ -315,6 +322,7 @@ func (p *Proxy) serveHTTPConn(ctx context.Context, c net.Conn, proto sniff.Proto
 // drainHTTP asks every L7 connection to end once its requests are
 // answered, and closes the idle pooled ones.
 func (p *Proxy) drainHTTP() {
+	p.drainH1()
 	p.httpServers.Range(func(k, _ any) bool {
 		srv := k.(*http.Server)
 		srv.SetKeepAlivesEnabled(false)
@@ -344,7 +352,6 @@ func (h *outboundHTTP) lastPeer() tlsInfo {
 
 func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	ensureRequestIDs(r.Header)
 	// HTTP/1: the request's body is the transport's to read, even once the
 	// answer has begun, as inbound (serveInboundHTTP). Without this,
 	// net/http reads what is left of the body itself as the answer's
@@ -366,6 +373,11 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		h.p.observeRequest(Outbound, r, rec, peer.peer.String(), time.Since(start))
 	}()
+	sr := Request{Dir: Outbound, Dst: h.dst, msg: httpFields{r}}
+	if a := h.p.chains[Outbound].decide(&sr); a != nil {
+		h.p.answerHTTP(rec, a)
+		return
+	}
 	if isUpgrade(r) {
 		peer = h.upgrade(rec, r)
 	} else {
@@ -485,6 +497,14 @@ func underlyingTCP(c net.Conn) *net.TCPConn {
 // connections of their own dialed from it, not the pool shared by every
 // client, and those are closed with c.
 func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Protocol, appProto string, from netip.Addr, dst netip.AddrPort, peer tlsInfo, m *dirMetrics) outcome {
+	if proto == sniff.HTTP1 {
+		switch c := c.(type) {
+		case *peekConn:
+			pending, bp := c.take()
+			defer putPeekBuf(bp)
+			return p.serveH1(ctx, Inbound, c.TCPConn, c.tls, pending, from, dst, peer, m)
+		}
+	}
 	o := outcome{dst: dst, tls: peer}
 	app := p.l7.app
 	if from.IsValid() {
@@ -492,7 +512,11 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 		defer app.closeIdle()
 	}
 	cc := &countingConn{Conn: c, sentC: m.sent, recvC: m.received}
-	id, cert, host := peer.peer.String(), clientCert(peer.peer), dst.String()
+	id, host := peer.peer.String(), dst.String()
+	cert := ""
+	if !peer.peer.IsZero() {
+		cert = "URI=" + id
+	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"
@@ -508,7 +532,6 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 			if appProto != "" {
 				pr.Out.Header.Set(hdrAppProtocol, appProto)
 			}
-			setClientCert(pr.Out.Header, cert)
 		},
 		Transport:     app,
 		BufferPool:    copyBuffers{},
@@ -535,6 +558,11 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		defer func() { p.observeRequest(Inbound, r, rec, id, time.Since(start)) }()
+		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, clientCert: cert, msg: httpFields{r}}
+		if a := p.chains[Inbound].decide(&sr); a != nil {
+			p.answerHTTP(rec, a)
+			return
+		}
 		rp.ServeHTTP(rec, r)
 	})
 	p.serveHTTPConn(ctx, cc, proto, h, &wg)
@@ -658,6 +686,16 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	fmt.Fprintf(w, "meshgate: %s\n", reason)
 }
 
+// answerHTTP writes a stage's answer (see h1Conn.answer).
+func (p *Proxy) answerHTTP(w *recorder, a *Answer) {
+	why := a.stage + ": " + a.Reason
+	w.reason = why
+	w.Header().Set(hdrError, why)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(a.Status)
+	fmt.Fprintf(w, "meshgate: %s\n", why)
+}
+
 // recorder notes a response's status and size for metrics and the access
 // log. It unwraps for http.ResponseController, so flushing, trailers and
 // hijacking reach the real ResponseWriter.
@@ -728,32 +766,42 @@ func (c *bufferedConn) Read(b []byte) (int, error) {
 // CloseWrite half-closes the connection (see meshHTTPConn.CloseWrite).
 func (c *bufferedConn) CloseWrite() error { return closeWrite(c.Conn) }
 
-// ensureRequestIDs generates the request identifiers an app did not send:
-// X-Request-Id and X-Correlation-Id (a random UUID each; the correlation
-// ID defaults to the request ID) and a W3C traceparent (a new trace,
-// sampled).
-func ensureRequestIDs(h http.Header) {
-	if h.Get(hdrRequestID) == "" {
-		h.Set(hdrRequestID, newUUID())
-	}
-	if h.Get(hdrCorrelation) == "" {
-		h.Set(hdrCorrelation, h.Get(hdrRequestID))
-	}
-	if h.Get(hdrTraceparent) == "" {
-		var b [24]byte
-		rand.Read(b[:])
-		h.Set(hdrTraceparent, "00-"+hex.EncodeToString(b[:16])+"-"+hex.EncodeToString(b[16:])+"-01")
-	}
-}
-
-// newUUID returns a random (version 4) UUID.
+// newUUID returns a random (version 4) UUID. Request identifiers need
+// to be unique, not secret: the runtime's per-thread ChaCha8 generator
+// (math/rand/v2) is seeded from the kernel and costs no system call.
 func newUUID() string {
 	var b [16]byte
-	rand.Read(b[:])
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	x := hex.EncodeToString(b[:])
-	return x[:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:]
+	var x [36]byte
+	hex.Encode(x[:8], b[:4])
+	x[8] = '-'
+	hex.Encode(x[9:13], b[4:6])
+	x[13] = '-'
+	hex.Encode(x[14:18], b[6:8])
+	x[18] = '-'
+	hex.Encode(x[19:23], b[8:10])
+	x[23] = '-'
+	hex.Encode(x[24:], b[10:])
+	return string(x[:])
+}
+
+// newTraceparent returns a W3C traceparent starting a new sampled trace:
+// 00-<trace ID>-<parent ID>-01.
+func newTraceparent() string {
+	var b [24]byte
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:16], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[16:], rand.Uint64())
+	var x [55]byte
+	copy(x[:], "00-")
+	hex.Encode(x[3:35], b[:16])
+	x[35] = '-'
+	hex.Encode(x[36:52], b[16:])
+	copy(x[52:], "-01")
+	return string(x[:])
 }
 
 // methodLabel bounds the method label to the standard methods.
@@ -768,10 +816,7 @@ func methodLabel(m string) string {
 
 // observeRequest counts a request and writes its access log line.
 func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, peer string, took time.Duration) {
-	class := strconv.Itoa(rec.status/100) + "xx"
-	method := methodLabel(r.Method)
-	p.metrics.requests.WithLabelValues(dir.String(), method, class, peer).Inc()
-	p.metrics.requestSeconds.WithLabelValues(dir.String(), method, class).Observe(took.Seconds())
+	p.metrics.observe(dir, methodLabel(r.Method), rec.status, peer, took)
 	lvl := zapcore.InfoLevel
 	if rec.reason != "" {
 		lvl = zapcore.WarnLevel

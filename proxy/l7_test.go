@@ -188,10 +188,12 @@ func TestL7BetweenSidecars(t *testing.T) {
 			}
 		})
 	}
-	// One HTTP/2 mesh connection carried all six requests (beside the
-	// meshgate/tcp one dialed while the first connection was detected).
+	// Two mesh connections carried all six requests: the meshgate/tcp
+	// one dialed while the first connection was detected, which then
+	// carried the HTTP/1 requests from the pool, and one pooled
+	// meshgate/h2 for the HTTP/2 ones.
 	if n := p.server.counter(t, "meshgate_tls_handshakes_total", map[string]string{"direction": "inbound", "result": "ok"}); n != 2 {
-		t.Errorf("%v inbound handshakes on the server sidecar, want 2 (one meshgate/tcp, one pooled meshgate/h2)", n)
+		t.Errorf("%v inbound handshakes on the server sidecar, want 2 (one meshgate/tcp, reused by the HTTP/1 pool, and one pooled meshgate/h2)", n)
 	}
 	for _, side := range []struct {
 		r   *running
@@ -396,8 +398,9 @@ func TestL7LargeHeaders(t *testing.T) {
 	}
 }
 
-// TestL7PoolOutlivesHandshakeTimeout: the pooled mesh connection serves
-// requests long after timeouts.handshake, on both sidecars.
+// TestL7PoolOutlivesHandshakeTimeout: the pooled mesh connection (the one
+// detection dialed, which joined the pool) serves requests long after
+// timeouts.handshake, on both sidecars.
 func TestL7PoolOutlivesHandshakeTimeout(t *testing.T) {
 	mca := newMeshCA(t)
 	cm, sm := mca.meshes()
@@ -411,8 +414,8 @@ func TestL7PoolOutlivesHandshakeTimeout(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if n := p.server.counter(t, "meshgate_tls_handshakes_total", map[string]string{"direction": "inbound", "result": "ok"}); n != 2 {
-		t.Errorf("%v inbound handshakes, want 2: the pooled connection was not kept", n)
+	if n := p.server.counter(t, "meshgate_tls_handshakes_total", map[string]string{"direction": "inbound", "result": "ok"}); n != 1 {
+		t.Errorf("%v inbound handshakes, want 1: the pooled connection was not kept", n)
 	}
 }
 
@@ -518,8 +521,8 @@ func TestInboundClientCert(t *testing.T) {
 		// Nor do clients that try to slip past detection: one that waits
 		// out every detection timeout before it speaks, one that pauses
 		// mid-request-line (to an app that served HTTP just now), one that
-		// sends an empty line first (which many servers skip, RFC 9112
-		// §2.2; net/http does not, so the sidecar answers 400), one whose
+		// sends an empty line first (which RFC 9112 §2.2 has a server
+		// skip, as the sidecar does), one whose
 		// request line is longer than detection reads, and, to a port
 		// declared http, one whose method is.
 		for _, tc := range []struct {
@@ -534,7 +537,7 @@ func TestInboundClientCert(t *testing.T) {
 			// Past detectQuiet, within timeouts.handshake (the header's
 			// read deadline).
 			{"paused", []string{"GET / HT", "TP/1.1\r\n"}, 300 * time.Millisecond, 200, false},
-			{"empty-line-first", []string{"\r\nGET / HTTP/1.1\r\n"}, 0, 400, false},
+			{"empty-line-first", []string{"\r\nGET / HTTP/1.1\r\n"}, 0, 200, false},
 			{"long-request-line", []string{"GET /?q=" + strings.Repeat("a", sniff.MaxRequestLineLen) + " HTTP/1.1\r\n"}, 0, 200, false},
 			// Longer than sniff.MaxMethodLen: not HTTP to detection, a
 			// method to net/http. Undeclared, such bytes pass as they are
@@ -567,15 +570,15 @@ func TestInboundClientCert(t *testing.T) {
 		}
 	}
 	// The meshgate/tcp and plaintext paths were served as HTTP: 2 http1,
-	// 2 h2c, 2 around a declined upgrade, late, paused, a long request
-	// line, and to a port declared http, a long method.
+	// 2 h2c, 2 around a declined upgrade, late, paused, empty line first,
+	// a long request line, and to a port declared http, a long method.
 	for _, side := range []struct {
 		name string
 		r    *running
 		peer string
 		want float64
-	}{{"meshgate-tcp", tcp.server, clientID, 9}, {"plaintext", l7.server, "", 9},
-		{"meshgate-tcp-declared-http", declared.server, clientID, 10}, {"plaintext-declared-http", declared.server, "", 10}} {
+	}{{"meshgate-tcp", tcp.server, clientID, 10}, {"plaintext", l7.server, "", 10},
+		{"meshgate-tcp-declared-http", declared.server, clientID, 11}, {"plaintext-declared-http", declared.server, "", 11}} {
 		if n := side.r.counter(t, "meshgate_http_requests_total", map[string]string{"direction": "inbound", "peer_identity": side.peer}); n != side.want {
 			t.Errorf("%s: server sidecar counted %v inbound requests from %q, want %v", side.name, n, side.peer, side.want)
 		}

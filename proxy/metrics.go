@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"strconv"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -34,8 +36,9 @@ type metrics struct {
 	// requests counts L7 HTTP requests by direction, method, response
 	// class (2xx, ...) and the peer sidecar's SPIFFE ID; requestSeconds
 	// is their duration, to the end of the response.
-	requests       *prometheus.CounterVec
-	requestSeconds *prometheus.HistogramVec
+	requests        *prometheus.CounterVec
+	requestSeconds  *prometheus.HistogramVec
+	requestChildren sync.Map // requestKey → *requestChildren
 }
 
 // dirMetrics are the collectors of one direction.
@@ -129,6 +132,45 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// requestKey names the children of requests and requestSeconds one
+// request counts into.
+type requestKey struct {
+	dir           Direction
+	method, class string
+	peer          string
+}
+
+// requestChildren are the collectors a requestKey resolves to.
+type requestChildren struct {
+	count   prometheus.Counter
+	seconds prometheus.Observer
+}
+
+// observe counts an L7 request and its duration; the children are looked
+// up once per label set, not per request.
+func (m *metrics) observe(dir Direction, method string, status int, peer string, took time.Duration) {
+	k := requestKey{dir: dir, method: method, class: statusClass(status), peer: peer}
+	v, ok := m.requestChildren.Load(k)
+	if !ok {
+		d := dir.String()
+		v, _ = m.requestChildren.LoadOrStore(k, &requestChildren{
+			count:   m.requests.WithLabelValues(d, method, k.class, peer),
+			seconds: m.requestSeconds.WithLabelValues(d, method, k.class),
+		})
+	}
+	c := v.(*requestChildren)
+	c.count.Inc()
+	c.seconds.Observe(took.Seconds())
+}
+
+// statusClass is the response_class label of a status: 2xx, 5xx, ...
+func statusClass(status int) string {
+	if status >= 100 && status < 600 {
+		return [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}[status/100-1]
+	}
+	return strconv.Itoa(status/100) + "xx"
 }
 
 // maxSNILabels bounds the SNI label values of meshgate_app_tls_connections_total,

@@ -187,9 +187,24 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	if err != nil {
 		return p.dialFailed(o, err, m)
 	}
-	defer p.closeUpstream(op.upstream.tcp)
+	kept := false // handed to the HTTP/1 pool
+	defer func() {
+		if !kept {
+			p.closeUpstream(op.upstream.tcp)
+		}
+	}()
 	o.tls, o.endpoint = svc.info, svc.endpoint
 	upstream := leg{tcp: op.upstream.tcp, tls: op.upstream.tls, pending: op.greeting, pendingBuf: op.greetBuf}
+	if op.upErr != nil && l7 && !isRemoteAlert(op.upErr) {
+		// The peer sidecar reset the connection before the app said
+		// anything that settled its protocol: its app is not there. An
+		// app that speaks HTTP is to hear that as a 502 with the reason,
+		// not a reset, so its bytes are awaited as if dst were known to
+		// speak HTTP.
+		upstream.releasePending()
+		svc.finish(true)
+		return p.detectKnownHTTP(ctx, pc, dst, start, m)
+	}
 	if op.upErr != nil {
 		// The upstream failed before the app said anything that settled
 		// its protocol: a reset, or (mesh) the peer sidecar refusing us
@@ -210,9 +225,16 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	p.countDetection(Outbound, d, time.Since(start))
 	o.detected = &d
 	if l7 && (d.proto.Protocol == sniff.HTTP1 || d.proto.Protocol == sniff.HTTP2) {
-		// HTTP goes by the pooled L7 connections; the connection dialed
-		// while detecting goes unused, and is not dialed next time.
+		// HTTP goes by the pooled L7 connections, and the next
+		// connections to dst are not dialed while detecting. The mesh
+		// connection dialed this time joins the HTTP/1 pool: its peer
+		// serves HTTP it finds on meshgate/tcp as it serves meshgate/http1
+		// (serveInbound), so its handshake is not thrown away.
 		p.httpDests.remember(dst, time.Now())
+		if d.proto.Protocol == sniff.HTTP1 && upstream.tls != nil && len(upstream.pending) == 0 {
+			p.l7.h1.put(newH1Up(upstream.tcp, upstream.tls, svc.info, poolKey{addr: svc.endpoint, mesh: true}), time.Now())
+			kept = true
+		}
 		upstream.releasePending()
 		svc.finish(false)
 		lo := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, m)
@@ -235,10 +257,13 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 // (HTTP goes by the pooled L7 connections), and if they are not HTTP
 // after all, dials the destination with mesh TLS and passes them on.
 func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.AddrPort, start time.Time, m *dirMetrics) outcome {
-	race := detectRace(pc, start.Add(p.cfg.Protocols.DetectTimeout.D()))
-	op, err := race.run(ctx)
-	if err != nil {
-		return outcome{dst: dst, err: err, refused: true, mtls: true}
+	op := opening{first: speakerClient}
+	if !detectSettled(pc.peeked()) {
+		race := detectRace(pc, start.Add(p.cfg.Protocols.DetectTimeout.D()))
+		var err error
+		if op, err = race.run(ctx); err != nil {
+			return outcome{dst: dst, err: err, refused: true, mtls: true}
+		}
 	}
 	d := verdict(op, pc.peeked())
 	p.countDetection(Outbound, d, time.Since(start))

@@ -107,6 +107,11 @@ type Proxy struct {
 	l7          *l7
 	access      *zap.Logger // the access log: a line per L7 request
 	httpServers sync.Map    // *http.Server of each L7 connection being served
+	h1Conns     sync.Map    // *h1Conn of each HTTP/1 connection being served
+	// chains are the request stages of each direction (stages.go);
+	// extraStages, those tests add (withStage).
+	chains      [2]chain
+	extraStages [2][]Stage
 
 	started atomic.Bool
 	ready   chan struct{} // closed once every listener is bound and serving
@@ -166,6 +171,7 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 	p.serverFirst = newDestMemory(cfg.Protocols.ServerFirstMemory.D())
 	p.httpDests = newDestMemory(cfg.Protocols.ServerFirstMemory.D())
 	p.l7 = newL7(p)
+	p.chains = p.newChains(p.extraStages)
 	p.access = log.Named("access")
 	p.cfg.Protocols.Ports = maps.Clone(cfg.Protocols.Ports)
 	// The config is the caller's; keep a copy, with the mode in effect

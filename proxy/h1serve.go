@@ -1,0 +1,686 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// The HTTP/1 engine: one goroutine per client connection reads a request
+// (h1codec.go), runs it through the direction's request stages
+// (stages.go), writes it to an upstream connection taken from a pool,
+// reads the response and writes it back, then waits for the next request.
+// No goroutine hand-off on the way, and the head and a small body of
+// each message leave in one write. Only a request body that is not all
+// there yet gets a goroutine of its own, so that it streams to the
+// upstream while the response streams back (full duplex: an echo, or
+// 100-continue).
+//
+// Outbound, the upstream is the destination's sidecar: for each request
+// the balancer picks an endpoint, and the request goes over a pooled
+// keep-alive mesh connection to it (ALPN meshgate/http1), a new one
+// dialed and mTLS'd only when none is idle. Inbound, it is the app:
+// pooled keep-alive connections from the passthrough source (in tproxy
+// mode, from the client's address: one connection per client
+// connection, never shared). Each side's Connection header describes its
+// own connection only: a client that closes after every request still
+// has its requests carried over connections that stay open.
+//
+// A request that switches protocols (Upgrade, CONNECT) gets its
+// connection to itself: once the answer is 101 (2xx for CONNECT) the
+// bytes pass both ways as they are (forward).
+
+// h1PoolIdle is how long an idle pooled connection is kept.
+const h1PoolIdle = 90 * time.Second
+
+// h1PoolMax bounds the idle connections kept per upstream.
+const h1PoolMax = 256
+
+// h1CheckAfter: an app connection idle for longer than this is checked
+// for a close by the app before it is used (many servers close idle
+// keep-alive connections after a few seconds).
+const h1CheckAfter = time.Second
+
+// h1Up is an upstream connection of the engine.
+type h1Up struct {
+	tcp  *net.TCPConn
+	conn net.Conn // tls over tcp (mesh), or tcp
+	r    h1Reader
+	w    h1Writer
+	info tlsInfo
+	key  poolKey
+	// idleSince is when it went back to the pool; zero for a new one.
+	idleSince time.Time
+}
+
+func newH1Up(tcp *net.TCPConn, tc *tls.Conn, info tlsInfo, key poolKey) *h1Up {
+	u := &h1Up{tcp: tcp, conn: tcp, info: info, key: key}
+	if tc != nil {
+		u.conn = tc
+	}
+	u.r.src, u.w.dst = u.conn, u.conn
+	return u
+}
+
+// poolKey names what a pooled connection leads to: a mesh endpoint, or
+// an app address.
+type poolKey struct {
+	addr netip.AddrPort
+	mesh bool
+}
+
+// h1Pool keeps idle upstream connections, newest first.
+type h1Pool struct {
+	p      *Proxy
+	mu     sync.Mutex
+	idle   map[poolKey][]*h1Up
+	timer  *time.Timer
+	closed bool
+}
+
+func newH1Pool(p *Proxy) *h1Pool { return &h1Pool{p: p, idle: make(map[poolKey][]*h1Up)} }
+
+// get returns an idle connection to key, nil if none.
+func (pl *h1Pool) get(key poolKey, now time.Time) *h1Up {
+	pl.mu.Lock()
+	for {
+		list := pl.idle[key]
+		if len(list) == 0 {
+			pl.mu.Unlock()
+			return nil
+		}
+		u := list[len(list)-1]
+		list[len(list)-1] = nil
+		pl.idle[key] = list[:len(list)-1]
+		if now.Sub(u.idleSince) > h1PoolIdle {
+			// The rest are older still.
+			rest := pl.idle[key]
+			delete(pl.idle, key)
+			pl.mu.Unlock()
+			pl.p.closeUpstream(u.tcp)
+			for _, o := range rest {
+				pl.p.closeUpstream(o.tcp)
+			}
+			return nil
+		}
+		if !key.mesh && now.Sub(u.idleSince) > h1CheckAfter && !idleAlive(u.tcp) {
+			pl.mu.Unlock()
+			pl.p.closeUpstream(u.tcp)
+			pl.mu.Lock()
+			continue
+		}
+		pl.mu.Unlock()
+		return u
+	}
+}
+
+// put keeps u for reuse, or closes it when the pool is full or closed.
+func (pl *h1Pool) put(u *h1Up, now time.Time) {
+	if !u.r.release() {
+		pl.p.closeUpstream(u.tcp) // bytes nobody asked for: not reusable
+		return
+	}
+	u.w.buf = nil
+	u.idleSince = now
+	pl.mu.Lock()
+	if pl.closed || len(pl.idle[u.key]) >= h1PoolMax {
+		pl.mu.Unlock()
+		pl.p.closeUpstream(u.tcp)
+		return
+	}
+	pl.idle[u.key] = append(pl.idle[u.key], u)
+	if pl.timer == nil {
+		pl.timer = time.AfterFunc(h1PoolIdle, pl.sweep)
+	}
+	pl.mu.Unlock()
+}
+
+// sweep closes the connections idle for longer than h1PoolIdle, and runs
+// again later while any are kept.
+func (pl *h1Pool) sweep() {
+	now := time.Now()
+	var expired []*h1Up
+	pl.mu.Lock()
+	for k, list := range pl.idle {
+		n := 0
+		for n < len(list) && now.Sub(list[n].idleSince) > h1PoolIdle {
+			n++
+		}
+		expired = append(expired, list[:n]...)
+		if n == len(list) {
+			delete(pl.idle, k)
+		} else {
+			pl.idle[k] = append(list[:0], list[n:]...)
+		}
+	}
+	pl.timer = nil
+	if len(pl.idle) > 0 && !pl.closed {
+		pl.timer = time.AfterFunc(h1PoolIdle/3, pl.sweep)
+	}
+	pl.mu.Unlock()
+	for _, u := range expired {
+		pl.p.closeUpstream(u.tcp)
+	}
+}
+
+// closeIdle closes every idle connection; closing (at drain) also keeps
+// the pool from taking more.
+func (pl *h1Pool) closeIdle(closing bool) {
+	pl.mu.Lock()
+	idle := pl.idle
+	pl.idle = make(map[poolKey][]*h1Up)
+	pl.closed = pl.closed || closing
+	if pl.timer != nil {
+		pl.timer.Stop()
+		pl.timer = nil
+	}
+	pl.mu.Unlock()
+	for _, list := range idle {
+		for _, u := range list {
+			pl.p.closeUpstream(u.tcp)
+		}
+	}
+}
+
+// h1Conn serves one client connection of the engine.
+type h1Conn struct {
+	p    *Proxy
+	dir  Direction
+	dst  netip.AddrPort
+	from netip.Addr // inbound tproxy: the client's address the app is dialed from
+	tcp  *net.TCPConn
+	tls  *tls.Conn // the client side's TLS (inbound mesh), if any
+	cc   *countingConn
+	r    h1Reader
+	w    h1Writer
+	req  h1Msg
+	resp h1Msg
+	sreq Request
+	m    *dirMetrics
+	// own is the app connection of a tproxy client (never pooled).
+	own *h1Up
+	// peer is the identity of the last upstream sidecar (outbound).
+	peer tlsInfo
+	// idle is set while the connection waits for a request's first byte,
+	// so a drain can end it then.
+	idle atomic.Bool
+	// bodyDone is where the goroutine that streams a request body (when
+	// there is one) reports; bodyRead is set once it has read all of the
+	// body from the client, and has only the upstream write left.
+	bodyDone chan error
+	bodyRead atomic.Bool
+}
+
+// serveH1 serves an HTTP/1 client connection until it ends: tcp, through
+// tc when the client side is TLS (mesh), pending the bytes already read
+// from it. peer is the client's verified identity (inbound).
+func (p *Proxy) serveH1(ctx context.Context, dir Direction, tcp *net.TCPConn, tc *tls.Conn, pending []byte, from netip.Addr, dst netip.AddrPort, peer tlsInfo, m *dirMetrics) outcome {
+	c := &h1Conn{p: p, dir: dir, dst: dst, from: from, tcp: tcp, tls: tc, m: m}
+	var src net.Conn = tcp
+	if tc != nil {
+		src = tc
+	}
+	c.cc = &countingConn{Conn: src, sentC: m.sent, recvC: m.received}
+	c.r.src, c.w.dst = c.cc, c.cc
+	if len(pending) > 0 {
+		c.r.bp = h1Bufs.Get().(*[]byte)
+		c.r.buf = *c.r.bp
+		if len(pending) > len(c.r.buf) {
+			c.r.buf = make([]byte, len(pending))
+		}
+		c.r.w = copy(c.r.buf, pending)
+	}
+	c.sreq = Request{Dir: dir, Dst: dst, msg: h1Fields{&c.req}}
+	if dir == Inbound {
+		c.sreq.Peer = peer.peer
+		if !peer.peer.IsZero() {
+			c.sreq.clientCert = "URI=" + peer.peer.String()
+		}
+	}
+	p.h1Conns.Store(c, struct{}{})
+	stop := context.AfterFunc(ctx, func() { tcp.Close() })
+	c.serve(ctx)
+	stop()
+	p.h1Conns.Delete(c)
+	c.r.release()
+	if c.own != nil {
+		p.closeUpstream(c.own.tcp)
+	}
+	o := outcome{dst: dst, sent: c.cc.sent.Load(), received: c.cc.received.Load(), tls: peer}
+	if dir == Outbound {
+		o.tls, o.mtls = c.peer, true
+	}
+	return o
+}
+
+// drainH1 ends the engine's connections that wait for a request; the
+// others end after the response they are busy with.
+func (p *Proxy) drainH1() {
+	p.h1Conns.Range(func(k, _ any) bool {
+		if c := k.(*h1Conn); c.idle.Load() {
+			c.tcp.SetReadDeadline(aLongTimeAgo)
+		}
+		return true
+	})
+	p.l7.h1.closeIdle(true)
+}
+
+func (c *h1Conn) serve(ctx context.Context) {
+	idle := c.p.cfg.Timeouts.Idle.D()
+	for {
+		c.idle.Store(true)
+		if c.p.draining.Load() {
+			return
+		}
+		c.tcp.SetReadDeadline(time.Now().Add(idle))
+		err := c.r.readHead(&c.req, false)
+		c.idle.Store(false)
+		if err != nil {
+			if he, ok := err.(*h1Error); ok {
+				c.answer(time.Now(), he.status, "request", he.msg, nil)
+			}
+			return
+		}
+		start := time.Now()
+		c.tcp.SetReadDeadline(time.Time{})
+		if a := c.p.chains[c.dir].decide(&c.sreq); a != nil {
+			if c.req.length > 0 || c.req.chunked {
+				c.req.close = true // its body is not read: the connection cannot go on
+			}
+			c.answer(start, a.Status, a.stage, a.Reason, nil)
+			if c.req.close {
+				return
+			}
+			continue
+		}
+		if !c.exchange(ctx, start) {
+			return
+		}
+	}
+}
+
+// exchange sends the request read to an upstream and its response back.
+// It reports whether the client connection can carry another request.
+func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
+	req := &c.req
+	connect := equalFold(req.method, "CONNECT")
+	tunnel := req.upgrade || connect
+	req.dropHopByHop(req.upgrade)
+	if req.minor == 0 && !tunnel {
+		req.add("Connection", "keep-alive")
+	}
+	hasBody := req.chunked || req.length > 0
+	// All of the body is here already: it leaves with the head, and the
+	// request can be sent again on another connection if the one it went
+	// out on turns out to have been closed.
+	whole := !req.chunked && req.length <= int64(len(c.r.buffered()))
+	var (
+		u        *h1Up
+		t        try
+		err      error
+		reused   bool
+		answered bool // the upstream sent a byte of a response
+	)
+	for attempt := 0; ; attempt++ {
+		u, t, reused, err = c.upstream(ctx)
+		if err != nil {
+			c.fail(start, err, t)
+			return !req.close && !hasBody
+		}
+		u.w.buf = req.appendRequest(u.w.buf[:0])
+		if hasBody && whole {
+			u.w.buf = append(u.w.buf, c.r.buffered()[:req.length]...)
+		}
+		if err = u.w.flush(); err == nil && hasBody && !whole {
+			c.bodyDone = make(chan error, 1)
+			c.bodyRead.Store(false)
+			go func(u *h1Up) {
+				err := copyBody(&u.w, &c.r, req.length, req.chunked, false)
+				if err == nil {
+					c.bodyRead.Store(true)
+					err = u.w.flush()
+				}
+				c.bodyDone <- err
+			}(u)
+		}
+		if err == nil {
+			err = u.r.readHead(&c.resp, true)
+			answered = err == nil || len(u.r.buffered()) > 0
+		}
+		if err == nil {
+			break
+		}
+		c.p.closeUpstream(u.tcp)
+		if reused && !answered && (whole || !hasBody) && attempt == 0 && ctx.Err() == nil {
+			// A pooled connection the upstream had closed: once more on
+			// a new one, as the request never got there.
+			t.report(0, 0, false)
+			continue
+		}
+		if c.bodyDone != nil {
+			c.tcp.SetReadDeadline(aLongTimeAgo)
+			<-c.bodyDone
+			c.bodyDone = nil
+		}
+		c.fail(start, err, t)
+		return false
+	}
+	if hasBody && whole {
+		c.r.consume(int(req.length))
+	}
+	c.peer = u.info
+	got := time.Now()
+
+	// Interim responses pass on as they come.
+	for c.resp.status < 200 && c.resp.status != 101 {
+		c.resp.dropHopByHop(false)
+		c.w.buf = c.resp.appendResponse(c.w.buf[:0])
+		if err = c.w.flush(); err == nil {
+			err = u.r.readHead(&c.resp, true)
+		}
+		if err != nil {
+			c.abandon(u)
+			c.done(start, t, got, true, 502, "upstream closed the connection", err)
+			return false
+		}
+	}
+	resp := &c.resp
+	head := equalFold(req.method, "HEAD")
+	switched := (resp.status == 101 && req.upgrade) || (connect && resp.status/100 == 2)
+	framed := resp.bodyless(head) || resp.chunked || resp.length >= 0
+	keepUp := framed && !resp.close && !switched && !(resp.status == 101)
+	keepClient := framed && !req.close && !switched && !c.p.draining.Load()
+
+	resp.dropHopByHop(switched && resp.status == 101)
+	switch {
+	case switched:
+	case !keepClient:
+		resp.add("Connection", "close")
+	case req.minor == 0:
+		resp.add("Connection", "keep-alive")
+	}
+	c.w.buf = resp.appendResponse(c.w.buf[:0])
+	status := resp.status
+	sentBefore := c.w.n
+
+	if switched {
+		c.done(start, t, got, false, status, "", nil)
+		err := c.w.flush()
+		c.settleBody(u, &keepUp)
+		if c.bodyDone != nil {
+			c.abandon(u) // a body still coming: no tunnel to be had
+			return false
+		}
+		if err == nil {
+			c.tunnel(u)
+		}
+		c.p.closeUpstream(u.tcp)
+		return false
+	}
+	if !resp.bodyless(head) {
+		err = copyBody(&c.w, &u.r, resp.length, resp.chunked, resp.length < 0 && !resp.chunked)
+	}
+	// Counted before the last bytes leave: a client that has its answer
+	// finds it in the metrics.
+	bytes := c.w.n + int64(len(c.w.buf)) - sentBefore
+	failed := status == http.StatusBadGateway || status == http.StatusServiceUnavailable || status == http.StatusGatewayTimeout
+	c.observe(start, status, bytes, "", err)
+	setup, latency := t.spent(got)
+	t.report(setup, latency, failed || err != nil)
+	if err == nil {
+		err = c.w.flush()
+	}
+	if err != nil {
+		keepUp, keepClient = false, false
+	}
+	c.settleBody(u, &keepUp)
+	if c.bodyDone != nil {
+		keepClient = false
+	}
+	if keepUp {
+		c.p.l7.h1.put(u, time.Now())
+	} else {
+		c.p.closeUpstream(u.tcp)
+	}
+	if c.bodyDone != nil {
+		// The body's reader is stuck on the client: end it.
+		c.tcp.SetReadDeadline(aLongTimeAgo)
+		<-c.bodyDone
+		c.bodyDone = nil
+	}
+	return keepClient
+}
+
+// settleBody, once the response is over, waits for the request body's
+// goroutine if it has read all of the body (it has a write to the
+// upstream to finish at most: an app that answered after reading the
+// body, as an echo does, got all of it). If it has not, the client still
+// owes bytes the upstream may never read: neither connection can carry
+// another request, and the goroutine is left for the caller to end.
+func (c *h1Conn) settleBody(u *h1Up, keepUp *bool) {
+	if c.bodyDone == nil {
+		return
+	}
+	if !c.bodyRead.Load() {
+		*keepUp = false
+		return
+	}
+	if err := <-c.bodyDone; err != nil {
+		*keepUp = false
+	}
+	c.bodyDone = nil
+}
+
+// abandon closes an upstream connection whose exchange failed, ending the
+// request body's goroutine if there is one.
+func (c *h1Conn) abandon(u *h1Up) {
+	c.p.closeUpstream(u.tcp)
+	if c.bodyDone != nil {
+		c.tcp.SetReadDeadline(aLongTimeAgo)
+		<-c.bodyDone
+		c.bodyDone = nil
+	}
+}
+
+// tunnel passes bytes both ways as they are between the client and u,
+// what either side sent early first, until both are done.
+func (c *h1Conn) tunnel(u *h1Up) {
+	client := leg{tcp: c.tcp, tls: c.tls, pending: append([]byte(nil), c.r.buffered()...)}
+	up := leg{tcp: u.tcp, pending: append([]byte(nil), u.r.buffered()...)}
+	if tc, ok := u.conn.(*tls.Conn); ok {
+		up.tls = tc
+	}
+	c.r.consume(len(c.r.buffered()))
+	u.r.consume(len(u.r.buffered()))
+	sent, received, _ := forward(client, up, c.p.cfg.Timeouts.Idle.D(), copyBuffer, c.m)
+	c.cc.sent.Add(sent)
+	c.cc.received.Add(received)
+}
+
+// upstream returns a connection for the request: outbound, to an
+// endpoint of the destination the balancer picks (another one while
+// connecting fails, see eachEndpoint), pooled or new; inbound, to the
+// app. t is the try to report once the response is in (its done is nil
+// when there is nothing to balance); reused says the connection was
+// pooled.
+func (c *h1Conn) upstream(ctx context.Context) (u *h1Up, t try, reused bool, err error) {
+	p := c.p
+	if c.dir == Inbound {
+		if c.from.IsValid() {
+			if c.own != nil {
+				u, c.own = c.own, nil
+				return u, try{}, true, nil
+			}
+		} else if u = p.l7.h1.get(poolKey{addr: c.dst}, time.Now()); u != nil {
+			return u, try{}, true, nil
+		}
+		tcp, err := p.dialApp(ctx, c.from, c.dst)
+		if err != nil {
+			return nil, try{}, false, &dialError{err}
+		}
+		return newH1Up(tcp, nil, tlsInfo{}, poolKey{addr: c.dst}), try{}, false, nil
+	}
+	err = p.eachEndpoint(ctx, c.dst, func(tr *try) error {
+		key := poolKey{addr: tr.addr, mesh: true}
+		if u = p.l7.h1.get(key, time.Now()); u != nil {
+			tr.connected, reused = tr.start, true
+			t = *tr
+			return nil
+		}
+		tcp, err := p.dialUpstream(ctx, tr.addr)
+		if err != nil {
+			return &dialError{err}
+		}
+		mc, err := p.originate(ctx, tcp, c.dst, alpnHTTP1)
+		if err != nil {
+			p.closeUpstream(tcp)
+			return err
+		}
+		u = newH1Up(tcp, mc.conn, mc.info, key)
+		tr.connected = time.Now()
+		t = *tr
+		return nil
+	})
+	return u, t, reused, err
+}
+
+// fail answers a request that could not be sent on (see errorAnswer).
+func (c *h1Conn) fail(start time.Time, err error, t try) {
+	if t.done != nil && !t.start.IsZero() {
+		setup, latency := t.spent(time.Now())
+		t.report(setup, latency, true)
+	}
+	status, reason := errorAnswer(err)
+	c.answer(start, status, reason, "", err)
+}
+
+// done accounts for an exchange that ended: metrics, access log, the try.
+func (c *h1Conn) done(start time.Time, t try, got time.Time, failed bool, status int, reason string, err error) {
+	c.observe(start, status, 0, reason, err)
+	setup, latency := t.spent(got)
+	t.report(setup, latency, failed)
+}
+
+// answer writes the proxy's own response: status, with why in hdrError
+// and the body ("stage: reason", or the reason alone).
+func (c *h1Conn) answer(start time.Time, status int, stage, reason string, err error) {
+	why := reason
+	if stage != "" && reason != "" {
+		why = stage + ": " + reason
+	} else if reason == "" {
+		why = stage
+	}
+	body := "meshgate: " + why + "\n"
+	b := c.w.buf[:0]
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	b = append(b, http.StatusText(status)...)
+	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\n"+hdrError+": "...)
+	b = append(b, why...)
+	b = append(b, "\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	if c.req.close || c.req.method == nil {
+		b = append(b, "\r\nConnection: close"...)
+	}
+	b = append(b, "\r\n\r\n"...)
+	if !equalFold(c.req.method, "HEAD") {
+		b = append(b, body...)
+	}
+	c.w.buf = b
+	c.observe(start, status, int64(len(body)), why, err)
+	c.w.flush()
+}
+
+// errorAnswer is the status and reason for a request the proxy could not
+// pass on: 502 when the upstream could not be reached or refused us, 504
+// when it did not answer in time.
+func errorAnswer(err error) (int, string) {
+	var he *handshakeError
+	switch {
+	case errors.As(err, &he):
+		return http.StatusBadGateway, "mesh TLS handshake failed: " + he.reason
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return http.StatusBadGateway, "upstream connection refused"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return http.StatusGatewayTimeout, "upstream timed out"
+	case errors.As(err, new(*dialError)):
+		return http.StatusBadGateway, "upstream connect failed"
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
+		return http.StatusBadGateway, "upstream closed the connection"
+	}
+	return http.StatusBadGateway, "upstream request failed"
+}
+
+// observe counts a request and writes its access log line.
+func (c *h1Conn) observe(start time.Time, status int, bytes int64, reason string, err error) {
+	p := c.p
+	took := time.Since(start)
+	peer := ""
+	if c.dir == Inbound {
+		peer = c.sreq.Peer.String()
+	} else {
+		peer = c.peer.peer.String()
+	}
+	method := methodLabelBytes(c.req.method)
+	p.metrics.observe(c.dir, method, status, peer, took)
+	lvl := zapcore.InfoLevel
+	if reason != "" {
+		lvl = zapcore.WarnLevel
+	}
+	if ce := p.access.Check(lvl, "request"); ce != nil {
+		fields := []zap.Field{
+			zap.String("direction", c.dir.String()),
+			zap.ByteString("method", c.req.method),
+			zap.ByteString("authority", c.req.get("host")),
+			zap.ByteString("path", c.req.target),
+			zap.String("protocol", protoName(c.req.minor)),
+			zap.Int("status", status),
+			zap.Int64("response_bytes", bytes),
+			zap.Duration("duration", took),
+			zap.ByteString("request_id", c.req.get(hdrRequestID)),
+			zap.String("peer_identity", peer),
+		}
+		if c.req.upgrade {
+			fields = append(fields, zap.ByteString("upgrade", c.req.get("upgrade")))
+		}
+		if reason != "" {
+			fields = append(fields, zap.String("reason", reason))
+			if err != nil {
+				fields = append(fields, zap.Error(err))
+			}
+		}
+		ce.Write(fields...)
+	}
+}
+
+func protoName(minor int) string {
+	if minor == 0 {
+		return "HTTP/1.0"
+	}
+	return "HTTP/1.1"
+}
+
+// methodLabelBytes is methodLabel for a method read off the wire.
+func methodLabelBytes(m []byte) string {
+	for _, s := range [...]string{http.MethodGet, http.MethodPost, http.MethodHead, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace} {
+		if string(m) == s {
+			return s
+		}
+	}
+	return "other"
+}

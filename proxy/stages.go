@@ -1,0 +1,218 @@
+package proxy
+
+import (
+	"net/http"
+	"net/netip"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// The request path, in one place (shared/DESIGN.md §5). Every HTTP
+// request the proxy serves, whichever codec read it (the HTTP/1 engine of
+// h1serve.go or net/http for HTTP/2), runs through the chain of its
+// direction, in this order, before it is sent on. A stage reads the
+// request, may edit its header fields, and passes it on (nil) or answers
+// it itself (an *Answer): the request then goes no further, and nothing
+// of it reaches the upstream.
+//
+//	outbound (the app's request, to a peer sidecar):
+//	  request-ids        X-Request-Id, X-Correlation-Id, traceparent, made when absent
+//	  client-identity    any X-Forwarded-Client-Cert the app sent is removed
+//	  … route match, egress authorization, rate limit / quota, fault injection, mirror
+//	  → exchange (h1serve.go: balance → pooled mesh connection → response)
+//	    where circuit breaking, bulkheads, per-try timeouts and retries wrap the try
+//
+//	inbound (a client's request, to the app):
+//	  client-identity    X-Forwarded-Client-Cert set to the verified peer, any other removed
+//	  … header and slow-client limits, JWT, authorization, rate limit / quota, fault injection
+//	  → exchange (pooled app connection → response)
+//
+// A stage that is off is not in the chain: it costs nothing per request.
+// Chains are built once, by newChains, from the config; a stage keeps what
+// it needs of the config itself.
+
+// Stage is one step of the request path.
+type Stage interface {
+	// Name names the stage in an answer's X-Meshgate-Error, the access log
+	// and metrics.
+	Name() string
+	// Decide passes r on (nil) or answers it (the request ends here). It
+	// must not keep r or what its methods return past the call, except
+	// strings it copies.
+	Decide(r *Request) *Answer
+}
+
+// Answer is a stage's own response to a request it stops.
+type Answer struct {
+	Status int    // an HTTP status, 4xx or 5xx
+	Reason string // why, for X-Meshgate-Error, the body and the log
+	stage  string // the stage's name, set by the chain
+}
+
+// Request is what a stage sees of one HTTP request.
+type Request struct {
+	Dir Direction
+	// Peer is the client's verified identity (inbound; zero for plaintext)
+	// or the destination's expected one (outbound, zero when unknown).
+	Peer spiffeid.ID
+	// Dst is the connection's original destination: the app's address
+	// (inbound), the service address the app dialed (outbound).
+	Dst netip.AddrPort
+	// clientCert is hdrClientCert's value for Peer ("" for none), made
+	// once per connection.
+	clientCert string
+	msg        requestFields
+}
+
+// Method returns the request's method.
+func (r *Request) Method() string { return r.msg.method() }
+
+// Target returns the request target as sent (path and query, usually).
+func (r *Request) Target() string { return r.msg.target() }
+
+// Authority returns the Host header (HTTP/1) or :authority (HTTP/2).
+func (r *Request) Authority() string { return r.msg.authority() }
+
+// Has reports whether the request has a header field named name.
+func (r *Request) Has(name string) bool { return r.msg.has(name) }
+
+// Get returns the first value of the header field named name, "" if none.
+func (r *Request) Get(name string) string { return r.msg.get(name) }
+
+// Set replaces the header field named name with one of value.
+func (r *Request) Set(name, value string) { r.msg.set(name, value) }
+
+// DelAlike removes every header field an app could read as name: equal
+// but for ASCII case, '_' taken for '-' (CGI-style frameworks (WSGI,
+// PHP, Rack) read X_Forwarded_Client_Cert as X-Forwarded-Client-Cert).
+func (r *Request) DelAlike(name string) { r.msg.delAlike(name) }
+
+// requestFields is a request as one codec holds it.
+type requestFields interface {
+	method() string
+	target() string
+	authority() string
+	has(name string) bool
+	get(name string) string
+	set(name, value string)
+	delAlike(name string)
+}
+
+// chain is the stages of one direction, in order.
+type chain []Stage
+
+// decide runs r through the chain until a stage answers it.
+func (c chain) decide(r *Request) *Answer {
+	for _, s := range c {
+		if a := s.Decide(r); a != nil {
+			a.stage = s.Name()
+			return a
+		}
+	}
+	return nil
+}
+
+// newChains builds each direction's chain from the config (see the order
+// above), with the stages tests add (withStage) last.
+func (p *Proxy) newChains(extra [2][]Stage) [2]chain {
+	var c [2]chain
+	c[Outbound] = chain{requestIDs{}, clientIdentity{}}
+	c[Inbound] = chain{clientIdentity{}}
+	for d := range c {
+		c[d] = append(c[d], extra[d]...)
+	}
+	return c
+}
+
+// withStage appends s to the chain of dir: tests plug stages in with it.
+func withStage(dir Direction, s Stage) Option {
+	return func(p *Proxy) { p.extraStages[dir] = append(p.extraStages[dir], s) }
+}
+
+// requestIDs makes the request identifiers an app did not send:
+// X-Request-Id and X-Correlation-Id (a random UUID each; the correlation
+// ID is the request ID unless sent) and a W3C traceparent (a new trace,
+// sampled).
+type requestIDs struct{}
+
+func (requestIDs) Name() string { return "request-ids" }
+
+func (requestIDs) Decide(r *Request) *Answer {
+	id := ""
+	if !r.Has(hdrRequestID) {
+		id = newUUID()
+		r.Set(hdrRequestID, id)
+	}
+	if !r.Has(hdrCorrelation) {
+		if id == "" {
+			id = r.Get(hdrRequestID)
+		}
+		r.Set(hdrCorrelation, id)
+	}
+	if !r.Has(hdrTraceparent) {
+		r.Set(hdrTraceparent, newTraceparent())
+	}
+	return nil
+}
+
+// clientIdentity makes hdrClientCert the sidecar's own, the one place
+// that says what an app learns of its client: any the request carries,
+// in any spelling an app could read as it, is removed; inbound, it is
+// then set to the verified peer's identity (none for plaintext).
+type clientIdentity struct{}
+
+func (clientIdentity) Name() string { return "client-identity" }
+
+func (clientIdentity) Decide(r *Request) *Answer {
+	r.DelAlike(hdrClientCert)
+	if r.Dir == Inbound && r.clientCert != "" {
+		r.Set(hdrClientCert, r.clientCert)
+	}
+	return nil
+}
+
+// httpFields is a net/http request as a stage sees it (HTTP/2).
+type httpFields struct{ r *http.Request }
+
+func (h httpFields) method() string    { return h.r.Method }
+func (h httpFields) target() string    { return h.r.RequestURI }
+func (h httpFields) authority() string { return h.r.Host }
+func (h httpFields) has(name string) bool {
+	_, ok := h.r.Header[http.CanonicalHeaderKey(name)]
+	return ok
+}
+func (h httpFields) get(name string) string { return h.r.Header.Get(name) }
+func (h httpFields) set(name, value string) { h.r.Header.Set(name, value) }
+func (h httpFields) delAlike(name string) {
+	for k := range h.r.Header {
+		if sameHeaderName(k, name) {
+			delete(h.r.Header, k)
+		}
+	}
+}
+
+// h1Fields is the HTTP/1 engine's request as a stage sees it.
+type h1Fields struct{ m *h1Msg }
+
+func (h h1Fields) method() string         { return string(h.m.method) }
+func (h h1Fields) target() string         { return string(h.m.target) }
+func (h h1Fields) authority() string      { return string(h.m.get("host")) }
+func (h h1Fields) has(name string) bool   { return h.m.has(name) }
+func (h h1Fields) get(name string) string { return string(h.m.get(name)) }
+func (h h1Fields) set(name, value string) { h.m.set(name, value) }
+func (h h1Fields) delAlike(name string) {
+	h.m.delMatch(func(n []byte) bool { return sameHeaderNameBytes(n, name) })
+}
+
+// sameHeaderNameBytes is sameHeaderName for a name read off the wire.
+func sameHeaderNameBytes(a []byte, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if foldHeaderByte(a[i]) != foldHeaderByte(b[i]) {
+			return false
+		}
+	}
+	return true
+}
