@@ -625,8 +625,34 @@ func hasTokenBytes(v, name []byte) bool {
 // one system call.
 type h1Writer struct {
 	dst net.Conn
+	bp  *[]byte // buf's pooled holder; nil when it holds none
 	buf []byte
 	n   int64 // bytes written to dst
+}
+
+// h1WriteBufs lends writers their buffers for the time of an exchange.
+var h1WriteBufs = sync.Pool{New: func() any { b := make([]byte, 0, h1BufSize); return &b }}
+
+// take readies w's buffer for a message: one from h1WriteBufs, empty.
+func (w *h1Writer) take() []byte {
+	if w.buf == nil {
+		w.bp = h1WriteBufs.Get().(*[]byte)
+		w.buf = (*w.bp)[:0]
+	}
+	return w.buf[:0]
+}
+
+// release gives the buffer back once it is written out, so that a
+// connection waiting for its next message holds none; a buffer grown past
+// h1FlushAt is dropped.
+func (w *h1Writer) release() {
+	if w.bp != nil && len(w.buf) == 0 {
+		if cap(w.buf) <= 2*h1FlushAt {
+			*w.bp = w.buf[:0]
+			h1WriteBufs.Put(w.bp)
+		}
+		w.bp, w.buf = nil, nil
+	}
 }
 
 func (w *h1Writer) flush() error {
@@ -644,6 +670,9 @@ const h1FlushAt = 16 << 10
 
 // write gathers b, writing through when there is much.
 func (w *h1Writer) write(b []byte) error {
+	if w.buf == nil {
+		w.buf = w.take()
+	}
 	if len(w.buf)+len(b) <= h1FlushAt {
 		w.buf = append(w.buf, b...)
 		return nil

@@ -49,9 +49,11 @@ const h1PoolIdle = 90 * time.Second
 // h1PoolMax bounds the idle connections kept per upstream.
 const h1PoolMax = 256
 
-// h1CheckAfter: an app connection idle for longer than this is checked
-// for a close by the app before it is used (many servers close idle
-// keep-alive connections after a few seconds).
+// h1CheckAfter: a pooled connection idle for longer than this is checked
+// for a close by its peer before it is used (many servers close idle
+// keep-alive connections after a few seconds; a peer sidecar closes its
+// idle ones when it drains). On a mesh connection whose handshake is long
+// over, bytes nobody asked for are a close_notify.
 const h1CheckAfter = time.Second
 
 // h1Up is an upstream connection of the engine.
@@ -67,9 +69,11 @@ type h1Up struct {
 }
 
 func newH1Up(tcp *net.TCPConn, tc *tls.Conn, info tlsInfo, key poolKey) *h1Up {
-	u := &h1Up{tcp: tcp, conn: tcp, info: info, key: key}
+	u := &h1Up{tcp: tcp, info: info, key: key}
 	if tc != nil {
 		u.conn = tc
+	} else {
+		u.conn = tcp
 	}
 	u.r.src, u.w.dst = u.conn, u.conn
 	return u
@@ -116,7 +120,7 @@ func (pl *h1Pool) get(key poolKey, now time.Time) *h1Up {
 			}
 			return nil
 		}
-		if !key.mesh && now.Sub(u.idleSince) > h1CheckAfter && !idleAlive(u.tcp) {
+		if now.Sub(u.idleSince) > h1CheckAfter && !idleAlive(u.tcp) {
 			pl.mu.Unlock()
 			pl.p.closeUpstream(u.tcp)
 			pl.mu.Lock()
@@ -133,7 +137,7 @@ func (pl *h1Pool) put(u *h1Up, now time.Time) {
 		pl.p.closeUpstream(u.tcp) // bytes nobody asked for: not reusable
 		return
 	}
-	u.w.buf = nil
+	u.w.release()
 	u.idleSince = now
 	pl.mu.Lock()
 	if pl.closed || len(pl.idle[u.key]) >= h1PoolMax {
@@ -281,15 +285,19 @@ func (p *Proxy) drainH1() {
 func (c *h1Conn) serve(ctx context.Context) {
 	idle := c.p.cfg.Timeouts.Idle.D()
 	for {
+		// Set before the drain is looked at: a drain that comes after
+		// sees idle and ends the wait (drainH1).
+		c.tcp.SetReadDeadline(time.Now().Add(idle))
 		c.idle.Store(true)
 		if c.p.draining.Load() {
 			return
 		}
-		c.tcp.SetReadDeadline(time.Now().Add(idle))
+		c.r.release() // nothing of a next request yet: no buffer held
 		err := c.r.readHead(&c.req, false)
 		c.idle.Store(false)
 		if err != nil {
 			if he, ok := err.(*h1Error); ok {
+				c.req.close = true
 				c.answer(time.Now(), he.status, "request", he.msg, nil)
 			}
 			return
@@ -306,8 +314,17 @@ func (c *h1Conn) serve(ctx context.Context) {
 			}
 			continue
 		}
-		if !c.exchange(ctx, start) {
+		keep := c.exchange(ctx, start)
+		c.w.release()
+		if !keep {
 			return
+		}
+		// A head far larger than most is not kept for the next one.
+		if cap(c.req.raw) > 64<<10 {
+			c.req.raw = nil
+		}
+		if cap(c.resp.raw) > 64<<10 {
+			c.resp.raw = nil
 		}
 	}
 }
@@ -340,7 +357,7 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 			c.fail(start, err, t)
 			return !req.close && !hasBody
 		}
-		u.w.buf = req.appendRequest(u.w.buf[:0])
+		u.w.buf = req.appendRequest(u.w.take())
 		if hasBody && whole {
 			u.w.buf = append(u.w.buf, c.r.buffered()[:req.length]...)
 		}
@@ -387,7 +404,7 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 	// Interim responses pass on as they come.
 	for c.resp.status < 200 && c.resp.status != 101 {
 		c.resp.dropHopByHop(false)
-		c.w.buf = c.resp.appendResponse(c.w.buf[:0])
+		c.w.buf = c.resp.appendResponse(c.w.take())
 		if err = c.w.flush(); err == nil {
 			err = u.r.readHead(&c.resp, true)
 		}
@@ -412,7 +429,7 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 	case req.minor == 0:
 		resp.add("Connection", "keep-alive")
 	}
-	c.w.buf = resp.appendResponse(c.w.buf[:0])
+	c.w.buf = resp.appendResponse(c.w.take())
 	status := resp.status
 	sentBefore := c.w.n
 
@@ -584,7 +601,7 @@ func (c *h1Conn) answer(start time.Time, status int, stage, reason string, err e
 		why = stage
 	}
 	body := "meshgate: " + why + "\n"
-	b := c.w.buf[:0]
+	b := c.w.take()
 	b = append(b, "HTTP/1.1 "...)
 	b = strconv.AppendInt(b, int64(status), 10)
 	b = append(b, ' ')
@@ -603,6 +620,7 @@ func (c *h1Conn) answer(start time.Time, status int, stage, reason string, err e
 	c.w.buf = b
 	c.observe(start, status, int64(len(body)), why, err)
 	c.w.flush()
+	c.w.release()
 }
 
 // errorAnswer is the status and reason for a request the proxy could not

@@ -236,6 +236,7 @@ type pairOptions struct {
 	clientCfg, serverCfg func(*Config)
 	withTap              bool
 	clientOpts           []Option
+	serverOpts           []Option
 }
 
 // startPair starts the server sidecar (inbound to backend) and the client
@@ -250,7 +251,7 @@ func startPair(t *testing.T, backend string, cm, sm MeshTLS, po pairOptions) *pa
 	if sm != nil {
 		srvOpts = append(srvOpts, WithMeshTLS(sm))
 	}
-	srv := startProxy(t, scfg, append(srvOpts, to(backend))...)
+	srv := startProxy(t, scfg, append(append(srvOpts, to(backend)), po.serverOpts...)...)
 	dst := srv.in()
 	var tp *tap
 	if po.withTap {

@@ -160,14 +160,17 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := o.Validate(); err != nil {
 		problems = append(problems, err)
 	}
-	log, err := newLogger(cfg.LogLevel)
+	log, stopLog, err := newProxyLogger(cfg.LogLevel)
 	if err != nil {
 		problems = append(problems, err)
 	}
 	if len(problems) > 0 {
+		if stopLog != nil {
+			stopLog()
+		}
 		return errors.Join(problems...)
 	}
-	defer log.Sync()
+	defer stopLog()
 	o.Log = log
 	return sidecar.Run(ctx, o)
 }
