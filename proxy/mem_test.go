@@ -13,12 +13,12 @@ import (
 // BenchmarkConnMemory measures what an open, idle connection holds in a
 // pair of sidecars on loopback (client → client sidecar → server sidecar
 // → backend): connections conns at once each carry one 1 KiB echo, then
-// wait to read, and the live heap and goroutine stacks after a GC are
-// compared with the same connections made to the backend directly. The
+// wait to read, and the live heap and goroutine stacks are compared with the same connections made to the backend directly. The
 // metrics are per connection, for both sidecars together:
 //
-//	heap-B/conn   live heap objects
-//	stack-B/conn  goroutine stacks
+//	heap-B/conn   live heap objects, after a GC
+//	stack-B/conn  goroutine stacks, before it (as an idle sidecar that
+//	              seldom collects keeps them)
 //	goroutines/conn
 //
 // It is memory held, not RSS: a process's RSS is this plus what the
@@ -62,7 +62,9 @@ func smallEcho(c *net.TCPConn) {
 	}
 }
 
-// memSample is what the process holds, after a GC.
+// memSample is what the process holds: goroutine stacks as they are (the
+// garbage collector shrinks them, and an idle sidecar seldom collects),
+// live heap after a GC.
 type memSample struct{ heap, stack, goroutines int64 }
 
 func (s memSample) sub(o memSample) memSample {
@@ -70,15 +72,23 @@ func (s memSample) sub(o memSample) memSample {
 }
 
 func sampleMem() memSample {
-	runtime.GC()
-	runtime.GC() // stacks shrink and objects freed by finalizers go on the second
-	ms := []rtmetrics.Sample{
-		{Name: "/memory/classes/heap/objects:bytes"},
-		{Name: "/memory/classes/heap/stacks:bytes"},
-		{Name: "/sched/goroutines:goroutines"},
+	read := func(names ...string) []uint64 {
+		ms := make([]rtmetrics.Sample, len(names))
+		for i, n := range names {
+			ms[i].Name = n
+		}
+		rtmetrics.Read(ms)
+		v := make([]uint64, len(ms))
+		for i := range ms {
+			v[i] = ms[i].Value.Uint64()
+		}
+		return v
 	}
-	rtmetrics.Read(ms)
-	return memSample{int64(ms[0].Value.Uint64()), int64(ms[1].Value.Uint64()), int64(ms[2].Value.Uint64())}
+	before := read("/memory/classes/heap/stacks:bytes", "/sched/goroutines:goroutines")
+	runtime.GC()
+	runtime.GC() // objects freed by finalizers go on the second
+	after := read("/memory/classes/heap/objects:bytes")
+	return memSample{heap: int64(after[0]), stack: int64(before[0]), goroutines: int64(before[1])}
 }
 
 // holdConns opens n connections to addr, echoes 1 KiB on each, and
