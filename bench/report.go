@@ -44,6 +44,13 @@ type SidecarCost struct {
 	// water mark after it (bytes).
 	IdleRSS int64 `json:"idle_rss_bytes"`
 	PeakRSS int64 `json:"peak_rss_bytes"`
+	// LoadRSS is the resident memory under load, with the run's
+	// connections open: the median of samples every 100 ms over the
+	// second half of a run, the largest over repetitions (bytes).
+	// PerConnectionRSS is (LoadRSS - IdleRSS) / connections: what an open
+	// connection costs the sidecar, for many connections (issue 12).
+	LoadRSS          int64 `json:"load_rss_bytes"`
+	PerConnectionRSS int64 `json:"per_connection_rss_bytes"`
 }
 
 // Report is what a bench command prints and writes.
@@ -96,11 +103,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tsidecar\tCPU s\tCPU s / 10k req\tvCPU / 1000 rps\tidle RSS MB\tpeak RSS MB\t")
+	fmt.Fprintln(tw, "scenario\tsidecar\tCPU s\tCPU s / 10k req\tvCPU / 1000 rps\tidle RSS MB\tload RSS MB\tpeak RSS MB\tRSS KB / conn\t")
 	for _, s := range r.Scenarios {
 		for _, c := range s.Sidecars {
-			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.3f\t%.3f\t%.1f\t%.1f\t\n", s.Name, c.Pod, c.CPUSeconds, c.CPUPer10kRequests,
-				c.VCPUPer1000RPS, float64(c.IdleRSS)/(1<<20), float64(c.PeakRSS)/(1<<20))
+			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.3f\t%.3f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", s.Name, c.Pod, c.CPUSeconds, c.CPUPer10kRequests,
+				c.VCPUPer1000RPS, float64(c.IdleRSS)/(1<<20), float64(c.LoadRSS)/(1<<20), float64(c.PeakRSS)/(1<<20),
+				float64(c.PerConnectionRSS)/(1<<10))
 		}
 	}
 	return tw.Flush()
