@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -110,6 +111,11 @@ func Run(ctx context.Context, o Options) error {
 	}
 	gcPercent, memLimit := o.GC.apply(os.Getenv)
 	log.Info("garbage collector", zap.String("gc_percent", gcPercent), zap.String("memory_limit", memLimit))
+	tctx, stopTrim := context.WithCancel(ctx)
+	var trimming sync.WaitGroup
+	trimming.Go(func() { trimHeap(tctx, log) })
+	defer trimming.Wait()
+	defer stopTrim()
 	// The parts' own sockets carry the mark as the proxy's do; where it
 	// cannot be set (no CAP_NET_ADMIN: the proxy warns), they go without,
 	// rather than fail a setsockopt on every socket.
