@@ -130,18 +130,11 @@ func (r *sockReader) waitReadable(fd uintptr) bool {
 	if r.waited {
 		return true
 	}
-	var b [1]byte
-	for {
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		if err == unix.EINTR {
-			continue
-		}
-		if err == unix.EAGAIN {
-			r.waited = true
-			return false
-		}
+	if readable(fd) {
 		return true
 	}
+	r.waited = true
+	return false
 }
 
 // result turns a callback's outcome into what net.Conn.Read returns:
