@@ -98,26 +98,29 @@ func ParseBytes(s string) (int64, error) {
 }
 
 // Heap trimming: after a burst (a storm of handshakes, a spike of
-// requests) the collector frees what the burst left, but the Go runtime
-// gives freed memory back to the system only slowly, paced against the
-// heap goal of the last collection, which the burst raised; and an idle
-// sidecar allocates too little to collect again soon. The pages stay in
-// the sidecar's RSS meanwhile (issue 12: at 2 000 open connections, up
-// to 18 MB of free heap was still resident a minute after the burst).
-// Envoy's overload manager has the same action, shrink_heap.
+// requests) what the burst left is garbage until the next collection,
+// and an idle sidecar allocates too little to collect again soon; once
+// collected, the Go runtime gives the memory back to the system only
+// slowly, paced against the heap goal of the last collection, which the
+// burst raised. The pages stay in the sidecar's RSS meanwhile (issue 12:
+// at 2 000 open connections, up to 18 MB of free heap was still
+// resident a minute after the handshakes). Envoy's overload manager has
+// the same action, shrink_heap.
 const (
-	// trimEvery is how often the free heap is looked at.
+	// trimEvery is how often the heap is looked at.
 	trimEvery = 5 * time.Second
-	// trimAbove is how much free, resident heap is tolerated: below it,
-	// or below a quarter of the live heap, nothing is done.
+	// trimAbove is how much resident heap beyond the live heap (garbage
+	// and free pages) is tolerated: below it, or below a quarter of the
+	// live heap, nothing is done.
 	trimAbove = 4 << 20
 )
 
-// trimHeap gives free heap back to the system, every trimEvery, when
-// more of it than trimAbove and than a quarter of the live heap is
-// resident: debug.FreeOSMemory, a collection and a release. Under steady
-// load the free heap is reused and stays below that, so it costs at most
-// one extra collection per trimEvery. It returns when ctx ends.
+// trimHeap gives heap back to the system, every trimEvery, when more of
+// it than trimAbove and than a quarter of the live heap is resident
+// beyond what the last collection found live: debug.FreeOSMemory, a
+// collection and a release. It costs at most one collection per
+// trimEvery, next to which a loaded sidecar collects many times a second.
+// It returns when ctx ends.
 func trimHeap(ctx context.Context, log *zap.Logger) {
 	t := time.NewTicker(trimEvery)
 	defer t.Stop()
@@ -133,22 +136,31 @@ func trimHeap(ctx context.Context, log *zap.Logger) {
 
 // trimOnce is one look of trimHeap's; it reports whether it trimmed.
 func trimOnce(log *zap.Logger) bool {
-	free, live := heapFree()
-	if free <= trimAbove || free <= live/4 {
+	excess, live := heapExcess()
+	if excess <= trimAbove || excess <= live/4 {
 		return false
 	}
 	debug.FreeOSMemory()
 	if ce := log.Check(zap.DebugLevel, "heap trimmed"); ce != nil {
-		after, live := heapFree()
-		ce.Write(zap.Uint64("free_before", free), zap.Uint64("free_after", after), zap.Uint64("live", live))
+		after, live := heapExcess()
+		ce.Write(zap.Uint64("excess_before", excess), zap.Uint64("excess_after", after), zap.Uint64("live", live))
 	}
 	return true
 }
 
-// heapFree returns the heap that is free but resident (not given back to
-// the system), and the heap in objects, live or not yet collected.
-func heapFree() (free, objects uint64) {
-	s := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
+// heapExcess returns how much resident heap (objects, and free pages not
+// given back) there is beyond the live heap, and the live heap, as the
+// last collection found it.
+func heapExcess() (excess, live uint64) {
+	s := []metrics.Sample{
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/gc/heap/live:bytes"},
+	}
 	metrics.Read(s)
-	return s[0].Value.Uint64(), s[1].Value.Uint64()
+	resident, live := s[0].Value.Uint64()+s[1].Value.Uint64(), s[2].Value.Uint64()
+	if resident < live {
+		return 0, live
+	}
+	return resident - live, live
 }
