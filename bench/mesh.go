@@ -9,8 +9,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -59,6 +61,7 @@ type runningSidecar struct {
 	cpu0 float64 // CPU seconds when the measured runs began
 	cpu  float64 // CPU seconds spent in measured runs
 	idle int64   // RSS before any load
+	load int64   // RSS under load, see SidecarCost.LoadRSS
 }
 
 // Mesh builds a lab of network namespaces on this machine — a client pod
@@ -163,7 +166,9 @@ func Mesh(ctx context.Context, o MeshOptions) (*Report, error) {
 			if o.Progress != nil {
 				progress = func(done float64, n int64) { o.Progress(p.name, r+1, done, n) }
 			}
+			stopSampling := sampleRSS(p.sidecars, cfg.Warmup+cfg.Duration)
 			res, err := Run(ctx, cfg, progress)
+			stopSampling()
 			if err != nil {
 				return nil, err
 			}
@@ -190,7 +195,10 @@ func Mesh(ctx context.Context, o MeshOptions) (*Report, error) {
 		}
 		for _, s := range p.sidecars {
 			peak, _ := readRSS(s.proc.PID(), "VmHWM")
-			cost := SidecarCost{Pod: s.pod.Name, CPUSeconds: s.cpu, IdleRSS: s.idle, PeakRSS: peak}
+			cost := SidecarCost{Pod: s.pod.Name, CPUSeconds: s.cpu, IdleRSS: s.idle, PeakRSS: peak, LoadRSS: s.load}
+			if s.load > 0 {
+				cost.PerConnectionRSS = (s.load - s.idle) / int64(load.Connections)
+			}
 			if sc.Result.Requests > 0 {
 				cost.CPUPer10kRequests = s.cpu / float64(sc.Result.Requests) * 10000
 				cost.VCPUPer1000RPS = (s.cpu / sc.Result.Elapsed.Seconds()) / (sc.Result.Throughput / 1000)
@@ -262,6 +270,50 @@ func (p *meshPair) enroll(ctx context.Context, self, state, logDir string, c *ca
 		p.sidecars = append(p.sidecars, &runningSidecar{pod: pod, proc: proc})
 	}
 	return nil
+}
+
+// sampleRSS reads the sidecars' RSS every 100 ms over the second half of
+// a run of length d, when its connections are open, and on stop keeps
+// each sidecar's median in its load field if larger than what is there.
+func sampleRSS(sidecars []*runningSidecar, d time.Duration) (stop func()) {
+	if len(sidecars) == 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	samples := make([][]int64, len(sidecars))
+	wg.Go(func() {
+		select {
+		case <-time.After(d / 2):
+		case <-done:
+			return
+		}
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			for i, s := range sidecars {
+				if rss, err := readRSS(s.proc.PID(), "VmRSS"); err == nil {
+					samples[i] = append(samples[i], rss)
+				}
+			}
+			select {
+			case <-t.C:
+			case <-done:
+				return
+			}
+		}
+	})
+	return func() {
+		close(done)
+		wg.Wait()
+		for i, s := range sidecars {
+			if len(samples[i]) == 0 {
+				continue
+			}
+			slices.Sort(samples[i])
+			s.load = max(s.load, samples[i][len(samples[i])/2])
+		}
+	}
 }
 
 // mergeResults adds up the repetitions of a scenario.

@@ -28,14 +28,15 @@ func TestReport(t *testing.T) {
 	direct, mesh := fakeResult(1000, 100, 300), fakeResult(1000, 300, 900)
 	r := &Report{Protocol: HTTP1, Rate: 1000, Connections: 16, Duration: "1s", BodySize: 1024, Repetitions: 2,
 		Scenarios: []*Scenario{{Name: "direct", Result: direct}, {Name: "mesh L7", Result: mesh,
-			Added:    &Latency{P50: mesh.Latency.P50 - direct.Latency.P50, P99: mesh.Latency.P99 - direct.Latency.P99},
-			Sidecars: []SidecarCost{{Pod: "c", CPUSeconds: 1.5, CPUPer10kRequests: 1.5, VCPUPer1000RPS: 0.15, IdleRSS: 20 << 20, PeakRSS: 30 << 20}}}}}
+			Added: &Latency{P50: mesh.Latency.P50 - direct.Latency.P50, P99: mesh.Latency.P99 - direct.Latency.P99},
+			Sidecars: []SidecarCost{{Pod: "c", CPUSeconds: 1.5, CPUPer10kRequests: 1.5, VCPUPer1000RPS: 0.15, IdleRSS: 20 << 20, PeakRSS: 30 << 20,
+				LoadRSS: 28 << 20, PerConnectionRSS: 512 << 10}}}}}
 	var table bytes.Buffer
 	if err := r.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"http1, fixed rate 1000 rps, 16 connections, 1s, 1024-byte body, 2 interleaved repetitions",
-		"direct", "mesh L7", "+0.400", "vCPU / 1000 rps", "0.150", "30.0"} {
+		"direct", "mesh L7", "+0.400", "vCPU / 1000 rps", "0.150", "30.0", "28.0", "512.0"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

@@ -57,9 +57,7 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 	m.opened.Inc()
 	m.active.Inc()
 	src := addrPort(client.RemoteAddr())
-	if ce := p.log.Check(zapcore.DebugLevel, "connection accepted"); ce != nil {
-		ce.Write(zap.Stringer("direction", l.dir), zap.Stringer("src", src), zap.Stringer("listener", l.addr))
-	}
+	p.logAccepted(l, src)
 
 	o := p.pipeline(ctx, l, client, m)
 	switch {
@@ -73,13 +71,30 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 	m.closed.Inc()
 	m.active.Dec()
 
+	p.logClosed(l.dir, src, time.Since(start), &o)
+}
+
+// logAccepted logs an accepted connection, at debug level; apart from
+// handle for the reason logClosed is.
+func (p *Proxy) logAccepted(l *captureListener, src netip.AddrPort) {
+	if ce := p.log.Check(zapcore.DebugLevel, "connection accepted"); ce != nil {
+		ce.Write(zap.Stringer("direction", l.dir), zap.Stringer("src", src), zap.Stringer("listener", l.addr))
+	}
+}
+
+// logClosed writes a connection's one log line. It is handle's tail, kept
+// apart so that handle's own stack frame stays small: a connection's
+// goroutine waits in forward with handle's frame under it for as long as
+// the connection lasts, and the garbage collector shrinks a goroutine's
+// stack only while it uses less than a quarter of it (issue 12).
+func (p *Proxy) logClosed(dir Direction, src netip.AddrPort, took time.Duration, o *outcome) {
 	lvl := zapcore.InfoLevel
 	if o.refused || o.reason != "" {
 		lvl = zapcore.WarnLevel
 	}
 	if ce := p.log.Check(lvl, "connection closed"); ce != nil {
 		fields := make([]zap.Field, 0, 16)
-		fields = append(fields, zap.Stringer("direction", l.dir), zap.Stringer("src", src))
+		fields = append(fields, zap.Stringer("direction", dir), zap.Stringer("src", src))
 		if o.dst.IsValid() {
 			fields = append(fields, zap.Stringer("dst", o.dst))
 		}
@@ -89,7 +104,7 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 		fields = append(fields,
 			zap.Int64("bytes_sent", o.sent),
 			zap.Int64("bytes_received", o.received),
-			zap.Duration("duration", time.Since(start)),
+			zap.Duration("duration", took),
 			zap.Bool("mtls", o.mtls),
 			zap.String("peer_identity", o.tls.peer.String()),
 			zap.Bool("tls_resumed", o.tls.resumed))

@@ -37,6 +37,11 @@ type peekConn struct {
 	bp  *[]byte // buf's pooled backing array; nil when buf is not pooled
 	buf []byte  // the bytes read so far
 	off int     // how many of them Read has returned
+	// now, when set, makes Read not wait: it reads what the socket has
+	// through now, or returns errWouldBlock. forward sets it on the
+	// peekConn under a mesh tls.Conn while it reads the rest of a record
+	// (see leg.reader); set and read by that one reading goroutine.
+	now *sockReader
 }
 
 // peeked returns the bytes read so far.
@@ -87,6 +92,9 @@ func (c *peekConn) Read(b []byte) (int, error) {
 			c.release()
 		}
 		return n, nil
+	}
+	if c.now != nil && c.tls == nil {
+		return c.now.readNow(b)
 	}
 	return c.src().Read(b)
 }

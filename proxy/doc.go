@@ -53,7 +53,8 @@
 //	  - forward: a bidirectional copy that keeps TCP half-close (across
 //	    TLS as close_notify), with an idle timeout and byte counters that
 //	    move as the bytes do. Plaintext legs use splice(2), TLS legs a
-//	    pooled buffer.
+//	    pooled buffer, taken once there are bytes to read: a connection
+//	    waiting to read holds neither pipe nor buffer (issue 12).
 //
 // L7 (l7.go): HTTP/1.x and HTTP/2 to a mesh destination are served
 // request by request instead of forwarded as bytes: each rides a pooled,

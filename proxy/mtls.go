@@ -294,6 +294,20 @@ func meshConfig(src *tls.Config, protos []string) *tls.Config {
 	return cfg
 }
 
+// handshake runs tc's handshake on a goroutine of its own and waits for
+// it. A handshake needs a deep stack (certificate verification, ECDSA),
+// and a goroutine's stack, once grown, is shrunk only by the garbage
+// collector, only by half at a time and only while less than a quarter
+// of it is in use: a connection's goroutine that did its handshake kept
+// twice or four times the stack that forwarding needs, for as long as
+// the connection lasted (issue 12). The handshake's goroutine ends with
+// the handshake, and its stack goes to the next one.
+func handshake(tc *tls.Conn) error {
+	done := make(chan error, 1)
+	go func() { done <- tc.Handshake() }()
+	return <-done
+}
+
 // offersMesh sorts a ClientHello's ALPN list: whether it offers any mesh
 // protocol at all, and the first one we serve ("" if none).
 func offersMesh(alpn []string) (mesh bool, served string) {

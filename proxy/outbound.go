@@ -65,13 +65,15 @@ func (p *Proxy) originate(ctx context.Context, upstream *net.TCPConn, dst netip.
 		p.countHandshake(Outbound, tlsInfo{}, err)
 		return meshConn{}, err
 	}
-	tc := tls.Client(upstream, cfg)
+	// The TLS reads through a peekConn (with nothing peeked), which
+	// forward can make not wait (see leg.reader).
+	tc := tls.Client(&peekConn{TCPConn: upstream}, cfg)
 	// A deadline rather than HandshakeContext, which would cost a
 	// goroutine per handshake; ctx (cancelled when the drain's grace
 	// period is over) interrupts it the same way.
 	upstream.SetDeadline(time.Now().Add(p.cfg.Timeouts.Handshake.D()))
 	stop := context.AfterFunc(ctx, func() { upstream.SetDeadline(aLongTimeAgo) })
-	err := tc.Handshake()
+	err := handshake(tc)
 	if stop() && err == nil {
 		// The deadline bounded the handshake only: whoever carries the
 		// connection on sets its own (forward, the L7 pool).

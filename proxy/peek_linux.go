@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -37,13 +38,22 @@ func waitReadable(c *net.TCPConn) error {
 	if err != nil {
 		return err
 	}
+	return rc.Read(readable)
+}
+
+// readable reports whether the socket fd has bytes to read, its peer's
+// FIN or an error: whether a read would not block. It is a
+// syscall.RawConn.Read callback, which waits for the poller and asks
+// again while it says no.
+func readable(fd uintptr) bool {
 	var b [1]byte
-	return rc.Read(func(fd uintptr) bool {
-		for {
-			_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			if err != unix.EINTR {
-				return err != unix.EAGAIN
-			}
+	for {
+		// recvfrom(2) itself, not unix.Recvfrom, which allocates the
+		// sender's address it returns, on every call.
+		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		if errno != unix.EINTR {
+			return errno != unix.EAGAIN
 		}
-	})
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,6 +46,8 @@ type Options struct {
 	// Registry holds the mesh names the DNS proxy answers, watched for
 	// changes; nil: none. --registry.
 	Registry *Registry
+	// GC tunes the garbage collector (unless GOGC or GOMEMLIMIT is set).
+	GC GC
 }
 
 // Certs is where the sidecar's certificate comes from: at most one of Dir,
@@ -88,10 +91,12 @@ func LoadRegistry(path string) (*Registry, error) {
 // Validate reports the problems of o that its parts do not check
 // themselves (Config has its own Validate).
 func (o Options) Validate() error {
+	var errs []error
 	if o.Registry != nil && len(o.DNSListen) == 0 {
-		return errors.New("--registry: its names are answered by the DNS proxy, which --dns-listen \"\" turns off")
+		errs = append(errs, errors.New("--registry: its names are answered by the DNS proxy, which --dns-listen \"\" turns off"))
 	}
-	return nil
+	errs = append(errs, o.GC.Validate())
+	return errors.Join(errs...)
 }
 
 // Run runs the sidecar until ctx ends, then drains it (proxy.Run); its
@@ -104,6 +109,13 @@ func Run(ctx context.Context, o Options) error {
 	if err := o.Validate(); err != nil {
 		return err
 	}
+	gcPercent, memLimit := o.GC.apply(os.Getenv)
+	log.Info("garbage collector", zap.String("gc_percent", gcPercent), zap.String("memory_limit", memLimit))
+	tctx, stopTrim := context.WithCancel(ctx)
+	var trimming sync.WaitGroup
+	trimming.Go(func() { trimHeap(tctx, log) })
+	defer trimming.Wait()
+	defer stopTrim()
 	// The parts' own sockets carry the mark as the proxy's do; where it
 	// cannot be set (no CAP_NET_ADMIN: the proxy warns), they go without,
 	// rather than fail a setsockopt on every socket.

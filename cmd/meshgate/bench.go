@@ -205,8 +205,9 @@ meshgate sidecars and mTLS (for HTTP and gRPC "mesh L7", the default, and
 "mesh L4" with L7 off) — and run
 the same load through each, repetitions interleaved. The report gives
 latency percentiles, the latency added over direct, and for each sidecar
-its CPU (seconds per 10k requests, vCPU per 1000 rps) and memory (idle and
-peak RSS). Needs root; everything it creates is removed at the end.
+its CPU (seconds per 10k requests, vCPU per 1000 rps) and memory (RSS idle,
+under load with the connections open, and peak; and under load less idle
+per connection). Needs root; everything it creates is removed at the end.
 
   meshgate bench mesh --rate 1000 --connections 16 --body 1024 --duration 10s --json r.json --plot r.svg`, stderr)
 	var b benchFlags

@@ -109,6 +109,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	dnsListen := fs.String("dns-listen", "127.0.0.1:15053,[::1]:15053", "serve the DNS proxy on these comma-separated `ADDRS` (UDP and TCP; an IPv6 one is skipped where the namespace has no IPv6); empty: no DNS proxy")
 	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "ask the resolvers of `FILE` the names outside the mesh")
 	registryPath := fs.String("registry", "", "answer the mesh names of the registry `FILE` (YAML: services with endpoints, ports, identity)")
+	gcPercent := fs.Int("gc-percent", 0, fmt.Sprintf("garbage collection target in `percent`, as GOGC (which wins when set); 0: %d; -1: off, with --memory-limit", sidecar.DefaultGCPercent))
+	memoryLimit := fs.String("memory-limit", "", "soft limit of the Go runtime's memory in `bytes`, as GOMEMLIMIT (which wins when set), e.g. 64MiB; empty: none")
 	var certs certFlags
 	certs.add(fs)
 	if err := parseFlags(fs, args, false); err != nil {
@@ -150,6 +152,13 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if *dnsListen != "" {
 		o.DNSListen = strings.Split(*dnsListen, ",")
+	}
+	o.GC.Percent = *gcPercent
+	if *memoryLimit != "" {
+		var err error
+		if o.GC.MemoryLimit, err = sidecar.ParseBytes(*memoryLimit); err != nil {
+			problems = append(problems, fmt.Errorf("--memory-limit %w", err))
+		}
 	}
 	if *registryPath != "" {
 		var err error
