@@ -733,16 +733,16 @@ func (c *bufferedConn) CloseWrite() error { return closeWrite(c.Conn) }
 // ID defaults to the request ID) and a W3C traceparent (a new trace,
 // sampled).
 func ensureRequestIDs(h http.Header) {
+	// The header's own map, not Set: the keys are canonical already, and
+	// each value is built in one allocation.
 	if h.Get(hdrRequestID) == "" {
-		h.Set(hdrRequestID, newUUID())
+		h[hdrRequestID] = []string{newUUID()}
 	}
 	if h.Get(hdrCorrelation) == "" {
-		h.Set(hdrCorrelation, h.Get(hdrRequestID))
+		h[hdrCorrelation] = []string{h.Get(hdrRequestID)}
 	}
 	if h.Get(hdrTraceparent) == "" {
-		var b [24]byte
-		rand.Read(b[:])
-		h.Set(hdrTraceparent, "00-"+hex.EncodeToString(b[:16])+"-"+hex.EncodeToString(b[16:])+"-01")
+		h[hdrTraceparent] = []string{newTraceparent()}
 	}
 }
 
@@ -752,8 +752,31 @@ func newUUID() string {
 	rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	x := hex.EncodeToString(b[:])
-	return x[:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:]
+	var x [36]byte
+	hex.Encode(x[0:8], b[0:4])
+	x[8] = '-'
+	hex.Encode(x[9:13], b[4:6])
+	x[13] = '-'
+	hex.Encode(x[14:18], b[6:8])
+	x[18] = '-'
+	hex.Encode(x[19:23], b[8:10])
+	x[23] = '-'
+	hex.Encode(x[24:], b[10:])
+	return string(x[:])
+}
+
+// newTraceparent returns a W3C traceparent of a new, sampled trace:
+// 00-<trace ID>-<parent ID>-01.
+func newTraceparent() string {
+	var b [24]byte
+	rand.Read(b[:])
+	var x [55]byte
+	copy(x[:], "00-")
+	hex.Encode(x[3:35], b[:16])
+	x[35] = '-'
+	hex.Encode(x[36:52], b[16:])
+	copy(x[52:], "-01")
+	return string(x[:])
 }
 
 // methodLabel bounds the method label to the standard methods.
@@ -766,9 +789,20 @@ func methodLabel(m string) string {
 	return "other"
 }
 
+// statusClasses are the response class labels, by status / 100.
+var statusClasses = [...]string{"0xx", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// statusClass returns the response class label of status (2xx, 5xx, ...).
+func statusClass(status int) string {
+	if c := status / 100; c >= 0 && c < len(statusClasses) {
+		return statusClasses[c]
+	}
+	return strconv.Itoa(status/100) + "xx"
+}
+
 // observeRequest counts a request and writes its access log line.
 func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, peer string, took time.Duration) {
-	class := strconv.Itoa(rec.status/100) + "xx"
+	class := statusClass(rec.status)
 	method := methodLabel(r.Method)
 	p.metrics.requests.WithLabelValues(dir.String(), method, class, peer).Inc()
 	p.metrics.requestSeconds.WithLabelValues(dir.String(), method, class).Observe(took.Seconds())
