@@ -275,3 +275,48 @@ func TestIsEventStream(t *testing.T) {
 		}
 	}
 }
+
+// TestH2Balanced: HTTP/2 requests are balanced as HTTP/1 ones are (see
+// TestBalancedConnections and TestBalancerToldSetUpApart), with the
+// request's one trace reporting to the balancer: an endpoint that cannot
+// be connected to is reported failed and the next tried, the app sees
+// no error, each request is counted under the peer sidecar's identity,
+// and a connection's set-up is told apart from the latency after it.
+func TestH2Balanced(t *testing.T) {
+	app, _ := startL7App(t)
+	good, b, cli := startBalanced(t, app, nil, closedAddr(t))
+	c := h2cClient(t)
+	for i := range 4 {
+		if resp, body := get(t, c, "http://"+cli.out()+"/", nil); resp.StatusCode != 200 || body != "HTTP/2.0" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+	}
+	waitFor(t, func() bool { return b.count(good.String()+" ok") >= 4 })
+	if n := b.count(b.eps[0].String() + " failed"); n < 2 {
+		t.Errorf("reports %q: want the dead endpoint reported failed each time it was picked", b.got())
+	}
+	if n := cli.counter(t, "meshgate_http_requests_total", map[string]string{"direction": "outbound", "peer_identity": serverID}); n != 4 {
+		t.Errorf("%v requests counted from %s, want 4", n, serverID)
+	}
+
+	_, b, cli = startBalanced(t, app, nil)
+	c = h2cClient(t)
+	for _, step := range []struct {
+		what string
+		want []string
+	}{
+		// Detection dials while it waits for the app's bytes; the request
+		// then goes by a pooled connection, opened for it.
+		{"first request", []string{"set-up", "set-up+latency"}},
+		{"second request", []string{"latency"}},
+	} {
+		n := len(b.phases())
+		if resp, body := get(t, c, "http://"+cli.out()+"/", nil); resp.StatusCode != 200 || body != "HTTP/2.0" {
+			t.Fatalf("%s: %d %q", step.what, resp.StatusCode, body)
+		}
+		waitFor(t, func() bool { return len(b.phases()) >= n+len(step.want) })
+		if got := b.phases()[n:]; strings.Join(got, ",") != strings.Join(step.want, ",") {
+			t.Errorf("%s: reports %q, want %q", step.what, got, step.want)
+		}
+	}
+}
