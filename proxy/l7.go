@@ -798,23 +798,28 @@ func (c *bufferedConn) CloseWrite() error { return closeWrite(c.Conn) }
 // ID defaults to the request ID) and a W3C traceparent (a new trace,
 // sampled).
 func ensureRequestIDs(h http.Header) {
-	// The header's own map, not Set: the keys are canonical already, and
-	// each value is built in one allocation.
-	if h.Get(hdrRequestID) == "" {
-		h[hdrRequestID] = []string{newUUID()}
+	needID, needTrace := h.Get(hdrRequestID) == "", h.Get(hdrTraceparent) == ""
+	// One read of randomness for both, and the header's own map, not
+	// Set: the keys are canonical already, and each value is built in
+	// one allocation.
+	var rnd [16 + 24]byte
+	if needID || needTrace {
+		rand.Read(rnd[:])
+	}
+	if needID {
+		h[hdrRequestID] = []string{newUUID(rnd[:16])}
 	}
 	if h.Get(hdrCorrelation) == "" {
 		h[hdrCorrelation] = []string{h.Get(hdrRequestID)}
 	}
-	if h.Get(hdrTraceparent) == "" {
-		h[hdrTraceparent] = []string{newTraceparent()}
+	if needTrace {
+		h[hdrTraceparent] = []string{newTraceparent(rnd[16:])}
 	}
 }
 
-// newUUID returns a random (version 4) UUID.
-func newUUID() string {
-	var b [16]byte
-	rand.Read(b[:])
+// newUUID returns a random (version 4) UUID made of the 16 random bytes
+// in b.
+func newUUID(b []byte) string {
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	var x [36]byte
@@ -826,20 +831,18 @@ func newUUID() string {
 	x[18] = '-'
 	hex.Encode(x[19:23], b[8:10])
 	x[23] = '-'
-	hex.Encode(x[24:], b[10:])
+	hex.Encode(x[24:], b[10:16])
 	return string(x[:])
 }
 
-// newTraceparent returns a W3C traceparent of a new, sampled trace:
-// 00-<trace ID>-<parent ID>-01.
-func newTraceparent() string {
-	var b [24]byte
-	rand.Read(b[:])
+// newTraceparent returns a W3C traceparent of a new, sampled trace
+// (00-<trace ID>-<parent ID>-01) made of the 24 random bytes in b.
+func newTraceparent(b []byte) string {
 	var x [55]byte
 	copy(x[:], "00-")
 	hex.Encode(x[3:35], b[:16])
 	x[35] = '-'
-	hex.Encode(x[36:52], b[16:])
+	hex.Encode(x[36:52], b[16:24])
 	copy(x[52:], "-01")
 	return string(x[:])
 }
