@@ -166,28 +166,56 @@ type balancedTransport struct {
 	dst netip.AddrPort
 }
 
+// outboundKey is the context key of a request's *outboundRequest.
+type outboundKey struct{}
+
 func (t balancedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	var resp *http.Response
+	st, _ := r.Context().Value(outboundKey{}).(*outboundRequest)
 	err := t.p.eachEndpoint(r.Context(), t.dst, func(tr *try) error {
-		ctx := r.Context()
-		if tr.done != nil {
-			// The pooled transport dials and runs the mesh handshake, when
-			// it has no connection to the endpoint, before GotConn: set-up,
-			// which the balancer does not count as the endpoint's latency.
-			ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		// One trace per try, and only when someone listens: the request's
+		// peer sidecar (st) and the balancer's set-up time. The pooled
+		// transport dials and runs the mesh handshake, when it has no
+		// connection to the endpoint, before GotConn: set-up, which the
+		// balancer does not count as the endpoint's latency.
+		out := r
+		switch {
+		case st != nil && st.traced:
+			st.try = tr // the request's own trace notes its connection
+		case st != nil || tr.done != nil:
+			out = r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
 				GotConn: func(c httptrace.GotConnInfo) {
-					if tr.connected = time.Now(); c.Reused {
-						tr.connected = tr.start
+					if mc, ok := c.Conn.(*meshHTTPConn); ok && st != nil {
+						st.peer = mc.info
+					}
+					if tr.done != nil {
+						if tr.connected = time.Now(); c.Reused {
+							tr.connected = tr.start
+						}
 					}
 				},
-			})
+			}))
 		}
-		out := r.Clone(ctx)
-		out.URL.Host = tr.addr.String()
-		if r.Body != nil && r.Body != http.NoBody {
+		// r is the proxy's own copy of the app's request (ReverseProxy's,
+		// or h2Proxy's), so a shallow copy will do: the transport changes neither its header nor its
+		// URL. The URL is copied only when the balancer picked an endpoint
+		// other than the destination, which Rewrite already set.
+		if tr.addr != t.dst {
+			if out == r {
+				out = r.WithContext(r.Context())
+			}
+			u := *r.URL
+			u.Host = tr.addr.String()
+			out.URL = &u
+		}
+		if tr.done != nil && r.Body != nil && r.Body != http.NoBody {
 			// The transport closes the body when the try fails; another
 			// try needs it (unread: a try that failed to connect read
 			// nothing). The server closes it once the handler is done.
+			// Unbalanced, there is no other try.
+			if out == r {
+				out = r.WithContext(r.Context())
+			}
 			out.Body = io.NopCloser(r.Body)
 		}
 		var err error

@@ -248,6 +248,7 @@ func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.A
 	cc := &countingConn{Conn: pc, sentC: m.sent, recvC: m.received}
 	h := &outboundHTTP{p: p, dst: dst, appProto: appProtoLabel(proto)}
 	host := dst.String()
+	var transport http.RoundTripper = balancedTransport{p: p, dst: dst}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "https"
@@ -255,11 +256,25 @@ func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.A
 			pr.Out.Host = pr.In.Host
 			pr.Out.Header.Set(hdrAppProtocol, h.appProto)
 		},
-		Transport:     balancedTransport{p: p, dst: dst},
+		Transport:     transport,
 		BufferPool:    copyBuffers{},
 		FlushInterval: 0, // see flushNote
 		ErrorLog:      discardLog,
 		ErrorHandler:  p.proxyError,
+	}
+	// HTTP/2 requests: as the ReverseProxy above, for less (h2proxy.go).
+	appProto := []string{h.appProto} // shared by the requests, never written
+	h.h2 = &h2Proxy{
+		transport: transport,
+		rewrite: func(out *http.Request) {
+			out.URL.Scheme = "https"
+			out.URL.Host = host
+			for _, k := range forwardedHeaders { // as the Rewrite above
+				delete(out.Header, k)
+			}
+			out.Header[hdrAppProtocol] = appProto
+		},
+		errorHandler: p.proxyError,
 	}
 	p.serveHTTPConn(ctx, cc, proto, h, &h.wg)
 	o.sent, o.received = cc.sent.Load(), cc.received.Load()
@@ -338,6 +353,7 @@ type outboundHTTP struct {
 	dst      netip.AddrPort
 	appProto string
 	rp       *httputil.ReverseProxy
+	h2       *h2Proxy       // HTTP/2 requests
 	wg       sync.WaitGroup // upgraded connections in flight
 
 	mu   sync.Mutex
@@ -348,6 +364,32 @@ func (h *outboundHTTP) lastPeer() tlsInfo {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.peer
+}
+
+// outboundRequest is what outboundHTTP keeps of one request: its
+// recorder, and the peer sidecar that served it, which balancedTransport
+// notes (found by outboundKey in the request's context). One allocation
+// for both.
+type outboundRequest struct {
+	rec  recorder
+	peer tlsInfo
+	// traced: the request's own trace calls gotConn (h2Proxy), so
+	// balancedTransport adds none, and sets try to the try under way.
+	traced bool
+	try    *try
+}
+
+// gotConn notes the connection a try of the request went on: its peer
+// sidecar, and for the balancer when the try had it.
+func (st *outboundRequest) gotConn(c httptrace.GotConnInfo) {
+	if mc, ok := c.Conn.(*meshHTTPConn); ok {
+		st.peer = mc.info
+	}
+	if t := st.try; t != nil && t.done != nil {
+		if t.connected = time.Now(); c.Reused {
+			t.connected = t.start
+		}
+	}
 }
 
 func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -361,32 +403,31 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ProtoMajor == 1 {
 		http.NewResponseController(w).EnableFullDuplex()
 	}
-	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
-	var peer tlsInfo
+	st := &outboundRequest{rec: recorder{ResponseWriter: w, status: http.StatusOK}}
+	rec := &st.rec
 	// Deferred: ReverseProxy aborts the handler with a panic when the
 	// client goes away mid-response, and the request still counts.
 	defer func() {
-		if !peer.peer.IsZero() {
+		if !st.peer.peer.IsZero() {
 			h.mu.Lock()
-			h.peer = peer
+			h.peer = st.peer
 			h.mu.Unlock()
 		}
-		h.p.observeRequest(Outbound, r, rec, peer.peer.String(), time.Since(start))
+		h.p.observeRequest(Outbound, r, rec, st.peer.peer.String(), time.Since(start))
 	}()
 	sr := Request{Dir: Outbound, Dst: h.dst, msg: httpFields{r}}
 	if a := h.p.chains[Outbound].decide(&sr); a != nil {
 		h.p.answerHTTP(rec, a)
 		return
 	}
-	if isUpgrade(r) {
-		peer = h.upgrade(rec, r)
-	} else {
-		trace := &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
-			if mc, ok := ci.Conn.(*meshHTTPConn); ok {
-				peer = mc.info
-			}
-		}}
-		h.rp.ServeHTTP(rec, r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
+	switch {
+	case isUpgrade(r):
+		st.peer = h.upgrade(rec, r)
+	case h.h2.handles(r):
+		st.traced = true
+		h.h2.serve(rec, r, context.WithValue(r.Context(), outboundKey{}, st), st.gotConn)
+	default:
+		h.rp.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), outboundKey{}, st)))
 	}
 }
 
@@ -539,6 +580,24 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 		ErrorLog:      discardLog,
 		ErrorHandler:  p.proxyError,
 	}
+	// HTTP/2 requests: as the ReverseProxy above, for less (h2proxy.go).
+	// The request's header is edited in place, so the forwarded headers
+	// stay as the client sent them without being put back.
+	var appProtoHdr []string // shared by the requests, never written
+	if appProto != "" {
+		appProtoHdr = []string{appProto}
+	}
+	h2 := &h2Proxy{
+		transport: app,
+		rewrite: func(out *http.Request) {
+			out.URL.Scheme = "http"
+			out.URL.Host = host
+			if appProtoHdr != nil {
+				out.Header[hdrAppProtocol] = appProtoHdr
+			}
+		},
+		errorHandler: p.proxyError,
+	}
 	var wg sync.WaitGroup // upgraded connections in flight
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isUpgrade(r) {
@@ -561,6 +620,10 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, clientCert: cert, msg: httpFields{r}}
 		if a := p.chains[Inbound].decide(&sr); a != nil {
 			p.answerHTTP(rec, a)
+			return
+		}
+		if h2.handles(r) {
+			h2.serve(rec, r, r.Context(), nil)
 			return
 		}
 		rp.ServeHTTP(rec, r)
