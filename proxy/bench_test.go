@@ -373,13 +373,15 @@ func benchRTT(b *testing.B, addr string) {
 // BenchmarkHTTP measures HTTP/1.1 keep-alive requests (GET, 1 KiB
 // answer) through a pair of sidecars against the backend directly:
 // "l4-pair" plain L4 proxies, "mtls-opaque" mesh mTLS with L7 off (the
-// bytes as they are over meshgate/tcp), "mtls-l7" the default: each
-// request over the pooled HTTP/2 mesh connection. serial is one client
+// bytes as they are over meshgate/tcp, which the server sidecar serves
+// as HTTP), "mtls-l7" the default: each request over a pooled keep-alive
+// meshgate/http1 connection of the HTTP/1 engine. serial is one client
 // (latency per request); parallel, 8 clients per CPU, each with its own
-// keep-alive connection (what the pair sustains). cpu-ns/op is the CPU
-// time of the whole process (client, sidecars, backend) per request.
+// keep-alive connection (what the pair sustains); newconn, one client
+// that opens a connection per request. cpu-ns/op is the CPU time of the
+// whole process (client, sidecars, backend) per request.
 //
-// Run: go test -run '^$' -bench HTTP -benchtime 2s ./proxy
+// Run: go test -run '^$' -bench 'HTTP$' -benchtime 2s ./proxy
 func BenchmarkHTTP(b *testing.B) {
 	body := bytes.Repeat([]byte("x"), 1024)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(body) }))
@@ -418,6 +420,28 @@ func BenchmarkHTTP(b *testing.B) {
 					get(b)
 				}
 			})
+		})
+		// A new client connection per request (Connection: close), as
+		// peerbench's newconn row: the sidecars may keep theirs. From
+		// 127.0.0.2: on loopback, with the original destination faked
+		// (to), a client port that a pooled upstream connection of the
+		// sidecar's own uses from 127.0.0.1 would look to the loop guard
+		// like that connection captured again.
+		dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+		closing := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: dialer.DialContext}}
+		b.Run(path+"/newconn", func(b *testing.B) {
+			b.ReportAllocs()
+			defer reportCPU(b)()
+			for b.Loop() {
+				resp, err := closing.Get(url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if n, _ := io.Copy(io.Discard, resp.Body); n != 1024 || resp.StatusCode != 200 {
+					b.Fatalf("%d, %d bytes", resp.StatusCode, n)
+				}
+				resp.Body.Close()
+			}
 		})
 	}
 }

@@ -309,6 +309,9 @@ func (p *Proxy) isSelf(dst netip.AddrPort, c *net.TCPConn) bool {
 // All are marked (when marking works).
 func (p *Proxy) dial(ctx context.Context, dir Direction, from netip.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
 	d := net.Dialer{Timeout: p.cfg.Timeouts.Connect.D(), Control: p.markCtl}
+	if dir == Inbound {
+		d.KeepAlive = -1 // the app is on this host (see the outbound listener)
+	}
 	fam := 0
 	if dst.Addr().Is6() {
 		fam = 1

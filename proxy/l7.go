@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -17,8 +16,6 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -32,15 +29,16 @@ import (
 	"meshgate/proxy/sniff"
 )
 
-// alpnH2 is the mesh protocol of L7 HTTP between sidecars: HTTP/2 over
-// the mesh mTLS, whatever the app spoke, with the app's protocol in
-// hdrAppProtocol so the server sidecar speaks it to its app.
+// alpnH2 is the mesh protocol of HTTP/2 between sidecars: requests of
+// an app that speaks HTTP/2 (h2c, gRPC) ride pooled, multiplexed HTTP/2
+// over the mesh mTLS, with the app's protocol in hdrAppProtocol so the
+// server sidecar speaks it to its app.
 const alpnH2 = "meshgate/h2"
 
-// alpnHTTP1 carries one HTTP/1.1 request that switches protocols
-// (WebSocket, h2c): the server sidecar reads the request, sets the
-// client's identity in it, hands it to its app, and from then on passes
-// the bytes as they are.
+// alpnHTTP1 is the mesh protocol of HTTP/1.1 between sidecars: the
+// HTTP/1 engine's pooled keep-alive connections (h1serve.go), one request
+// at a time each. A request that switches protocols (WebSocket) keeps its
+// connection, whose bytes then pass as they are.
 const alpnHTTP1 = "meshgate/http1"
 
 // The headers of L7 HTTP.
@@ -210,34 +208,15 @@ func (c *countingConn) Write(b []byte) (int, error) {
 // CloseWrite half-closes the connection (see meshHTTPConn.CloseWrite).
 func (c *countingConn) CloseWrite() error { return closeWrite(c.Conn) }
 
-// connListener hands one connection to an http.Server, then blocks until
-// done is closed, so that Serve returns only once the connection is over.
-type connListener struct {
-	c    net.Conn
-	done chan struct{}
-	used bool
-}
-
-func (l *connListener) Accept() (net.Conn, error) {
-	if !l.used {
-		l.used = true
-		return l.c, nil
-	}
-	<-l.done
-	return nil, net.ErrClosed
-}
-func (l *connListener) Close() error   { return nil }
-func (l *connListener) Addr() net.Addr { return l.c.LocalAddr() }
-
 // discardLog silences net/http's own error log; the proxy logs what
 // matters itself.
 var discardLog = log.New(io.Discard, "", 0)
 
 // serveOutboundHTTP serves an app's HTTP connection to a mesh destination
-// request by request: each goes to the destination's sidecar over the
-// pooled HTTP/2 mesh connection, and its answer comes back in the app's
-// protocol. Upgrades (WebSocket, h2c) get a mesh connection of their own.
-// pc replays the bytes peeked by detection.
+// request by request. HTTP/1 goes to the HTTP/1 engine (serveH1: pooled
+// keep-alive meshgate/http1 connections); HTTP/2 to an HTTP/2 server whose
+// requests go to the destination's sidecar over the pooled, multiplexed
+// meshgate/h2 connection. pc replays the bytes peeked by detection.
 func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.AddrPort, proto sniff.Protocol, m *dirMetrics) outcome {
 	if proto == sniff.HTTP1 {
 		pending, bp := pc.take()
@@ -276,7 +255,7 @@ func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.A
 		},
 		errorHandler: p.proxyError,
 	}
-	p.serveHTTPConn(ctx, cc, proto, h, &h.wg)
+	p.serveH2Conn(ctx, cc, h)
 	o.sent, o.received = cc.sent.Load(), cc.received.Load()
 	o.tls = h.lastPeer()
 	return o
@@ -290,10 +269,10 @@ func appProtoLabel(p sniff.Protocol) string {
 	return "http1"
 }
 
-// serveHTTPConn runs an HTTP server over one connection until it ends:
-// HTTP/1.x, or HTTP/2 (prior knowledge, or the mesh's meshgate/h2). wg
-// counts hijacked connections still being served.
-func (p *Proxy) serveHTTPConn(ctx context.Context, c net.Conn, proto sniff.Protocol, h http.Handler, wg *sync.WaitGroup) {
+// serveH2Conn runs an HTTP/2 server over one connection until it ends:
+// prior knowledge (h2c) from an app, or the mesh's meshgate/h2. (HTTP/1
+// is the engine's, h1serve.go.)
+func (p *Proxy) serveH2Conn(ctx context.Context, c net.Conn, h http.Handler) {
 	base := &http.Server{
 		Handler:           h,
 		MaxHeaderBytes:    maxHeaderBytes,
@@ -307,31 +286,15 @@ func (p *Proxy) serveHTTPConn(ctx context.Context, c net.Conn, proto sniff.Proto
 	// grace period.
 	p.httpServers.Store(base, struct{}{})
 	defer p.httpServers.Delete(base)
-	if proto == sniff.HTTP2 {
-		h2 := &http2.Server{IdleTimeout: p.cfg.Timeouts.Idle.D(), MaxUploadBufferPerConnection: 1 << 20}
-		if err := http2.ConfigureServer(base, h2); err != nil {
-			p.log.Error("HTTP/2 server", zap.Error(err))
-			return
-		}
-		if p.draining.Load() {
-			base.Shutdown(context.Background())
-		}
-		h2.ServeConn(c, &http2.ServeConnOpts{Context: ctx, Handler: h, BaseConfig: base})
-		wg.Wait()
+	h2 := &http2.Server{IdleTimeout: p.cfg.Timeouts.Idle.D(), MaxUploadBufferPerConnection: 1 << 20}
+	if err := http2.ConfigureServer(base, h2); err != nil {
+		p.log.Error("HTTP/2 server", zap.Error(err))
 		return
 	}
-	done := make(chan struct{})
-	var once sync.Once
-	base.ConnState = func(_ net.Conn, st http.ConnState) {
-		if st == http.StateClosed || st == http.StateHijacked {
-			once.Do(func() { close(done) })
-		}
-	}
 	if p.draining.Load() {
-		base.SetKeepAlivesEnabled(false)
+		base.Shutdown(context.Background())
 	}
-	base.Serve(&connListener{c: c, done: done})
-	wg.Wait()
+	h2.ServeConn(c, &http2.ServeConnOpts{Context: ctx, Handler: h, BaseConfig: base})
 }
 
 // drainHTTP asks every L7 connection to end once its requests are
@@ -353,8 +316,7 @@ type outboundHTTP struct {
 	dst      netip.AddrPort
 	appProto string
 	rp       *httputil.ReverseProxy
-	h2       *h2Proxy       // HTTP/2 requests
-	wg       sync.WaitGroup // upgraded connections in flight
+	h2       *h2Proxy // the requests it handles
 
 	mu   sync.Mutex
 	peer tlsInfo // the peer sidecar of the last request
@@ -394,15 +356,6 @@ func (st *outboundRequest) gotConn(c httptrace.GotConnInfo) {
 
 func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	// HTTP/1: the request's body is the transport's to read, even once the
-	// answer has begun, as inbound (serveInboundHTTP). Without this,
-	// net/http reads what is left of the body itself as the answer's
-	// header is written, and a client that sends the rest only once it
-	// has seen the answer start (a streaming echo) waits for ever.
-	// HTTP/2 is full duplex already.
-	if r.ProtoMajor == 1 {
-		http.NewResponseController(w).EnableFullDuplex()
-	}
 	st := &outboundRequest{rec: recorder{ResponseWriter: w, status: http.StatusOK}}
 	rec := &st.rec
 	// Deferred: ReverseProxy aborts the handler with a panic when the
@@ -420,123 +373,25 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.p.answerHTTP(rec, a)
 		return
 	}
-	switch {
-	case isUpgrade(r):
-		st.peer = h.upgrade(rec, r)
-	case h.h2.handles(r):
+	if h.h2.handles(r) {
 		st.traced = true
 		h.h2.serve(rec, r, context.WithValue(r.Context(), outboundKey{}, st), st.gotConn)
-	default:
-		h.rp.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), outboundKey{}, st)))
+		return
 	}
-}
-
-// isUpgrade reports whether r asks to switch protocols (WebSocket, h2c).
-func isUpgrade(r *http.Request) bool {
-	if r.ProtoMajor != 1 || r.Header.Get("Upgrade") == "" {
-		return false
-	}
-	for _, v := range r.Header.Values("Connection") {
-		for _, t := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), "upgrade") {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// upgrade carries a request that switches protocols over a mesh
-// connection of its own (meshgate/http1): the request is written to it as
-// the app sent it (the server sidecar sets the identity header), and from
-// then on bytes flow both ways as they are.
-func (h *outboundHTTP) upgrade(w *recorder, r *http.Request) tlsInfo {
-	// Counted before the hijack, which ends serveHTTPConn's Serve: its
-	// Wait must see this connection.
-	h.wg.Add(1)
-	defer h.wg.Done()
-	p := h.p
-	ctx := r.Context()
-	svc, err := p.dialService(ctx, h.dst, true, alpnHTTP1)
-	if err != nil {
-		p.proxyError(w, r, err)
-		return tlsInfo{}
-	}
-	defer svc.finish(false)
-	up, mc := svc.conn.tcp, meshConn{conn: svc.conn.tls, info: svc.info}
-	out := r.Clone(ctx)
-	setClientCert(out.Header, nil)
-	out.Header.Del(hdrAppProtocol)
-	out.RequestURI = ""
-	if err := out.Write(mc.conn); err != nil {
-		p.closeUpstream(up)
-		p.proxyError(w, r, err)
-		return mc.info
-	}
-	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err != nil {
-		p.closeUpstream(up)
-		p.proxyError(w, r, err)
-		return mc.info
-	}
-	w.hijacked = true
-	var pending []byte
-	if n := brw.Reader.Buffered(); n > 0 {
-		pending, _ = brw.Reader.Peek(n)
-		pending = append([]byte(nil), pending...)
-	}
-	tcp := underlyingTCP(conn)
-	if tcp == nil {
-		conn.Close()
-		p.closeUpstream(up)
-		return mc.info
-	}
-	// The answer's status, for the metrics and the log: 101 if the app
-	// switched, anything else if it declined (the bytes pass either way).
-	mc.conn.SetReadDeadline(time.Now().Add(p.cfg.Timeouts.Idle.D()))
-	first := make([]byte, 4<<10)
-	n, _ := mc.conn.Read(first)
-	first = first[:n]
-	w.status = http.StatusBadGateway
-	if len(first) >= 12 && strings.HasPrefix(string(first), "HTTP/1.") {
-		if code, err := strconv.Atoi(string(first[9:12])); err == nil {
-			w.status = code
-		}
-	}
-	forward(leg{tcp: tcp, pending: pending}, leg{tcp: up, tls: mc.conn, pending: first}, p.cfg.Timeouts.Idle.D(), copyBuffer, &p.metrics.dir[Outbound])
-	p.closeUpstream(up)
-	conn.Close()
-	return mc.info
-}
-
-// underlyingTCP digs the TCP socket out of a hijacked connection.
-func underlyingTCP(c net.Conn) *net.TCPConn {
-	for {
-		switch v := c.(type) {
-		case *net.TCPConn:
-			return v
-		case *countingConn:
-			c = v.Conn
-		case *peekConn:
-			return v.TCPConn
-		default:
-			return nil
-		}
-	}
+	h.rp.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), outboundKey{}, st)))
 }
 
 // serveInboundHTTP serves an HTTP connection to the app at dst request
 // by request, so that what the app is told of the client's identity is
-// the sidecar's own (setClientCert): peer's verified identity, or none
-// for plaintext. c speaks proto: meshgate/h2 from a client sidecar
-// (HTTP/2, each request to the app in the protocol the client app spoke,
-// by hdrAppProtocol), meshgate/http1 (a request that switches protocols),
-// or HTTP detected on meshgate/tcp or plaintext, each request to the app
-// in appProto. Requests that switch protocols are passed on, then the
-// bytes as they are (ReverseProxy, with half-close). With from (tproxy
-// mode) the app is to see the client's address, so the requests go over
-// connections of their own dialed from it, not the pool shared by every
-// client, and those are closed with c.
+// the sidecar's own (the client-identity stage): peer's verified
+// identity, or none for plaintext. HTTP/1 (detected on meshgate/tcp or
+// plaintext) goes to the HTTP/1 engine (serveH1); HTTP/2 (meshgate/h2
+// from a client sidecar, each request to the app in the protocol named
+// by hdrAppProtocol, or h2c detected) to an HTTP/2 server, each request
+// to the app in appProto. With from (tproxy mode) the app is to see the
+// client's address, so the requests go over connections of their own
+// dialed from it, not the pool shared by every client, and those are
+// closed with c.
 func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Protocol, appProto string, from netip.Addr, dst netip.AddrPort, peer tlsInfo, m *dirMetrics) outcome {
 	if proto == sniff.HTTP1 {
 		switch c := c.(type) {
@@ -598,22 +453,7 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 		},
 		errorHandler: p.proxyError,
 	}
-	var wg sync.WaitGroup // upgraded connections in flight
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if isUpgrade(r) {
-			// Counted before ReverseProxy hijacks the connection, which
-			// ends serveHTTPConn's Serve: its Wait must see it.
-			wg.Add(1)
-			defer wg.Done()
-		}
-		// HTTP/1: the request's body is the transport's to read, even once
-		// the app's answer has begun (an echo streams it back). Without
-		// this, net/http would read what is left of it itself as the
-		// answer's header is written, racing the transport, and close it.
-		// HTTP/2 is full duplex already.
-		if r.ProtoMajor == 1 {
-			http.NewResponseController(w).EnableFullDuplex()
-		}
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		defer func() { p.observeRequest(Inbound, r, rec, id, time.Since(start)) }()
@@ -628,7 +468,7 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 		}
 		rp.ServeHTTP(rec, r)
 	})
-	p.serveHTTPConn(ctx, cc, proto, h, &wg)
+	p.serveH2Conn(ctx, cc, h)
 	o.sent, o.received = cc.sent.Load(), cc.received.Load()
 	return o
 }
@@ -793,41 +633,6 @@ func (r *recorder) Flush() {
 }
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-// Hijack hands the connection over, as ReverseProxy does once the app has
-// switched protocols: the answer was 101. ReverseProxy then reads the
-// connection, not brw, so the returned connection reads first what the
-// server buffered of it: bytes the client sent right after the request.
-func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
-	if err != nil {
-		return c, brw, err
-	}
-	r.status, r.wroteHeader, r.hijacked = http.StatusSwitchingProtocols, true, true
-	if brw.Reader.Buffered() > 0 {
-		c = &bufferedConn{Conn: c, r: brw.Reader}
-	}
-	return c, brw, nil
-}
-
-// bufferedConn reads what r holds before reading the connection.
-type bufferedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c *bufferedConn) Read(b []byte) (int, error) {
-	if c.r != nil {
-		if n := c.r.Buffered(); n > 0 {
-			return c.r.Read(b[:min(len(b), n)])
-		}
-		c.r = nil
-	}
-	return c.Conn.Read(b)
-}
-
-// CloseWrite half-closes the connection (see meshHTTPConn.CloseWrite).
-func (c *bufferedConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 // newUUID returns a random (version 4) UUID. Request identifiers need
 // to be unique, not secret: the runtime's per-thread ChaCha8 generator

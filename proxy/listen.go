@@ -88,6 +88,12 @@ func (p *Proxy) bind() (capture []*captureListener, servers []*httpServer, err e
 			}
 			addr := net.JoinHostPort(host, strconv.Itoa(int(spec.port)))
 			lc := net.ListenConfig{}
+			if spec.dir == Outbound {
+				// The app is on this host: its connections cannot vanish
+				// unnoticed, so TCP keep-alive probes (four setsockopt
+				// calls per accepted connection) would buy nothing.
+				lc.KeepAlive = -1
+			}
 			if spec.transparent {
 				lc.Control = transparentControl
 			}
