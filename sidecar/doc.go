@@ -4,8 +4,8 @@
 // registry they all report to. "meshgate proxy" runs it after turning its
 // flags into Options; tests may start it the same way.
 //
-// It tunes the process's garbage collector (GC: GOGC 50 unless the user
-// says otherwise, an optional memory limit) and gives free heap back to
+// It tunes the process's garbage collector (GC: Go's GOGC 100 unless the
+// user says otherwise, an optional memory limit) and gives free heap back to
 // the system after a burst, so that a sidecar's memory follows its
 // connections (issue 12).
 //

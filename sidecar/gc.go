@@ -15,14 +15,16 @@ import (
 )
 
 // DefaultGCPercent is the sidecar's garbage collection target when
-// neither GC.Percent nor GOGC says otherwise: the heap may grow by half
-// of what is live (and of the goroutine stacks) before a collection,
-// where Go's default lets it double (issue 12, measured with "meshgate
-// bench mesh"): at 2 000 open mTLS connections it took each sidecar's RSS
-// from 44-45 to 36-37 KB a connection, and under HTTP/1.1 load through
-// L7 (64 connections) its peak from 38-41 to 35-39 MB, for 8-15% more
-// CPU per request.
-const DefaultGCPercent = 50
+// neither GC.Percent nor GOGC says otherwise: Go's own, the heap may
+// double before a collection. Half of that (50) was measured in one
+// peerbench run beside it (issue 12): it saved 1.5-2 MB of peak RSS per
+// sidecar under load, and cost 5% more CPU per keep-alive request, 9%
+// per new connection and 13% per mTLS handshake. The sidecar sits in
+// every request's path, so CPU wins by default; --gc-percent 50 or
+// --memory-limit trade it back for memory. With the allocations of the
+// HTTP/1 engine (a dozen per request over both sidecars) the collector
+// runs seldom either way.
+const DefaultGCPercent = 100
 
 // GC tunes the Go garbage collector of the sidecar's process. The
 // environment wins: GOGC and GOMEMLIMIT, when set, are the user's word

@@ -25,7 +25,7 @@ func TestGCApply(t *testing.T) {
 		wantLimit                    int64
 		wantPercentLog, wantLimitLog string
 	}{
-		{"defaults", GC{}, nil, DefaultGCPercent, math.MaxInt64, "50", "none"},
+		{"defaults", GC{}, nil, DefaultGCPercent, math.MaxInt64, "100", "none"},
 		{"flags", GC{Percent: 80, MemoryLimit: 64 << 20}, nil, 80, 64 << 20, "80", "67108864"},
 		{"environment wins", GC{Percent: 80, MemoryLimit: 64 << 20}, map[string]string{"GOGC": "200", "GOMEMLIMIT": "1GiB"},
 			100, math.MaxInt64, "GOGC=200", "GOMEMLIMIT=1GiB"},
@@ -58,7 +58,7 @@ func TestGCValidate(t *testing.T) {
 		{"off without a limit", GC{Percent: -1},
 			"--gc-percent -1: with the collector off, the heap grows without bound; give --memory-limit too"},
 		{"negative", GC{Percent: -5, MemoryLimit: -1},
-			"--gc-percent -5: want a percentage, 0 for the default (50), or -1 to turn the collector off\n" +
+			"--gc-percent -5: want a percentage, 0 for the default (100), or -1 to turn the collector off\n" +
 				"--memory-limit -1: want bytes, or 0 for none"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
