@@ -106,6 +106,19 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 	return p.serveInbound(ctx, pc, &upstream, from, dst, tlsInfo{}, m)
 }
 
+// plain dials the app at dst (from from, see dialApp) and forwards the
+// connection as it is: the inbound L4 path (outbound, see opaqueOut).
+func (p *Proxy) plain(ctx context.Context, client *net.TCPConn, from netip.Addr, dst netip.AddrPort, m *dirMetrics) outcome {
+	upstream, err := p.dialApp(ctx, from, dst)
+	if err != nil {
+		m.connectFailures.Inc()
+		return outcome{dst: dst, err: err, refused: true}
+	}
+	defer p.closeUpstream(upstream)
+	sent, received, err := forward(leg{tcp: client}, leg{tcp: upstream}, p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	return outcome{dst: dst, sent: sent, received: received, err: err}
+}
+
 // terminate runs the server side of mesh TLS on the client, then serves
 // what it carries: meshgate/h2 and meshgate/http1 as HTTP, meshgate/tcp
 // by what it turns out to be (serveInbound). upstream is the app's
@@ -380,12 +393,6 @@ func (p *Proxy) probe(ctx context.Context, client *net.TCPConn, refusal outcome)
 	refusal.tls = mc.info
 	return refusal
 }
-
-// dialError marks the upstream dial failing during a firstBytesRace.
-type dialError struct{ err error }
-
-func (e *dialError) Error() string { return e.err.Error() }
-func (e *dialError) Unwrap() error { return e.err }
 
 // helloSettled says whether the peeked bytes settle what the client is:
 // a ClientHello or not.
