@@ -58,10 +58,12 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 	p.logClosed(l.dir, src, time.Since(start), &o)
 }
 
-// pipeline runs the stages of one connection: original destination, loop
-// guard, then the direction's own: inbound, mTLS termination by ALPN (see
-// inbound.go); outbound, mTLS origination to the mesh (outbound.go);
-// then dial and forward. Protocol detection and L7 slot in after mTLS.
+// pipeline runs the stages of one connection: original destination
+// (origdst.go), loop guard (loopguard.go), then the direction's own:
+// inbound, mTLS termination by ALPN (inbound.go, terminate.go), then
+// protocol detection; outbound, protocol detection while the destination
+// is dialed, with mTLS origination to the mesh (outbound.go, detect.go,
+// originate.go); then dial (dial.go) and forward (forward.go), or L7.
 func (p *Proxy) pipeline(ctx context.Context, l *captureListener, client *net.TCPConn, m *dirMetrics) outcome {
 	tproxied := p.tproxied(l, client)
 	dst, err := p.originalDst(l, client, tproxied)

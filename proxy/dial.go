@@ -107,5 +107,16 @@ func isBindAddrNotAvail(err error) bool {
 type dialError struct{ err error }
 
 func (e *dialError) Error() string { return e.err.Error() }
-
 func (e *dialError) Unwrap() error { return e.err }
+
+// dialFailed is the outcome of a connection whose upstream could not be
+// reached (a *dialError) or refused mesh TLS (a *handshakeError).
+func (p *Proxy) dialFailed(o outcome, err error, m *dirMetrics) outcome {
+	o.err, o.refused = err, true
+	if de, ok := errors.AsType[*dialError](err); ok {
+		m.connectFailures.Inc()
+		o.err = de.err
+	}
+	o.reason = reasonOf(err)
+	return o
+}

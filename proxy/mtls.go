@@ -313,6 +313,12 @@ type tlsInfo struct {
 	resumed bool
 }
 
+// meshConn is a mesh TLS connection after its handshake.
+type meshConn struct {
+	conn *tls.Conn
+	info tlsInfo
+}
+
 // handshakeError is a refused mesh handshake with its reason label.
 type handshakeError struct {
 	reason string

@@ -182,7 +182,7 @@ type opening struct {
 // server-first protocol: MySQL, SMTP, ...) is heard at once instead of
 // after a detection timeout. Inbound mTLS waits for the ClientHello with
 // it (dialing the app only in permissive mode), and protocol detection
-// waits for the app's first bytes with it (protocol.go).
+// waits for the app's first bytes with it (detect.go).
 type firstBytesRace struct {
 	client  *peekConn
 	settled func(peeked []byte) bool
