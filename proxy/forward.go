@@ -66,6 +66,11 @@ const (
 	copyBuffer                 // a pooled buffer only (tests, benchmarks)
 )
 
+// withCopyMode picks how bytes are moved (tests and benchmarks compare).
+func withCopyMode(m copyMode) Option {
+	return func(p *Proxy) { p.copyMode = m }
+}
+
 // leg is one side of a forwarded connection.
 type leg struct {
 	// tcp is the socket: deadlines, half-close, reset and splice act on it.

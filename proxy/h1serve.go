@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -21,13 +20,13 @@ import (
 
 // The HTTP/1 engine: one goroutine per client connection reads a request
 // (h1codec.go), runs it through the direction's request stages
-// (stages.go), writes it to an upstream connection taken from a pool,
-// reads the response and writes it back, then waits for the next request.
-// No goroutine hand-off on the way, and the head and a small body of
-// each message leave in one write. Only a request body that is not all
-// there yet gets a goroutine of its own, so that it streams to the
-// upstream while the response streams back (full duplex: an echo, or
-// 100-continue).
+// (stages.go), writes it to an upstream connection taken from a pool
+// (h1pool.go), reads the response and writes it back, then waits for the
+// next request. No goroutine hand-off on the way, and the head and a
+// small body of each message leave in one write. Only a request body
+// that is not all there yet gets a goroutine of its own, so that it
+// streams to the upstream while the response streams back (full duplex:
+// an echo, or 100-continue).
 //
 // Outbound, the upstream is the destination's sidecar: for each request
 // the balancer picks an endpoint, and the request goes over a pooled
@@ -42,162 +41,6 @@ import (
 // A request that switches protocols (Upgrade, CONNECT) gets its
 // connection to itself: once the answer is 101 (2xx for CONNECT) the
 // bytes pass both ways as they are (forward).
-
-// h1PoolIdle is how long an idle pooled connection is kept.
-const h1PoolIdle = 90 * time.Second
-
-// h1PoolMax bounds the idle connections kept per upstream.
-const h1PoolMax = 256
-
-// h1CheckAfter: a pooled connection idle for longer than this is checked
-// for a close by its peer before it is used (many servers close idle
-// keep-alive connections after a few seconds; a peer sidecar closes its
-// idle ones when it drains). On a mesh connection whose handshake is long
-// over, bytes nobody asked for are a close_notify.
-const h1CheckAfter = time.Second
-
-// h1Up is an upstream connection of the engine.
-type h1Up struct {
-	tcp  *net.TCPConn
-	conn net.Conn // tls over tcp (mesh), or tcp
-	r    h1Reader
-	w    h1Writer
-	info tlsInfo
-	key  poolKey
-	// idleSince is when it went back to the pool; zero for a new one.
-	idleSince time.Time
-}
-
-func newH1Up(tcp *net.TCPConn, tc *tls.Conn, info tlsInfo, key poolKey) *h1Up {
-	u := &h1Up{tcp: tcp, info: info, key: key}
-	if tc != nil {
-		u.conn = tc
-	} else {
-		u.conn = tcp
-	}
-	u.r.src, u.w.dst = u.conn, u.conn
-	return u
-}
-
-// poolKey names what a pooled connection leads to: a mesh endpoint, or
-// an app address.
-type poolKey struct {
-	addr netip.AddrPort
-	mesh bool
-}
-
-// h1Pool keeps idle upstream connections, newest first.
-type h1Pool struct {
-	p      *Proxy
-	mu     sync.Mutex
-	idle   map[poolKey][]*h1Up
-	timer  *time.Timer
-	closed bool
-}
-
-func newH1Pool(p *Proxy) *h1Pool { return &h1Pool{p: p, idle: make(map[poolKey][]*h1Up)} }
-
-// get returns an idle connection to key, nil if none.
-func (pl *h1Pool) get(key poolKey, now time.Time) *h1Up {
-	pl.mu.Lock()
-	for {
-		list := pl.idle[key]
-		if len(list) == 0 {
-			pl.mu.Unlock()
-			return nil
-		}
-		u := list[len(list)-1]
-		list[len(list)-1] = nil
-		pl.idle[key] = list[:len(list)-1]
-		if now.Sub(u.idleSince) > h1PoolIdle {
-			// The rest are older still.
-			rest := pl.idle[key]
-			delete(pl.idle, key)
-			pl.mu.Unlock()
-			pl.p.closeUpstream(u.tcp)
-			for _, o := range rest {
-				pl.p.closeUpstream(o.tcp)
-			}
-			return nil
-		}
-		if now.Sub(u.idleSince) > h1CheckAfter && !idleAlive(u.tcp) {
-			pl.mu.Unlock()
-			pl.p.closeUpstream(u.tcp)
-			pl.mu.Lock()
-			continue
-		}
-		pl.mu.Unlock()
-		return u
-	}
-}
-
-// put keeps u for reuse, or closes it when the pool is full or closed.
-func (pl *h1Pool) put(u *h1Up, now time.Time) {
-	if !u.r.release() {
-		pl.p.closeUpstream(u.tcp) // bytes nobody asked for: not reusable
-		return
-	}
-	u.w.release()
-	u.idleSince = now
-	pl.mu.Lock()
-	if pl.closed || len(pl.idle[u.key]) >= h1PoolMax {
-		pl.mu.Unlock()
-		pl.p.closeUpstream(u.tcp)
-		return
-	}
-	pl.idle[u.key] = append(pl.idle[u.key], u)
-	if pl.timer == nil {
-		pl.timer = time.AfterFunc(h1PoolIdle, pl.sweep)
-	}
-	pl.mu.Unlock()
-}
-
-// sweep closes the connections idle for longer than h1PoolIdle, and runs
-// again later while any are kept.
-func (pl *h1Pool) sweep() {
-	now := time.Now()
-	var expired []*h1Up
-	pl.mu.Lock()
-	for k, list := range pl.idle {
-		n := 0
-		for n < len(list) && now.Sub(list[n].idleSince) > h1PoolIdle {
-			n++
-		}
-		expired = append(expired, list[:n]...)
-		if n == len(list) {
-			delete(pl.idle, k)
-		} else {
-			pl.idle[k] = append(list[:0], list[n:]...)
-		}
-	}
-	pl.timer = nil
-	if len(pl.idle) > 0 && !pl.closed {
-		pl.timer = time.AfterFunc(h1PoolIdle/3, pl.sweep)
-	}
-	pl.mu.Unlock()
-	for _, u := range expired {
-		pl.p.closeUpstream(u.tcp)
-	}
-}
-
-// closeIdle closes every idle connection; closing (at drain) also keeps
-// the pool from taking more.
-func (pl *h1Pool) closeIdle(closing bool) {
-	pl.mu.Lock()
-	idle := pl.idle
-	pl.idle = make(map[poolKey][]*h1Up)
-	pl.closed = pl.closed || closing
-	if pl.timer != nil {
-		pl.timer.Stop()
-		pl.timer = nil
-	}
-	pl.mu.Unlock()
-	for _, list := range idle {
-		for _, u := range list {
-			pl.p.closeUpstream(u.tcp)
-		}
-	}
-}
 
 // h1Conn serves one client connection of the engine.
 type h1Conn struct {

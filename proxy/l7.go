@@ -2,28 +2,14 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"log"
-	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/http/httptrace"
-	"net/http/httputil"
 	"net/netip"
-	"os"
-	"sync"
 	"sync/atomic"
-	"syscall"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"golang.org/x/net/http2"
 
 	"meshgate/proxy/sniff"
@@ -36,9 +22,9 @@ import (
 const alpnH2 = "meshgate/h2"
 
 // alpnHTTP1 is the mesh protocol of HTTP/1.1 between sidecars: the
-// HTTP/1 engine's pooled keep-alive connections (h1serve.go), one request
-// at a time each. A request that switches protocols (WebSocket) keeps its
-// connection, whose bytes then pass as they are.
+// HTTP/1 engine's pooled keep-alive connections (h1serve.go, h1pool.go),
+// one request at a time each. A request that switches protocols
+// (WebSocket) keeps its connection, whose bytes then pass as they are.
 const alpnHTTP1 = "meshgate/http1"
 
 // The headers of L7 HTTP.
@@ -61,22 +47,13 @@ const (
 	hdrCorrelation = "X-Correlation-Id"
 )
 
-// flushNote: the reverse proxies keep ReverseProxy's default flushing.
-// It flushes a response of unknown length (a stream: gRPC, server-sent
-// events) at every write, and a response whose upstream stream ended with
-// its headers (length 0) not at all, so that it leaves as one HEADERS
-// frame with END_STREAM. gRPC's trailers-only answers (an error before
-// any message) depend on that: flushed early, the status would arrive as
-// headers followed by an empty DATA frame, which gRPC clients reject.
-// FlushInterval -1 would flush those headers at once, racing the end of
-// the handler.
-
 // maxHeaderBytes bounds a request's or a response's header block.
 const maxHeaderBytes = 1 << 20
 
-// l7 holds the transports of L7 HTTP: to peer sidecars (pooled,
-// multiplexed HTTP/2 over mesh mTLS, one pool per destination), and to
-// the local app (HTTP/1.1 keep-alive, or h2c).
+// l7 holds the upstream side of L7 HTTP: the HTTP/2 path's transports
+// (h2transport.go), to peer sidecars (pooled, multiplexed HTTP/2 over
+// mesh mTLS, one pool per destination) and to the local app (HTTP/1.1
+// keep-alive, or h2c), and the HTTP/1 engine's pool (h1pool.go).
 type l7 struct {
 	p    *Proxy
 	mesh *http2.Transport
@@ -86,28 +63,7 @@ type l7 struct {
 
 func newL7(p *Proxy) *l7 {
 	l := &l7{p: p, h1: newH1Pool(p)}
-	l.mesh = &http2.Transport{
-		DialTLSContext: func(ctx context.Context, _, addr string, _ *tls.Config) (net.Conn, error) {
-			dst, err := netip.ParseAddrPort(addr)
-			if err != nil {
-				return nil, err
-			}
-			c, err := p.dialUpstream(ctx, dst)
-			if err != nil {
-				return nil, &dialError{err}
-			}
-			mc, err := p.originate(ctx, c, dst, alpnH2)
-			if err != nil {
-				p.closeUpstream(c)
-				return nil, err
-			}
-			return &meshHTTPConn{Conn: mc.conn, p: p, tcp: c, info: mc.info}, nil
-		},
-		DisableCompression: true,
-		MaxHeaderListSize:  maxHeaderBytes + 64<<10,
-		ReadIdleTimeout:    30 * time.Second,
-		PingTimeout:        15 * time.Second,
-	}
+	l.mesh = p.newMeshTransport()
 	l.app = p.newAppTransport(netip.Addr{})
 	return l
 }
@@ -118,58 +74,6 @@ func (l *l7) closeIdle() {
 	l.mesh.CloseIdleConnections()
 	l.app.closeIdle()
 }
-
-// newAppTransport returns transports to the local app whose connections
-// are dialed from from (see dialApp).
-func (p *Proxy) newAppTransport(from netip.Addr) appTransport {
-	dialApp := func(ctx context.Context, addr string) (net.Conn, error) {
-		dst, err := netip.ParseAddrPort(addr)
-		if err != nil {
-			return nil, err
-		}
-		c, err := p.dialApp(ctx, from, dst)
-		if err != nil {
-			return nil, &dialError{err}
-		}
-		return &meshHTTPConn{Conn: c, p: p, tcp: c}, nil
-	}
-	return appTransport{
-		h1: &http.Transport{
-			DialContext:            func(ctx context.Context, _, addr string) (net.Conn, error) { return dialApp(ctx, addr) },
-			DisableCompression:     true,
-			MaxIdleConnsPerHost:    64,
-			IdleConnTimeout:        90 * time.Second,
-			MaxResponseHeaderBytes: maxHeaderBytes,
-		},
-		h2c: &http2.Transport{
-			AllowHTTP:          true,
-			DialTLSContext:     func(ctx context.Context, _, addr string, _ *tls.Config) (net.Conn, error) { return dialApp(ctx, addr) },
-			DisableCompression: true,
-			MaxHeaderListSize:  maxHeaderBytes + 64<<10,
-			IdleConnTimeout:    90 * time.Second,
-		},
-	}
-}
-
-// meshHTTPConn is a pooled upstream connection: closing it deregisters it
-// from the loop guard.
-type meshHTTPConn struct {
-	net.Conn
-	p    *Proxy
-	tcp  *net.TCPConn
-	info tlsInfo
-	once sync.Once
-}
-
-func (c *meshHTTPConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { c.p.closeUpstream(c.tcp) })
-	return err
-}
-
-// CloseWrite half-closes the connection, so that a protocol switched to
-// (ReverseProxy copies an upgraded connection) keeps TCP half-close.
-func (c *meshHTTPConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 // closeWrite half-closes c if it can be.
 func closeWrite(c net.Conn) error {
@@ -208,10 +112,6 @@ func (c *countingConn) Write(b []byte) (int, error) {
 // CloseWrite half-closes the connection (see meshHTTPConn.CloseWrite).
 func (c *countingConn) CloseWrite() error { return closeWrite(c.Conn) }
 
-// discardLog silences net/http's own error log; the proxy logs what
-// matters itself.
-var discardLog = log.New(io.Discard, "", 0)
-
 // serveOutboundHTTP serves an app's HTTP connection to a mesh destination
 // request by request. HTTP/1 goes to the HTTP/1 engine (serveH1: pooled
 // keep-alive meshgate/http1 connections); HTTP/2 to an HTTP/2 server whose
@@ -223,42 +123,7 @@ func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.A
 		defer putPeekBuf(bp)
 		return p.serveH1(ctx, Outbound, pc.TCPConn, nil, pending, netip.Addr{}, dst, tlsInfo{}, m)
 	}
-	o := outcome{dst: dst, mtls: true}
-	cc := &countingConn{Conn: pc, sentC: m.sent, recvC: m.received}
-	h := &outboundHTTP{p: p, dst: dst, appProto: appProtoLabel(proto)}
-	host := dst.String()
-	var transport http.RoundTripper = balancedTransport{p: p, dst: dst}
-	h.rp = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "https"
-			pr.Out.URL.Host = host
-			pr.Out.Host = pr.In.Host
-			pr.Out.Header.Set(hdrAppProtocol, h.appProto)
-		},
-		Transport:     transport,
-		BufferPool:    copyBuffers{},
-		FlushInterval: 0, // see flushNote
-		ErrorLog:      discardLog,
-		ErrorHandler:  p.proxyError,
-	}
-	// HTTP/2 requests: as the ReverseProxy above, for less (h2proxy.go).
-	appProto := []string{h.appProto} // shared by the requests, never written
-	h.h2 = &h2Proxy{
-		transport: transport,
-		rewrite: func(out *http.Request) {
-			out.URL.Scheme = "https"
-			out.URL.Host = host
-			for _, k := range forwardedHeaders { // as the Rewrite above
-				delete(out.Header, k)
-			}
-			out.Header[hdrAppProtocol] = appProto
-		},
-		errorHandler: p.proxyError,
-	}
-	p.serveH2Conn(ctx, cc, h)
-	o.sent, o.received = cc.sent.Load(), cc.received.Load()
-	o.tls = h.lastPeer()
-	return o
+	return p.serveOutboundH2(ctx, pc, dst, proto, m)
 }
 
 // appProtoLabel names the app's HTTP protocol in hdrAppProtocol.
@@ -267,34 +132,6 @@ func appProtoLabel(p sniff.Protocol) string {
 		return "http2"
 	}
 	return "http1"
-}
-
-// serveH2Conn runs an HTTP/2 server over one connection until it ends:
-// prior knowledge (h2c) from an app, or the mesh's meshgate/h2. (HTTP/1
-// is the engine's, h1serve.go.)
-func (p *Proxy) serveH2Conn(ctx context.Context, c net.Conn, h http.Handler) {
-	base := &http.Server{
-		Handler:           h,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ReadHeaderTimeout: p.cfg.Timeouts.Handshake.D(),
-		IdleTimeout:       p.cfg.Timeouts.Idle.D(),
-		ErrorLog:          discardLog,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-	}
-	// Registered so that a drain closes the connection once its requests
-	// are answered (GOAWAY on HTTP/2), instead of holding it open for the
-	// grace period.
-	p.httpServers.Store(base, struct{}{})
-	defer p.httpServers.Delete(base)
-	h2 := &http2.Server{IdleTimeout: p.cfg.Timeouts.Idle.D(), MaxUploadBufferPerConnection: 1 << 20}
-	if err := http2.ConfigureServer(base, h2); err != nil {
-		p.log.Error("HTTP/2 server", zap.Error(err))
-		return
-	}
-	if p.draining.Load() {
-		base.Shutdown(context.Background())
-	}
-	h2.ServeConn(c, &http2.ServeConnOpts{Context: ctx, Handler: h, BaseConfig: base})
 }
 
 // drainHTTP asks every L7 connection to end once its requests are
@@ -308,77 +145,6 @@ func (p *Proxy) drainHTTP() {
 		return true
 	})
 	p.l7.closeIdle()
-}
-
-// outboundHTTP is the client sidecar's handler for one app connection.
-type outboundHTTP struct {
-	p        *Proxy
-	dst      netip.AddrPort
-	appProto string
-	rp       *httputil.ReverseProxy
-	h2       *h2Proxy // the requests it handles
-
-	mu   sync.Mutex
-	peer tlsInfo // the peer sidecar of the last request
-}
-
-func (h *outboundHTTP) lastPeer() tlsInfo {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.peer
-}
-
-// outboundRequest is what outboundHTTP keeps of one request: its
-// recorder, and the peer sidecar that served it, which balancedTransport
-// notes (found by outboundKey in the request's context). One allocation
-// for both.
-type outboundRequest struct {
-	rec  recorder
-	peer tlsInfo
-	// traced: the request's own trace calls gotConn (h2Proxy), so
-	// balancedTransport adds none, and sets try to the try under way.
-	traced bool
-	try    *try
-}
-
-// gotConn notes the connection a try of the request went on: its peer
-// sidecar, and for the balancer when the try had it.
-func (st *outboundRequest) gotConn(c httptrace.GotConnInfo) {
-	if mc, ok := c.Conn.(*meshHTTPConn); ok {
-		st.peer = mc.info
-	}
-	if t := st.try; t != nil && t.done != nil {
-		if t.connected = time.Now(); c.Reused {
-			t.connected = t.start
-		}
-	}
-}
-
-func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	st := &outboundRequest{rec: recorder{ResponseWriter: w, status: http.StatusOK}}
-	rec := &st.rec
-	// Deferred: ReverseProxy aborts the handler with a panic when the
-	// client goes away mid-response, and the request still counts.
-	defer func() {
-		if !st.peer.peer.IsZero() {
-			h.mu.Lock()
-			h.peer = st.peer
-			h.mu.Unlock()
-		}
-		h.p.observeRequest(Outbound, r, rec, st.peer.peer.String(), time.Since(start))
-	}()
-	sr := Request{Dir: Outbound, Dst: h.dst, msg: httpFields{r}}
-	if a := h.p.chains[Outbound].decide(&sr); a != nil {
-		h.p.answerHTTP(rec, a)
-		return
-	}
-	if h.h2.handles(r) {
-		st.traced = true
-		h.h2.serve(rec, r, context.WithValue(r.Context(), outboundKey{}, st), st.gotConn)
-		return
-	}
-	h.rp.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), outboundKey{}, st)))
 }
 
 // serveInboundHTTP serves an HTTP connection to the app at dst request
@@ -401,81 +167,8 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 			return p.serveH1(ctx, Inbound, c.TCPConn, c.tls, pending, from, dst, peer, m)
 		}
 	}
-	o := outcome{dst: dst, tls: peer}
-	app := p.l7.app
-	if from.IsValid() {
-		app = p.newAppTransport(from)
-		defer app.closeIdle()
-	}
-	cc := &countingConn{Conn: c, sentC: m.sent, recvC: m.received}
-	id, host := peer.peer.String(), dst.String()
-	cert := ""
-	if !peer.peer.IsZero() {
-		cert = "URI=" + id
-	}
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = host
-			pr.Out.Host = pr.In.Host
-			// Rewrite drops these; the app gets them as the client sent
-			// them, as it would without the sidecar.
-			for _, k := range forwardedHeaders {
-				if v := pr.In.Header[k]; v != nil {
-					pr.Out.Header[k] = v
-				}
-			}
-			if appProto != "" {
-				pr.Out.Header.Set(hdrAppProtocol, appProto)
-			}
-		},
-		Transport:     app,
-		BufferPool:    copyBuffers{},
-		FlushInterval: 0, // see flushNote
-		ErrorLog:      discardLog,
-		ErrorHandler:  p.proxyError,
-	}
-	// HTTP/2 requests: as the ReverseProxy above, for less (h2proxy.go).
-	// The request's header is edited in place, so the forwarded headers
-	// stay as the client sent them without being put back.
-	var appProtoHdr []string // shared by the requests, never written
-	if appProto != "" {
-		appProtoHdr = []string{appProto}
-	}
-	h2 := &h2Proxy{
-		transport: app,
-		rewrite: func(out *http.Request) {
-			out.URL.Scheme = "http"
-			out.URL.Host = host
-			if appProtoHdr != nil {
-				out.Header[hdrAppProtocol] = appProtoHdr
-			}
-		},
-		errorHandler: p.proxyError,
-	}
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
-		defer func() { p.observeRequest(Inbound, r, rec, id, time.Since(start)) }()
-		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, clientCert: cert, msg: httpFields{r}}
-		if a := p.chains[Inbound].decide(&sr); a != nil {
-			p.answerHTTP(rec, a)
-			return
-		}
-		if h2.handles(r) {
-			h2.serve(rec, r, r.Context(), nil)
-			return
-		}
-		rp.ServeHTTP(rec, r)
-	})
-	p.serveH2Conn(ctx, cc, h)
-	o.sent, o.received = cc.sent.Load(), cc.received.Load()
-	return o
+	return p.serveInboundH2(ctx, c, appProto, from, dst, peer, m)
 }
-
-// forwardedHeaders are the headers ReverseProxy's Rewrite removes from a
-// request (RFC 7239 Forwarded and the X-Forwarded- ones).
-var forwardedHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
 // setClientCert makes hdrClientCert in h the sidecar's own: every header
 // that an app could read as it is removed, in any spelling (header names
@@ -527,187 +220,4 @@ func foldHeaderByte(c byte) byte {
 		return '-'
 	}
 	return c
-}
-
-// copyBuffers lends ReverseProxy the pooled copy buffers of forward, so
-// a request's body copy allocates none.
-type copyBuffers struct{}
-
-func (copyBuffers) Get() []byte  { return *bufPool.Get().(*[]byte) }
-func (copyBuffers) Put(b []byte) { bufPool.Put(&b) }
-
-// appTransport sends a request to the local app in the protocol named by
-// hdrAppProtocol (which it removes): HTTP/1.1, or h2c.
-type appTransport struct {
-	h1  *http.Transport
-	h2c *http2.Transport
-}
-
-func (t appTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	proto := r.Header.Get(hdrAppProtocol)
-	r.Header.Del(hdrAppProtocol)
-	if proto == "http2" {
-		return t.h2c.RoundTrip(r)
-	}
-	return t.h1.RoundTrip(r)
-}
-
-// closeIdle closes the app connections no request uses.
-func (t appTransport) closeIdle() {
-	t.h1.CloseIdleConnections()
-	t.h2c.CloseIdleConnections()
-}
-
-// proxyError answers a request the proxy could not pass on: 502 when the
-// upstream could not be reached or refused us, 504 when it did not answer
-// in time, with the reason in hdrError and the body.
-func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return // the client went away: nobody to answer
-	}
-	status, reason := http.StatusBadGateway, "upstream request failed"
-	var he *handshakeError
-	switch {
-	case errors.As(err, &he):
-		reason = "mesh TLS handshake failed: " + he.reason
-	case errors.Is(err, syscall.ECONNREFUSED):
-		reason = "upstream connection refused"
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
-		status, reason = http.StatusGatewayTimeout, "upstream timed out"
-	case errors.As(err, new(*dialError)):
-		reason = "upstream connect failed"
-	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
-		reason = "upstream closed the connection"
-	}
-	if rec, ok := w.(*recorder); ok {
-		rec.reason = reason
-		rec.err = err
-	}
-	w.Header().Set(hdrError, reason)
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(status)
-	fmt.Fprintf(w, "meshgate: %s\n", reason)
-}
-
-// answerHTTP writes a stage's answer (see h1Conn.answer).
-func (p *Proxy) answerHTTP(w *recorder, a *Answer) {
-	why := a.stage + ": " + a.Reason
-	w.reason = why
-	w.Header().Set(hdrError, why)
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(a.Status)
-	fmt.Fprintf(w, "meshgate: %s\n", why)
-}
-
-// recorder notes a response's status and size for metrics and the access
-// log. It unwraps for http.ResponseController, so flushing, trailers and
-// hijacking reach the real ResponseWriter.
-type recorder struct {
-	http.ResponseWriter
-	status      int
-	wroteHeader bool
-	bytes       int64
-	hijacked    bool
-	reason      string // the proxy's own error, when it answered
-	err         error
-}
-
-func (r *recorder) WriteHeader(code int) {
-	if !r.wroteHeader && code >= 200 {
-		r.status, r.wroteHeader = code, true
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *recorder) Write(b []byte) (int, error) {
-	r.wroteHeader = true
-	n, err := r.ResponseWriter.Write(b)
-	r.bytes += int64(n)
-	return n, err
-}
-
-func (r *recorder) Flush() {
-	if f, ok := r.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-// newUUID returns a random (version 4) UUID. Request identifiers need
-// to be unique, not secret: the runtime's per-thread ChaCha8 generator
-// (math/rand/v2) is seeded from the kernel and costs no system call.
-func newUUID() string {
-	var b [16]byte
-	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
-	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	var x [36]byte
-	hex.Encode(x[:8], b[:4])
-	x[8] = '-'
-	hex.Encode(x[9:13], b[4:6])
-	x[13] = '-'
-	hex.Encode(x[14:18], b[6:8])
-	x[18] = '-'
-	hex.Encode(x[19:23], b[8:10])
-	x[23] = '-'
-	hex.Encode(x[24:], b[10:])
-	return string(x[:])
-}
-
-// newTraceparent returns a W3C traceparent starting a new sampled trace:
-// 00-<trace ID>-<parent ID>-01.
-func newTraceparent() string {
-	var b [24]byte
-	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
-	binary.LittleEndian.PutUint64(b[8:16], rand.Uint64())
-	binary.LittleEndian.PutUint64(b[16:], rand.Uint64())
-	var x [55]byte
-	copy(x[:], "00-")
-	hex.Encode(x[3:35], b[:16])
-	x[35] = '-'
-	hex.Encode(x[36:52], b[16:])
-	copy(x[52:], "-01")
-	return string(x[:])
-}
-
-// methodLabel bounds the method label to the standard methods.
-func methodLabel(m string) string {
-	switch m {
-	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
-		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
-		return m
-	}
-	return "other"
-}
-
-// observeRequest counts a request and writes its access log line.
-func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, peer string, took time.Duration) {
-	p.metrics.observe(dir, methodLabel(r.Method), rec.status, peer, took)
-	lvl := zapcore.InfoLevel
-	if rec.reason != "" {
-		lvl = zapcore.WarnLevel
-	}
-	if ce := p.access.Check(lvl, "request"); ce != nil {
-		fields := []zap.Field{
-			zap.String("direction", dir.String()),
-			zap.String("method", r.Method),
-			zap.String("authority", r.Host),
-			zap.String("path", r.URL.RequestURI()),
-			zap.String("protocol", r.Proto),
-			zap.Int("status", rec.status),
-			zap.Int64("response_bytes", rec.bytes),
-			zap.Duration("duration", took),
-			zap.String("request_id", r.Header.Get(hdrRequestID)),
-			zap.String("peer_identity", peer),
-		}
-		if rec.hijacked {
-			fields = append(fields, zap.String("upgrade", r.Header.Get("Upgrade")))
-		}
-		if rec.reason != "" {
-			fields = append(fields, zap.String("reason", rec.reason), zap.Error(rec.err))
-		}
-		ce.Write(fields...)
-	}
 }

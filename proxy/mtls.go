@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -308,25 +307,16 @@ func handshake(tc *tls.Conn) error {
 	return <-done
 }
 
-// offersMesh sorts a ClientHello's ALPN list: whether it offers any mesh
-// protocol at all, and the first one we serve ("" if none).
-func offersMesh(alpn []string) (mesh bool, served string) {
-	for _, p := range alpn {
-		if !strings.HasPrefix(p, alpnPrefix) {
-			continue
-		}
-		mesh = true
-		if served == "" && slices.Contains(meshProtocols, p) {
-			served = p
-		}
-	}
-	return mesh, served
-}
-
 // tlsInfo is what a finished mesh handshake tells the log and metrics.
 type tlsInfo struct {
 	peer    spiffeid.ID
 	resumed bool
+}
+
+// meshConn is a mesh TLS connection after its handshake.
+type meshConn struct {
+	conn *tls.Conn
+	info tlsInfo
 }
 
 // handshakeError is a refused mesh handshake with its reason label.

@@ -2,13 +2,14 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
 	"time"
+
+	"meshgate/proxy/sniff"
 )
 
 // errOutsideMesh refuses an outbound connection to a destination without
@@ -40,55 +41,165 @@ func (p *Proxy) outbound(ctx context.Context, client *net.TCPConn, dst netip.Add
 	return o
 }
 
-// isRemoteAlert reports whether err is a TLS alert the peer sent.
-func isRemoteAlert(err error) bool {
-	var oe *net.OpError
-	return errors.As(err, &oe) && oe.Op == "remote error"
-}
-
-// meshConn is a mesh TLS connection after its handshake.
-type meshConn struct {
-	conn *tls.Conn
-	info tlsInfo
-}
-
-// originate runs the client side of mesh TLS for proto over upstream,
-// within timeouts.handshake, and checks that the server is a meshgate
-// sidecar serving proto (by the ALPN it picked) with a SPIFFE ID, the one
-// expected of dst (the service address the app dialed; upstream may be
-// another endpoint of the service). It counts the handshake either way;
-// an error is a *handshakeError.
-func (p *Proxy) originate(ctx context.Context, upstream *net.TCPConn, dst netip.AddrPort, proto string) (meshConn, error) {
-	cfg := p.mesh.clientConfig(p.mesh.expected(dst.Addr()), proto)
-	if cfg == nil {
-		err := &handshakeError{reason: reasonNotReady, err: errors.New("mesh TLS to " + upstream.RemoteAddr().String() + ": no client certificate yet")}
-		p.countHandshake(Outbound, tlsInfo{}, err)
-		return meshConn{}, err
+// detectOutbound serves an outbound connection whose protocol is not
+// declared: it dials the destination (with mesh TLS when meshTLS) while
+// it waits for the app's first bytes (firstBytesRace), so that a server
+// that speaks first is heard at once, classifies what the app sent
+// (sniff.Detect), and forwards both sides' first bytes on. The bytes
+// pass as they are whatever the verdict: it labels the connection.
+func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst netip.AddrPort, meshTLS bool, m *dirMetrics) outcome {
+	start := time.Now()
+	o := outcome{dst: dst, mtls: meshTLS}
+	pc := &peekConn{TCPConn: client}
+	defer pc.release()
+	l7 := meshTLS && p.cfg.Protocols.L7
+	if l7 && p.knownHTTP(dst, start) {
+		return p.detectKnownHTTP(ctx, pc, dst, start, m)
 	}
-	// The TLS reads through a peekConn (with nothing peeked), which
-	// forward can make not wait (see leg.reader).
-	tc := tls.Client(&peekConn{TCPConn: upstream}, cfg)
-	// A deadline rather than HandshakeContext, which would cost a
-	// goroutine per handshake; ctx (cancelled when the drain's grace
-	// period is over) interrupts it the same way.
-	upstream.SetDeadline(time.Now().Add(p.cfg.Timeouts.Handshake.D()))
-	stop := context.AfterFunc(ctx, func() { upstream.SetDeadline(aLongTimeAgo) })
-	err := handshake(tc)
-	if stop() && err == nil {
-		// The deadline bounded the handshake only: whoever carries the
-		// connection on sets its own (forward, the L7 pool).
-		upstream.SetDeadline(time.Time{})
+	var svc *service // written by the dial, read once run has returned
+	race := detectRace(pc, start.Add(p.cfg.Protocols.DetectTimeout.D()))
+	race.dial = func(ctx context.Context) (upConn, error) {
+		s, err := p.dialService(ctx, dst, meshTLS, alpnTCP)
+		if err != nil {
+			return upConn{}, err
+		}
+		svc = s
+		return s.conn, nil
 	}
-	var info tlsInfo
-	if err == nil {
-		st := tc.ConnectionState()
-		info, err = peerInfo(&st, proto)
+	race.drop = func(u upConn) {
+		p.closeUpstream(u.tcp)
+		svc.finish(false)
 	}
+	op, err := race.run(ctx)
 	if err != nil {
-		he := p.handshakeFailed(err, p.cfg.Timeouts.Handshake.D())
-		he.err = fmt.Errorf("mesh TLS to %s: %w", upstream.RemoteAddr(), he.err)
-		err = he
+		return p.dialFailed(o, err, m)
 	}
-	p.countHandshake(Outbound, info, err)
-	return meshConn{conn: tc, info: info}, err
+	kept := false // handed to the HTTP/1 pool
+	defer func() {
+		if !kept {
+			p.closeUpstream(op.upstream.tcp)
+		}
+	}()
+	o.tls, o.endpoint = svc.info, svc.endpoint
+	upstream := leg{tcp: op.upstream.tcp, tls: op.upstream.tls, pending: op.greeting, pendingBuf: op.greetBuf}
+	if op.upErr != nil && l7 && !isRemoteAlert(op.upErr) {
+		// The peer sidecar reset the connection before the app said
+		// anything that settled its protocol: its app is not there. An
+		// app that speaks HTTP is to hear that as a 502 with the reason,
+		// not a reset, so its bytes are awaited as if dst were known to
+		// speak HTTP.
+		upstream.releasePending()
+		svc.finish(true)
+		return p.detectKnownHTTP(ctx, pc, dst, start, m)
+	}
+	if op.upErr != nil {
+		// The upstream failed before the app said anything that settled
+		// its protocol: a reset, or (mesh) the peer sidecar refusing us
+		// with an alert, which in TLS 1.3 comes after our handshake.
+		upstream.releasePending()
+		o.err, o.refused = fmt.Errorf("read from upstream: %w", op.upErr), true
+		svc.finish(true)
+		if meshTLS {
+			p.noteRefusal(&o, op.upErr, 0)
+		}
+		return o
+	}
+
+	d := verdict(op, pc.peeked())
+	if d.by == byServerFirst && len(op.greeting) > 0 {
+		p.serverFirst.remember(dst, time.Now())
+	}
+	p.countDetection(Outbound, d, time.Since(start))
+	o.detected = &d
+	if l7 && (d.proto.Protocol == sniff.HTTP1 || d.proto.Protocol == sniff.HTTP2) {
+		// HTTP goes by the pooled L7 connections, and the next
+		// connections to dst are not dialed while detecting. The mesh
+		// connection dialed this time joins the HTTP/1 pool: its peer
+		// serves HTTP it finds on meshgate/tcp as it serves meshgate/http1
+		// (serveInbound), so its handshake is not thrown away.
+		p.httpDests.remember(dst, time.Now())
+		if d.proto.Protocol == sniff.HTTP1 && upstream.tls != nil && len(upstream.pending) == 0 {
+			p.l7.h1.put(newH1Up(upstream.tcp, upstream.tls, svc.info, poolKey{addr: svc.endpoint, mesh: true}), time.Now())
+			kept = true
+		}
+		upstream.releasePending()
+		svc.finish(false)
+		lo := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, m)
+		lo.detected = &d
+		return lo
+	}
+
+	pending, pendingBuf := pc.take()
+	o.sent, o.received, o.err = forward(leg{tcp: client, pending: pending, pendingBuf: pendingBuf}, upstream,
+		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	svc.finish(failedEarly(o))
+	if meshTLS {
+		p.noteRefusal(&o, o.err, o.received)
+	}
+	return o
+}
+
+// detectKnownHTTP serves a connection to a mesh destination whose port is
+// declared http or whose clients spoke HTTP before: it waits for the app's first bytes without dialing
+// (HTTP goes by the pooled L7 connections), and if they are not HTTP
+// after all, dials the destination with mesh TLS and passes them on.
+func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.AddrPort, start time.Time, m *dirMetrics) outcome {
+	op := opening{first: speakerClient}
+	if !detectSettled(pc.peeked()) {
+		race := detectRace(pc, start.Add(p.cfg.Protocols.DetectTimeout.D()))
+		var err error
+		if op, err = race.run(ctx); err != nil {
+			return outcome{dst: dst, err: err, refused: true, mtls: true}
+		}
+	}
+	d := verdict(op, pc.peeked())
+	p.countDetection(Outbound, d, time.Since(start))
+	if d.proto.Protocol == sniff.HTTP1 || d.proto.Protocol == sniff.HTTP2 {
+		p.httpDests.remember(dst, time.Now())
+		o := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, m)
+		o.detected = &d
+		return o
+	}
+	o := p.opaqueOut(ctx, pc, dst, true, m)
+	o.detected = &d
+	return o
+}
+
+// opaqueOut connects to an endpoint of dst, with mesh TLS (meshgate/tcp)
+// when meshTLS, and forwards the connection as it is, the bytes peeked
+// into pc (if any) first.
+func (p *Proxy) opaqueOut(ctx context.Context, pc *peekConn, dst netip.AddrPort, meshTLS bool, m *dirMetrics) outcome {
+	o := outcome{dst: dst, mtls: meshTLS}
+	svc, err := p.dialService(ctx, dst, meshTLS, alpnTCP)
+	if err != nil {
+		return p.dialFailed(o, err, m)
+	}
+	defer p.closeUpstream(svc.conn.tcp)
+	o.tls, o.endpoint = svc.info, svc.endpoint
+	pending, pendingBuf := pc.take()
+	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, pending: pending, pendingBuf: pendingBuf}, leg{tcp: svc.conn.tcp, tls: svc.conn.tls},
+		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	svc.finish(failedEarly(o))
+	if meshTLS {
+		p.noteRefusal(&o, o.err, o.received)
+	}
+	return o
+}
+
+// failedEarly says whether a forwarded connection failed before the
+// upstream sent a byte (a reset: the endpoint's app is not there), which
+// counts against the endpoint.
+func failedEarly(o outcome) bool {
+	return o.err != nil && o.received == 0 && !errors.Is(o.err, ErrIdleTimeout)
+}
+
+// noteRefusal gives a mesh connection that failed before the peer sent a
+// byte the reason the peer refused it, when err is the peer's TLS alert:
+// in TLS 1.3 the client's handshake ends before the server has verified
+// the client's certificate, so a refusal comes as the server's first
+// record, an alert.
+func (p *Proxy) noteRefusal(o *outcome, err error, received int64) {
+	if err != nil && received == 0 && isRemoteAlert(err) {
+		o.reason = "refused by peer: " + p.meshTLS.Reason(err)
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -41,34 +40,14 @@ func (d Direction) String() string {
 	return "outbound"
 }
 
-// OriginalDstFunc returns the address a captured connection was made to
-// before the namespace's rules sent it to the proxy. It is the seam
-// between interception and forwarding: by default it is SO_ORIGINAL_DST
-// (or, for inbound in tproxy mode, the socket's local address), and tests
-// and benchmarks that cannot install iptables rules (no root) replace it,
-// for instance with a function returning a loopback backend's address.
-// It runs on the connection's goroutine and may be called concurrently.
-type OriginalDstFunc func(dir Direction, c *net.TCPConn) (netip.AddrPort, error)
-
 // Option configures a Proxy beyond its Config.
 type Option func(*Proxy)
-
-// WithOriginalDst replaces the original-destination lookup (see
-// OriginalDstFunc). The loop guard still applies to what fn returns.
-func WithOriginalDst(fn OriginalDstFunc) Option {
-	return func(p *Proxy) { p.origDst = fn }
-}
 
 // WithRegistry registers the proxy's metrics with reg and serves reg on
 // the metrics port. Without it the proxy owns a registry that also holds
 // the Go runtime and process collectors.
 func WithRegistry(reg *prometheus.Registry) Option {
 	return func(p *Proxy) { p.reg = reg }
-}
-
-// withCopyMode picks how bytes are moved (tests and benchmarks compare).
-func withCopyMode(m copyMode) Option {
-	return func(p *Proxy) { p.copyMode = m }
 }
 
 // Addrs are the addresses a running proxy is bound to; with port 0 in the
@@ -352,13 +331,6 @@ func (p *Proxy) killAll() int {
 	return len(p.conns)
 }
 
-// reset closes c with an RST rather than a FIN, so the peer sees a failed
-// stream and not one that ended cleanly.
-func reset(c *net.TCPConn) {
-	c.SetLinger(0)
-	c.Close()
-}
-
 // checkMark reports whether sockets can be marked, logging once when not.
 // What it logs holds for every socket of the process: the DNS proxy and
 // the certificate clients mark theirs with the same mark, and go on
@@ -375,11 +347,4 @@ func (p *Proxy) checkMark() bool {
 		return false
 	}
 	return true
-}
-
-// isBindAddrNotAvail reports whether err is a failed bind of a dial's
-// source address (and not, say, ephemeral ports running out at connect).
-func isBindAddrNotAvail(err error) bool {
-	var se *os.SyscallError
-	return errors.As(err, &se) && se.Syscall == "bind" && errors.Is(se.Err, syscall.EADDRNOTAVAIL)
 }

@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"encoding/binary"
+	"encoding/hex"
+	"math/rand/v2"
 	"net/http"
 	"net/netip"
 
@@ -153,6 +156,44 @@ func (requestIDs) Decide(r *Request) *Answer {
 		r.Set(hdrTraceparent, newTraceparent())
 	}
 	return nil
+}
+
+// newUUID returns a random (version 4) UUID. Request identifiers need
+// to be unique, not secret: the runtime's per-thread ChaCha8 generator
+// (math/rand/v2) is seeded from the kernel and costs no system call.
+func newUUID() string {
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var x [36]byte
+	hex.Encode(x[:8], b[:4])
+	x[8] = '-'
+	hex.Encode(x[9:13], b[4:6])
+	x[13] = '-'
+	hex.Encode(x[14:18], b[6:8])
+	x[18] = '-'
+	hex.Encode(x[19:23], b[8:10])
+	x[23] = '-'
+	hex.Encode(x[24:], b[10:])
+	return string(x[:])
+}
+
+// newTraceparent returns a W3C traceparent starting a new sampled trace:
+// 00-<trace ID>-<parent ID>-01.
+func newTraceparent() string {
+	var b [24]byte
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:16], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[16:], rand.Uint64())
+	var x [55]byte
+	copy(x[:], "00-")
+	hex.Encode(x[3:35], b[:16])
+	x[35] = '-'
+	hex.Encode(x[36:52], b[16:])
+	copy(x[52:], "-01")
+	return string(x[:])
 }
 
 // clientIdentity makes hdrClientCert the sidecar's own, the one place

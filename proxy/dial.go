@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// dialUpstream dials dst for an outbound connection (see dial) and
+// registers the connection with the loop guard until closeUpstream.
+func (p *Proxy) dialUpstream(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
+	c, err := p.dial(ctx, Outbound, netip.Addr{}, dst)
+	if err != nil {
+		return nil, err
+	}
+	p.upstreams.Store(upstreamKeyOf(c), struct{}{})
+	return c, nil
+}
+
+// dialApp connects to the app at dst for an inbound connection, to be
+// closed with closeUpstream: from the passthrough source, or with from
+// (tproxy mode) from the client's own address (see dial). Only the
+// former is registered with the loop guard: the latter's local address
+// is the client's, and a connection of that client from the same port to
+// another port of the pod is no loop. The rules never capture it (nat
+// OUTPUT lets a non-local source to lo pass, mangle PREROUTING returns
+// lo, and MESHGATE_TPROXY_OUTPUT routes the app's replies back here).
+func (p *Proxy) dialApp(ctx context.Context, from netip.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
+	c, err := p.dial(ctx, Inbound, from, dst)
+	if err != nil {
+		return nil, err
+	}
+	if !from.IsValid() {
+		p.upstreams.Store(upstreamKeyOf(c), struct{}{})
+	}
+	return c, nil
+}
+
+// closeUpstream closes a connection of dialUpstream.
+func (p *Proxy) closeUpstream(c *net.TCPConn) {
+	p.upstreams.Delete(upstreamKeyOf(c))
+	c.Close()
+}
+
+// dial connects to the connection's destination: outbound, the original
+// destination; inbound, the app at the original destination address, from
+// the passthrough source so the rules do not capture it again, or with
+// from (tproxy mode) from the client's own address, on a port the kernel
+// picks, through a transparent socket: that is what the app is to see.
+// All are marked (when marking works).
+func (p *Proxy) dial(ctx context.Context, dir Direction, from netip.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
+	d := net.Dialer{Timeout: p.cfg.Timeouts.Connect.D(), Control: p.markCtl}
+	if dir == Inbound {
+		d.KeepAlive = -1 // the app is on this host (see the outbound listener)
+	}
+	fam := 0
+	if dst.Addr().Is6() {
+		fam = 1
+	}
+	switch {
+	case from.IsValid():
+		d.LocalAddr, d.Control = net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 0)), p.transparentCtl
+	case dir == Inbound && !p.noSource[fam].Load():
+		src := p.cfg.Inbound.PassthroughSourceIPv4
+		if fam == 1 {
+			src = p.cfg.Inbound.PassthroughSourceIPv6
+		}
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+	}
+	c, err := d.DialContext(ctx, "tcp", dst.String())
+	if err != nil && d.LocalAddr != nil && !from.IsValid() && isBindAddrNotAvail(err) {
+		// The passthrough source is not assigned here (typically ::6):
+		// connect without one from now on.
+		p.noSource[fam].Store(true)
+		if ce := p.log.Check(zapcore.DebugLevel, "passthrough source not assigned; connecting to the app without an explicit source"); ce != nil {
+			ce.Write(zap.Stringer("source", d.LocalAddr), zap.Error(err))
+		}
+		d.LocalAddr = nil
+		c, err = d.DialContext(ctx, "tcp", dst.String())
+	}
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("dial %s: not a TCP connection", dst)
+	}
+	return tc, nil
+}
+
+// isBindAddrNotAvail reports whether err is a failed bind of a dial's
+// source address (and not, say, ephemeral ports running out at connect).
+func isBindAddrNotAvail(err error) bool {
+	var se *os.SyscallError
+	return errors.As(err, &se) && se.Syscall == "bind" && errors.Is(se.Err, syscall.EADDRNOTAVAIL)
+}
+
+// dialError marks the upstream dial failing during a firstBytesRace.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// dialFailed is the outcome of a connection whose upstream could not be
+// reached (a *dialError) or refused mesh TLS (a *handshakeError).
+func (p *Proxy) dialFailed(o outcome, err error, m *dirMetrics) outcome {
+	o.err, o.refused = err, true
+	if de, ok := errors.AsType[*dialError](err); ok {
+		m.connectFailures.Inc()
+		o.err = de.err
+	}
+	o.reason = reasonOf(err)
+	return o
+}
