@@ -138,13 +138,8 @@ func TestDetectServerFirstThroughTheMesh(t *testing.T) {
 	if err != nil || strings.TrimSpace(out) != "42" {
 		t.Fatalf("mariadb client through the mesh: %q, %v", out, err)
 	}
-	var firstLog logLine
-	for _, l := range sa.closedConns() {
-		if l["dst"] == db.String() {
-			firstLog = l
-			break
-		}
-	}
+	// The first connection to db's line (lines are written in batches).
+	firstLog := sa.waitLog(t, "outbound", db.String())
 	if firstLog["detected_by"] != "server_first" || firstLog["protocol"] != "opaque" || firstLog["mtls"] != true {
 		t.Errorf("a's first connection to MariaDB logged %v, want protocol opaque detected_by server_first over mTLS", firstLog)
 	}

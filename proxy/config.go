@@ -150,10 +150,11 @@ type ProtocolsConfig struct {
 	// remembers nothing.
 	ServerFirstMemory Duration `json:"destMemory"`
 	// L7 carries HTTP (HTTP/1.x and HTTP/2 from the app) to mesh
-	// destinations request by request, over pooled, multiplexed HTTP/2
-	// mTLS connections between the sidecars (ALPN meshgate/h2), with
-	// per-request metrics and access logs; the server sidecar speaks to
-	// its app in the protocol the client app used. false passes HTTP as
+	// destinations request by request, with per-request metrics and
+	// access logs: HTTP/1 over pooled keep-alive mTLS connections between
+	// the sidecars (ALPN meshgate/http1), HTTP/2 over pooled, multiplexed
+	// ones (meshgate/h2); the server sidecar speaks to its app in the
+	// protocol the client app used. false passes HTTP as
 	// opaque bytes, like any other protocol, over meshgate/tcp. It is the
 	// client side's choice: inbound, HTTP detected on meshgate/tcp or
 	// plaintext is served as L7 either way, so that X-Forwarded-Client-Cert

@@ -73,9 +73,8 @@
 // bytes. HTTP/1 goes to the HTTP/1 engine, whose requests ride pooled
 // keep-alive mesh connections to the peer sidecar (ALPN meshgate/http1);
 // the meshgate/tcp connection dialed while detecting HTTP/1 joins that
-// pool. A
-// request that switches protocols (WebSocket) keeps its connection,
-// whose bytes then pass as they are. HTTP/2 (h2c, gRPC) is served by
+// pool. A request that switches protocols (WebSocket) keeps its
+// connection, whose bytes then pass as they are. HTTP/2 (h2c, gRPC) is served by
 // net/http's HTTP/2 server, whose requests ride a pooled, multiplexed
 // HTTP/2 mTLS connection to the peer sidecar (ALPN meshgate/h2). The
 // peer sidecar's inbound side passes each request to its app in the

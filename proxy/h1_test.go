@@ -269,9 +269,19 @@ func TestH1Framing(t *testing.T) {
 			t.Errorf("after 100-continue: %v", err)
 		}
 	}
-	if r := ask("GET /ka HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "GET"); body(r) != "HTTP/1.0 " || r.Close {
+	// HTTP/1.0 goes on as HTTP/1.1 (the proxy's own version), with a Host.
+	if r := ask("GET /ka HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "GET"); body(r) != "HTTP/1.1 " || r.Close {
 		t.Errorf("HTTP/1.0 keep-alive: close %v", r.Close)
 	}
+	// A chunked answer to HTTP/1.0 is its data alone, ended by the close.
+	io.WriteString(c, "GET /chunked HTTP/1.0\r\n\r\n")
+	if raw, err := io.ReadAll(br); err != nil || !strings.HasSuffix(string(raw), "\r\n\r\nabc") || strings.Contains(string(raw), "chunked") {
+		t.Errorf("a chunked answer to HTTP/1.0: %q, %v; want the data alone, then the close", raw, err)
+	}
+	c = dial(t, p.client.out())
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br = bufio.NewReader(c)
 	// A response that ends with the connection ends the client's too.
 	if r := ask("GET /eof HTTP/1.1\r\nHost: a\r\n\r\n", "GET"); body(r) != "until the end" || !r.Close {
 		t.Errorf("a response until EOF: close %v", r.Close)

@@ -696,7 +696,7 @@ func (w *h1Writer) write(b []byte) error {
 func copyBody(w *h1Writer, r *h1Reader, length int64, chunked, untilEOF bool) error {
 	switch {
 	case chunked:
-		return copyChunked(w, r)
+		return copyChunked(w, r, false)
 	case untilEOF:
 		if b := r.buffered(); len(b) > 0 {
 			if err := w.write(b); err != nil {
@@ -786,8 +786,9 @@ func (b *h1Reader) more(w *h1Writer, limit int) error {
 const maxChunkLine = 4 << 10
 
 // copyChunked copies a chunked body (RFC 9112 §7.1) through its last
-// chunk and trailer section, checking its framing as it goes.
-func copyChunked(w *h1Writer, r *h1Reader) error {
+// chunk and trailer section, checking its framing as it goes; dataOnly
+// copies the chunks' data alone (for a reader of HTTP/1.0).
+func copyChunked(w *h1Writer, r *h1Reader, dataOnly bool) error {
 	for {
 		line, err := readLine(w, r, maxChunkLine)
 		if err != nil {
@@ -797,8 +798,10 @@ func copyChunked(w *h1Writer, r *h1Reader) error {
 		if !ok {
 			return badMessage("malformed chunk size")
 		}
-		if err := w.write(line); err != nil {
-			return err
+		if !dataOnly {
+			if err := w.write(line); err != nil {
+				return err
+			}
 		}
 		r.consume(len(line))
 		if size == 0 {
@@ -812,8 +815,10 @@ func copyChunked(w *h1Writer, r *h1Reader) error {
 				if total > maxHeaderBytes {
 					return &h1Error{status: 431, msg: "trailers larger than 1 MiB"}
 				}
-				if err := w.write(line); err != nil {
-					return err
+				if !dataOnly {
+					if err := w.write(line); err != nil {
+						return err
+					}
 				}
 				r.consume(len(line))
 				if len(line) <= 2 {
@@ -832,8 +837,10 @@ func copyChunked(w *h1Writer, r *h1Reader) error {
 		if !(len(line) == 2 && line[0] == '\r') && !(len(line) == 1) {
 			return badMessage("malformed chunk")
 		}
-		if err := w.write(line); err != nil {
-			return err
+		if !dataOnly {
+			if err := w.write(line); err != nil {
+				return err
+			}
 		}
 		r.consume(len(line))
 	}

@@ -96,6 +96,17 @@ func (pl *h1Pool) get(key poolKey, now time.Time) *h1Up {
 	}
 }
 
+// drop closes the idle connections to key.
+func (pl *h1Pool) drop(key poolKey) {
+	pl.mu.Lock()
+	list := pl.idle[key]
+	delete(pl.idle, key)
+	pl.mu.Unlock()
+	for _, u := range list {
+		pl.p.closeUpstream(u.tcp)
+	}
+}
+
 // put keeps u for reuse, or closes it when the pool is full or closed.
 func (pl *h1Pool) put(u *h1Up, now time.Time) {
 	if !u.r.release() {

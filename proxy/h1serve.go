@@ -61,6 +61,8 @@ type h1Conn struct {
 	own *h1Up
 	// peer is the identity of the last upstream sidecar (outbound).
 	peer tlsInfo
+	// clientMinor is the HTTP/1 minor version the client's request came in.
+	clientMinor int
 	// idle is set while the connection waits for a request's first byte,
 	// so a drain can end it then.
 	idle atomic.Bool
@@ -146,6 +148,7 @@ func (c *h1Conn) serve(ctx context.Context) {
 			return
 		}
 		start := time.Now()
+		c.clientMinor = c.req.minor
 		c.tcp.SetReadDeadline(time.Time{})
 		if a := c.p.chains[c.dir].decide(&c.sreq); a != nil {
 			if c.req.length > 0 || c.req.chunked {
@@ -177,10 +180,17 @@ func (c *h1Conn) serve(ctx context.Context) {
 func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 	req := &c.req
 	connect := equalFold(req.method, "CONNECT")
-	tunnel := req.upgrade || connect
 	req.dropHopByHop(req.upgrade)
-	if req.minor == 0 && !tunnel {
-		req.add("Connection", "keep-alive")
+	// The request goes on in the proxy's own version, HTTP/1.1 (RFC 9110
+	// §6.2), whatever the client spoke: the upstream connection stays
+	// open for the next request, and an HTTP/1.0 client's answer is made
+	// one it can read below. HTTP/1.1 needs a Host: the destination.
+	clientMinor := c.clientMinor
+	if req.minor == 0 {
+		req.minor = 1
+		if req.host == 0 {
+			req.add("Host", c.dst.String())
+		}
 	}
 	hasBody := req.chunked || req.length > 0
 	// All of the body is here already: it leaves with the head, and the
@@ -224,10 +234,15 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 			break
 		}
 		c.p.closeUpstream(u.tcp)
-		if reused && !answered && (whole || !hasBody) && attempt == 0 && ctx.Err() == nil {
-			// A pooled connection the upstream had closed: once more on
-			// a new one, as the request never got there.
-			t.report(0, 0, false)
+		if reused && !answered && (whole || !hasBody) && attempt < 3 && ctx.Err() == nil {
+			// A pooled connection the upstream had closed: the request
+			// never got there, so it goes again, on a new connection (the
+			// other idle ones to that upstream are likely closed too, as
+			// when its sidecar or app restarted, and are dropped). The try
+			// measured nothing of the endpoint.
+			c.p.l7.h1.drop(u.key)
+			setup, _ := t.spent(time.Now())
+			t.report(setup, 0, false)
 			continue
 		}
 		if c.bodyDone != nil {
@@ -265,11 +280,19 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 	keepClient := framed && !req.close && !switched && !c.p.draining.Load()
 
 	resp.dropHopByHop(switched && resp.status == 101)
+	// An HTTP/1.0 client cannot read chunked: it gets the data alone,
+	// ended by the connection's end.
+	dechunk := clientMinor == 0 && resp.chunked && !resp.bodyless(head)
+	if dechunk {
+		resp.del("transfer-encoding")
+		resp.del("trailer")
+		keepClient = false
+	}
 	switch {
 	case switched:
 	case !keepClient:
 		resp.add("Connection", "close")
-	case req.minor == 0:
+	case clientMinor == 0:
 		resp.add("Connection", "keep-alive")
 	}
 	c.w.buf = resp.appendResponse(c.w.take())
@@ -290,7 +313,10 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 		c.p.closeUpstream(u.tcp)
 		return false
 	}
-	if !resp.bodyless(head) {
+	switch {
+	case dechunk:
+		err = copyChunked(&c.w, &u.r, true)
+	case !resp.bodyless(head):
 		err = copyBody(&c.w, &u.r, resp.length, resp.chunked, resp.length < 0 && !resp.chunked)
 	}
 	// Counted before the last bytes leave: a client that has its answer
@@ -310,9 +336,13 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 	if c.bodyDone != nil {
 		keepClient = false
 	}
-	if keepUp {
+	switch {
+	case keepUp && c.from.IsValid():
+		// Dialed from the client's address (tproxy): this client's alone.
+		c.own = u
+	case keepUp:
 		c.p.l7.h1.put(u, time.Now())
-	} else {
+	default:
 		c.p.closeUpstream(u.tcp)
 	}
 	if c.bodyDone != nil {
@@ -508,7 +538,7 @@ func (c *h1Conn) observe(start time.Time, status int, bytes int64, reason string
 			zap.ByteString("method", c.req.method),
 			zap.ByteString("authority", c.req.get("host")),
 			zap.ByteString("path", c.req.target),
-			zap.String("protocol", protoName(c.req.minor)),
+			zap.String("protocol", protoName(c.clientMinor)),
 			zap.Int("status", status),
 			zap.Int64("response_bytes", bytes),
 			zap.Duration("duration", took),

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"sync/atomic"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 
 	"meshgate/proxy/sniff"
@@ -168,34 +167,6 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 		}
 	}
 	return p.serveInboundH2(ctx, c, appProto, from, dst, peer, m)
-}
-
-// setClientCert makes hdrClientCert in h the sidecar's own: every header
-// that an app could read as it is removed, in any spelling (header names
-// are case-insensitive, and CGI-style frameworks (WSGI, PHP, Rack) read
-// X_Forwarded_Client_Cert as the same HTTP_X_FORWARDED_CLIENT_CERT), and
-// then, unless cert is nil, set to cert (clientCert's).
-// It is the one place that says what the app learns of its client.
-func setClientCert(h http.Header, cert []string) {
-	for k := range h {
-		if len(k) == len(hdrClientCert) && sameHeaderName(k, hdrClientCert) {
-			delete(h, k)
-		}
-	}
-	if cert != nil {
-		h[hdrClientCert] = cert
-	}
-}
-
-// clientCert is the hdrClientCert value naming peer's verified identity
-// (URI=<SPIFFE ID>), nil for none: made once per connection, shared by
-// its requests (a header's one-element value is never appended to in
-// place).
-func clientCert(peer spiffeid.ID) []string {
-	if peer.IsZero() {
-		return nil
-	}
-	return []string{"URI=" + peer.String()}
 }
 
 // sameHeaderName reports whether a and b name the same header to an app:

@@ -585,10 +585,10 @@ func TestInboundClientCert(t *testing.T) {
 	}
 }
 
-// TestSetClientCert: every spelling an app could read as
+// TestClientIdentityStage: every spelling an app could read as
 // X-Forwarded-Client-Cert goes, other headers stay, and the verified
 // identity is set when there is one.
-func TestSetClientCert(t *testing.T) {
+func TestClientIdentityStage(t *testing.T) {
 	peer := spiffeid.RequireFromString(clientID)
 	for _, tc := range []struct {
 		name string
@@ -605,7 +605,13 @@ func TestSetClientCert(t *testing.T) {
 		{"spellings, plaintext", http.Header{"X-Forwarded-Client-Cert": {"f1"}, "x_forwarded_client_cert": {"f2"}}, spiffeid.ID{}, http.Header{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			setClientCert(tc.in, clientCert(tc.peer))
+			r := &Request{Dir: Inbound, Peer: tc.peer, msg: httpFields{&http.Request{Header: tc.in}}}
+			if !tc.peer.IsZero() {
+				r.clientCert = "URI=" + tc.peer.String()
+			}
+			if a := (clientIdentity{}).Decide(r); a != nil {
+				t.Fatalf("answered %v", a)
+			}
 			if diff := cmp.Diff(tc.want, tc.in); diff != "" {
 				t.Errorf("headers (-want +got):\n%s", diff)
 			}
