@@ -394,33 +394,7 @@ func BenchmarkHTTP(b *testing.B) {
 		b.Cleanup(tr.CloseIdleConnections)
 		client := &http.Client{Transport: tr}
 		url := "http://" + addr + "/"
-		get := func(b *testing.B) {
-			resp, err := client.Get(url)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if n, _ := io.Copy(io.Discard, resp.Body); n != 1024 || resp.StatusCode != 200 {
-				b.Fatalf("%d, %d bytes", resp.StatusCode, n)
-			}
-			resp.Body.Close()
-		}
-		b.Run(path+"/serial", func(b *testing.B) {
-			b.ReportAllocs()
-			defer reportCPU(b)()
-			for b.Loop() {
-				get(b)
-			}
-		})
-		b.Run(path+"/parallel", func(b *testing.B) {
-			b.ReportAllocs()
-			defer reportCPU(b)()
-			b.SetParallelism(8)
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					get(b)
-				}
-			})
-		})
+		serialAndParallel(b, path, func(b *testing.B) { fetch1K(b, client, url) })
 		// A new client connection per request (Connection: close), as
 		// peerbench's newconn row: the sidecars may keep theirs. From
 		// 127.0.0.2: on loopback, with the original destination faked
@@ -433,14 +407,7 @@ func BenchmarkHTTP(b *testing.B) {
 			b.ReportAllocs()
 			defer reportCPU(b)()
 			for b.Loop() {
-				resp, err := closing.Get(url)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if n, _ := io.Copy(io.Discard, resp.Body); n != 1024 || resp.StatusCode != 200 {
-					b.Fatalf("%d, %d bytes", resp.StatusCode, n)
-				}
-				resp.Body.Close()
+				fetch1K(b, closing, url)
 			}
 		})
 	}
@@ -500,23 +467,7 @@ func BenchmarkHTTP2(b *testing.B) {
 			}
 			resp.Body.Close()
 		}
-		b.Run(path+"/serial", func(b *testing.B) {
-			b.ReportAllocs()
-			defer reportCPU(b)()
-			for b.Loop() {
-				get(b)
-			}
-		})
-		b.Run(path+"/parallel", func(b *testing.B) {
-			b.ReportAllocs()
-			defer reportCPU(b)()
-			b.SetParallelism(8)
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					get(b)
-				}
-			})
-		})
+		serialAndParallel(b, path, get)
 	}
 }
 
@@ -531,4 +482,40 @@ func reportCPU(b *testing.B) func() {
 			b.ReportMetric(float64(end-start)/float64(b.N), "cpu-ns/op")
 		}
 	}
+}
+
+// serialAndParallel runs get as path/serial (one client) and
+// path/parallel (8 clients per CPU), reporting allocations and the
+// process's CPU time per request.
+func serialAndParallel(b *testing.B, path string, get func(*testing.B)) {
+	b.Run(path+"/serial", func(b *testing.B) {
+		b.ReportAllocs()
+		defer reportCPU(b)()
+		for b.Loop() {
+			get(b)
+		}
+	})
+	b.Run(path+"/parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		defer reportCPU(b)()
+		b.SetParallelism(8)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				get(b)
+			}
+		})
+	})
+}
+
+// fetch1K GETs url with client and checks the answer is 200 with the
+// backend's 1 KiB.
+func fetch1K(b *testing.B, client *http.Client, url string) {
+	resp, err := client.Get(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if n, _ := io.Copy(io.Discard, resp.Body); n != 1024 || resp.StatusCode != 200 {
+		b.Fatalf("%d, %d bytes", resp.StatusCode, n)
+	}
+	resp.Body.Close()
 }

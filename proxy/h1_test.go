@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -295,40 +294,24 @@ func TestH1Framing(t *testing.T) {
 // keeping connections open unless a response is read until EOF
 // (HTTP/1.0 without a length).
 func startRawApp(t *testing.T, answer func(req *http.Request, body []byte) string) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
+	return startBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			wg.Go(func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if req.Header.Get("Expect") == "100-continue" {
-						io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n")
-					}
-					b, _ := io.ReadAll(req.Body)
-					out := answer(req, b)
-					io.WriteString(c, out)
-					if strings.HasPrefix(out, "HTTP/1.0") && !strings.Contains(out, "Content-Length") {
-						return
-					}
-				}
-			})
+			if req.Header.Get("Expect") == "100-continue" {
+				io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n")
+			}
+			b, _ := io.ReadAll(req.Body)
+			out := answer(req, b)
+			io.WriteString(c, out)
+			if strings.HasPrefix(out, "HTTP/1.0") && !strings.Contains(out, "Content-Length") {
+				return
+			}
 		}
-	})
-	return ln.Addr().String()
+	}).addr()
 }
 
 // TestH1StalePooledConn: an app that closes idle keep-alive connections
@@ -336,33 +319,18 @@ func startRawApp(t *testing.T, answer func(req *http.Request, body []byte) strin
 // its clients nothing: a request that finds its pooled connection closed
 // goes again on a new one.
 func TestH1StalePooledConn(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var accepted atomic.Int32
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			wg.Go(func() {
-				// One request per connection, then a close with no
-				// "Connection: close" said.
-				defer c.Close()
-				if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				}
-			})
+	app := startBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		// One request per connection, then a close with no
+		// "Connection: close" said.
+		accepted.Add(1)
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
-	})
+	}).addr()
 	mca := newMeshCA(t)
 	cm, sm := mca.meshes()
-	p := startPair(t, ln.Addr().String(), cm, sm, pairOptions{})
+	p := startPair(t, app, cm, sm, pairOptions{})
 	client := h1Client(t)
 	for i := range 4 {
 		if resp, body := get(t, client, "http://"+p.client.out()+"/", nil); resp.StatusCode != 200 || body != "ok" {

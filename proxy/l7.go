@@ -169,9 +169,10 @@ func (p *Proxy) serveInboundHTTP(ctx context.Context, c net.Conn, proto sniff.Pr
 	return p.serveInboundH2(ctx, c, appProto, from, dst, peer, m)
 }
 
-// sameHeaderName reports whether a and b name the same header to an app:
-// equal but for ASCII case, and '_' taken for '-'.
-func sameHeaderName(a, b string) bool {
+// sameHeaderName reports whether a (a name from a header map, or read
+// off the wire) and b name the same header to an app: equal but for ASCII
+// case, and '_' taken for '-'.
+func sameHeaderName[T string | []byte](a T, b string) bool {
 	if len(a) != len(b) {
 		return false
 	}

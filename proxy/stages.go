@@ -242,18 +242,5 @@ func (h h1Fields) has(name string) bool   { return h.m.has(name) }
 func (h h1Fields) get(name string) string { return string(h.m.get(name)) }
 func (h h1Fields) set(name, value string) { h.m.set(name, value) }
 func (h h1Fields) delAlike(name string) {
-	h.m.delMatch(func(n []byte) bool { return sameHeaderNameBytes(n, name) })
-}
-
-// sameHeaderNameBytes is sameHeaderName for a name read off the wire.
-func sameHeaderNameBytes(a []byte, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		if foldHeaderByte(a[i]) != foldHeaderByte(b[i]) {
-			return false
-		}
-	}
-	return true
+	h.m.delMatch(func(n []byte) bool { return sameHeaderName(n, name) })
 }
