@@ -36,6 +36,7 @@ func (p *Proxy) serveOutboundH2(ctx context.Context, pc *peekConn, dst netip.Add
 			pr.Out.URL.Scheme = "https"
 			pr.Out.URL.Host = host
 			pr.Out.Host = pr.In.Host
+			keepForwarded(pr)
 			pr.Out.Header.Set(hdrAppProtocol, h.appProto)
 		},
 		Transport:     transport,
@@ -51,9 +52,6 @@ func (p *Proxy) serveOutboundH2(ctx context.Context, pc *peekConn, dst netip.Add
 		rewrite: func(out *http.Request) {
 			out.URL.Scheme = "https"
 			out.URL.Host = host
-			for _, k := range forwardedHeaders { // as the Rewrite above
-				delete(out.Header, k)
-			}
 			out.Header[hdrAppProtocol] = appProto
 		},
 		errorHandler: p.proxyError,
@@ -155,13 +153,7 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = host
 			pr.Out.Host = pr.In.Host
-			// Rewrite drops these; the app gets them as the client sent
-			// them, as it would without the sidecar.
-			for _, k := range forwardedHeaders {
-				if v := pr.In.Header[k]; v != nil {
-					pr.Out.Header[k] = v
-				}
-			}
+			keepForwarded(pr)
 			if appProto != "" {
 				pr.Out.Header.Set(hdrAppProtocol, appProto)
 			}
@@ -213,6 +205,17 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 // forwardedHeaders are the headers ReverseProxy's Rewrite removes from a
 // request (RFC 7239 Forwarded and the X-Forwarded- ones).
 var forwardedHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+// keepForwarded puts back what Rewrite dropped of forwardedHeaders: the
+// app gets them as its client sent them, as it would without the
+// sidecars (and as the HTTP/1 engine and h2Proxy pass them, untouched).
+func keepForwarded(pr *httputil.ProxyRequest) {
+	for _, k := range forwardedHeaders {
+		if v := pr.In.Header[k]; v != nil {
+			pr.Out.Header[k] = v
+		}
+	}
+}
 
 // flushNote: the reverse proxies keep ReverseProxy's default flushing.
 // It flushes a response of unknown length (a stream: gRPC, server-sent

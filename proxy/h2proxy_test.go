@@ -215,7 +215,7 @@ func TestH2RequestHeaders(t *testing.T) {
 	}
 	resp.Body.Close()
 	s := <-got
-	for k, want := range map[string]string{"Te": "trailers", "X-App": "kept", "User-Agent": "", "Proxy-Authorization": "", "X-Forwarded-For": "", hdrAppProtocol: ""} {
+	for k, want := range map[string]string{"Te": "trailers", "X-App": "kept", "User-Agent": "", "Proxy-Authorization": "", "X-Forwarded-For": "192.0.2.1", hdrAppProtocol: ""} {
 		if v := s.header.Get(k); v != want {
 			t.Errorf("app saw %s %q, want %q", k, v, want)
 		}

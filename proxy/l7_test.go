@@ -160,7 +160,7 @@ func TestL7BetweenSidecars(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before := len(seen())
 			for i := range 3 {
-				resp, body := get(t, tc.client, url+"/", http.Header{"X-Forwarded-Client-Cert": {"URI=spiffe://forged/evil"}})
+				resp, body := get(t, tc.client, url+"/", http.Header{"X-Forwarded-Client-Cert": {"URI=spiffe://forged/evil"}, "X-Forwarded-For": {"192.0.2.9"}})
 				if resp.StatusCode != 200 || body != fmt.Sprintf("HTTP/%d.%d", tc.proto, map[int]int{1: 1, 2: 0}[tc.proto]) {
 					t.Errorf("request %d: %d %q", i, resp.StatusCode, body)
 				}
@@ -178,6 +178,9 @@ func TestL7BetweenSidecars(t *testing.T) {
 				}
 				if r.header.Get("X-Request-Id") == "" || r.header.Get("Traceparent") == "" || r.header.Get("X-Correlation-Id") == "" {
 					t.Errorf("request IDs not generated: %v", r.header)
+				}
+				if got := r.header.Get("X-Forwarded-For"); got != "192.0.2.9" {
+					t.Errorf("X-Forwarded-For at the app = %q, want the client's own 192.0.2.9", got)
 				}
 				if r.header.Get(hdrAppProtocol) != "" {
 					t.Errorf("the app saw the sidecars' %s header", hdrAppProtocol)
