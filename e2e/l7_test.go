@@ -32,7 +32,9 @@ func TestL7RealClients(t *testing.T) {
 	startApp(t, b)
 	ca := meshCA(t)
 	sa := enroll(t, a, meshOpts(issueFor(t, ca, a), "strict", a, b))
-	sb := enroll(t, b, meshOpts(issueFor(t, ca, b), "strict", a, b))
+	ob := meshOpts(issueFor(t, ca, b), "strict", a, b)
+	ob.proxyConfig = "accessLog: true\n"
+	sb := enroll(t, b, ob)
 	u := url(b.IPv4, 8080, "/")
 	identity := "URI=" + spiffeFor(a)
 

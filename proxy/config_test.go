@@ -29,6 +29,7 @@ func testConfig() Config {
 	cfg.Metrics.Address = netip.AddrPortFrom(lo, 0)
 	cfg.Health.Address = netip.AddrPortFrom(lo, 0)
 	cfg.Timeouts.DrainGrace = Duration(5 * time.Second)
+	cfg.AccessLog = true // the tests read it
 	return cfg
 }
 

@@ -409,3 +409,32 @@ func TestRequestStages(t *testing.T) {
 		}
 	}
 }
+
+// TestAccessLogOff: with accessLog off (the default), a request that
+// went through is counted but not logged; one the proxy answered itself
+// is logged at warn all the same.
+func TestAccessLogOff(t *testing.T) {
+	mca := newMeshCA(t)
+	cm, sm := mca.meshes()
+	app, _ := startL7App(t)
+	off := func(c *Config) { c.AccessLog = false }
+	p := startPair(t, app, cm, sm, pairOptions{clientCfg: off, serverCfg: off,
+		clientOpts: []Option{withStage(Outbound, teapot{Outbound, "/out"})}})
+	client := h1Client(t)
+	if resp, _ := get(t, client, "http://"+p.client.out()+"/", nil); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if resp, _ := get(t, client, "http://"+p.client.out()+"/out", nil); resp.StatusCode != http.StatusTeapot {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if n := p.client.counter(t, "meshgate_http_requests_total", map[string]string{"direction": "outbound"}); n != 2 {
+		t.Errorf("%v requests counted, want 2", n)
+	}
+	lines := p.client.logs.FilterMessage("request").All()
+	if len(lines) != 1 || lines[0].Level.String() != "warn" || field(lines[0], "reason") != "teapot: short and stout outbound" {
+		t.Errorf("access log lines %v, want the teapot's answer alone, at warn", lines)
+	}
+	if n := len(p.server.logs.FilterMessage("request").All()); n != 0 {
+		t.Errorf("the server sidecar logged %d requests, want none", n)
+	}
+}

@@ -529,8 +529,11 @@ func (c *h1Conn) observe(start time.Time, status int, bytes int64, reason string
 	method := methodLabelBytes(c.req.method)
 	p.metrics.observe(c.dir, method, status, peer, took)
 	lvl := zapcore.InfoLevel
-	if reason != "" {
+	switch {
+	case reason != "":
 		lvl = zapcore.WarnLevel
+	case !p.cfg.AccessLog:
+		return
 	}
 	if ce := p.access.Check(lvl, "request"); ce != nil {
 		fields := []zap.Field{

@@ -356,8 +356,11 @@ func methodLabel(m string) string {
 func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, peer string, took time.Duration) {
 	p.metrics.observe(dir, methodLabel(r.Method), rec.status, peer, took)
 	lvl := zapcore.InfoLevel
-	if rec.reason != "" {
+	switch {
+	case rec.reason != "":
 		lvl = zapcore.WarnLevel
+	case !p.cfg.AccessLog:
+		return
 	}
 	if ce := p.access.Check(lvl, "request"); ce != nil {
 		fields := []zap.Field{
