@@ -245,11 +245,7 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 			t.report(setup, 0, false)
 			continue
 		}
-		if c.bodyDone != nil {
-			c.tcp.SetReadDeadline(aLongTimeAgo)
-			<-c.bodyDone
-			c.bodyDone = nil
-		}
+		c.endBody()
 		c.fail(start, err, t)
 		return false
 	}
@@ -268,7 +264,7 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 		}
 		if err != nil {
 			c.abandon(u)
-			c.done(start, t, got, true, 502, "upstream closed the connection", err)
+			c.done(start, t, got, true, 502, 0, "upstream closed the connection", err)
 			return false
 		}
 	}
@@ -300,9 +296,9 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 	sentBefore := c.w.n
 
 	if switched {
-		c.done(start, t, got, false, status, "", nil)
+		c.done(start, t, got, false, status, 0, "", nil)
 		err := c.w.flush()
-		c.settleBody(u, &keepUp)
+		c.settleBody(&keepUp)
 		if c.bodyDone != nil {
 			c.abandon(u) // a body still coming: no tunnel to be had
 			return false
@@ -323,16 +319,14 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 	// finds it in the metrics.
 	bytes := c.w.n + int64(len(c.w.buf)) - sentBefore
 	failed := status == http.StatusBadGateway || status == http.StatusServiceUnavailable || status == http.StatusGatewayTimeout
-	c.observe(start, status, bytes, "", err)
-	setup, latency := t.spent(got)
-	t.report(setup, latency, failed || err != nil)
+	c.done(start, t, got, failed || err != nil, status, bytes, "", err)
 	if err == nil {
 		err = c.w.flush()
 	}
 	if err != nil {
 		keepUp, keepClient = false, false
 	}
-	c.settleBody(u, &keepUp)
+	c.settleBody(&keepUp)
 	if c.bodyDone != nil {
 		keepClient = false
 	}
@@ -345,12 +339,7 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 	default:
 		c.p.closeUpstream(u.tcp)
 	}
-	if c.bodyDone != nil {
-		// The body's reader is stuck on the client: end it.
-		c.tcp.SetReadDeadline(aLongTimeAgo)
-		<-c.bodyDone
-		c.bodyDone = nil
-	}
+	c.endBody() // its reader is stuck on the client
 	return keepClient
 }
 
@@ -360,7 +349,7 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 // body, as an echo does, got all of it). If it has not, the client still
 // owes bytes the upstream may never read: neither connection can carry
 // another request, and the goroutine is left for the caller to end.
-func (c *h1Conn) settleBody(u *h1Up, keepUp *bool) {
+func (c *h1Conn) settleBody(keepUp *bool) {
 	if c.bodyDone == nil {
 		return
 	}
@@ -378,6 +367,12 @@ func (c *h1Conn) settleBody(u *h1Up, keepUp *bool) {
 // request body's goroutine if there is one.
 func (c *h1Conn) abandon(u *h1Up) {
 	c.p.closeUpstream(u.tcp)
+	c.endBody()
+}
+
+// endBody ends the request body's goroutine, if there is one, by cutting
+// its read of the client short, and waits for it.
+func (c *h1Conn) endBody() {
 	if c.bodyDone != nil {
 		c.tcp.SetReadDeadline(aLongTimeAgo)
 		<-c.bodyDone
@@ -458,8 +453,8 @@ func (c *h1Conn) fail(start time.Time, err error, t try) {
 }
 
 // done accounts for an exchange that ended: metrics, access log, the try.
-func (c *h1Conn) done(start time.Time, t try, got time.Time, failed bool, status int, reason string, err error) {
-	c.observe(start, status, 0, reason, err)
+func (c *h1Conn) done(start time.Time, t try, got time.Time, failed bool, status int, bytes int64, reason string, err error) {
+	c.observe(start, status, bytes, reason, err)
 	setup, latency := t.spent(got)
 	t.report(setup, latency, failed)
 }
@@ -497,7 +492,7 @@ func (c *h1Conn) answer(start time.Time, status int, stage, reason string, err e
 }
 
 // errorAnswer is the status and reason for a request the proxy could not
-// pass on: 502 when the upstream could not be reached or refused us, 504
+// pass on, whichever codec served it: 502 when the upstream could not be reached or refused us, 504
 // when it did not answer in time.
 func errorAnswer(err error) (int, string) {
 	var he *handshakeError
@@ -526,7 +521,7 @@ func (c *h1Conn) observe(start time.Time, status int, bytes int64, reason string
 	} else {
 		peer = c.peer.peer.String()
 	}
-	method := methodLabelBytes(c.req.method)
+	method := methodLabel(c.req.method)
 	p.metrics.observe(c.dir, method, status, peer, took)
 	lvl := zapcore.InfoLevel
 	switch {
@@ -566,15 +561,4 @@ func protoName(minor int) string {
 		return "HTTP/1.0"
 	}
 	return "HTTP/1.1"
-}
-
-// methodLabelBytes is methodLabel for a method read off the wire.
-func methodLabelBytes(m []byte) string {
-	for _, s := range [...]string{http.MethodGet, http.MethodPost, http.MethodHead, http.MethodPut, http.MethodPatch,
-		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace} {
-		if string(m) == s {
-			return s
-		}
-	}
-	return "other"
 }

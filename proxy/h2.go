@@ -11,9 +11,7 @@ import (
 	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
-	"os"
 	"sync"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -273,20 +271,7 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return // the client went away: nobody to answer
 	}
-	status, reason := http.StatusBadGateway, "upstream request failed"
-	var he *handshakeError
-	switch {
-	case errors.As(err, &he):
-		reason = "mesh TLS handshake failed: " + he.reason
-	case errors.Is(err, syscall.ECONNREFUSED):
-		reason = "upstream connection refused"
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
-		status, reason = http.StatusGatewayTimeout, "upstream timed out"
-	case errors.As(err, new(*dialError)):
-		reason = "upstream connect failed"
-	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
-		reason = "upstream closed the connection"
-	}
+	status, reason := errorAnswer(err)
 	if rec, ok := w.(*recorder); ok {
 		rec.reason = reason
 		rec.err = err
@@ -343,14 +328,18 @@ func (r *recorder) Flush() {
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // methodLabel bounds the method label to the standard methods.
-func methodLabel(m string) string {
-	switch m {
-	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
-		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
-		return m
+// A method read off the wire (HTTP/1 engine) is compared without a copy.
+func methodLabel[T string | []byte](m T) string {
+	for _, s := range standardMethods {
+		if string(m) == s {
+			return s
+		}
 	}
 	return "other"
 }
+
+var standardMethods = [...]string{http.MethodGet, http.MethodPost, http.MethodHead, http.MethodPut, http.MethodPatch,
+	http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace}
 
 // observeRequest counts a request and writes its access log line.
 func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, peer string, took time.Duration) {
