@@ -150,7 +150,7 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 	p.serverFirst = newDestMemory(cfg.Protocols.ServerFirstMemory.D())
 	p.httpDests = newDestMemory(cfg.Protocols.ServerFirstMemory.D())
 	p.l7 = newL7(p)
-	p.chains = p.newChains(p.extraStages)
+	p.chains = p.newChains()
 	p.access = log.Named("access")
 	p.cfg.Protocols.Ports = maps.Clone(cfg.Protocols.Ports)
 	// The config is the caller's; keep a copy, with the mode in effect

@@ -117,12 +117,12 @@ func (c chain) decide(r *Request) *Answer {
 
 // newChains builds each direction's chain from the config (see the order
 // above), with the stages tests add (withStage) last.
-func (p *Proxy) newChains(extra [2][]Stage) [2]chain {
+func (p *Proxy) newChains() [2]chain {
 	var c [2]chain
 	c[Outbound] = chain{requestIDs{}, clientIdentity{}}
 	c[Inbound] = chain{clientIdentity{}}
 	for d := range c {
-		c[d] = append(c[d], extra[d]...)
+		c[d] = append(c[d], p.extraStages[d]...)
 	}
 	return c
 }
