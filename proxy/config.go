@@ -39,11 +39,14 @@ type Config struct {
 	// overrides it.
 	LogLevel string `json:"logLevel"`
 	// AccessLog writes a JSON line per L7 request (logger "access", at
-	// info). Off by default, as in Istio and Linkerd: in one peerbench run
-	// (issue 12) it took a fifth of the sidecar pair's CPU per keep-alive
-	// request. A request the proxy answered itself (a 502, a stage's
-	// refusal) is logged at warn either way, and every request is counted
-	// in the metrics either way.
+	// info) and one per connection ("connection closed", at info). Off
+	// by default, as in Istio and Linkerd: in one peerbench run (issue 12)
+	// the request lines took a fifth of the sidecar pair's CPU per
+	// keep-alive request, and the connection lines a twentieth of the
+	// client sidecar's per new connection. Off, the connection lines are
+	// at debug. A request the proxy answered itself (a 502, a stage's
+	// refusal) and a connection refused are logged at warn either way,
+	// and every request and connection is counted in the metrics either way.
 	AccessLog bool `json:"accessLog"`
 	// Mark is the SO_MARK put on every connection the proxy dials, so the
 	// capture rules (which exempt it) never send the proxy's own traffic

@@ -104,15 +104,20 @@ func (p *Proxy) logAccepted(l *captureListener, src netip.AddrPort) {
 	}
 }
 
-// logClosed writes a connection's one log line. It is handle's tail, kept
+// logClosed writes a connection's one log line: at info with the access
+// log on (accessLog), at debug with it off, at warn for a connection
+// refused or cut short for a reason. It is handle's tail, kept
 // apart so that handle's own stack frame stays small: a connection's
 // goroutine waits in forward with handle's frame under it for as long as
 // the connection lasts, and the garbage collector shrinks a goroutine's
 // stack only while it uses less than a quarter of it (issue 12).
 func (p *Proxy) logClosed(dir Direction, src netip.AddrPort, took time.Duration, o *outcome) {
-	lvl := zapcore.InfoLevel
-	if o.refused || o.reason != "" {
+	lvl := zapcore.DebugLevel // the access log's, when it is off
+	switch {
+	case o.refused || o.reason != "":
 		lvl = zapcore.WarnLevel
+	case p.cfg.AccessLog:
+		lvl = zapcore.InfoLevel
 	}
 	if ce := p.log.Check(lvl, "connection closed"); ce != nil {
 		fields := make([]zap.Field, 0, 16)

@@ -149,7 +149,9 @@ func (c *h1Conn) serve(ctx context.Context) {
 		}
 		start := time.Now()
 		c.clientMinor = c.req.minor
-		c.tcp.SetReadDeadline(time.Time{})
+		// The idle deadline stays: nothing reads the client until the
+		// next request's head (which sets its own), but a body that
+		// streams (exchange clears it) and a tunnel (forward sets its own).
 		if a := c.p.chains[c.dir].decide(&c.sreq); a != nil {
 			if c.req.length > 0 || c.req.chunked {
 				c.req.close = true // its body is not read: the connection cannot go on
@@ -215,6 +217,7 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 			u.w.buf = append(u.w.buf, c.r.buffered()[:req.length]...)
 		}
 		if err = u.w.flush(); err == nil && hasBody && !whole {
+			c.tcp.SetReadDeadline(time.Time{})
 			c.bodyDone = make(chan error, 1)
 			c.bodyRead.Store(false)
 			go func(u *h1Up) {

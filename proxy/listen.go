@@ -159,9 +159,9 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// acceptLoop accepts on l until it is closed, starting one handler per
-// connection, owned by conns.
-func (p *Proxy) acceptLoop(ctx context.Context, l *captureListener, stop <-chan struct{}, conns *sync.WaitGroup) {
+// acceptLoop accepts on l until it is closed, running one handler per
+// connection on handlers, counted in conns until it returns.
+func (p *Proxy) acceptLoop(ctx context.Context, l *captureListener, stop <-chan struct{}, handlers *handlerPool, conns *sync.WaitGroup) {
 	var backoff time.Duration
 	for {
 		c, err := l.ln.AcceptTCP()
@@ -185,9 +185,64 @@ func (p *Proxy) acceptLoop(ctx context.Context, l *captureListener, stop <-chan 
 			reset(c)
 			continue
 		}
-		conns.Go(func() {
+		conns.Add(1)
+		handlers.run(func() {
+			defer conns.Done()
 			defer p.untrack(c)
 			p.handle(ctx, l, c)
 		})
 	}
+}
+
+// handlerIdle is how long a goroutine that has served a connection waits
+// for the next one before it exits.
+const handlerIdle = 5 * time.Second
+
+// handlerPool runs connection handlers on goroutines that served a
+// connection before and wait for another, when one waits, and on a new
+// goroutine when none does. A connection's pipeline is deep (detection,
+// the HTTP/1 engine, TLS): a new goroutine's stack grows to hold it, by
+// copying, on every connection, which took a tenth of the client
+// sidecar's CPU per new connection in peerbench (issue 12); a goroutine
+// that comes back keeps its grown stack. The goroutines exit after
+// handlerIdle without work, and at close.
+type handlerPool struct {
+	work chan func()
+	quit chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newHandlerPool() *handlerPool {
+	return &handlerPool{work: make(chan func()), quit: make(chan struct{})}
+}
+
+// run runs f on a waiting goroutine, or a new one.
+func (h *handlerPool) run(f func()) {
+	select {
+	case h.work <- f:
+		return
+	default:
+	}
+	h.wg.Go(func() {
+		f()
+		idle := time.NewTimer(handlerIdle)
+		defer idle.Stop()
+		for {
+			select {
+			case f := <-h.work:
+				f()
+				idle.Reset(handlerIdle)
+			case <-idle.C:
+				return
+			case <-h.quit:
+				return
+			}
+		}
+	})
+}
+
+// close ends the waiting goroutines, once every handler has returned.
+func (h *handlerPool) close() {
+	close(h.quit)
+	h.wg.Wait()
 }

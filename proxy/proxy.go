@@ -227,8 +227,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 		})
 	}
 	stopAccept := make(chan struct{})
+	handlers := newHandlerPool()
 	for _, l := range capture {
-		acceptWG.Go(func() { p.acceptLoop(connCtx, l, stopAccept, &connWG) })
+		acceptWG.Go(func() { p.acceptLoop(connCtx, l, stopAccept, handlers, &connWG) })
 	}
 	p.listening.Store(true)
 	close(p.ready)
@@ -277,6 +278,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		killConns()
 		<-drained
 	}
+	handlers.close()
 
 	p.l7.closeIdle()
 

@@ -40,7 +40,7 @@ unknown fields are errors. For example:
 
   mode: redirect            # or tproxy
   logLevel: info            # debug, info, warn, error
-  accessLog: false          # true: a JSON line per HTTP request (logger "access")
+  accessLog: false          # true: a JSON line per HTTP request (logger "access") and per connection
   mark: 0x539
   outbound: {port: 15001}
   inbound: {port: 15006, passthroughSourceIPv4: 127.0.0.6, passthroughSourceIPv6: "::6"}
