@@ -197,6 +197,28 @@ type h1Msg struct {
 	host int
 }
 
+// keep returns an empty message that keeps m's storage, unless it grew
+// far larger than most heads need.
+func (m *h1Msg) keep() h1Msg {
+	const most = 64 << 10
+	k := h1Msg{length: -1}
+	if cap(m.raw) <= most {
+		k.raw = m.raw[:0]
+	}
+	if cap(m.fields) <= 256 {
+		// Cleared: the fields point into the heads they were read from.
+		k.fields = m.fields[:0]
+		clear(m.fields[:cap(m.fields)])
+	}
+	if cap(m.added) <= most {
+		k.added = m.added[:0]
+	}
+	if cap(m.pending) <= 64 {
+		k.pending = m.pending[:0]
+	}
+	return k
+}
+
 func (m *h1Msg) reset() {
 	m.method, m.target, m.reason = nil, nil, nil
 	m.status, m.minor = 0, 0

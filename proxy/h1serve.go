@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -50,7 +51,7 @@ type h1Conn struct {
 	from netip.Addr // inbound tproxy: the client's address the app is dialed from
 	tcp  *net.TCPConn
 	tls  *tls.Conn // the client side's TLS (inbound mesh), if any
-	cc   *countingConn
+	cc   countingConn
 	r    h1Reader
 	w    h1Writer
 	req  h1Msg
@@ -77,13 +78,15 @@ type h1Conn struct {
 // tc when the client side is TLS (mesh), pending the bytes already read
 // from it. peer is the client's verified identity (inbound).
 func (p *Proxy) serveH1(ctx context.Context, dir Direction, tcp *net.TCPConn, tc *tls.Conn, pending []byte, from netip.Addr, dst netip.AddrPort, peer tlsInfo, m *dirMetrics) outcome {
-	c := &h1Conn{p: p, dir: dir, dst: dst, from: from, tcp: tcp, tls: tc, m: m}
+	c := h1ConnPool.Get().(*h1Conn)
+	defer c.recycle()
+	c.p, c.dir, c.dst, c.from, c.tcp, c.tls, c.m = p, dir, dst, from, tcp, tc, m
 	var src net.Conn = tcp
 	if tc != nil {
 		src = tc
 	}
-	c.cc = &countingConn{Conn: src, sentC: m.sent, recvC: m.received}
-	c.r.src, c.w.dst = c.cc, c.cc
+	c.cc.Conn, c.cc.sentC, c.cc.recvC = src, m.sent, m.received
+	c.r.src, c.w.dst = &c.cc, &c.cc
 	if len(pending) > 0 {
 		c.r.bp = h1Bufs.Get().(*[]byte)
 		c.r.buf = *c.r.bp
@@ -99,11 +102,18 @@ func (p *Proxy) serveH1(ctx context.Context, dir Direction, tcp *net.TCPConn, tc
 			c.sreq.clientCert = "URI=" + peer.peer.String()
 		}
 	}
-	p.h1Conns.Store(c, struct{}{})
-	stop := context.AfterFunc(ctx, func() { tcp.Close() })
+	p.h1Mu.Lock()
+	if p.h1Conns == nil {
+		p.h1Conns = make(map[*h1Conn]struct{})
+	}
+	p.h1Conns[c] = struct{}{}
+	p.h1Mu.Unlock()
+	// When the drain's grace period is over, killAll resets tcp (handle's
+	// client connection), which ends serve.
 	c.serve(ctx)
-	stop()
-	p.h1Conns.Delete(c)
+	p.h1Mu.Lock()
+	delete(p.h1Conns, c) // before c is recycled: drainH1 never sees it again
+	p.h1Mu.Unlock()
 	c.r.release()
 	if c.own != nil {
 		p.closeUpstream(c.own.tcp)
@@ -115,15 +125,30 @@ func (p *Proxy) serveH1(ctx context.Context, dir Direction, tcp *net.TCPConn, tc
 	return o
 }
 
+// h1ConnPool keeps the state of client connections that ended for the
+// next ones, with the storage their heads' fields grew: per new
+// connection, a fresh one and its fields' growth were a third of the
+// client sidecar's allocations (issue 12).
+var h1ConnPool = sync.Pool{New: func() any { return new(h1Conn) }}
+
+// recycle clears c, but for the storage of its messages' fields, and
+// puts it back in h1ConnPool. Nothing may use c after.
+func (c *h1Conn) recycle() {
+	req, resp := c.req.keep(), c.resp.keep()
+	*c = h1Conn{req: req, resp: resp}
+	h1ConnPool.Put(c)
+}
+
 // drainH1 ends the engine's connections that wait for a request; the
 // others end after the response they are busy with.
 func (p *Proxy) drainH1() {
-	p.h1Conns.Range(func(k, _ any) bool {
-		if c := k.(*h1Conn); c.idle.Load() {
+	p.h1Mu.Lock()
+	for c := range p.h1Conns {
+		if c.idle.Load() {
 			c.tcp.SetReadDeadline(aLongTimeAgo)
 		}
-		return true
-	})
+	}
+	p.h1Mu.Unlock()
 	p.l7.h1.closeIdle(true)
 }
 

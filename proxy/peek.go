@@ -18,7 +18,7 @@ import (
 const peekSize = 4 << 10
 
 // peekPool holds peek buffers. A connection takes one only once it has
-// bytes to read (waitReadable), so clients that say nothing hold none.
+// bytes to read (readPeek), so clients that say nothing hold none.
 var peekPool = sync.Pool{New: func() any { b := make([]byte, peekSize); return &b }}
 
 // aLongTimeAgo is a deadline in the past: setting it interrupts a blocked
@@ -51,13 +51,15 @@ func (c *peekConn) peeked() []byte { return c.buf }
 // up to sniff.MaxClientHelloLen. It returns how many it read.
 func (c *peekConn) fill() (int, error) {
 	if c.bp == nil && c.buf == nil {
+		if c.tls == nil {
+			bp, n, err := readPeek(c.TCPConn)
+			if bp != nil {
+				c.bp, c.buf = bp, (*bp)[:n]
+			}
+			return n, err
+		}
 		// Through TLS the read itself waits (readable bytes may be no
 		// data), so the buffer is taken at once, as upReport.readFirst does.
-		if c.tls == nil {
-			if err := waitReadable(c.TCPConn); err != nil {
-				return 0, err
-			}
-		}
 		c.bp = peekPool.Get().(*[]byte)
 		c.buf = (*c.bp)[:0]
 	}
@@ -403,9 +405,8 @@ func (rep *upReport) readFirst() {
 	if rep.conn.tls != nil {
 		rep.bp = peekPool.Get().(*[]byte)
 		rep.n, err = rep.conn.tls.Read(*rep.bp)
-	} else if err = waitReadable(rep.conn.tcp); err == nil {
-		rep.bp = peekPool.Get().(*[]byte)
-		rep.n, err = rep.conn.tcp.Read(*rep.bp)
+	} else {
+		rep.bp, rep.n, err = readPeek(rep.conn.tcp)
 	}
 	if rep.bp != nil && rep.n == 0 {
 		peekPool.Put(rep.bp)

@@ -4,9 +4,17 @@ package proxy
 
 import "net"
 
-// waitReadable does not wait off Linux: the caller's Read waits instead,
-// holding its buffer meanwhile, which costs memory but changes no result.
-func waitReadable(*net.TCPConn) error { return nil }
+// readPeek reads c into a buffer of peekPool, taken before the read waits
+// off Linux (see the Linux one). bp is nil when nothing was read.
+func readPeek(c *net.TCPConn) (bp *[]byte, n int, err error) {
+	bp = peekPool.Get().(*[]byte)
+	n, err = c.Read((*bp)[:cap(*bp)])
+	if n == 0 {
+		peekPool.Put(bp)
+		bp = nil
+	}
+	return bp, n, err
+}
 
 // idleAlive cannot look without reading off Linux: a pooled connection is
 // taken as alive (a request that finds it closed is sent again).

@@ -86,7 +86,8 @@ type Proxy struct {
 	l7          *l7
 	access      *zap.Logger // the access log: a line per L7 request
 	httpServers sync.Map    // *http.Server of each L7 connection being served
-	h1Conns     sync.Map    // *h1Conn of each HTTP/1 connection being served
+	h1Mu        sync.Mutex
+	h1Conns     map[*h1Conn]struct{} // each HTTP/1 connection being served, under h1Mu
 	// chains are the request stages of each direction (stages.go);
 	// extraStages, those tests add (withStage).
 	chains      [2]chain
