@@ -74,7 +74,7 @@ func (p *Proxy) dial(ctx context.Context, dir Direction, from netip.Addr, dst ne
 		}
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 	}
-	c, err := d.DialContext(ctx, "tcp", dst.String())
+	c, err := dialOffStack(ctx, &d, dst)
 	if err != nil && d.LocalAddr != nil && !from.IsValid() && isBindAddrNotAvail(err) {
 		// The passthrough source is not assigned here (typically ::6):
 		// connect without one from now on.
@@ -83,7 +83,7 @@ func (p *Proxy) dial(ctx context.Context, dir Direction, from netip.Addr, dst ne
 			ce.Write(zap.Stringer("source", d.LocalAddr), zap.Error(err))
 		}
 		d.LocalAddr = nil
-		c, err = d.DialContext(ctx, "tcp", dst.String())
+		c, err = dialOffStack(ctx, &d, dst)
 	}
 	if err != nil {
 		return nil, err
@@ -119,4 +119,25 @@ func (p *Proxy) dialFailed(o outcome, err error, m *dirMetrics) outcome {
 	}
 	o.reason = reasonOf(err)
 	return o
+}
+
+// dialOffStack dials dst with d on a goroutine of its own and waits for
+// it: the dial goes deep into package net (resolution, the socket, the
+// poller's connect), deeper than anything a connection's goroutine does
+// after, and a goroutine's stack, once grown, stays grown while more
+// than a quarter of it is in use (see handshake): a connection that
+// dialed kept twice the stack it forwards with, for as long as it
+// lasted (issue 12).
+func dialOffStack(ctx context.Context, d *net.Dialer, dst netip.AddrPort) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, err := d.DialContext(ctx, "tcp", dst.String())
+		done <- result{c, err}
+	}()
+	r := <-done
+	return r.c, r.err
 }
