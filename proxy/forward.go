@@ -122,6 +122,125 @@ type flow struct {
 	once    sync.Once
 	aborted atomic.Bool
 	err     error // the first failure; written once, read after both directions end
+	back    *pump // the direction that may park
+}
+
+// fwdTimes are forward's timers: the idle timeout, and how long a flow
+// is idle before its upstream → client direction parks (0: never).
+type fwdTimes struct {
+	idle, park time.Duration
+}
+
+// parkAfter is how long a forwarded connection is idle before its
+// upstream → client direction parks (see pump).
+const parkAfter = 500 * time.Millisecond
+
+// withParkAfter sets how long a forwarded connection is idle before its
+// upstream → client direction parks; 0 never parks (tests).
+func withParkAfter(d time.Duration) Option {
+	return func(p *Proxy) { p.parkAfter = d }
+}
+
+// fwdTimes returns forward's timers from the config.
+func (p *Proxy) fwdTimes() fwdTimes {
+	return fwdTimes{idle: p.cfg.Timeouts.Idle.D(), park: p.parkAfter}
+}
+
+// errParked ends a pump's run when it parked.
+var errParked = errors.New("parked")
+
+// pump is one direction of a flow: it copies src to dst. The direction
+// forward runs on a goroutine of its own (upstream → client) parks once
+// no byte has moved either way for fwdTimes.park: its goroutine ends,
+// and the parker waits on the socket for it; what comes next (bytes,
+// the end, a failure, the idle timeout) starts a new goroutine that
+// carries on where it stopped. A held connection nothing moves on costs
+// no goroutine (nor buffer) for that direction: at 2 000 held mTLS
+// connections that was a third of each sidecar's memory (issue 12).
+type pump struct {
+	f        *flow
+	dst, src *leg
+	d        *direction
+	n        int64                        // bytes written to dst
+	read     func() (*[]byte, int, error) // the buffer copy's reader, once it began
+	park     time.Duration                // 0: never parks
+	done     chan struct{}                // closed when a parking pump is over
+
+	// Set by the parker, under its lock.
+	fd   int32       // the socket it is parked on
+	idle *time.Timer // the idle timeout while parked
+	woke error       // why it was resumed, when not for its socket
+}
+
+// resume carries a parked pump on, on a new goroutine: err says why, when
+// it is not its socket (the flow failed, or it was idle too long).
+func (u *pump) resume(err error) {
+	u.woke = err
+	go u.loop()
+}
+
+// loop runs a pump that may park until it is over, or parked.
+func (u *pump) loop() {
+	for {
+		if err := u.woke; err != nil {
+			u.woke = nil
+			if errors.Is(err, ErrIdleTimeout) {
+				u.f.fail(fmt.Errorf("read from %s: %w", u.d.srcName, err))
+			}
+			close(u.done)
+			return
+		}
+		if !u.run() {
+			close(u.done)
+			return
+		}
+		if parking.park(u, u.src.tcp) {
+			return
+		}
+		// It could not park (the flow failed meanwhile, or the parker
+		// cannot be had): it waits here after all.
+		u.park = 0
+	}
+}
+
+// run copies until src's EOF or a failure, which aborts the flow, or
+// until the pump parks; it reports whether it parked.
+func (u *pump) run() (parked bool) {
+	f, dst, src, d := u.f, u.dst, u.src, u.d
+	if u.read == nil {
+		if len(src.pending) > 0 {
+			n, err := f.write(dst, src.pending)
+			u.n += n
+			d.counter.Add(float64(n))
+			src.releasePending()
+			if err != nil {
+				f.fail(fmt.Errorf("write to %s: %w", d.dstName, err))
+				return false
+			}
+		}
+		if f.mode == copySplice && src.tls == nil && dst.tls == nil {
+			more, err := f.spliceCopy(dst.tcp, src.tcp, d)
+			u.n += more
+			if !errors.Is(err, errSpliceUnsupported) {
+				if err != nil {
+					f.fail(err)
+				}
+				return false
+			}
+		}
+		u.read = src.reader()
+	} else if u.park > 0 {
+		// Resumed after it parked: its socket has something.
+		src.tcp.SetReadDeadline(time.Now().Add(min(u.park, f.idle)))
+	}
+	err := f.bufferCopy(u)
+	if err == errParked {
+		return true
+	}
+	if err != nil {
+		f.fail(err)
+	}
+	return false
 }
 
 // direction names one way of a flow, for errors, and counts its bytes.
@@ -137,73 +256,45 @@ type direction struct {
 // timeout) resets both connections, so neither peer mistakes a broken
 // stream for a complete one. Bytes (plaintext bytes, on a TLS leg) are
 // added to the counters as they flow, pending bytes first.
-func forward(client, upstream leg, idle time.Duration, mode copyMode, m *dirMetrics) (sent, received int64, err error) {
-	f := &flow{client: client, upstream: upstream, idle: idle, mode: mode}
+func forward(client, upstream leg, t fwdTimes, mode copyMode, m *dirMetrics) (sent, received int64, err error) {
+	f := &flow{client: client, upstream: upstream, idle: t.idle, mode: mode}
 	// Idle detection costs nothing per read: both sockets get a deadline
 	// one idle period out; when one fires, the shared last-activity time
 	// says whether to push it on (traffic flowed the other way, or earlier
 	// this way) or whether the connection is idle.
 	now := time.Now()
 	f.last.Store(now.UnixNano())
-	client.tcp.SetDeadline(now.Add(idle))
-	upstream.tcp.SetDeadline(now.Add(idle))
+	client.tcp.SetDeadline(now.Add(t.idle))
+	upstream.tcp.SetDeadline(now.Add(t.idle))
 
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		received = f.copy(&f.client, &f.upstream, &direction{"upstream", "client", m.received})
-	}()
-	sent = f.copy(&f.upstream, &f.client, &direction{"client", "upstream", m.sent})
-	<-done
-	return sent, received, f.err
-}
-
-// copy moves bytes from src to dst until src's EOF, which it passes on as
-// a half-close of dst, or until a failure, which aborts the flow.
-func (f *flow) copy(dst, src *leg, d *direction) int64 {
-	var (
-		n   int64
-		err error
-	)
-	if len(src.pending) > 0 {
-		n, err = f.write(dst, src.pending)
-		d.counter.Add(float64(n))
-		src.releasePending()
-		if err != nil {
-			f.fail(fmt.Errorf("write to %s: %w", d.dstName, err))
-			return n
-		}
+	back := &pump{f: f, dst: &f.client, src: &f.upstream, d: &direction{"upstream", "client", m.received}, done: make(chan struct{})}
+	if t.park > 0 && t.park < t.idle {
+		back.park = t.park
+		upstream.tcp.SetReadDeadline(now.Add(t.park))
 	}
-	var more int64
-	if f.mode == copySplice && src.tls == nil && dst.tls == nil {
-		more, err = f.spliceCopy(dst.tcp, src.tcp, d)
-		n += more
-	}
-	if f.mode == copyBuffer || src.tls != nil || dst.tls != nil || errors.Is(err, errSpliceUnsupported) {
-		more, err = f.bufferCopy(dst, src, d)
-		n += more
-	}
-	if err != nil {
-		f.fail(err)
-	}
-	return n
+	f.back = back
+	go back.loop()
+	front := &pump{f: f, dst: &f.upstream, src: &f.client, d: &direction{"client", "upstream", m.sent}}
+	front.run()
+	<-back.done
+	return front.n, back.n, f.err
 }
 
 // bufferCopy is copy through a pooled buffer, taken once src has bytes
-// and put back once they are written (see reader).
-func (f *flow) bufferCopy(dst, src *leg, d *direction) (int64, error) {
-	read := src.reader()
-	var total int64
+// and put back once they are written (see reader). It returns errParked
+// when u is to park.
+func (f *flow) bufferCopy(u *pump) error {
+	dst, src, d := u.dst, u.src, u.d
 	for {
-		bp, nr, rerr := read()
+		bp, nr, rerr := u.read()
 		if nr > 0 {
 			f.touch()
 			nw, werr := f.write(dst, (*bp)[:nr])
 			putBuf(bp)
-			total += nw
+			u.n += nw
 			d.counter.Add(float64(nw))
 			if werr != nil {
-				return total, fmt.Errorf("write to %s: %w", d.dstName, werr)
+				return fmt.Errorf("write to %s: %w", d.dstName, werr)
 			}
 		}
 		if rerr == nil {
@@ -211,14 +302,25 @@ func (f *flow) bufferCopy(dst, src *leg, d *direction) (int64, error) {
 		}
 		if rerr == io.EOF {
 			if err := dst.closeWrite(); err != nil {
-				return total, fmt.Errorf("half-close %s: %w", d.dstName, err)
+				return fmt.Errorf("half-close %s: %w", d.dstName, err)
 			}
-			return total, nil
+			return nil
+		}
+		if u.park > 0 && errors.Is(rerr, os.ErrDeadlineExceeded) && !f.aborted.Load() {
+			last := time.Unix(0, f.last.Load())
+			switch since := time.Since(last); {
+			case since < u.park:
+				if src.tcp.SetReadDeadline(last.Add(u.park)) == nil {
+					continue
+				}
+			case since < f.idle:
+				return errParked
+			}
 		}
 		if f.extend(rerr, src.tcp.SetReadDeadline) {
 			continue
 		}
-		return total, fmt.Errorf("read from %s: %w", d.srcName, f.idleOr(rerr))
+		return fmt.Errorf("read from %s: %w", d.srcName, f.idleOr(rerr))
 	}
 }
 
@@ -358,6 +460,11 @@ func (f *flow) fail(err error) {
 	f.once.Do(func() {
 		f.err = err
 		f.aborted.Store(true)
+		// Before the sockets close: a parked direction is resumed (and
+		// ends) rather than left in the parker's set.
+		if f.back != nil {
+			parking.cancel(f.back, err)
+		}
 		reset(f.client.tcp)
 		reset(f.upstream.tcp)
 	})

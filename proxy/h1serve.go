@@ -418,7 +418,7 @@ func (c *h1Conn) tunnel(u *h1Up) {
 	}
 	c.r.consume(len(c.r.buffered()))
 	u.r.consume(len(u.r.buffered()))
-	sent, received, _ := forward(client, up, c.p.cfg.Timeouts.Idle.D(), copyBuffer, c.m)
+	sent, received, _ := forward(client, up, c.p.fwdTimes(), copyBuffer, c.m)
 	c.cc.sent.Add(sent)
 	c.cc.received.Add(received)
 }

@@ -115,7 +115,7 @@ func (p *Proxy) plain(ctx context.Context, client *net.TCPConn, from netip.Addr,
 		return outcome{dst: dst, err: err, refused: true}
 	}
 	defer p.closeUpstream(upstream)
-	sent, received, err := forward(leg{tcp: client}, leg{tcp: upstream}, p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+	sent, received, err := forward(leg{tcp: client}, leg{tcp: upstream}, p.fwdTimes(), p.copyMode, m)
 	return outcome{dst: dst, sent: sent, received: received, err: err}
 }
 
@@ -257,7 +257,7 @@ func (p *Proxy) forwardInbound(ctx context.Context, pc *peekConn, upstream *leg,
 	}
 	pending, pendingBuf := pc.take()
 	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, tls: pc.tls, pending: pending, pendingBuf: pendingBuf}, *upstream,
-		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+		p.fwdTimes(), p.copyMode, m)
 	// forward put the pending bytes' buffers back.
 	upstream.pending, upstream.pendingBuf = nil, nil
 	return o

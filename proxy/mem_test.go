@@ -188,3 +188,99 @@ func TestIdleConnectionHoldsNoBuffer(t *testing.T) {
 		})
 	}
 }
+
+// parkedNow returns how many copy directions are parked.
+func parkedNow() int {
+	if runtime.GOOS != "linux" {
+		return 0
+	}
+	parking.mu.Lock()
+	defer parking.mu.Unlock()
+	return len(parking.parked)
+}
+
+// TestIdleConnectionParks checks that a forwarded connection idle for
+// the park delay parks its upstream → client direction on both sidecars
+// (no goroutine waits for it), and that what comes next is served as if
+// nothing happened: bytes either way, one byte or many TLS records, a
+// half-close, a reset by the client (which ends the parked direction and
+// resets the upstream), and the idle timeout.
+func TestIdleConnectionParks(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("directions park on Linux only")
+	}
+	const park = 30 * time.Millisecond
+	mca := newMeshCA(t)
+	startMesh := func(t *testing.T, be string, idle time.Duration) *pair {
+		cm, sm := mca.meshes()
+		setIdle := func(c *Config) {
+			if idle > 0 {
+				c.Timeouts.Idle = Duration(idle)
+			}
+		}
+		return startPair(t, be, cm, sm, pairOptions{
+			clientCfg: setIdle, serverCfg: setIdle,
+			clientOpts: []Option{withParkAfter(park)}, serverOpts: []Option{withParkAfter(park)},
+		})
+	}
+	// parked waits until at least n directions are parked.
+	parked := func(t *testing.T, n int) {
+		t.Helper()
+		waitFor(t, func() bool { return parkedNow() >= n })
+	}
+
+	t.Run("bytes and half-close after parking", func(t *testing.T) {
+		be := startBackend(t, "127.0.0.1:0", echo)
+		c := dial(t, startMesh(t, be.addr(), 0).client.out())
+		for _, size := range []int{1, 100_000, 5} {
+			parked(t, 0)
+			msg := strings.Repeat("p", size)
+			if got := roundTrip(t, c, msg); got != msg {
+				t.Fatalf("%d bytes: echoed %d bytes, not the same", size, len(got))
+			}
+			// Both sidecars' upstream → client directions park.
+			parked(t, 2)
+			time.Sleep(3 * park)
+		}
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+			t.Fatalf("after half-close: read %q, %v; want EOF", b, err)
+		}
+		waitFor(t, func() bool { return parkedNow() == 0 })
+	})
+
+	t.Run("client reset while parked", func(t *testing.T) {
+		ended := make(chan struct{})
+		be := startBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+			defer close(ended)
+			echo(c)
+		})
+		c := dial(t, startMesh(t, be.addr(), 0).client.out())
+		roundTrip(t, c, "before")
+		parked(t, 2)
+		reset(c)
+		select {
+		case <-ended:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the backend's connection outlived the client's reset by 5s")
+		}
+		waitFor(t, func() bool { return parkedNow() == 0 })
+	})
+
+	t.Run("idle timeout while parked", func(t *testing.T) {
+		const idle = 400 * time.Millisecond
+		be := startBackend(t, "127.0.0.1:0", echo)
+		c := dial(t, startMesh(t, be.addr(), idle).client.out())
+		roundTrip(t, c, "before")
+		parked(t, 2)
+		start := time.Now()
+		expectClosed(t, c, 10*idle) // an EOF or a reset
+		if took := time.Since(start); took < idle/2 {
+			t.Fatalf("closed %v after it parked; want about the idle timeout, %v", took, idle)
+		}
+		waitFor(t, func() bool { return parkedNow() == 0 })
+	})
+}

@@ -131,7 +131,7 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 
 	pending, pendingBuf := pc.take()
 	o.sent, o.received, o.err = forward(leg{tcp: client, pending: pending, pendingBuf: pendingBuf}, upstream,
-		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+		p.fwdTimes(), p.copyMode, m)
 	svc.finish(failedEarly(o))
 	if meshTLS {
 		p.noteRefusal(&o, o.err, o.received)
@@ -178,7 +178,7 @@ func (p *Proxy) opaqueOut(ctx context.Context, pc *peekConn, dst netip.AddrPort,
 	o.tls, o.endpoint = svc.info, svc.endpoint
 	pending, pendingBuf := pc.take()
 	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, pending: pending, pendingBuf: pendingBuf}, leg{tcp: svc.conn.tcp, tls: svc.conn.tls},
-		p.cfg.Timeouts.Idle.D(), p.copyMode, m)
+		p.fwdTimes(), p.copyMode, m)
 	svc.finish(failedEarly(o))
 	if meshTLS {
 		p.noteRefusal(&o, o.err, o.received)

@@ -72,7 +72,9 @@ type Proxy struct {
 	metrics  *metrics
 	origDst  OriginalDstFunc // nil: the default lookup of cfg.Mode
 	copyMode copyMode        // how forward moves bytes; tests set copyBuffer
-	meshTLS  MeshTLS         // WithMeshTLS; nil: no certificates
+	// parkAfter is fwdTimes.park: parkAfter, or a test's (withParkAfter).
+	parkAfter time.Duration
+	meshTLS   MeshTLS // WithMeshTLS; nil: no certificates
 	// destinations is WithDestinations' resolver; nil: none.
 	destinations DestinationResolver
 	// balancer is WithBalancer's; nil: connections go where they were sent.
@@ -133,11 +135,12 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		log = zap.NewNop()
 	}
 	p := &Proxy{
-		cfg:   cfg,
-		log:   log,
-		ready: make(chan struct{}),
-		quit:  make(chan struct{}),
-		conns: make(map[*net.TCPConn]struct{}),
+		cfg:       cfg,
+		log:       log,
+		ready:     make(chan struct{}),
+		quit:      make(chan struct{}),
+		conns:     make(map[*net.TCPConn]struct{}),
+		parkAfter: parkAfter,
 	}
 	for _, o := range opts {
 		o(p)
