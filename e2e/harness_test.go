@@ -50,6 +50,7 @@ func runMain(m *testing.M) int {
 	}
 	bin = filepath.Join(dir, "meshgate")
 	build := exec.Command("go", "build", "-o", bin, "meshgate/cmd/meshgate")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as make build makes it
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: building meshgate:", err)
