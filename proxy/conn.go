@@ -27,6 +27,7 @@ type outcome struct {
 	alerted  bool           // refused with a TLS alert: close gracefully so the client can read it
 	detected *detection     // the protocol verdict, when there was one
 	endpoint netip.AddrPort // the endpoint of the service dialed, when it is not dst
+	flow     *flowPlan      // an L4 forward for handle to run; the fields above it fills in
 }
 
 // alertLinger bounds how long a client refused with a TLS alert is given
@@ -34,8 +35,10 @@ type outcome struct {
 const alertLinger = 500 * time.Millisecond
 
 // handle serves one captured connection from accept to close and writes
-// its one log line.
-func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPConn) {
+// its one log line; release runs when the connection is over. An L4
+// forward (the stages return it as outcome.flow) goes on apart from the
+// stages (runFlow): the goroutine is free as soon as the flow parks.
+func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPConn, release func()) {
 	start := time.Now()
 	m := &p.metrics.dir[l.dir]
 	m.opened.Inc()
@@ -44,6 +47,36 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 	p.logAccepted(l, src)
 
 	o := p.pipeline(ctx, l, client, m)
+	end := func(o *outcome) {
+		p.endConn(l, client, src, start, m, o)
+		release()
+	}
+	if o.flow != nil {
+		p.runFlow(client, m, o, end)
+		return
+	}
+	end(&o)
+}
+
+// runFlow runs o's flow, apart from the stages that set it up: its
+// client → upstream direction on this goroutine until it is over or
+// parked, the other on a goroutine of its own (see pump). Once both are
+// over, the flow's after and end run, on the goroutine of the last one.
+func (p *Proxy) runFlow(client *net.TCPConn, m *dirMetrics, o outcome, end func(*outcome)) {
+	fp := o.flow
+	o.flow = nil
+	f := newFlow(fp.client, fp.upstream, p.fwdTimes(), p.copyMode, m)
+	p.setFlow(client, f)
+	f.start(true, func(sent, received int64, err error) {
+		o.sent, o.received, o.err = sent, received, err
+		fp.after(&o)
+		end(&o)
+	})
+}
+
+// endConn closes the client connection as its outcome says, counts it
+// and writes its log line.
+func (p *Proxy) endConn(l *captureListener, client *net.TCPConn, src netip.AddrPort, start time.Time, m *dirMetrics, o *outcome) {
 	switch {
 	case o.refused && o.alerted:
 		lingerClose(client)
@@ -54,8 +87,7 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 	}
 	m.closed.Inc()
 	m.active.Dec()
-
-	p.logClosed(l.dir, src, time.Since(start), &o)
+	p.logClosed(l.dir, src, time.Since(start), o)
 }
 
 // pipeline runs the stages of one connection: original destination

@@ -122,7 +122,21 @@ type flow struct {
 	once    sync.Once
 	aborted atomic.Bool
 	err     error // the first failure; written once, read after both directions end
-	back    *pump // the direction that may park
+
+	front, back *pump        // client → upstream, upstream → client
+	running     atomic.Int32 // directions not over yet
+	then        func(sent, received int64, err error)
+}
+
+// flowPlan is an L4 forward that a connection's stage has set up and
+// handle runs once the stages have returned (see Proxy.runFlow): the
+// stages' goroutine stack is not under the flow, which may outlive it.
+type flowPlan struct {
+	client, upstream leg
+	// after runs once the flow is over, with the connection's outcome
+	// (bytes and error filled in): what the stage that set it up does
+	// after a forward (close the upstream, count the endpoint, ...).
+	after func(o *outcome)
 }
 
 // fwdTimes are forward's timers: the idle timeout, and how long a flow
@@ -146,17 +160,18 @@ func (p *Proxy) fwdTimes() fwdTimes {
 	return fwdTimes{idle: p.cfg.Timeouts.Idle.D(), park: p.parkAfter}
 }
 
-// errParked ends a pump's run when it parked.
+// errParked ends a pump's bufferCopy when it is to park.
 var errParked = errors.New("parked")
 
-// pump is one direction of a flow: it copies src to dst. The direction
-// forward runs on a goroutine of its own (upstream → client) parks once
-// no byte has moved either way for fwdTimes.park: its goroutine ends,
-// and the parker waits on the socket for it; what comes next (bytes,
-// the end, a failure, the idle timeout) starts a new goroutine that
-// carries on where it stopped. A held connection nothing moves on costs
-// no goroutine (nor buffer) for that direction: at 2 000 held mTLS
-// connections that was a third of each sidecar's memory (issue 12).
+// pump is one direction of a flow: it copies src to dst. A direction
+// parks once no byte has moved either way for fwdTimes.park: its
+// goroutine ends, and the parker waits on the socket for it; what comes
+// next (bytes, the end, a failure, the idle timeout) starts a new
+// goroutine that carries on where it stopped. A held connection that
+// nothing moves on costs no goroutine (nor buffer): at 2 000 held mTLS
+// connections, goroutine stacks were half of each sidecar's memory
+// (issue 12). The upstream → client direction always may; the other one
+// when the flow runs apart from the stages that set it up (runFlow).
 type pump struct {
 	f        *flow
 	dst, src *leg
@@ -164,7 +179,6 @@ type pump struct {
 	n        int64                        // bytes written to dst
 	read     func() (*[]byte, int, error) // the buffer copy's reader, once it began
 	park     time.Duration                // 0: never parks
-	done     chan struct{}                // closed when a parking pump is over
 
 	// Set by the parker, under its lock.
 	fd   int32       // the socket it is parked on
@@ -179,7 +193,7 @@ func (u *pump) resume(err error) {
 	go u.loop()
 }
 
-// loop runs a pump that may park until it is over, or parked.
+// loop runs the pump until it is over, or parked.
 func (u *pump) loop() {
 	for {
 		if err := u.woke; err != nil {
@@ -187,11 +201,11 @@ func (u *pump) loop() {
 			if errors.Is(err, ErrIdleTimeout) {
 				u.f.fail(fmt.Errorf("read from %s: %w", u.d.srcName, err))
 			}
-			close(u.done)
+			u.f.pumpDone()
 			return
 		}
 		if !u.run() {
-			close(u.done)
+			u.f.pumpDone()
 			return
 		}
 		if parking.park(u, u.src.tcp) {
@@ -257,28 +271,71 @@ type direction struct {
 // stream for a complete one. Bytes (plaintext bytes, on a TLS leg) are
 // added to the counters as they flow, pending bytes first.
 func forward(client, upstream leg, t fwdTimes, mode copyMode, m *dirMetrics) (sent, received int64, err error) {
+	done := make(chan struct{})
+	newFlow(client, upstream, t, mode, m).start(false, func(s, r int64, e error) {
+		sent, received, err = s, r, e
+		close(done)
+	})
+	<-done
+	return sent, received, err
+}
+
+// newFlow sets up forwarding client and upstream (see forward); start
+// starts it.
+func newFlow(client, upstream leg, t fwdTimes, mode copyMode, m *dirMetrics) *flow {
 	f := &flow{client: client, upstream: upstream, idle: t.idle, mode: mode}
+	f.front = &pump{f: f, dst: &f.upstream, src: &f.client, d: &direction{"client", "upstream", m.sent}}
+	f.back = &pump{f: f, dst: &f.client, src: &f.upstream, d: &direction{"upstream", "client", m.received}}
+	if t.park > 0 && t.park < t.idle {
+		f.front.park, f.back.park = t.park, t.park
+	}
+	return f
+}
+
+// start runs the flow: upstream → client on a goroutine of its own,
+// client → upstream on the caller's until it is over, or (apart) parked.
+// then gets the bytes each way and the first failure once both ways are
+// over, on the goroutine of the last one.
+func (f *flow) start(apart bool, then func(sent, received int64, err error)) {
+	f.then = then
+	f.running.Store(2)
+	if !apart {
+		f.front.park = 0
+	}
 	// Idle detection costs nothing per read: both sockets get a deadline
 	// one idle period out; when one fires, the shared last-activity time
 	// says whether to push it on (traffic flowed the other way, or earlier
-	// this way) or whether the connection is idle.
+	// this way), park, or end the idle connection.
 	now := time.Now()
 	f.last.Store(now.UnixNano())
-	client.tcp.SetDeadline(now.Add(t.idle))
-	upstream.tcp.SetDeadline(now.Add(t.idle))
-
-	back := &pump{f: f, dst: &f.client, src: &f.upstream, d: &direction{"upstream", "client", m.received}, done: make(chan struct{})}
-	if t.park > 0 && t.park < t.idle {
-		back.park = t.park
-		upstream.tcp.SetReadDeadline(now.Add(t.park))
+	f.client.tcp.SetDeadline(now.Add(f.idle))
+	f.upstream.tcp.SetDeadline(now.Add(f.idle))
+	if f.front.park > 0 {
+		f.client.tcp.SetReadDeadline(now.Add(f.front.park))
 	}
-	f.back = back
-	go back.loop()
-	front := &pump{f: f, dst: &f.upstream, src: &f.client, d: &direction{"client", "upstream", m.sent}}
-	front.run()
-	<-back.done
-	return front.n, back.n, f.err
+	if f.back.park > 0 {
+		f.upstream.tcp.SetReadDeadline(now.Add(f.back.park))
+	}
+	go f.back.loop()
+	f.front.loop()
 }
+
+// pumpDone is a direction's end; the last one calls then.
+func (f *flow) pumpDone() {
+	if f.running.Add(-1) != 0 {
+		return
+	}
+	// A fail from elsewhere (killAll) after this would write err as it
+	// is read: the once closes it.
+	f.once.Do(func() {})
+	f.then(f.front.n, f.back.n, f.err)
+}
+
+// kill ends the flow as a failure: the drain's grace period is over.
+func (f *flow) kill() { f.fail(errKilled) }
+
+// errKilled ends a connection still open when the drain's grace period is over.
+var errKilled = errors.New("closed: the drain's grace period is over")
 
 // bufferCopy is copy through a pooled buffer, taken once src has bytes
 // and put back once they are written (see reader). It returns errParked
@@ -462,9 +519,8 @@ func (f *flow) fail(err error) {
 		f.aborted.Store(true)
 		// Before the sockets close: a parked direction is resumed (and
 		// ends) rather than left in the parker's set.
-		if f.back != nil {
-			parking.cancel(f.back, err)
-		}
+		parking.cancel(f.front, err)
+		parking.cancel(f.back, err)
 		reset(f.client.tcp)
 		reset(f.upstream.tcp)
 	})

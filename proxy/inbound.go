@@ -114,9 +114,11 @@ func (p *Proxy) plain(ctx context.Context, client *net.TCPConn, from netip.Addr,
 		m.connectFailures.Inc()
 		return outcome{dst: dst, err: err, refused: true}
 	}
-	defer p.closeUpstream(upstream)
-	sent, received, err := forward(leg{tcp: client}, leg{tcp: upstream}, p.fwdTimes(), p.copyMode, m)
-	return outcome{dst: dst, sent: sent, received: received, err: err}
+	return outcome{dst: dst, flow: &flowPlan{
+		client:   leg{tcp: client},
+		upstream: leg{tcp: upstream},
+		after:    func(*outcome) { p.closeUpstream(upstream) },
+	}}
 }
 
 // serveInbound serves a connection to the app that is no mesh TLS being
@@ -242,8 +244,9 @@ func (r *firstBytesRace) dialApp(p *Proxy, from netip.Addr, dst netip.AddrPort) 
 	r.drop = func(u upConn) { p.closeUpstream(u.tcp) }
 }
 
-// forwardInbound forwards pc to the app as it is, the bytes peeked first,
-// dialing the app (from from) unless upstream holds its connection already.
+// forwardInbound sets up forwarding pc to the app as it is, the bytes
+// peeked first (outcome.flow, which handle runs), dialing the app (from
+// from) unless upstream holds its connection already.
 func (p *Proxy) forwardInbound(ctx context.Context, pc *peekConn, upstream *leg, from netip.Addr, dst netip.AddrPort, peer tlsInfo, m *dirMetrics) outcome {
 	o := outcome{dst: dst, mtls: pc.tls != nil, tls: peer}
 	if upstream.tcp == nil {
@@ -256,10 +259,15 @@ func (p *Proxy) forwardInbound(ctx context.Context, pc *peekConn, upstream *leg,
 		upstream.tcp = c
 	}
 	pending, pendingBuf := pc.take()
-	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, tls: pc.tls, pending: pending, pendingBuf: pendingBuf}, *upstream,
-		p.fwdTimes(), p.copyMode, m)
-	// forward put the pending bytes' buffers back.
-	upstream.pending, upstream.pendingBuf = nil, nil
+	up := *upstream
+	// The flow's now: the caller neither closes it nor puts back its
+	// pending bytes' buffer.
+	upstream.tcp, upstream.pending, upstream.pendingBuf = nil, nil, nil
+	o.flow = &flowPlan{
+		client:   leg{tcp: pc.TCPConn, tls: pc.tls, pending: pending, pendingBuf: pendingBuf},
+		upstream: up,
+		after:    func(*outcome) { p.closeUpstream(up.tcp) },
+	}
 	return o
 }
 

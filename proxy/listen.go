@@ -187,9 +187,10 @@ func (p *Proxy) acceptLoop(ctx context.Context, l *captureListener, stop <-chan 
 		}
 		conns.Add(1)
 		handlers.run(func() {
-			defer conns.Done()
-			defer p.untrack(c)
-			p.handle(ctx, l, c)
+			p.handle(ctx, l, c, func() {
+				p.untrack(c)
+				conns.Done()
+			})
 		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	rtmetrics "runtime/metrics"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -238,8 +239,8 @@ func TestIdleConnectionParks(t *testing.T) {
 			if got := roundTrip(t, c, msg); got != msg {
 				t.Fatalf("%d bytes: echoed %d bytes, not the same", size, len(got))
 			}
-			// Both sidecars' upstream → client directions park.
-			parked(t, 2)
+			// Both directions park, on both sidecars.
+			parked(t, 4)
 			time.Sleep(3 * park)
 		}
 		if err := c.CloseWrite(); err != nil {
@@ -252,6 +253,31 @@ func TestIdleConnectionParks(t *testing.T) {
 		waitFor(t, func() bool { return parkedNow() == 0 })
 	})
 
+	t.Run("held connections hold no goroutine", func(t *testing.T) {
+		const conns = 20
+		var backendGoroutines atomic.Int32
+		be := startBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+			backendGoroutines.Add(1)
+			defer backendGoroutines.Add(-1)
+			echo(c)
+		})
+		out := startMesh(t, be.addr(), 0).client.out()
+		parked(t, 0)
+		before := runtime.NumGoroutine()
+		for i := range conns {
+			c := dial(t, out)
+			if got := roundTrip(t, c, "held"); got != "held" {
+				t.Fatalf("connection %d: echoed %q", i, got)
+			}
+		}
+		parked(t, 4*conns)
+		// The backend serves each connection on a goroutine; the sidecars
+		// hold none for them (a few of their own come and go).
+		waitFor(t, func() bool {
+			return runtime.NumGoroutine()-before-int(backendGoroutines.Load()) < conns/2
+		})
+	})
+
 	t.Run("client reset while parked", func(t *testing.T) {
 		ended := make(chan struct{})
 		be := startBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
@@ -260,7 +286,7 @@ func TestIdleConnectionParks(t *testing.T) {
 		})
 		c := dial(t, startMesh(t, be.addr(), 0).client.out())
 		roundTrip(t, c, "before")
-		parked(t, 2)
+		parked(t, 4)
 		reset(c)
 		select {
 		case <-ended:
@@ -275,7 +301,7 @@ func TestIdleConnectionParks(t *testing.T) {
 		be := startBackend(t, "127.0.0.1:0", echo)
 		c := dial(t, startMesh(t, be.addr(), idle).client.out())
 		roundTrip(t, c, "before")
-		parked(t, 2)
+		parked(t, 4)
 		start := time.Now()
 		expectClosed(t, c, 10*idle) // an EOF or a reset
 		if took := time.Since(start); took < idle/2 {

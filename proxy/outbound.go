@@ -130,11 +130,17 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	}
 
 	pending, pendingBuf := pc.take()
-	o.sent, o.received, o.err = forward(leg{tcp: client, pending: pending, pendingBuf: pendingBuf}, upstream,
-		p.fwdTimes(), p.copyMode, m)
-	svc.finish(failedEarly(o))
-	if meshTLS {
-		p.noteRefusal(&o, o.err, o.received)
+	kept = true // the flow's now
+	o.flow = &flowPlan{
+		client:   leg{tcp: client, pending: pending, pendingBuf: pendingBuf},
+		upstream: upstream,
+		after: func(o *outcome) {
+			svc.finish(failedEarly(*o))
+			if meshTLS {
+				p.noteRefusal(o, o.err, o.received)
+			}
+			p.closeUpstream(upstream.tcp)
+		},
 	}
 	return o
 }
@@ -166,22 +172,26 @@ func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.Add
 }
 
 // opaqueOut connects to an endpoint of dst, with mesh TLS (meshgate/tcp)
-// when meshTLS, and forwards the connection as it is, the bytes peeked
-// into pc (if any) first.
+// when meshTLS, and sets up forwarding the connection as it is, the
+// bytes peeked into pc (if any) first (outcome.flow, which handle runs).
 func (p *Proxy) opaqueOut(ctx context.Context, pc *peekConn, dst netip.AddrPort, meshTLS bool, m *dirMetrics) outcome {
 	o := outcome{dst: dst, mtls: meshTLS}
 	svc, err := p.dialService(ctx, dst, meshTLS, alpnTCP)
 	if err != nil {
 		return p.dialFailed(o, err, m)
 	}
-	defer p.closeUpstream(svc.conn.tcp)
 	o.tls, o.endpoint = svc.info, svc.endpoint
 	pending, pendingBuf := pc.take()
-	o.sent, o.received, o.err = forward(leg{tcp: pc.TCPConn, pending: pending, pendingBuf: pendingBuf}, leg{tcp: svc.conn.tcp, tls: svc.conn.tls},
-		p.fwdTimes(), p.copyMode, m)
-	svc.finish(failedEarly(o))
-	if meshTLS {
-		p.noteRefusal(&o, o.err, o.received)
+	o.flow = &flowPlan{
+		client:   leg{tcp: pc.TCPConn, pending: pending, pendingBuf: pendingBuf},
+		upstream: leg{tcp: svc.conn.tcp, tls: svc.conn.tls},
+		after: func(o *outcome) {
+			svc.finish(failedEarly(*o))
+			if meshTLS {
+				p.noteRefusal(o, o.err, o.received)
+			}
+			p.closeUpstream(svc.conn.tcp)
+		},
 	}
 	return o
 }

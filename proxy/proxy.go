@@ -120,8 +120,8 @@ type Proxy struct {
 	upstreams sync.Map
 
 	mu     sync.Mutex
-	conns  map[*net.TCPConn]struct{} // client sides in flight
-	killed bool                      // grace period over: close new arrivals too
+	conns  map[*net.TCPConn]*flow // client sides in flight, with their L4 flow once it runs
+	killed bool                   // grace period over: close new arrivals too
 }
 
 // New returns a Proxy for cfg that logs to log (nil: nowhere); it binds
@@ -139,7 +139,7 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		log:       log,
 		ready:     make(chan struct{}),
 		quit:      make(chan struct{}),
-		conns:     make(map[*net.TCPConn]struct{}),
+		conns:     make(map[*net.TCPConn]*flow),
 		parkAfter: parkAfter,
 	}
 	for _, o := range opts {
@@ -315,8 +315,17 @@ func (p *Proxy) track(c *net.TCPConn) bool {
 	if p.killed {
 		return false
 	}
-	p.conns[c] = struct{}{}
+	p.conns[c] = nil
 	return true
+}
+
+// setFlow records the L4 flow c's connection runs, for killAll.
+func (p *Proxy) setFlow(c *net.TCPConn, f *flow) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.conns[c]; ok {
+		p.conns[c] = f
+	}
 }
 
 func (p *Proxy) untrack(c *net.TCPConn) {
@@ -331,8 +340,12 @@ func (p *Proxy) killAll() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.killed = true
-	for c := range p.conns {
-		reset(c)
+	for c, f := range p.conns {
+		if f != nil {
+			f.kill() // resets both sides, parked or not
+		} else {
+			reset(c)
+		}
 	}
 	return len(p.conns)
 }

@@ -693,27 +693,11 @@ func TestDrain(t *testing.T) {
 			t.Errorf("drained connection error = %s, want none", got)
 		}
 	})
-	t.Run("stragglers are closed after the grace period", func(t *testing.T) {
-		be := startBackend(t, "127.0.0.1:0", echo)
-		cfg := testConfig()
-		cfg.Timeouts.DrainGrace = Duration(200 * time.Millisecond)
-		r := startProxy(t, cfg, to(be.addr()))
-		c := dial(t, r.out())
-		roundTrip(t, c, "x")
-		start := time.Now()
-		if err := r.stop(); err != nil {
-			t.Fatalf("Run = %v, want nil", err)
-		}
-		if d := time.Since(start); d < 200*time.Millisecond || d > 3*time.Second {
-			t.Errorf("Run returned after %v, want just after the 200ms grace period", d)
-		}
-		if err := expectClosed(t, c, time.Second); !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("straggler read %v, want a reset", err)
-		}
-		if n := r.logs.FilterMessage("grace period over: closing connections").Len(); n != 1 {
-			t.Errorf("%d force-close lines, want 1", n)
-		}
-	})
+	for _, parked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stragglers are closed after the grace period (parked %v)", parked), func(t *testing.T) {
+			testDrainStraggler(t, parked)
+		})
+	}
 	t.Run("quitquitquit", func(t *testing.T) {
 		r := startProxy(t, testConfig())
 		code, body := httpGet(t, "POST", "http://"+r.Addrs().Admin.String()+"/quitquitquit")
@@ -730,6 +714,39 @@ func TestDrain(t *testing.T) {
 			t.Fatal("Run still running 5s after /quitquitquit")
 		}
 	})
+}
+
+// testDrainStraggler: a connection still open when the drain's grace
+// period is over is reset, parked (its directions wait in the parker, no
+// goroutine does) or not, and Run returns just after the grace period.
+func testDrainStraggler(t *testing.T, parked bool) {
+	be := startBackend(t, "127.0.0.1:0", echo)
+	cfg := testConfig()
+	cfg.Timeouts.DrainGrace = Duration(200 * time.Millisecond)
+	park := time.Hour
+	if parked {
+		park = 20 * time.Millisecond
+	}
+	r := startProxy(t, cfg, to(be.addr()), withCopyMode(copyBuffer), withParkAfter(park))
+	c := dial(t, r.out())
+	roundTrip(t, c, "x")
+	if parked {
+		waitFor(t, func() bool { return parkedNow() >= 2 })
+	}
+	start := time.Now()
+
+	if err := r.stop(); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond || d > 3*time.Second {
+		t.Errorf("Run returned after %v, want just after the 200ms grace period", d)
+	}
+	if err := expectClosed(t, c, time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("straggler read %v, want a reset", err)
+	}
+	if n := r.logs.FilterMessage("grace period over: closing connections").Len(); n != 1 {
+		t.Errorf("%d force-close lines, want 1", n)
+	}
 }
 
 func TestBindFailure(t *testing.T) {
