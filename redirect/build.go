@@ -21,6 +21,7 @@ const (
 	ChainDNS          = "MESHGATE_DNS"           // nat: REDIRECT DNS to the DNS port
 	ChainDNSZoneOut   = "MESHGATE_DNS_ZONE_OUT"  // raw: conntrack zone of the proxy's upstream DNS
 	ChainDNSZoneIn    = "MESHGATE_DNS_ZONE_IN"   // raw: conntrack zone of upstream DNS replies
+	ChainZoneOut      = "MESHGATE_ZONE_OUT"      // raw: conntrack zone of the proxy's own TCP connections
 	ChainTProxy       = "MESHGATE_TPROXY"        // mangle: TPROXY to the inbound port
 	ChainDivert       = "MESHGATE_DIVERT"        // mangle: packets of transparent sockets, routed locally
 	ChainTProxyOutput = "MESHGATE_TPROXY_OUTPUT" // mangle: replies to the proxy's transparent connections
@@ -294,6 +295,7 @@ func buildFamily(c Config, f Family) FamilyRules {
 			dnsRules(b, c, servers, exemptions)
 		}
 	}
+	tcpZoneRules(b, exemptions)
 
 	if c.Mode == intercept.ModeTProxy && inbound {
 		tproxyRules(b, c, a)
@@ -368,8 +370,8 @@ func prefixesOf(ps []netip.Prefix, f Family) []netip.Prefix {
 // answers to them stay in the default zone, where the app's NAT entry is,
 // so the answers are un-NAT-ed back to R:53. Replies from sport 53 can
 // only be for the proxy: the app's queries to the captured servers never
-// leave the pod. TCP needs none of this: a new SYN on a closed entry
-// replaces it.
+// leave the pod. TCP has a zone of its own too (tcpZoneRules), in one
+// direction only.
 func dnsRules(b *builder, c Config, servers []netip.Addr, exemptions []exemption) {
 	port := strconv.Itoa(int(c.DNSPort))
 	zone := strconv.Itoa(int(DNSConntrackZone))
@@ -400,6 +402,37 @@ func dnsRules(b *builder, c Config, servers []netip.Addr, exemptions []exemption
 		b.add("raw", ChainDNSZoneOut, "the proxy's upstream DNS queries (by "+e.what+") get a conntrack zone of their own", join(e.match, []string{"-j", "CT", "--zone", zone})...)
 	}
 	b.add("raw", ChainDNSZoneIn, "DNS replies from upstream are for the proxy: its zone", "-j", "CT", "--zone", zone)
+}
+
+// tcpZoneRules puts the proxy's own TCP connections (by UID, GID or mark)
+// in conntrack zone ProxyConntrackZone in their original direction only
+// (CT --zone-orig): the entries of the app's captured connections and of
+// the proxy's own are then distinct even when their addresses and ports
+// are equal, while replies, which carry no mark, still find the proxy's
+// entries by their reply tuple in the default zone.
+//
+// Why: the kernel gives a port back as soon as a connection is gone, and
+// the app's connections and the proxy's upstream connections to the same
+// destination draw local ports from the same range. A connection of the
+// app the proxy reset (a reset in the reply direction) leaves a closed
+// entry, NAT-ed to the outbound port, that a new SYN on the same tuple
+// does not replace: conntrack reopens a closed entry only when the close
+// came from the SYN's own side. The proxy's upstream connection that gets
+// the app's old port then matches that entry, is NAT-ed like it, and
+// loops back into the proxy (whose loop guard refuses it), however the
+// rules exempt the proxy: NAT rules only see an entry's first packet.
+// Seen in peerbench (issue 12): one of ~2 000 connections opened right
+// after a run of resets.
+func tcpZoneRules(b *builder, exemptions []exemption) {
+	if len(exemptions) == 0 {
+		return
+	}
+	zone := strconv.Itoa(int(ProxyConntrackZone))
+	b.add("raw", "OUTPUT", "", "-p", "tcp", "-j", ChainZoneOut)
+	for _, e := range exemptions {
+		b.add("raw", ChainZoneOut, "the proxy's own connections (by "+e.what+") get a conntrack zone of their own, one way",
+			join(e.match, []string{"-j", "CT", "--zone-orig", zone})...)
+	}
 }
 
 // tproxyRules captures inbound TCP with TPROXY in mangle PREROUTING. The

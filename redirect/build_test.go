@@ -222,7 +222,7 @@ func output(t *testing.T, fr FamilyRules, p packet) verdict {
 	raw := walk(t, fr, "raw", "OUTPUT", p)
 	walk(t, fr, "mangle", "OUTPUT", p)
 	v := walk(t, fr, "nat", "OUTPUT", p)
-	v.zone = raw.zone
+	v.zone, v.zoneOrig = raw.zone, raw.zoneOrig
 	return v
 }
 
@@ -279,7 +279,7 @@ func checkProxyNeverCapturesItself(t *testing.T, c Config, fr FamilyRules) {
 func TestRuleFlow(t *testing.T) {
 	type want struct {
 		redirect, tproxy uint16
-		zone             int
+		zone, zoneOrig   int
 	}
 	cfg := func(edit func(c *Config)) Config {
 		c := DefaultConfig()
@@ -322,15 +322,15 @@ func TestRuleFlow(t *testing.T) {
 			}, want{}},
 			{"proxy outbound by UID", redirectCfg, func(fr FamilyRules) verdict {
 				return output(t, fr, with(app, func(p *packet) { p.uid = 1337 }))
-			}, want{}},
+			}, want{zoneOrig: 1337}},
 			{"proxy outbound by mark", redirectCfg, func(fr FamilyRules) verdict {
 				return output(t, fr, with(app, func(p *packet) { p.uid = 0; p.mark = 0x539 }))
-			}, want{}},
+			}, want{zoneOrig: 1337}},
 			{"inbound is captured", redirectCfg, func(fr FamilyRules) verdict { return inbound(t, fr, 8080) }, want{redirect: 15006}},
 			{"inbound excluded port", redirectCfg, func(fr FamilyRules) verdict { return inbound(t, fr, 22) }, want{}},
 			{"inbound proxy passthrough to the app", redirectCfg, func(fr FamilyRules) verdict {
 				return output(t, fr, packet{proto: "tcp", src: passthrough, dst: pod, sport: 40001, dport: 8080, out: "lo", uid: 1337, mark: 0x539})
-			}, want{}},
+			}, want{zoneOrig: 1337}},
 			{"app calls its own pod address", redirectCfg, func(fr FamilyRules) verdict {
 				return output(t, fr, packet{proto: "tcp", src: pod, dst: pod, sport: 40002, dport: 8080, out: "lo", uid: 1000})
 			}, want{redirect: 15006}},
@@ -339,13 +339,13 @@ func TestRuleFlow(t *testing.T) {
 			}, want{}},
 			{"proxy calls the pod's own address (service VIP resolved to itself)", redirectCfg, func(fr FamilyRules) verdict {
 				return output(t, fr, packet{proto: "tcp", src: pod, dst: pod, sport: 40003, dport: 8080, out: "lo", uid: 1337, mark: 0x539})
-			}, want{redirect: 15006}},
+			}, want{redirect: 15006, zoneOrig: 1337}},
 			{"app calls localhost", redirectCfg, func(fr FamilyRules) verdict {
 				return output(t, fr, packet{proto: "tcp", src: lo, dst: lo, sport: 40004, dport: 8080, out: "lo", uid: 1000})
 			}, want{}},
 			{"proxy calls its admin port on localhost", redirectCfg, func(fr FamilyRules) verdict {
 				return output(t, fr, packet{proto: "tcp", src: lo, dst: lo, sport: 40005, dport: 15000, out: "lo", uid: 1337})
-			}, want{}},
+			}, want{zoneOrig: 1337}},
 			{"app DNS over UDP", redirectCfg, func(fr FamilyRules) verdict {
 				return output(t, fr, with(app, func(p *packet) { p.proto, p.dport = "udp", 53 }))
 			}, want{redirect: 15053}},
@@ -378,7 +378,7 @@ func TestRuleFlow(t *testing.T) {
 			}, want{}},
 			{"tproxy: the proxy's transparent connection to the app", tproxyCfg, func(fr FamilyRules) verdict {
 				return output(t, fr, packet{proto: "tcp", src: remote, dst: pod, sport: 40000, dport: 8080, out: "lo", uid: 1337, mark: 0x539})
-			}, want{}},
+			}, want{zoneOrig: 1337}},
 			{"tproxy: the app's own pod address still uses the inbound port", tproxyCfg, func(fr FamilyRules) verdict {
 				return output(t, fr, packet{proto: "tcp", src: pod, dst: pod, sport: 40002, dport: 8080, out: "lo", uid: 1000})
 			}, want{redirect: 15006}},
@@ -392,9 +392,9 @@ func TestRuleFlow(t *testing.T) {
 					}
 				}
 				v := tc.run(fr)
-				got := want{redirect: v.redirect, tproxy: v.tproxy, zone: v.zone}
+				got := want{redirect: v.redirect, tproxy: v.tproxy, zone: v.zone, zoneOrig: v.zoneOrig}
 				if got != tc.want {
-					t.Errorf("got %s zone %d, want %+v; rules matched:\n%s", v, v.zone, tc.want, strings.Join(v.trace, "\n"))
+					t.Errorf("got %s zone %d zone-orig %d, want %+v; rules matched:\n%s", v, v.zone, v.zoneOrig, tc.want, strings.Join(v.trace, "\n"))
 				}
 			})
 		}

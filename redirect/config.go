@@ -26,8 +26,11 @@ const (
 	TProxyTable = 133
 
 	// DNSConntrackZone is the conntrack zone of the proxy's own upstream DNS
-	// traffic (see dnsZoneRules for why it needs a zone of its own).
+	// traffic (see dnsRules for why it needs a zone of its own).
 	DNSConntrackZone uint16 = 1337
+	// ProxyConntrackZone is the conntrack zone of the proxy's own TCP
+	// connections, in their original direction (see tcpZoneRules).
+	ProxyConntrackZone uint16 = 1337
 )
 
 // IPv6Mode says whether to install ip6tables rules.

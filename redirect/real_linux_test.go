@@ -467,9 +467,10 @@ func TestRealApplyFailureChangesNothing(t *testing.T) {
 func TestRealErrorText(t *testing.T) {
 	needRoot(t)
 	path := newNetns(t)
-	// Change 21 in a fresh namespace: ChainOwner and four chains, 15
-	// rules, then MESHGATE_REDIRECT's rule.
-	c := &counting{sabotage: 21}
+	// Change 26 in a fresh namespace is MESHGATE_REDIRECT's rule: the
+	// chains and the rules before it (raw's conntrack zones, nat's
+	// MESHGATE_INBOUND and MESHGATE_OUTPUT) come first.
+	c := &counting{sabotage: 26}
 	cfg := DefaultConfig()
 	cfg.IPv6 = IPv6Off
 	o := c.opts(t, path)

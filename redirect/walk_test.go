@@ -35,6 +35,7 @@ type verdict struct {
 	tproxy   uint16 // TPROXY --on-port
 	accepted bool   // ACCEPT
 	zone     int    // CT --zone
+	zoneOrig int    // CT --zone-orig
 	mark     uint32 // packet mark afterwards
 	trace    []string
 }
@@ -119,7 +120,14 @@ func (w *walker) chain(name string, depth int) bool {
 			v, m := w.markMask(opt(opts, "--set-xmark"))
 			w.p.connmark = w.p.connmark&^m ^ v
 		case "CT":
-			w.v.zone = w.num(opt(opts, "--zone"))
+			switch {
+			case opt(opts, "--zone") != "":
+				w.v.zone = w.num(opt(opts, "--zone"))
+			case opt(opts, "--zone-orig") != "":
+				w.v.zoneOrig = w.num(opt(opts, "--zone-orig"))
+			default:
+				w.t.Fatalf("walk: CT without a zone: %v", opts)
+			}
 		default:
 			if !strings.HasPrefix(target, ChainPrefix) {
 				w.t.Fatalf("walk: unknown target %q", target)
