@@ -115,7 +115,7 @@ func (p *Proxy) pipeline(ctx context.Context, l *captureListener, client *net.TC
 	// this connection registers itself when it returns, which can be just
 	// after this connection was accepted. A loop missed here is caught one
 	// hop later, and the refusal unwinds the whole chain.
-	if _, ok := p.upstreams.Load(upstreamKey{addrPort(client.RemoteAddr()), dst}); ok {
+	if p.capturedAgain(client, dst) {
 		return outcome{dst: dst, err: errCaptured, refused: true}
 	}
 	if l.dir == Inbound {

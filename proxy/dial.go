@@ -20,7 +20,7 @@ func (p *Proxy) dialUpstream(ctx context.Context, dst netip.AddrPort) (*net.TCPC
 	if err != nil {
 		return nil, err
 	}
-	p.upstreams.Store(upstreamKeyOf(c), struct{}{})
+	p.upstreams.Store(upstreamKeyOf(c), c)
 	return c, nil
 }
 
@@ -38,7 +38,7 @@ func (p *Proxy) dialApp(ctx context.Context, from netip.Addr, dst netip.AddrPort
 		return nil, err
 	}
 	if !from.IsValid() {
-		p.upstreams.Store(upstreamKeyOf(c), struct{}{})
+		p.upstreams.Store(upstreamKeyOf(c), c)
 	}
 	return c, nil
 }

@@ -69,3 +69,23 @@ type upstreamKey struct{ local, remote netip.AddrPort }
 func upstreamKeyOf(c *net.TCPConn) upstreamKey {
 	return upstreamKey{addrPort(c.LocalAddr()), addrPort(c.RemoteAddr())}
 }
+
+// capturedAgain reports whether client is one of the proxy's own
+// connections (to dst) come back: one of them has client's address for
+// its local address and went to dst, and has not heard a byte from its
+// peer yet. A connection captured again has not: its peer is client,
+// which nothing has read or written. The bytes rule out a false alarm:
+// NAT may give the app's connection another source port when the one it
+// had clashes with an older entry's, and that port may be one a live
+// connection of the proxy to dst has too (the kernel picks ports for the
+// two apart); such a connection has heard its peer, at least the TLS
+// handshake. Seen in peerbench (issue 12), one connection in ~2 000
+// after runs of short connections.
+func (p *Proxy) capturedAgain(client *net.TCPConn, dst netip.AddrPort) bool {
+	v, ok := p.upstreams.Load(upstreamKey{addrPort(client.RemoteAddr()), dst})
+	if !ok {
+		return false
+	}
+	up, ok := v.(*net.TCPConn)
+	return !ok || !heardFrom(up)
+}

@@ -191,14 +191,7 @@ func TestIdleConnectionHoldsNoBuffer(t *testing.T) {
 }
 
 // parkedNow returns how many copy directions are parked.
-func parkedNow() int {
-	if runtime.GOOS != "linux" {
-		return 0
-	}
-	parking.mu.Lock()
-	defer parking.mu.Unlock()
-	return len(parking.parked)
-}
+func parkedNow() int { return parking.count() }
 
 // TestIdleConnectionParks checks that a forwarded connection idle for
 // the park delay parks its upstream → client direction on both sidecars

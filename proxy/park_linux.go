@@ -159,3 +159,10 @@ func sysfd(c *net.TCPConn) (int, bool) {
 	}
 	return fd, true
 }
+
+// count returns how many directions are parked.
+func (pk *parker) count() int {
+	pk.mu.Lock()
+	defer pk.mu.Unlock()
+	return len(pk.parked)
+}

@@ -11,3 +11,4 @@ var parking = &parker{}
 
 func (*parker) park(*pump, *net.TCPConn) bool { return false }
 func (*parker) cancel(*pump, error)           {}
+func (*parker) count() int                    { return 0 }

@@ -115,8 +115,8 @@ type Proxy struct {
 	noSource [2]atomic.Bool // 0: IPv4, 1: IPv6
 
 	// upstreams holds every connection the proxy dialed and still has
-	// open (an upstreamKey), so a connection of its own that the rules
-	// capture again is recognised and refused.
+	// open (upstreamKey → *net.TCPConn), so a connection of its own that
+	// the rules capture again is recognised and refused (capturedAgain).
 	upstreams sync.Map
 
 	mu     sync.Mutex

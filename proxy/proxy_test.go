@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -413,6 +414,51 @@ func TestLoopGuard(t *testing.T) {
 		defer c.Close()
 		if got := roundTrip(t, c, "hello"); got != "hello" {
 			t.Errorf("echo through the proxy = %q, want hello (refused as a loop?)", got)
+		}
+	})
+	t.Run("a connection of the proxy's own, or one with its addresses", func(t *testing.T) {
+		// capturedAgain alone: the proxy's connection u to a listener and
+		// the listener's side of it, a, are what a loop looks like (a
+		// comes from u's local address, to where u went). While u has
+		// heard nothing from its peer, a is u come back; once u has, a is
+		// another connection that NAT gave u's address (see capturedAgain).
+		p, err := New(testConfig(), zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		u := dial(t, ln.Addr().String())
+		ac, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := ac.(*net.TCPConn)
+		defer a.Close()
+		dst := addrPort(ln.Addr())
+		if p.capturedAgain(a, dst) {
+			t.Fatal("captured again before the proxy dialed it")
+		}
+		p.upstreams.Store(upstreamKeyOf(u), u)
+		if !p.capturedAgain(a, dst) {
+			t.Error("the proxy's own connection, which heard nothing yet, is not taken for captured again")
+		}
+		if runtime.GOOS != "linux" {
+			return // heardFrom cannot tell
+		}
+		if _, err := a.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 1)
+		u.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(u, b); err != nil {
+			t.Fatal(err)
+		}
+		if p.capturedAgain(a, dst) {
+			t.Error("a connection with the addresses of one of the proxy's that has heard its peer is taken for captured again")
 		}
 	})
 	t.Run("a local port the proxy uses towards another destination", func(t *testing.T) {

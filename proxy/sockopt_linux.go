@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"syscall"
@@ -52,4 +53,19 @@ func ipv6Disabled() (bool, string) {
 		return true, "net.ipv6.conf.all.disable_ipv6 is 1"
 	}
 	return false, ""
+}
+
+// heardFrom reports whether c has received a byte from its peer.
+func heardFrom(c *net.TCPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	heard := false
+	rc.Control(func(fd uintptr) {
+		if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			heard = ti.Bytes_received > 0
+		}
+	})
+	return heard
 }
