@@ -16,9 +16,10 @@
 // The stages:
 //
 //   - accept: one IPv4 and one IPv6 listener per direction (the IPv6 one
-//     is skipped when the namespace has no IPv6). Each connection gets a
-//     goroutine of its own (handle, pipeline), which writes the
-//     connection's one log line when it is over.
+//     is skipped when the namespace has no IPv6). Each connection runs on
+//     a goroutine of its own (handle, pipeline), one that served a
+//     connection before when one waits (handlerPool: its stack is grown
+//     already), and gets one log line when it is over (endConn).
 //   - original destination: where the client was going before the rules
 //     rewrote the connection: SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST in
 //     redirect mode, the accepted socket's local address for inbound in
@@ -27,7 +28,8 @@
 //   - loop guard: a connection bound for the proxy's own capture port on
 //     a local address, or one that was never redirected, is refused, never
 //     dialed; so is a connection the proxy opened itself that the rules
-//     captured again.
+//     captured again (it comes from the local address of one of the
+//     proxy's connections, which has not heard its peer yet).
 //   - inbound, mTLS termination: by the mode of the app's port
 //     (MTLSConfig), the first bytes are peeked under a deadline and
 //     parsed (package sniff); a ClientHello offering a mesh protocol
@@ -56,7 +58,11 @@
 //     TLS as close_notify), with an idle timeout and byte counters that
 //     move as the bytes do. Plaintext legs use splice(2), TLS legs a
 //     pooled buffer, taken once there are bytes to read: a connection
-//     waiting to read holds neither pipe nor buffer (issue 12).
+//     waiting to read holds neither pipe nor buffer. The stages only set
+//     the forward up (outcome.flow); handle runs it once they have
+//     returned (runFlow), and a direction idle for 500 ms parks: its
+//     goroutine ends and the parker waits on its socket, so a held
+//     connection nothing moves on holds no goroutine (issue 12).
 //   - L7: see below.
 //   - dial: outbound to the original destination, or to the endpoint of
 //     its service that the balancer picks (WithBalancer; another one
@@ -106,6 +112,7 @@
 //	protocol detection (both directions)       detect.go
 //	  the peek race (detection, termination)   peek.go
 //	L4 forward                                 forward.go
+//	  idle directions parked                   park_linux.go
 //	L7: dispatch, what both codecs share       l7.go
 //	  request stages                           stages.go
 //	  HTTP/1 engine: serving loop              h1serve.go
