@@ -348,27 +348,47 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 	bytes := c.w.n + int64(len(c.w.buf)) - sentBefore
 	failed := status == http.StatusBadGateway || status == http.StatusServiceUnavailable || status == http.StatusGatewayTimeout
 	c.done(start, t, got, failed || err != nil, status, bytes, "", err)
+	if err != nil {
+		keepUp, keepClient = false, false
+	}
+	// With no request body still streaming, the upstream's part is over
+	// once the response is read: it goes back before the client has the
+	// last bytes, so that the client's next request, which may come on a
+	// new connection the moment it has them, finds it in the pool rather
+	// than dial another.
+	early := c.bodyDone == nil
+	if early {
+		c.keepUpstream(u, keepUp)
+	}
 	if err == nil {
 		err = c.w.flush()
 	}
 	if err != nil {
 		keepUp, keepClient = false, false
 	}
-	c.settleBody(&keepUp)
-	if c.bodyDone != nil {
-		keepClient = false
+	if !early {
+		c.settleBody(&keepUp)
+		if c.bodyDone != nil {
+			keepClient = false
+		}
+		c.keepUpstream(u, keepUp)
+		c.endBody() // its reader is stuck on the client
 	}
+	return keepClient
+}
+
+// keepUpstream gives u back after an exchange: to the pool, to a tproxy
+// client (dialed from its address, it is that client's alone), or
+// closed when it cannot carry another request.
+func (c *h1Conn) keepUpstream(u *h1Up, keep bool) {
 	switch {
-	case keepUp && c.from.IsValid():
-		// Dialed from the client's address (tproxy): this client's alone.
+	case keep && c.from.IsValid():
 		c.own = u
-	case keepUp:
+	case keep:
 		c.p.l7.h1.put(u, time.Now())
 	default:
 		c.p.closeUpstream(u.tcp)
 	}
-	c.endBody() // its reader is stuck on the client
-	return keepClient
 }
 
 // settleBody, once the response is over, waits for the request body's
