@@ -74,7 +74,12 @@ func (p *Proxy) dial(ctx context.Context, dir Direction, from netip.Addr, dst ne
 		}
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 	}
-	c, err := dialOffStack(ctx, &d, dst)
+	var c net.Conn
+	dialDst := func() (err error) {
+		c, err = d.DialContext(ctx, "tcp", dst.String())
+		return err
+	}
+	err := offStack(dialDst) // see offStack (issue 12)
 	if err != nil && d.LocalAddr != nil && !from.IsValid() && isBindAddrNotAvail(err) {
 		// The passthrough source is not assigned here (typically ::6):
 		// connect without one from now on.
@@ -83,7 +88,7 @@ func (p *Proxy) dial(ctx context.Context, dir Direction, from netip.Addr, dst ne
 			ce.Write(zap.Stringer("source", d.LocalAddr), zap.Error(err))
 		}
 		d.LocalAddr = nil
-		c, err = dialOffStack(ctx, &d, dst)
+		err = offStack(dialDst)
 	}
 	if err != nil {
 		return nil, err
@@ -94,6 +99,21 @@ func (p *Proxy) dial(ctx context.Context, dir Direction, from netip.Addr, dst ne
 		return nil, fmt.Errorf("dial %s: not a TCP connection", dst)
 	}
 	return tc, nil
+}
+
+// offStack runs fn on a goroutine of its own and waits for it: for the
+// calls that go deeper than anything a connection's goroutine does
+// after them, a mesh handshake (certificate verification, ECDSA) and a
+// dial (package net). A goroutine's stack, once grown, is shrunk only by
+// the garbage collector, only by half at a time and only while less than
+// a quarter of it is in use: a connection's goroutine that made such a
+// call kept twice or four times the stack it forwards with, for as long
+// as the connection lasted (issue 12). fn's goroutine ends with it, and
+// its stack goes to the next one.
+func offStack(fn func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	return <-done
 }
 
 // isBindAddrNotAvail reports whether err is a failed bind of a dial's
@@ -119,25 +139,4 @@ func (p *Proxy) dialFailed(o outcome, err error, m *dirMetrics) outcome {
 	}
 	o.reason = reasonOf(err)
 	return o
-}
-
-// dialOffStack dials dst with d on a goroutine of its own and waits for
-// it: the dial goes deep into package net (resolution, the socket, the
-// poller's connect), deeper than anything a connection's goroutine does
-// after, and a goroutine's stack, once grown, stays grown while more
-// than a quarter of it is in use (see handshake): a connection that
-// dialed kept twice the stack it forwards with, for as long as it
-// lasted (issue 12).
-func dialOffStack(ctx context.Context, d *net.Dialer, dst netip.AddrPort) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		c, err := d.DialContext(ctx, "tcp", dst.String())
-		done <- result{c, err}
-	}()
-	r := <-done
-	return r.c, r.err
 }

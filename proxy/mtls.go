@@ -293,20 +293,6 @@ func meshConfig(src *tls.Config, protos []string) *tls.Config {
 	return cfg
 }
 
-// handshake runs tc's handshake on a goroutine of its own and waits for
-// it. A handshake needs a deep stack (certificate verification, ECDSA),
-// and a goroutine's stack, once grown, is shrunk only by the garbage
-// collector, only by half at a time and only while less than a quarter
-// of it is in use: a connection's goroutine that did its handshake kept
-// twice or four times the stack that forwarding needs, for as long as
-// the connection lasted (issue 12). The handshake's goroutine ends with
-// the handshake, and its stack goes to the next one.
-func handshake(tc *tls.Conn) error {
-	done := make(chan error, 1)
-	go func() { done <- tc.Handshake() }()
-	return <-done
-}
-
 // tlsInfo is what a finished mesh handshake tells the log and metrics.
 type tlsInfo struct {
 	peer    spiffeid.ID

@@ -31,7 +31,7 @@ func (p *Proxy) originate(ctx context.Context, upstream *net.TCPConn, dst netip.
 	// period is over) interrupts it the same way.
 	upstream.SetDeadline(time.Now().Add(p.cfg.Timeouts.Handshake.D()))
 	stop := context.AfterFunc(ctx, func() { upstream.SetDeadline(aLongTimeAgo) })
-	err := handshake(tc)
+	err := offStack(tc.Handshake)
 	if stop() && err == nil {
 		// The deadline bounded the handshake only: whoever carries the
 		// connection on sets its own (forward, the L7 pool).

@@ -67,7 +67,7 @@ func (p *Proxy) accept(pc *peekConn, deadline time.Time, hello *sniff.ClientHell
 	}
 	tc := tls.Server(pc, cfg)
 	pc.SetDeadline(deadline)
-	err := handshake(tc) // on a goroutine of its own: see handshake (issue 12)
+	err := offStack(tc.Handshake) // see offStack (issue 12)
 	if err == nil {
 		// The deadline bounded the handshake only (see originate).
 		pc.SetDeadline(time.Time{})
