@@ -47,15 +47,15 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 	p.logAccepted(l, src)
 
 	o := p.pipeline(ctx, l, client, m)
-	end := func(o *outcome) {
-		p.endConn(l, client, src, start, m, o)
-		release()
-	}
 	if o.flow != nil {
-		p.runFlow(client, m, o, end)
+		p.runFlow(client, m, o, func(o *outcome) {
+			p.endConn(l, client, src, start, m, o)
+			release()
+		})
 		return
 	}
-	end(&o)
+	p.endConn(l, client, src, start, m, &o)
+	release()
 }
 
 // runFlow runs o's flow, apart from the stages that set it up: its
