@@ -38,6 +38,22 @@ func putBuf(bp *[]byte) {
 	bufPool.Put(bp)
 }
 
+// bufSource is where a read takes its buffer and gives it back.
+type bufSource struct {
+	get func() *[]byte
+	put func(*[]byte)
+}
+
+// copyBufs are forward's copy buffers; peekBufs the smaller ones a
+// connection's first bytes are read into (peekPool).
+var (
+	copyBufs = bufSource{getBuf, putBuf}
+	peekBufs = bufSource{
+		func() *[]byte { return peekPool.Get().(*[]byte) },
+		func(bp *[]byte) { peekPool.Put(bp) },
+	}
+)
+
 // errWouldBlock is a read that found no bytes and did not wait for them
 // (sockReader.readNow). It is a temporary net.Error: crypto/tls keeps its
 // state after one, so the TLS connection can be read again.

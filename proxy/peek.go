@@ -77,6 +77,22 @@ func (c *peekConn) fill() (int, error) {
 	return n, err
 }
 
+// readPeek waits until c has bytes to read, its peer's FIN or an error,
+// or until its read deadline passes, and reads what it has into a buffer
+// of peekPool, taken only once the socket has something for it (see
+// sockReader.read): a connection that waits holds no buffer. It costs
+// one read(2) when the bytes are there already, as a client's first ones
+// usually are by the time its connection is served. bp is nil when
+// nothing was read (EOF is io.EOF, as Read says it).
+func readPeek(c *net.TCPConn) (bp *[]byte, n int, err error) {
+	r, err := newSockReader(c)
+	if err != nil {
+		return nil, 0, err
+	}
+	r.bufs = peekBufs
+	return r.read()
+}
+
 // src is what the connection's bytes are read from and written to.
 func (c *peekConn) src() net.Conn {
 	if c.tls != nil {

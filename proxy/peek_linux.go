@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"io"
 	"net"
-	"os"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -29,53 +27,6 @@ func idleAlive(c *net.TCPConn) bool {
 		}
 	})
 	return alive
-}
-
-// readPeek waits until c has bytes to read, its peer's FIN or an error,
-// or until its read deadline passes, and reads what it has into a buffer
-// of peekPool, taken only once the socket has something for it: a
-// connection that waits holds no buffer. It costs one read(2) when the
-// bytes are there already, as a client's first ones usually are by the
-// time its connection is served. bp is nil when nothing was read (EOF is
-// io.EOF, as Read says it).
-func readPeek(c *net.TCPConn) (bp *[]byte, n int, err error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, 0, err
-	}
-	var errno error
-	err = rc.Read(func(fd uintptr) bool {
-		if bp == nil {
-			bp = peekPool.Get().(*[]byte)
-		}
-		for {
-			n, errno = unix.Read(int(fd), (*bp)[:cap(*bp)])
-			if errno != unix.EINTR {
-				break
-			}
-		}
-		if errno == unix.EAGAIN {
-			peekPool.Put(bp)
-			bp = nil
-			return false
-		}
-		return true
-	})
-	switch {
-	case err != nil:
-	case errno != nil:
-		err = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
-	case n == 0:
-		err = io.EOF
-	}
-	if n <= 0 {
-		n = 0
-		if bp != nil {
-			peekPool.Put(bp)
-			bp = nil
-		}
-	}
-	return bp, n, err
 }
 
 // readable reports whether the socket fd has bytes to read, its peer's

@@ -15,8 +15,9 @@ import (
 // reader, used by one goroutine; its callbacks are made once, so a read
 // allocates nothing.
 type sockReader struct {
-	c  *net.TCPConn
-	rc syscall.RawConn
+	c    *net.TCPConn
+	rc   syscall.RawConn
+	bufs bufSource // where read takes its buffer
 	// pooledFn, nowFn and waitFn are the RawConn.Read callbacks of read,
 	// readNow and wait.
 	pooledFn, nowFn, waitFn func(fd uintptr) bool
@@ -37,13 +38,13 @@ func newSockReader(c *net.TCPConn) (*sockReader, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &sockReader{c: c, rc: rc}
+	r := &sockReader{c: c, rc: rc, bufs: copyBufs}
 	r.pooledFn, r.nowFn, r.waitFn = r.pooled, r.now, r.waitReadable
 	return r, nil
 }
 
 // read waits until the socket is readable, then reads it into a buffer
-// of bufPool, which it returns (nil when it read no byte: EOF, an error).
+// of r.bufs (bufPool unless set), which it returns (nil when it read no byte: EOF, an error).
 // Waiting, it holds no buffer: a readiness notice takes one, and a read
 // that finds nothing after all (EAGAIN) puts it back before waiting on.
 func (r *sockReader) read() (*[]byte, int, error) {
@@ -54,7 +55,7 @@ func (r *sockReader) read() (*[]byte, int, error) {
 	n, err := r.result(err)
 	if n == 0 {
 		if bp != nil {
-			putBuf(bp)
+			r.bufs.put(bp)
 			bp = nil
 		}
 		if err == nil {
@@ -66,7 +67,7 @@ func (r *sockReader) read() (*[]byte, int, error) {
 
 func (r *sockReader) pooled(fd uintptr) bool {
 	if r.bp == nil {
-		r.bp = getBuf()
+		r.bp = r.bufs.get()
 	}
 	for {
 		r.n, r.errno = unix.Read(int(fd), *r.bp)
@@ -75,7 +76,7 @@ func (r *sockReader) pooled(fd uintptr) bool {
 		}
 	}
 	if r.errno == unix.EAGAIN {
-		putBuf(r.bp)
+		r.bufs.put(r.bp)
 		r.bp = nil
 		return false
 	}

@@ -6,17 +6,22 @@ import "net"
 
 // sockReader reads a socket. Off Linux it waits in Read, holding its
 // buffer meanwhile, which costs memory but changes no result.
-type sockReader struct{ c *net.TCPConn }
+type sockReader struct {
+	c    *net.TCPConn
+	bufs bufSource // where read takes its buffer
+}
 
-func newSockReader(c *net.TCPConn) (*sockReader, error) { return &sockReader{c: c}, nil }
+func newSockReader(c *net.TCPConn) (*sockReader, error) {
+	return &sockReader{c: c, bufs: copyBufs}, nil
+}
 
-// read reads the socket into a buffer of bufPool, which it returns (nil
+// read reads the socket into a buffer of r.bufs, which it returns (nil
 // when it read no byte).
 func (r *sockReader) read() (*[]byte, int, error) {
-	bp := getBuf()
+	bp := r.bufs.get()
 	n, err := r.c.Read(*bp)
 	if n == 0 {
-		putBuf(bp)
+		r.bufs.put(bp)
 		bp = nil
 	}
 	return bp, n, err
