@@ -139,8 +139,9 @@ type flow struct {
 	aborted atomic.Bool
 	err     error // the first failure; written once, read after both directions end
 
-	front, back *pump        // client → upstream, upstream → client
-	running     atomic.Int32 // directions not over yet
+	park        time.Duration // fwdTimes.park, when shorter than idle; else 0
+	front, back *pump         // client → upstream, upstream → client
+	running     atomic.Int32  // directions not over yet
 	then        func(sent, received int64, err error)
 }
 
@@ -303,7 +304,7 @@ func newFlow(client, upstream leg, t fwdTimes, mode copyMode, m *dirMetrics) *fl
 	f.front = &pump{f: f, dst: &f.upstream, src: &f.client, d: &direction{"client", "upstream", m.sent}}
 	f.back = &pump{f: f, dst: &f.client, src: &f.upstream, d: &direction{"upstream", "client", m.received}}
 	if t.park > 0 && t.park < t.idle {
-		f.front.park, f.back.park = t.park, t.park
+		f.park = t.park
 	}
 	return f
 }
@@ -315,25 +316,33 @@ func newFlow(client, upstream leg, t fwdTimes, mode copyMode, m *dirMetrics) *fl
 func (f *flow) start(apart bool, then func(sent, received int64, err error)) {
 	f.then = then
 	f.running.Store(2)
-	if !apart {
-		f.front.park = 0
+	f.back.park = f.park
+	if apart {
+		f.front.park = f.park
 	}
 	// Idle detection costs nothing per read: both sockets get a deadline
-	// one idle period out; when one fires, the shared last-activity time
-	// says whether to push it on (traffic flowed the other way, or earlier
+	// one idle period out (a direction that may park reads with one a
+	// park delay out); when one fires, the shared last-activity time says
+	// whether to push it on (traffic flowed the other way, or earlier
 	// this way), park, or end the idle connection.
 	now := time.Now()
 	f.last.Store(now.UnixNano())
-	f.client.tcp.SetDeadline(now.Add(f.idle))
-	f.upstream.tcp.SetDeadline(now.Add(f.idle))
-	if f.front.park > 0 {
-		f.client.tcp.SetReadDeadline(now.Add(f.front.park))
-	}
-	if f.back.park > 0 {
-		f.upstream.tcp.SetReadDeadline(now.Add(f.back.park))
-	}
+	f.front.setDeadlines(now)
+	f.back.setDeadlines(now)
 	go f.back.loop()
 	f.front.loop()
+}
+
+// setDeadlines sets the deadlines of the socket u reads at the start of
+// its flow: reading, the idle timeout or, if u may park, the park delay;
+// writing (the other direction's), the idle timeout.
+func (u *pump) setDeadlines(now time.Time) {
+	if u.park > 0 {
+		u.src.tcp.SetReadDeadline(now.Add(u.park))
+		u.src.tcp.SetWriteDeadline(now.Add(u.f.idle))
+		return
+	}
+	u.src.tcp.SetDeadline(now.Add(u.f.idle))
 }
 
 // pumpDone is a direction's end; the last one calls then.
