@@ -197,12 +197,15 @@ type h1Msg struct {
 	host int
 }
 
+// h1KeepHead is the largest head storage kept for the next message: a
+// head far larger than most is not.
+const h1KeepHead = 64 << 10
+
 // keep returns an empty message that keeps m's storage, unless it grew
 // far larger than most heads need.
 func (m *h1Msg) keep() h1Msg {
-	const most = 64 << 10
 	k := h1Msg{length: -1}
-	if cap(m.raw) <= most {
+	if cap(m.raw) <= h1KeepHead {
 		k.raw = m.raw[:0]
 	}
 	if cap(m.fields) <= 256 {
@@ -210,7 +213,7 @@ func (m *h1Msg) keep() h1Msg {
 		k.fields = m.fields[:0]
 		clear(m.fields[:cap(m.fields)])
 	}
-	if cap(m.added) <= most {
+	if cap(m.added) <= h1KeepHead {
 		k.added = m.added[:0]
 	}
 	if cap(m.pending) <= 64 {

@@ -192,11 +192,10 @@ func (c *h1Conn) serve(ctx context.Context) {
 		if !keep {
 			return
 		}
-		// A head far larger than most is not kept for the next one.
-		if cap(c.req.raw) > 64<<10 {
+		if cap(c.req.raw) > h1KeepHead {
 			c.req.raw = nil
 		}
-		if cap(c.resp.raw) > 64<<10 {
+		if cap(c.resp.raw) > h1KeepHead {
 			c.resp.raw = nil
 		}
 	}
