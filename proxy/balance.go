@@ -129,27 +129,41 @@ func (p *Proxy) eachEndpoint(ctx context.Context, dst netip.AddrPort, attempt fu
 // TLS for proto, expecting dst's identity, trying other endpoints as
 // eachEndpoint does; the error is a *dialError or a *handshakeError.
 func (p *Proxy) dialService(ctx context.Context, dst netip.AddrPort, meshTLS bool, proto string) (*service, error) {
+	if !meshTLS {
+		proto = ""
+	}
 	var svc *service
 	err := p.eachEndpoint(ctx, dst, func(t *try) error {
-		c, err := p.dialUpstream(ctx, t.addr)
+		conn, info, err := p.dialEndpoint(ctx, t.addr, dst, proto)
 		if err != nil {
-			return &dialError{err}
-		}
-		svc = &service{conn: upConn{tcp: c}, endpoint: t.addr}
-		if meshTLS {
-			mc, err := p.originate(ctx, c, dst, proto)
-			if err != nil {
-				p.closeUpstream(c)
-				return err
-			}
-			svc.conn.tls, svc.info = mc.conn, mc.info
+			return err
 		}
 		t.connected = time.Now()
-		svc.t = *t
+		svc = &service{conn: conn, info: info, endpoint: t.addr, t: *t}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	return svc, nil
+}
+
+// dialEndpoint connects to endpoint, an endpoint of dst (the address the
+// app dialed), and, unless proto is "", runs mesh TLS for proto on it,
+// expecting dst's identity; a connection whose handshake failed is
+// closed. The error is a *dialError or a *handshakeError.
+func (p *Proxy) dialEndpoint(ctx context.Context, endpoint, dst netip.AddrPort, proto string) (upConn, tlsInfo, error) {
+	c, err := p.dialUpstream(ctx, endpoint)
+	if err != nil {
+		return upConn{}, tlsInfo{}, &dialError{err}
+	}
+	if proto == "" {
+		return upConn{tcp: c}, tlsInfo{}, nil
+	}
+	mc, err := p.originate(ctx, c, dst, proto)
+	if err != nil {
+		p.closeUpstream(c)
+		return upConn{}, tlsInfo{}, err
+	}
+	return upConn{tcp: c, tls: mc.conn}, mc.info, nil
 }

@@ -472,16 +472,11 @@ func (c *h1Conn) upstream(ctx context.Context) (u *h1Up, t try, reused bool, err
 			t = *tr
 			return nil
 		}
-		tcp, err := p.dialUpstream(ctx, tr.addr)
+		conn, info, err := p.dialEndpoint(ctx, tr.addr, c.dst, alpnHTTP1)
 		if err != nil {
-			return &dialError{err}
-		}
-		mc, err := p.originate(ctx, tcp, c.dst, alpnHTTP1)
-		if err != nil {
-			p.closeUpstream(tcp)
 			return err
 		}
-		u = newH1Up(tcp, mc.conn, mc.info, key)
+		u = newH1Up(conn.tcp, conn.tls, info, key)
 		tr.connected = time.Now()
 		t = *tr
 		return nil

@@ -23,16 +23,11 @@ func (p *Proxy) newMeshTransport() *http2.Transport {
 			if err != nil {
 				return nil, err
 			}
-			c, err := p.dialUpstream(ctx, dst)
+			conn, info, err := p.dialEndpoint(ctx, dst, dst, alpnH2)
 			if err != nil {
-				return nil, &dialError{err}
-			}
-			mc, err := p.originate(ctx, c, dst, alpnH2)
-			if err != nil {
-				p.closeUpstream(c)
 				return nil, err
 			}
-			return &meshHTTPConn{Conn: mc.conn, p: p, tcp: c, info: mc.info}, nil
+			return &meshHTTPConn{Conn: conn.tls, p: p, tcp: conn.tcp, info: info}, nil
 		},
 		DisableCompression: true,
 		MaxHeaderListSize:  maxHeaderBytes + 64<<10,
