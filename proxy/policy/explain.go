@@ -147,7 +147,7 @@ func (t *Trace) Format(w io.Writer) {
 				mark = "FAIL"
 			}
 			op := "in"
-			if ct.Not {
+			if ct.Holds == ct.Not {
 				op = "not in"
 			}
 			fmt.Fprintf(w, "       %s %s: %s %s %s\n", mark, ct.Field, ct.Found, op, ct.Want)

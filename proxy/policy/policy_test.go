@@ -436,7 +436,7 @@ func TestExplainFormat(t *testing.T) {
 		"reason:   no allow rule matched, and 1 allow rule(s) apply to app port 8080, so the default is deny; api-read: http.methods: method POST not in [GET, HEAD]",
 		"1. api-read (allow): no match",
 		"ok   from.identities: spiffe://td/ns/shop/sa/web in [spiffe://td/ns/shop/sa/web]",
-		"FAIL http.methods: method POST in [GET, HEAD]",
+		"FAIL http.methods: method POST not in [GET, HEAD]",
 		"3. db-batch-only (allow): skipped: it applies to ports [5432], not 8080",
 	} {
 		if !strings.Contains(out, w) {
