@@ -15,6 +15,7 @@ import (
 // adminEndpoints are listed by the admin index, in order.
 var adminEndpoints = []struct{ path, what string }{
 	{"/config", "the effective configuration, as YAML (?format=json for JSON)"},
+	{"/explain", "how policy decides a call: ?from=SPIFFE_ID&port=N&method=GET&path=/x&header=k:v (see meshgate policy explain)"},
 	{"/quitquitquit", "POST: drain and exit"},
 	{"/debug/pprof/", "Go profiles"},
 }
@@ -31,6 +32,7 @@ func (p *Proxy) adminHandler() http.Handler {
 		}
 	})
 	mux.HandleFunc("GET /config", p.serveConfig)
+	mux.HandleFunc("GET /explain", p.serveExplain)
 	mux.HandleFunc("/quitquitquit", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)
@@ -58,12 +60,15 @@ func (p *Proxy) serveConfig(w http.ResponseWriter, r *http.Request) {
 		body []byte
 		err  error
 	)
+	p.cfgMu.Lock()
+	cfg := p.cfg
+	p.cfgMu.Unlock()
 	if asJSON {
-		body, err = json.MarshalIndent(p.cfg, "", "  ")
+		body, err = json.MarshalIndent(cfg, "", "  ")
 		body = append(body, '\n')
 		w.Header().Set("Content-Type", "application/json")
 	} else {
-		body, err = yaml.Marshal(p.cfg)
+		body, err = yaml.Marshal(cfg)
 		w.Header().Set("Content-Type", "application/yaml")
 	}
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 
 	"meshgate/intercept"
 	"meshgate/netlist"
+	"meshgate/proxy/policy"
 )
 
 // Config is the proxy's whole configuration: one YAML file whose fields
@@ -73,6 +74,9 @@ type Config struct {
 	// LoadBalancing says how connections and requests to a service are
 	// spread over its endpoints.
 	LoadBalancing LoadBalancingConfig `json:"loadBalancing"`
+	// Policy is authorization: who may call the app, and what the app
+	// may call (authz.go, package policy). Hot-reloaded.
+	Policy PolicyConfig `json:"policy"`
 }
 
 // LoadBalancingConfig is load balancing across a service's endpoints
@@ -443,6 +447,10 @@ func checkDoc(v any, t reflect.Type, path string, errs *[]error) {
 	if v == nil {
 		return // null leaves the default
 	}
+	if t.Kind() == reflect.Pointer {
+		checkDoc(v, t.Elem(), path, errs)
+		return
+	}
 	pt := reflect.PointerTo(t)
 	if t.Kind() == reflect.Struct && !pt.Implements(jsonUnmarshalerType) && !pt.Implements(textUnmarshalerType) {
 		fields := map[string]reflect.Type{}
@@ -533,6 +541,9 @@ func describeValueError(err error, t reflect.Type, v any) string {
 	var fe *fieldError
 	if errors.As(err, &fe) {
 		return fe.msg
+	}
+	if ve, ok := errors.AsType[*policy.ValueError](err); ok {
+		return ve.Error()
 	}
 	var got string
 	switch v := v.(type) {
@@ -639,6 +650,7 @@ func (c Config) Validate() error {
 	errs = append(errs, c.MTLS.validate()...)
 	errs = append(errs, c.Protocols.validate()...)
 	errs = append(errs, c.LoadBalancing.validate()...)
+	errs = append(errs, c.Policy.validate()...)
 	return errors.Join(errs...)
 }
 

@@ -95,7 +95,7 @@ func (p *Proxy) serveH1(ctx context.Context, dir Direction, tcp *net.TCPConn, tc
 		}
 		c.r.w = copy(c.r.buf, pending)
 	}
-	c.sreq = Request{Dir: dir, Dst: dst, msg: h1Fields{&c.req}}
+	c.sreq = Request{Dir: dir, Dst: dst, authz: peer.authz, msg: h1Fields{&c.req}}
 	if dir == Inbound {
 		c.sreq.Peer = peer.peer
 		if !peer.peer.IsZero() {
@@ -181,7 +181,7 @@ func (c *h1Conn) serve(ctx context.Context) {
 			if c.req.length > 0 || c.req.chunked {
 				c.req.close = true // its body is not read: the connection cannot go on
 			}
-			c.answer(start, a.Status, a.stage, a.Reason, nil)
+			c.answerStage(start, a)
 			if c.req.close {
 				return
 			}
@@ -501,6 +501,12 @@ func (c *h1Conn) done(start time.Time, t try, got time.Time, failed bool, status
 	t.report(setup, latency, failed)
 }
 
+// answerStage writes a stage's answer (see answer): the reason the
+// caller may see in the response, the whole one in the log.
+func (c *h1Conn) answerStage(start time.Time, a *Answer) {
+	c.respond(start, a.Status, a.stage+": "+a.Reason, a.logged(), a.challenge, nil)
+}
+
 // answer writes the proxy's own response: status, with why in hdrError
 // and the body ("stage: reason", or the reason alone).
 func (c *h1Conn) answer(start time.Time, status int, stage, reason string, err error) {
@@ -510,6 +516,12 @@ func (c *h1Conn) answer(start time.Time, status int, stage, reason string, err e
 	} else if reason == "" {
 		why = stage
 	}
+	c.respond(start, status, why, why, "", err)
+}
+
+// respond writes status with why in hdrError and the body, and a
+// WWW-Authenticate challenge when set; the log says logWhy.
+func (c *h1Conn) respond(start time.Time, status int, why, logWhy, challenge string, err error) {
 	body := "meshgate: " + why + "\n"
 	b := c.w.take()
 	b = append(b, "HTTP/1.1 "...)
@@ -518,6 +530,10 @@ func (c *h1Conn) answer(start time.Time, status int, stage, reason string, err e
 	b = append(b, http.StatusText(status)...)
 	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\n"+hdrError+": "...)
 	b = append(b, why...)
+	if challenge != "" {
+		b = append(b, "\r\nWWW-Authenticate: "...)
+		b = append(b, challenge...)
+	}
 	b = append(b, "\r\nContent-Length: "...)
 	b = strconv.AppendInt(b, int64(len(body)), 10)
 	if c.req.close || c.req.method == nil {
@@ -528,7 +544,7 @@ func (c *h1Conn) answer(start time.Time, status int, stage, reason string, err e
 		b = append(b, body...)
 	}
 	c.w.buf = b
-	c.observe(start, status, int64(len(body)), why, err)
+	c.observe(start, status, int64(len(body)), logWhy, err)
 	c.w.flush()
 	c.w.release()
 }

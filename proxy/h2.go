@@ -11,6 +11,8 @@ import (
 	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,10 +25,10 @@ import (
 
 // serveOutboundH2 is serveOutboundHTTP's HTTP/2 half: an HTTP/2 server
 // (serveH2Conn) whose requests go to dst's sidecar (balancedTransport).
-func (p *Proxy) serveOutboundH2(ctx context.Context, pc *peekConn, dst netip.AddrPort, proto sniff.Protocol, m *dirMetrics) outcome {
+func (p *Proxy) serveOutboundH2(ctx context.Context, pc *peekConn, dst netip.AddrPort, proto sniff.Protocol, az *connAuthz, m *dirMetrics) outcome {
 	o := outcome{dst: dst, mtls: true}
 	cc := &countingConn{Conn: pc, sentC: m.sent, recvC: m.received}
-	h := &outboundHTTP{p: p, dst: dst, appProto: appProtoLabel(proto)}
+	h := &outboundHTTP{p: p, dst: dst, appProto: appProtoLabel(proto), authz: az}
 	host := dst.String()
 	var transport http.RoundTripper = balancedTransport{p: p, dst: dst}
 	h.rp = &httputil.ReverseProxy{
@@ -65,6 +67,7 @@ type outboundHTTP struct {
 	p        *Proxy
 	dst      netip.AddrPort
 	appProto string
+	authz    *connAuthz // the connection's authorization
 	rp       *httputil.ReverseProxy
 	h2       *h2Proxy // the requests it handles
 
@@ -118,9 +121,9 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		h.p.observeRequest(Outbound, r, rec, st.peer.peer.String(), time.Since(start))
 	}()
-	sr := Request{Dir: Outbound, Dst: h.dst, msg: httpFields{r}}
+	sr := Request{Dir: Outbound, Dst: h.dst, authz: h.authz, msg: httpFields{r}}
 	if a := h.p.chains[Outbound].decide(&sr); a != nil {
-		h.p.answerHTTP(rec, a)
+		h.p.answerHTTP(rec, r, a)
 		return
 	}
 	if h.h2.handles(r) {
@@ -184,9 +187,9 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		defer func() { p.observeRequest(Inbound, r, rec, id, time.Since(start)) }()
-		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, clientCert: cert, msg: httpFields{r}}
+		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, clientCert: cert, authz: peer.authz, msg: httpFields{r}}
 		if a := p.chains[Inbound].decide(&sr); a != nil {
-			p.answerHTTP(rec, a)
+			p.answerHTTP(rec, r, a)
 			return
 		}
 		if h2.handles(r) {
@@ -282,14 +285,43 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	fmt.Fprintf(w, "meshgate: %s\n", reason)
 }
 
-// answerHTTP writes a stage's answer (see h1Conn.answer).
-func (p *Proxy) answerHTTP(w *recorder, a *Answer) {
+// answerHTTP writes a stage's answer to r (see h1Conn.answer). A gRPC
+// request is answered the gRPC way when the stage gave a status: 200
+// with grpc-status and grpc-message in one HEADERS frame that ends the
+// stream (trailers-only, as gRPC servers answer errors).
+func (p *Proxy) answerHTTP(w *recorder, r *http.Request, a *Answer) {
 	why := a.stage + ": " + a.Reason
-	w.reason = why
-	w.Header().Set(hdrError, why)
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.reason = a.logged()
+	h := w.Header()
+	h.Set(hdrError, why)
+	if a.challenge != "" {
+		h.Set("WWW-Authenticate", a.challenge)
+	}
+	if a.grpcStatus != 0 && r.ProtoMajor == 2 && isGRPC(r.Header.Get("Content-Type")) {
+		h.Set("Content-Type", "application/grpc")
+		h.Set("Grpc-Status", strconv.Itoa(a.grpcStatus))
+		h.Set("Grpc-Message", grpcMessage(why))
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(a.Status)
 	fmt.Fprintf(w, "meshgate: %s\n", why)
+}
+
+// grpcMessage percent-encodes s for grpc-message (the gRPC HTTP/2
+// protocol: printable ASCII but '%' as is, anything else as %XX).
+func grpcMessage(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c <= 0x7e && c != '%' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
 }
 
 // recorder notes a response's status and size for metrics and the access

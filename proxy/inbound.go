@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"meshgate/proxy/sniff"
 )
 
@@ -37,7 +39,15 @@ import (
 // when invalid, the passthrough source (see Proxy.dialApp).
 func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Addr, dst netip.AddrPort, m *dirMetrics) outcome {
 	mode := p.mesh.inboundMode(dst.Port())
+	src := addrPort(client.RemoteAddr())
 	if mode == MTLSDisable {
+		az := p.authorizeConn(inboundConn(dst.Port(), src, spiffeid.ID{}), Inbound)
+		if az.pending() != nil {
+			// Denied, or its requests decide: they are to be read.
+			pc := &peekConn{TCPConn: client}
+			defer pc.release()
+			return p.serveInbound(ctx, pc, &leg{}, from, dst, tlsInfo{authz: az}, m)
+		}
 		return p.plain(ctx, client, from, dst, m)
 	}
 	start := time.Now()
@@ -45,7 +55,11 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 	pc := &peekConn{TCPConn: client}
 	defer pc.release()
 	race := firstBytesRace{client: pc, settled: helloSettled, deadline: start.Add(timeout)}
-	if mode == MTLSPermissive && !p.knownHTTP(dst, start) {
+	// The app is dialed early (permissive mode) only if policy allows a
+	// plaintext client outright; a mesh client is decided after its
+	// handshake (terminate).
+	if mode == MTLSPermissive && !p.knownHTTP(dst, start) &&
+		dialEarly(authorize(p.policy.Load(), inboundConn(dst.Port(), src, spiffeid.ID{}))) {
 		race.dialApp(p, from, dst)
 		race.holdUntil = start.Add(p.cfg.MTLS.GreetingHold.D())
 	}
@@ -87,6 +101,7 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 	}
 
 	// Permissive, and not mesh TLS: plaintext.
+	plain := tlsInfo{authz: p.authorizeConn(inboundConn(dst.Port(), src, spiffeid.ID{}), Inbound)}
 	if op.upErr != nil {
 		upstream.releasePending()
 		return outcome{dst: dst, err: fmt.Errorf("read from upstream: %w", op.upErr), refused: true}
@@ -96,11 +111,11 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 		// bytes said anything: nothing to detect.
 		d := verdict(op, pc.peeked())
 		p.countDetection(Inbound, d, time.Since(start))
-		o := p.forwardInbound(ctx, pc, &upstream, from, dst, tlsInfo{}, m)
+		o := p.forwardInbound(ctx, pc, &upstream, from, dst, plain, m)
 		o.detected = &d
 		return o
 	}
-	return p.serveInbound(ctx, pc, &upstream, from, dst, tlsInfo{}, m)
+	return p.serveInbound(ctx, pc, &upstream, from, dst, plain, m)
 }
 
 // errNoBytes: the client sent nothing to parse.
@@ -170,12 +185,18 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, f
 	case detectSettled(pc.peeked()):
 		d = verdict(opening{first: speakerClient}, pc.peeked())
 	default:
-		race := detectRace(pc, start.Add(p.cfg.Timeouts.Idle.D()))
+		wait := p.cfg.Timeouts.Idle.D()
+		if pd := peer.authz.pending(); pd != nil && pd.Final() != nil {
+			// Denied: a client that says nothing is not waited for long.
+			wait = p.cfg.Protocols.DetectTimeout.D()
+		}
+		race := detectRace(pc, start.Add(wait))
 		if u := upstream.tcp; u != nil {
 			// Watched, not dialed; its owner closes it.
 			race.dial = func(context.Context) (upConn, error) { return upConn{tcp: u}, nil }
 			race.drop = func(upConn) {}
-		} else if !knownHTTP {
+		} else if !knownHTTP && peer.authz.pending() == nil {
+			// Not while policy has yet to allow the client.
 			race.dialApp(p, from, dst)
 		}
 		op, err := race.run(ctx)
@@ -249,6 +270,12 @@ func (r *firstBytesRace) dialApp(p *Proxy, from netip.Addr, dst netip.AddrPort) 
 // from) unless upstream holds its connection already.
 func (p *Proxy) forwardInbound(ctx context.Context, pc *peekConn, upstream *leg, from netip.Addr, dst netip.AddrPort, peer tlsInfo, m *dirMetrics) outcome {
 	o := outcome{dst: dst, mtls: pc.tls != nil, tls: peer}
+	if d, ok := p.opaqueAllowed(peer.authz); !ok {
+		// Not one byte of it reaches the app; a greeting the app sent
+		// (dialed early) is not passed on.
+		p.dropUpstream(upstream)
+		return p.refuseByPolicy(o, peer.authz, d)
+	}
 	if upstream.tcp == nil {
 		c, err := p.dialApp(ctx, from, dst)
 		if err != nil {

@@ -116,13 +116,13 @@ func (c *countingConn) CloseWrite() error { return closeWrite(c.Conn) }
 // keep-alive meshgate/http1 connections); HTTP/2 to an HTTP/2 server whose
 // requests go to the destination's sidecar over the pooled, multiplexed
 // meshgate/h2 connection. pc replays the bytes peeked by detection.
-func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.AddrPort, proto sniff.Protocol, m *dirMetrics) outcome {
+func (p *Proxy) serveOutboundHTTP(ctx context.Context, pc *peekConn, dst netip.AddrPort, proto sniff.Protocol, az *connAuthz, m *dirMetrics) outcome {
 	if proto == sniff.HTTP1 {
 		pending, bp := pc.take()
 		defer putPeekBuf(bp)
-		return p.serveH1(ctx, Outbound, pc.TCPConn, nil, pending, netip.Addr{}, dst, tlsInfo{}, m)
+		return p.serveH1(ctx, Outbound, pc.TCPConn, nil, pending, netip.Addr{}, dst, tlsInfo{authz: az}, m)
 	}
-	return p.serveOutboundH2(ctx, pc, dst, proto, m)
+	return p.serveOutboundH2(ctx, pc, dst, proto, az, m)
 }
 
 // appProtoLabel names the app's HTTP protocol in hdrAppProtocol.

@@ -36,8 +36,10 @@ type metrics struct {
 	// requests counts L7 HTTP requests by direction, method, response
 	// class (2xx, ...) and the peer sidecar's SPIFFE ID; requestSeconds
 	// is their duration, to the end of the response.
-	requests        *prometheus.CounterVec
-	requestSeconds  *prometheus.HistogramVec
+	requests       *prometheus.CounterVec
+	requestSeconds *prometheus.HistogramVec
+	// policyDecisions counts authorization decisions (authz.go).
+	policyDecisions *prometheus.CounterVec
 	requestChildren sync.Map // requestKey → *requestChildren
 }
 
@@ -113,13 +115,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Help:    "Duration of L7 HTTP requests, from the request's headers to the end of the response, by direction, method and response class.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 	}, []string{"direction", "method", "response_class"})
-	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS, requests, requestSeconds} {
+	policyDecisions := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshgate_policy_decisions_total",
+		Help: "Authorization decisions, by direction, the policy and rule that decided (\"default\" when none did), " +
+			"the rule's action and the result (allowed, denied; audited and dry-run-allowed/-denied for what audit and " +
+			"dryRun rules found, which changes nothing). Counted once per connection decided at connect time, per request otherwise.",
+	}, []string{"direction", "policy", "rule", "action", "result"})
+	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS, requests, requestSeconds, policyDecisions} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	m := &metrics{handshakes: handshakes, plaintextRefused: refused, detections: detections, detectSeconds: detectSeconds, appTLS: appTLS,
-		requests: requests, requestSeconds: requestSeconds}
+		requests: requests, requestSeconds: requestSeconds, policyDecisions: policyDecisions}
 	for _, d := range []Direction{Outbound, Inbound} {
 		l := d.String()
 		m.dir[d] = dirMetrics{

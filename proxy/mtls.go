@@ -297,6 +297,9 @@ func meshConfig(src *tls.Config, protos []string) *tls.Config {
 type tlsInfo struct {
 	peer    spiffeid.ID
 	resumed bool
+	// authz is what policy decided of the connection, given the peer
+	// (authz.go); nil when no rule applies.
+	authz *connAuthz
 }
 
 // meshConn is a mesh TLS connection after its handshake.

@@ -30,9 +30,13 @@ func (p *Proxy) outbound(ctx context.Context, client *net.TCPConn, dst netip.Add
 		return outcome{dst: dst, err: errOutsideMesh, refused: true, reason: refusedOutside}
 	}
 	meshTLS := inMesh && s.outboundMTLS()
+	az := p.authorizeConn(p.outboundConn(dst), Outbound)
+	if az.pending() != nil {
+		return p.outboundByRequest(ctx, client, dst, meshTLS, az, m)
+	}
 	by := p.skipDetection(dst)
 	if by == "" {
-		return p.detectOutbound(ctx, client, dst, meshTLS, m)
+		return p.detectOutbound(ctx, client, dst, meshTLS, az, m)
 	}
 	d := detection{by: by}
 	p.countDetection(Outbound, d, 0)
@@ -47,14 +51,14 @@ func (p *Proxy) outbound(ctx context.Context, client *net.TCPConn, dst netip.Add
 // that speaks first is heard at once, classifies what the app sent
 // (sniff.Detect), and forwards both sides' first bytes on. The bytes
 // pass as they are whatever the verdict: it labels the connection.
-func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst netip.AddrPort, meshTLS bool, m *dirMetrics) outcome {
+func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst netip.AddrPort, meshTLS bool, az *connAuthz, m *dirMetrics) outcome {
 	start := time.Now()
 	o := outcome{dst: dst, mtls: meshTLS}
 	pc := &peekConn{TCPConn: client}
 	defer pc.release()
 	l7 := meshTLS && p.cfg.Protocols.L7
 	if l7 && p.knownHTTP(dst, start) {
-		return p.detectKnownHTTP(ctx, pc, dst, start, m)
+		return p.detectKnownHTTP(ctx, pc, dst, start, az, m)
 	}
 	var svc *service // written by the dial, read once run has returned
 	race := detectRace(pc, start.Add(p.cfg.Protocols.DetectTimeout.D()))
@@ -90,7 +94,7 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 		// speak HTTP.
 		upstream.releasePending()
 		svc.finish(true)
-		return p.detectKnownHTTP(ctx, pc, dst, start, m)
+		return p.detectKnownHTTP(ctx, pc, dst, start, az, m)
 	}
 	if op.upErr != nil {
 		// The upstream failed before the app said anything that settled
@@ -124,7 +128,7 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 		}
 		upstream.releasePending()
 		svc.finish(false)
-		lo := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, m)
+		lo := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, az, m)
 		lo.detected = &d
 		return lo
 	}
@@ -149,7 +153,7 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 // declared http or whose clients spoke HTTP before: it waits for the app's first bytes without dialing
 // (HTTP goes by the pooled L7 connections), and if they are not HTTP
 // after all, dials the destination with mesh TLS and passes them on.
-func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.AddrPort, start time.Time, m *dirMetrics) outcome {
+func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.AddrPort, start time.Time, az *connAuthz, m *dirMetrics) outcome {
 	op := opening{first: speakerClient}
 	if !detectSettled(pc.peeked()) {
 		race := detectRace(pc, start.Add(p.cfg.Protocols.DetectTimeout.D()))
@@ -162,11 +166,49 @@ func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.Add
 	p.countDetection(Outbound, d, time.Since(start))
 	if d.proto.Protocol == sniff.HTTP1 || d.proto.Protocol == sniff.HTTP2 {
 		p.httpDests.remember(dst, time.Now())
-		o := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, m)
+		o := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, az, m)
 		o.detected = &d
 		return o
 	}
 	o := p.opaqueOut(ctx, pc, dst, true, m)
+	o.detected = &d
+	return o
+}
+
+// outboundByRequest serves a connection that policy denied, or whose
+// HTTP requests it decides (az): nothing is dialed until that is known.
+// The app's first bytes are awaited (protocols.detectTimeout at most).
+// HTTP is served request by request, so that each is decided (a denied
+// one answered 403 by the policy stage): to a mesh destination with L7
+// on, or, denied, to any. Anything else is decided as a connection that
+// is not HTTP (policy.ConnDecision.Opaque): refused with a reset, or
+// forwarded.
+func (p *Proxy) outboundByRequest(ctx context.Context, client *net.TCPConn, dst netip.AddrPort, meshTLS bool, az *connAuthz, m *dirMetrics) outcome {
+	start := time.Now()
+	pc := &peekConn{TCPConn: client}
+	defer pc.release()
+	op := opening{first: speakerClient}
+	if !detectSettled(pc.peeked()) {
+		race := detectRace(pc, start.Add(p.cfg.Protocols.DetectTimeout.D()))
+		var err error
+		if op, err = race.run(ctx); err != nil {
+			return outcome{dst: dst, err: err, refused: true}
+		}
+	}
+	d := verdict(op, pc.peeked())
+	p.countDetection(Outbound, d, time.Since(start))
+	isHTTP := d.proto.Protocol == sniff.HTTP1 || d.proto.Protocol == sniff.HTTP2
+	if isHTTP && (az.pending().Final() != nil || meshTLS && p.cfg.Protocols.L7) {
+		o := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, az, m)
+		o.detected = &d
+		return o
+	}
+	if dec, ok := p.opaqueAllowed(az); !ok {
+		o := p.refuseByPolicy(outcome{dst: dst}, az, dec)
+		o.detected = &d
+		return o
+	}
+	o := p.opaqueOut(ctx, pc, dst, meshTLS, m)
 	o.detected = &d
 	return o
 }

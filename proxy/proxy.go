@@ -79,7 +79,15 @@ type Proxy struct {
 	destinations DestinationResolver
 	// balancer is WithBalancer's; nil: connections go where they were sent.
 	balancer Balancer
-	mesh     *meshState // cfg.MTLS resolved against meshTLS
+	// names is WithHostNames'; nil: outbound policy knows no names.
+	names HostNamer
+	// policy is the authorization in effect (authz.go); a reload swaps
+	// it. cfgMu serialises reloads, and guards cfg.Policy for /config.
+	policy atomic.Pointer[policyState]
+	cfgMu  sync.Mutex
+	// stopped: Run has returned (under cfgMu); a reload starts nothing.
+	stopped bool
+	mesh    *meshState // cfg.MTLS resolved against meshTLS
 	// serverFirst remembers destinations that spoke first; httpDests
 	// those whose clients spoke HTTP (their connections skip the dial
 	// made while detecting, as they go to the pooled L7 connections).
@@ -172,6 +180,11 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: register metrics: %w", err)
 	}
 	p.metrics = m
+	st, err := p.newPolicyState(cfg.Policy)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: invalid config: %w", err)
+	}
+	p.policy.Store(st)
 	return p, nil
 }
 
@@ -215,6 +228,17 @@ func (p *Proxy) Run(ctx context.Context) error {
 	for _, l := range capture {
 		p.ownPorts[ownPortOf(l.addr)] = struct{}{}
 	}
+	// JWT keys are refreshed while the proxy runs (a JWKS URL is fetched
+	// through the mesh, which needs the marks set above).
+	p.cfgMu.Lock()
+	p.policy.Load().start()
+	p.cfgMu.Unlock()
+	defer func() {
+		p.cfgMu.Lock()
+		p.stopped = true
+		p.policy.Load().close()
+		p.cfgMu.Unlock()
+	}()
 
 	// In-flight connections outlive ctx for the grace period, so they get a
 	// context of their own, cancelled only when the grace period is over.

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"meshgate/proxy/jwtauth"
 )
 
 // The request path, in one place (shared/DESIGN.md §5). Every HTTP
@@ -21,13 +23,18 @@ import (
 //	outbound (the app's request, to a peer sidecar):
 //	  request-ids        X-Request-Id, X-Correlation-Id, traceparent, made when absent
 //	  client-identity    any X-Forwarded-Client-Cert the app sent is removed
-//	  … route match, egress authorization, rate limit / quota, fault injection, mirror
+//	  … route match
+//	  policy             egress authorization (authz.go): 403, gRPC PERMISSION_DENIED
+//	  … rate limit / quota, fault injection, mirror
 //	  → exchange (h1serve.go: balance → pooled mesh connection → response)
 //	    where circuit breaking, bulkheads, per-try timeouts and retries wrap the try
 //
 //	inbound (a client's request, to the app):
 //	  client-identity    X-Forwarded-Client-Cert set to the verified peer, any other removed
-//	  … header and slow-client limits, JWT, authorization, rate limit / quota, fault injection
+//	  … header and slow-client limits
+//	  jwt                the bearer token validated (401 if it fails), its claims for policy
+//	  policy             authorization (authz.go): 403, gRPC PERMISSION_DENIED
+//	  … rate limit / quota, fault injection
 //	  → exchange (pooled app connection → response)
 //
 // A stage that is off is not in the chain: it costs nothing per request.
@@ -50,6 +57,22 @@ type Answer struct {
 	Status int    // an HTTP status, 4xx or 5xx
 	Reason string // why, for X-Meshgate-Error, the body and the log
 	stage  string // the stage's name, set by the chain
+	// logReason, when set, is what the log says instead of Reason (which
+	// the caller sees).
+	logReason string
+	// grpcStatus, when set, answers a gRPC request with this status,
+	// trailers-only, instead of Status.
+	grpcStatus int
+	// challenge is a WWW-Authenticate value for a 401.
+	challenge string
+}
+
+// logged is the reason for the log.
+func (a *Answer) logged() string {
+	if a.logReason != "" {
+		return a.stage + ": " + a.logReason
+	}
+	return a.stage + ": " + a.Reason
 }
 
 // Request is what a stage sees of one HTTP request.
@@ -64,7 +87,12 @@ type Request struct {
 	// clientCert is hdrClientCert's value for Peer ("" for none), made
 	// once per connection.
 	clientCert string
-	msg        requestFields
+	// authz is the connection's authorization, nil when no rule applies
+	// (authz.go); claims, the request's validated JWT's, set by the jwt
+	// stage (nil: none).
+	authz  *connAuthz
+	claims *jwtauth.Claims
+	msg    requestFields
 }
 
 // Method returns the request's method.
@@ -119,8 +147,8 @@ func (c chain) decide(r *Request) *Answer {
 // above), with the stages tests add (withStage) last.
 func (p *Proxy) newChains() [2]chain {
 	var c [2]chain
-	c[Outbound] = chain{requestIDs{}, clientIdentity{}}
-	c[Inbound] = chain{clientIdentity{}}
+	c[Outbound] = chain{requestIDs{}, clientIdentity{}, authzStage{p}}
+	c[Inbound] = chain{clientIdentity{}, jwtStage{p}, authzStage{p}}
 	for d := range c {
 		c[d] = append(c[d], p.extraStages[d]...)
 	}

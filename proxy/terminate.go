@@ -31,6 +31,10 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream *leg, from
 		}
 		return o
 	}
+	// Policy decides with the client's verified identity, before anything
+	// reaches the app: a connection denied outright is refused (opaque)
+	// or its requests answered 403 (HTTP).
+	mc.info.authz = p.authorizeConn(inboundConn(dst.Port(), addrPort(pc.RemoteAddr()), mc.info.peer), Inbound)
 	switch mc.conn.ConnectionState().NegotiatedProtocol {
 	case alpnHTTP1:
 		// HTTP/1.1 from a client sidecar's pool: requests, each to the app

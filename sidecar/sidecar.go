@@ -28,6 +28,10 @@ type Options struct {
 	// Config is the proxy's configuration, validated (--config and the
 	// flags that override it).
 	Config proxy.Config
+	// ConfigFile is the file Config was read from, watched: its policy
+	// section is reloaded when it changes (proxy.WatchConfig). "": none.
+	// --config.
+	ConfigFile string
 	// Log receives the sidecar's logs; nil logs nothing.
 	Log *zap.Logger
 	// Certs says where the mesh certificate comes from; the zero Certs is
@@ -141,7 +145,7 @@ func Run(ctx context.Context, o Options) error {
 		if err != nil {
 			return err
 		}
-		return p.Run(ctx)
+		return runWatched(ctx, p, o.ConfigFile, log)
 	}
 	dns, err := newDNSProxy(o, mark, balanceOptions(o.Config.LoadBalancing), reg, log)
 	if err != nil {
@@ -150,7 +154,7 @@ func Run(ctx context.Context, o Options) error {
 	// Names the DNS proxy answered lead to mesh destinations (the
 	// registry's, and those whose TXT record says so), and connections
 	// to a service's address are balanced over its endpoints.
-	p, err := proxy.New(o.Config, log, append(opts, proxy.WithDestinations(dns), proxy.WithBalancer(dns))...)
+	p, err := proxy.New(o.Config, log, append(opts, proxy.WithDestinations(dns), proxy.WithBalancer(dns), proxy.WithHostNames(dns))...)
 	if err != nil {
 		return err
 	}
@@ -170,7 +174,7 @@ func Run(ctx context.Context, o Options) error {
 	} else {
 		watchDone <- nil
 	}
-	runErr := p.Run(ctx)
+	runErr := runWatched(ctx, p, o.ConfigFile, log)
 	stopDNS()
 	if err := <-dnsDone; err != nil && runErr == nil {
 		runErr = fmt.Errorf("DNS proxy: %w", err)
@@ -179,6 +183,26 @@ func Run(ctx context.Context, o Options) error {
 		runErr = fmt.Errorf("--registry: %w", err)
 	}
 	return runErr
+}
+
+// runWatched runs p, and while it runs, reloads its config file (if
+// any) when it changes.
+func runWatched(ctx context.Context, p *proxy.Proxy, file string, log *zap.Logger) error {
+	if file == "" {
+		return p.Run(ctx)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := p.WatchConfig(wctx, file); err != nil {
+			log.Warn("config file not watched: changes need a restart", zap.Error(err))
+		}
+	}()
+	err := p.Run(ctx)
+	stop()
+	<-done
+	return err
 }
 
 // certSource is a certificate source the sidecar closes when it ends.

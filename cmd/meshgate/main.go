@@ -30,6 +30,7 @@ var commands = map[string]command{
 	"ca":       {summary: "run the mesh certificate authority: init, issue, serve", run: runCA},
 	"enroll":   {summary: "from the host, enroll a running container: apply rules in its namespace and start its sidecar", run: runEnroll},
 	"demo":     {summary: "build a local mesh of network namespaces, send traffic through it, print a report", run: runDemo},
+	"policy":   {summary: "explain what the authorization policy of a config decides of a call, and why", run: runPolicy},
 	"bench":    {summary: "load harness: drive load at a fixed rate or flat out; serve its backend; measure the mesh (bench mesh)", run: runBench},
 	"version":  {summary: "print the version", run: runVersion},
 	"demo-app": {summary: "the example workload of the demo and the e2e tests", hidden: true, run: runDemoApp},
@@ -71,6 +72,8 @@ func mainExit(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case errors.Is(err, errDenied):
+		return 1 // the explanation is printed
 	default:
 		// Library errors carry their package prefix ("proxy: ..."); when
 		// it repeats the command's name, say it once.

@@ -147,6 +147,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	problems = append(problems, certs.check()...)
 	o := sidecar.Options{
 		Config:             cfg,
+		ConfigFile:         *configPath,
 		Certs:              certs.certs(),
 		ResolvConf:         *resolvConf,
 		ResolvConfRequired: flagSet(fs, "resolv-conf"),

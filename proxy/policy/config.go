@@ -144,7 +144,7 @@ func (h *HeaderMatch) UnmarshalJSON(b []byte) error {
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
-		return &valueError{fmt.Sprintf("%s is not a header condition; want a value (exact) or a section with one of exact, prefix, regex, present", b)}
+		return &ValueError{fmt.Sprintf("%s is not a header condition; want a value (exact) or a section with one of exact, prefix, regex, present", b)}
 	}
 	*h = HeaderMatch(p)
 	return nil
@@ -175,17 +175,17 @@ func (l *StringList) UnmarshalJSON(b []byte) error {
 	}
 	var ss []string
 	if err := json.Unmarshal(b, &ss); err != nil {
-		return &valueError{fmt.Sprintf("%s is not a claim value; want a string or a list of strings", b)}
+		return &ValueError{fmt.Sprintf("%s is not a claim value; want a string or a list of strings", b)}
 	}
 	*l = ss
 	return nil
 }
 
-// valueError is a value its own type could not read, explained by that
+// ValueError is a value its own type could not read, explained by that
 // type (the proxy's config reader shows the message as it is).
-type valueError struct{ msg string }
+type ValueError struct{ msg string }
 
-func (e *valueError) Error() string { return e.msg }
+func (e *ValueError) Error() string { return e.msg }
 
 // Issuers are the JWT issuers rules may name (policy.jwtProviders).
 type Issuers map[string]bool

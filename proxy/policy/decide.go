@@ -21,6 +21,7 @@ type ConnDecision struct {
 
 // connState is what the connection's conditions decided of one ruleset.
 type connState struct {
+	reveal    bool // a default deny tells the caller why
 	pr        *portRules
 	deny      *rule // a deny rule with connection conditions only matched
 	allowed   *rule // an allow rule with connection conditions only matched
@@ -40,16 +41,17 @@ func (e *Engine) Connection(c Conn) *ConnDecision {
 		s := e.connState(&e.shadow[dir], &c)
 		d.shd = &s
 	}
-	for _, r := range e.enforce[dir].forPort(c.Port).rules {
+	e.enforce[dir].forPort(c.Port).candidates(&c, func(r *rule) bool {
 		if r.ref.Action != Audit || !holdAll(r.l4, &c, nil, nil) {
-			continue
+			return true
 		}
 		if len(r.l7) == 0 {
 			d.reports = append(d.reports, Report{Rule: r.ref, Result: ResultAudited, Reason: matchedReason(r, &c, nil, nil)})
 		} else {
 			d.audits = append(d.audits, r)
 		}
-	}
+		return true
+	})
 	if len(d.audits) > 0 {
 		return d
 	}
@@ -123,10 +125,10 @@ func (d *ConnDecision) Opaque() Decision {
 }
 
 func (e *Engine) connState(s *ruleset, c *Conn) connState {
-	st := connState{pr: s.forPort(c.Port)}
-	for _, r := range st.pr.rules {
+	st := connState{pr: s.forPort(c.Port), reveal: e.reveal}
+	st.pr.candidates(c, func(r *rule) bool {
 		if r.ref.Action == Audit || !holdAll(r.l4, c, nil, nil) {
-			continue
+			return true
 		}
 		switch {
 		case len(r.l7) > 0 && r.ref.Action == Deny:
@@ -135,11 +137,12 @@ func (e *Engine) connState(s *ruleset, c *Conn) connState {
 			st.pendAllow = append(st.pendAllow, r)
 		case r.ref.Action == Deny:
 			st.deny = r
-			return st // deny wins
+			return false // deny wins
 		case st.allowed == nil:
 			st.allowed = r
 		}
-	}
+		return true
+	})
 	return st
 }
 
@@ -157,7 +160,7 @@ func (st *connState) connFinal(c *Conn) (Decision, bool) {
 	case len(st.pendAllow) > 0:
 		return Decision{}, false
 	}
-	return Decision{Reason: st.defaultReason(c, nil, nil, false)}, true
+	return Decision{Reason: st.defaultReason(c, nil, nil, false), Reveal: st.reveal}, true
 }
 
 func (st *connState) request(c *Conn, r Request, cl Claims) Decision {
@@ -180,7 +183,7 @@ func (st *connState) request(c *Conn, r Request, cl Claims) Decision {
 			return Decision{Allowed: true, Rule: a.ref}
 		}
 	}
-	return Decision{Reason: st.defaultReason(c, r, cl, false)}
+	return Decision{Reason: st.defaultReason(c, r, cl, false), Reveal: st.reveal}
 }
 
 func (st *connState) opaque(c *Conn) Decision {
@@ -195,7 +198,7 @@ func (st *connState) opaque(c *Conn) Decision {
 	case !st.pr.allowApplies:
 		return Decision{Allowed: true}
 	}
-	return Decision{Reason: st.defaultReason(c, nil, nil, true)}
+	return Decision{Reason: st.defaultReason(c, nil, nil, true), Reveal: st.reveal}
 }
 
 func denied(r *rule, reason string) Decision {

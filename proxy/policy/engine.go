@@ -151,10 +151,46 @@ type ruleset struct {
 // portRules is the rules that apply to one port, in config order.
 type portRules struct {
 	rules []*rule
+	// byCaller indexes the rules that only a caller of one of a few
+	// exact identities can match (from.identities lists no pattern),
+	// by identity; rest are the others. A connection looks at its
+	// caller's and the rest, not at every rule.
+	byCaller map[string][]*rule
+	rest     []*rule
 	// allowApplies: an (enforced) allow rule applies, so the default is
 	// deny.
 	allowApplies bool
 	allows       []*rule // the allow rules, for the reason of a default deny
+}
+
+// candidates calls fn with the rules of pr that c's caller may match,
+// in config order, until fn returns false.
+func (pr *portRules) candidates(c *Conn, fn func(*rule) bool) {
+	if pr.byCaller == nil {
+		for _, r := range pr.rules {
+			if !fn(r) {
+				return
+			}
+		}
+		return
+	}
+	var mine []*rule
+	if !c.Source.IsZero() {
+		mine = pr.byCaller[c.Source.String()]
+	}
+	// Merge the caller's rules with the rest, by index.
+	i, j := 0, 0
+	for i < len(mine) || j < len(pr.rest) {
+		var r *rule
+		if j == len(pr.rest) || i < len(mine) && mine[i].ref.Index < pr.rest[j].ref.Index {
+			r, i = mine[i], i+1
+		} else {
+			r, j = pr.rest[j], j+1
+		}
+		if !fn(r) {
+			return
+		}
+	}
 }
 
 func (s *ruleset) forPort(port uint16) *portRules {
@@ -166,7 +202,11 @@ func (s *ruleset) forPort(port uint16) *portRules {
 
 // rule is a compiled Rule.
 type rule struct {
-	ref  *RuleRef
+	ref *RuleRef
+	// callers are the exact identities one of which a caller must have
+	// for the rule to match (from.identities without patterns); nil:
+	// any caller may.
+	callers []string
 	l4   []cond // on the connection
 	l7   []cond // on the request: HTTP and JWT
 	http bool   // has HTTP conditions (not only JWT)
@@ -233,6 +273,16 @@ func (e *Engine) build(d int, withDry bool) ruleset {
 			return
 		}
 		pr.rules = append(pr.rules, r)
+		if ids := r.callers; ids != nil {
+			if pr.byCaller == nil {
+				pr.byCaller = map[string][]*rule{}
+			}
+			for _, id := range ids {
+				pr.byCaller[id] = append(pr.byCaller[id], r)
+			}
+		} else {
+			pr.rest = append(pr.rest, r)
+		}
 		if r.ref.Action == Allow {
 			pr.allowApplies = true
 			pr.allows = append(pr.allows, r)
@@ -282,6 +332,9 @@ func compileRule(i int, r Rule, o Options) (*rule, error) {
 	cr := &rule{ref: ref}
 	var err error
 	if r.From != nil {
+		if ids := r.From.Identities; len(ids) > 0 && !slices.ContainsFunc(ids, func(s string) bool { return strings.Contains(s, "*") }) {
+			cr.callers = slices.Compact(slices.Sorted(slices.Values(ids)))
+		}
 		cr.l4 = append(cr.l4, sourceConds("from", r.From, false)...)
 		if r.From.Not != nil {
 			cr.l4 = append(cr.l4, sourceConds("from.not", r.From.Not, true)...)
@@ -308,15 +361,15 @@ func compileRule(i int, r Rule, o Options) (*rule, error) {
 		cr.http = true
 	}
 	if r.JWT != nil {
+		// A JWT condition needs a token, even negated: a request
+		// without one meets the rule's jwt section not at all.
+		cr.l7 = append(cr.l7, cond{field: "jwt", want: "[a validated token]",
+			l7:    func(_ Request, cl Claims) bool { return cl != nil },
+			found: func(_ *Conn, _ Request, cl Claims) string { return tokenFound(cl) }})
 		cr.l7 = append(cr.l7, jwtConds("jwt", r.JWT, false)...)
 		if r.JWT.Not != nil {
 			cr.l7 = append(cr.l7, jwtConds("jwt.not", r.JWT.Not, true)...)
 		}
-		// A JWT condition needs a token, even negated: a request
-		// without one meets the rule's jwt section not at all.
-		cr.l7 = append(cr.l7, cond{field: "jwt", want: "a validated token",
-			l7:    func(_ Request, cl Claims) bool { return cl != nil },
-			found: func(_ *Conn, _ Request, cl Claims) string { return tokenFound(cl) }})
 	}
 	return cr, nil
 }

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -442,5 +443,47 @@ func TestExplainFormat(t *testing.T) {
 		if !strings.Contains(out, w) {
 			t.Errorf("explain output lacks %q:\n%s", w, out)
 		}
+	}
+}
+
+// benchRules makes n allow rules, each for its own caller and paths, and
+// a few deny rules, as a large mesh's policy might be.
+func benchRules(b *testing.B, n int) *Engine {
+	var sb strings.Builder
+	for i := range n {
+		fmt.Fprintf(&sb, "- name: r%d\n  action: allow\n  ports: [8080]\n  from: {identities: [\"spiffe://td/ns/ns%d/sa/sa%d\"]}\n  http: {methods: [GET, POST], paths: [\"/svc%d/*\", \"/v1/items/%d\"]}\n", i, i%50, i, i, i)
+		if i%100 == 0 {
+			fmt.Fprintf(&sb, "- name: d%d\n  action: deny\n  ports: [8080]\n  http: {headers: {x-block-%d: {regex: \"^evil.*\"}}}\n", i, i)
+		}
+	}
+	return mustEngine(b, sb.String())
+}
+
+// BenchmarkPolicy: the cost of deciding a request that is allowed (the
+// common case): per request on a connection whose rules were narrowed
+// at connect time, and per connection.
+func BenchmarkPolicy(b *testing.B) {
+	for _, n := range []int{20, 1000} {
+		e := benchRules(b, n)
+		id := spiffeid.RequireFromString(fmt.Sprintf("spiffe://td/ns/ns%d/sa/sa%d", (n-1)%50, n-1))
+		c := in(8080, id, "10.0.0.9")
+		var r Request = req{method: "GET", target: fmt.Sprintf("/svc%d/orders/17?x=1", n-1), authority: "api", headers: map[string]string{"x-other": "1"}}
+		b.Run(fmt.Sprintf("request/rules=%d", n), func(b *testing.B) {
+			cd := e.Connection(c)
+			b.ReportAllocs()
+			for b.Loop() {
+				if d := cd.Request(r, nil); !d.Allowed {
+					b.Fatal(d.Reason)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("connection+request/rules=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if d := e.Connection(c).Request(r, nil); !d.Allowed {
+					b.Fatal(d.Reason)
+				}
+			}
+		})
 	}
 }

@@ -1,0 +1,219 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"meshgate/proxy/jwtauth"
+	"meshgate/proxy/policy"
+)
+
+// ExplainQuery is a call to explain: what policy would decide of it, and
+// why (`meshgate policy explain`, the admin API's /explain).
+type ExplainQuery struct {
+	Direction policy.Direction // inbound (default) or outbound
+	Port      uint16           // the app's port (inbound) or the destination's (outbound)
+	// From is the caller's SPIFFE ID (inbound; zero: plaintext), and
+	// SourceIP its address.
+	From     spiffeid.ID
+	SourceIP netip.Addr
+	// DestIP, DestHost and DestID are the destination (outbound).
+	DestIP   netip.Addr
+	DestHost string
+	DestID   spiffeid.ID
+	// HTTP: the call is an HTTP request (Method set); otherwise a
+	// connection that is not HTTP.
+	Method    string
+	Path      string
+	Authority string
+	Header    http.Header
+	// Token is a bearer token, validated as the jwt stage would.
+	Token string
+}
+
+// ExplainResult is a call explained.
+type ExplainResult struct {
+	// TokenError is why the token was refused (the request would be
+	// answered 401 before policy); the trace is then as without a token.
+	TokenError string
+	Trace      policy.Trace
+}
+
+// Allowed says whether the call would go through.
+func (r *ExplainResult) Allowed() bool { return r.TokenError == "" && r.Trace.Allowed() }
+
+// Format writes r for people.
+func (r *ExplainResult) Format(w io.Writer) {
+	if r.TokenError != "" {
+		fmt.Fprintf(w, "token:    REFUSED (401): %s\n", r.TokenError)
+		fmt.Fprintln(w, "          the request would be refused before policy; as without the token:")
+	}
+	r.Trace.Format(w)
+}
+
+// Explain explains q under the policy cfg (which must have passed
+// Config.Validate), offline: a token is checked against the providers'
+// keys, read from their files or fetched from their URLs directly.
+func Explain(ctx context.Context, cfg PolicyConfig, q ExplainQuery) (*ExplainResult, error) {
+	eng, err := policy.Compile(cfg.Rules, policy.Options{RevealReason: cfg.RevealReason})
+	if err != nil {
+		return nil, err
+	}
+	var set *jwtauth.Set
+	if q.Token != "" && len(cfg.JWTProviders) > 0 {
+		var provs []*jwtauth.Provider
+		for i, jp := range cfg.JWTProviders {
+			pr, err := jwtauth.New(jwtOptions(jp, nil))
+			if err != nil {
+				return nil, fmt.Errorf("policy.jwtProviders[%d]: %w", i, err)
+			}
+			provs = append(provs, pr)
+		}
+		if set, err = jwtauth.NewSet(provs...); err != nil {
+			return nil, err
+		}
+	}
+	return explainWith(ctx, eng, set, q), nil
+}
+
+func explainWith(ctx context.Context, eng *policy.Engine, set *jwtauth.Set, q ExplainQuery) *ExplainResult {
+	res := &ExplainResult{}
+	c := policy.Conn{Dir: q.Direction, Port: q.Port, Source: q.From, SourceIP: q.SourceIP,
+		DestIP: q.DestIP, DestHost: q.DestHost, DestID: q.DestID}
+	if c.Dir == "" {
+		c.Dir = policy.Inbound
+	}
+	var cl policy.Claims
+	if q.Token != "" {
+		switch {
+		case set == nil:
+			res.TokenError = "no JWT provider is configured (policy.jwtProviders)"
+		default:
+			claims, _, err := set.Verify(ctx, q.Token)
+			if err != nil {
+				res.TokenError = err.Error()
+			} else {
+				cl = claims
+			}
+		}
+	}
+	var r policy.Request
+	if q.Method != "" {
+		path := q.Path
+		if path == "" {
+			path = "/"
+		}
+		r = explainRequest{method: q.Method, target: path, authority: q.Authority, h: q.Header}
+	}
+	res.Trace = eng.Explain(c, r, cl)
+	return res
+}
+
+// explainRequest is a request described by hand.
+type explainRequest struct {
+	method, target, authority string
+	h                         http.Header
+}
+
+func (r explainRequest) Method() string    { return r.method }
+func (r explainRequest) Target() string    { return r.target }
+func (r explainRequest) Authority() string { return r.authority }
+func (r explainRequest) Has(n string) bool { return len(r.h.Values(n)) > 0 }
+func (r explainRequest) Get(n string) string {
+	return r.h.Get(n)
+}
+
+// ParseExplainHeader reads a header given as "name=value" or
+// "name: value".
+func ParseExplainHeader(s string) (name, value string, err error) {
+	i := strings.IndexAny(s, "=:")
+	if i <= 0 {
+		return "", "", fmt.Errorf("%q: want name=value or name: value", s)
+	}
+	name, value = strings.TrimSpace(s[:i]), strings.TrimSpace(s[i+1:])
+	if !validHeaderName(name) {
+		return "", "", fmt.Errorf("%q is not a header name", name)
+	}
+	return name, value, nil
+}
+
+// serveExplain explains a call under the running policy:
+// /explain?from=ID&port=N[&direction=outbound][&source=IP][&to_ip=IP]
+// [&to_host=NAME][&to_identity=ID][&method=M&path=P&authority=A]
+// [&header=k:v ...][&token=JWT].
+func (p *Proxy) serveExplain(w http.ResponseWriter, r *http.Request) {
+	q, err := explainQueryOf(r)
+	if err != nil {
+		http.Error(w, "explain: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	st := p.policy.Load()
+	res := explainWith(r.Context(), st.eng, st.jwt, q)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	res.Format(w)
+}
+
+func explainQueryOf(r *http.Request) (ExplainQuery, error) {
+	v := r.URL.Query()
+	var q ExplainQuery
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	switch d := v.Get("direction"); d {
+	case "", "inbound":
+		q.Direction = policy.Inbound
+	case "outbound":
+		q.Direction = policy.Outbound
+	default:
+		bad("direction: %q; want inbound or outbound", d)
+	}
+	if s := v.Get("port"); s == "" {
+		bad("port: missing; the app's port (inbound) or the destination's (outbound), e.g. port=8080")
+	} else if n, err := strconv.ParseUint(s, 10, 16); err != nil || n == 0 {
+		bad("port: %q is not a port", s)
+	} else {
+		q.Port = uint16(n)
+	}
+	ids := map[string]*spiffeid.ID{"from": &q.From, "to_identity": &q.DestID}
+	for k, dst := range ids {
+		if s := v.Get(k); s != "" {
+			id, err := spiffeid.FromString(s)
+			if err != nil {
+				bad("%s: %q is not a SPIFFE ID: %v", k, s, err)
+			}
+			*dst = id
+		}
+	}
+	addrs := map[string]*netip.Addr{"source": &q.SourceIP, "to_ip": &q.DestIP}
+	for k, dst := range addrs {
+		if s := v.Get(k); s != "" {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				bad("%s: %q is not an IP address", k, s)
+			}
+			*dst = a
+		}
+	}
+	q.DestHost = v.Get("to_host")
+	q.Method, q.Path, q.Authority, q.Token = v.Get("method"), v.Get("path"), v.Get("authority"), v.Get("token")
+	if q.Method == "" && (q.Path != "" || v.Has("header")) {
+		q.Method = http.MethodGet
+	}
+	q.Header = http.Header{}
+	for _, h := range v["header"] {
+		name, value, err := ParseExplainHeader(h)
+		if err != nil {
+			bad("header: %v", err)
+			continue
+		}
+		q.Header.Add(name, value)
+	}
+	return q, errors.Join(errs...)
+}

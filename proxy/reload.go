@@ -1,0 +1,151 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// ReloadPolicy puts pc in effect (shared/DESIGN.md §5, Config): new
+// connections and requests are decided by it at once; connections
+// already allowed stay so, and connections whose requests are being
+// decided keep the rules they were accepted under. pc must have passed
+// Config.Validate. A pc whose JWT providers cannot be made (a JWKS file
+// unreadable) is refused, and the running policy stays.
+func (p *Proxy) ReloadPolicy(pc PolicyConfig) error {
+	p.cfgMu.Lock()
+	defer p.cfgMu.Unlock()
+	st, err := p.newPolicyState(pc)
+	if err != nil {
+		return err
+	}
+	if p.started.Load() && !p.stopped {
+		st.start()
+	}
+	old := p.policy.Swap(st)
+	old.close()
+	p.cfg.Policy = pc
+	// The series of rules that are gone would otherwise stay in /metrics.
+	keep := map[[2]string]bool{}
+	for _, r := range st.eng.Rules() {
+		keep[[2]string{r.Policy, r.Name}] = true
+	}
+	for _, r := range old.eng.Rules() {
+		if !keep[[2]string{r.Policy, r.Name}] {
+			p.metrics.policyDecisions.DeletePartialMatch(prometheus.Labels{"policy": r.Policy, "rule": r.Name})
+		}
+	}
+	return nil
+}
+
+// WatchConfig reloads the config file at path when it changes, until ctx
+// is done: the policy section takes effect (ReloadPolicy); a change to
+// any other section is logged as needing a restart, and the running
+// value stays. A file that does not parse or validate is refused with
+// every problem logged, and nothing changes. The directory is watched,
+// not the file, so that editors that write a new file and rename it, and
+// Kubernetes ConfigMap volumes that swap a symlink, are seen.
+func (p *Proxy) WatchConfig(ctx context.Context, path string) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("proxy: watch config: %w", err)
+	}
+	defer w.Close()
+	if err := w.Add(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("proxy: watch config %s: %w", path, err)
+	}
+	log := p.log.Named("config")
+	prev, _ := os.ReadFile(path)
+	prevCfg, _ := ParseConfig(prev)
+	// Events come in bursts (write, chmod, rename): one reload, a
+	// moment after the last.
+	const settle = 100 * time.Millisecond
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	name := filepath.Clean(path)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			log.Warn("watching the config file", zap.Error(err))
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if filepath.Clean(ev.Name) == name || filepath.Base(ev.Name) == "..data" {
+				timer.Reset(settle)
+			}
+		case <-timer.C:
+			data, err := os.ReadFile(path)
+			if err != nil {
+				if !errors.Is(err, os.ErrNotExist) {
+					log.Error("config reload refused: the running config stays", zap.String("file", path), zap.Error(err))
+				}
+				continue
+			}
+			if string(data) == string(prev) {
+				continue
+			}
+			cfg, err := ParseConfig(data)
+			if err == nil {
+				err = cfg.Validate()
+			}
+			if err != nil {
+				log.Error("config reload refused: the running config stays", zap.String("file", path),
+					zap.Strings("problems", problems(err)))
+				continue
+			}
+			if err := p.ReloadPolicy(cfg.Policy); err != nil {
+				log.Error("config reload refused: the running config stays", zap.String("file", path), zap.Error(err))
+				continue
+			}
+			changed := restartFields(prevCfg, cfg)
+			prev, prevCfg = data, cfg
+			log.Info("config reloaded", zap.String("file", path), zap.Int("policy_rules", len(cfg.Policy.Rules)),
+				zap.Int("jwt_providers", len(cfg.Policy.JWTProviders)))
+			if len(changed) > 0 {
+				log.Warn("config sections changed that take effect only on restart; they keep their running values",
+					zap.Strings("sections", changed))
+			}
+		}
+	}
+}
+
+// problems splits a validation error into its lines.
+func problems(err error) []string {
+	var out []string
+	for _, e := range splitJoined(err) {
+		out = append(out, e.Error())
+	}
+	return out
+}
+
+// restartFields names the top-level sections but policy that differ
+// between a and b.
+func restartFields(a, b Config) []string {
+	var out []string
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	for i, f := range reflect.VisibleFields(va.Type()) {
+		name := f.Tag.Get("json")
+		if name == "policy" {
+			continue
+		}
+		if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
