@@ -207,9 +207,9 @@ type rule struct {
 	// for the rule to match (from.identities without patterns); nil:
 	// any caller may.
 	callers []string
-	l4   []cond // on the connection
-	l7   []cond // on the request: HTTP and JWT
-	http bool   // has HTTP conditions (not only JWT)
+	l4      []cond // on the connection
+	l7      []cond // on the request: HTTP and JWT
+	http    bool   // has HTTP conditions (not only JWT)
 }
 
 // cond is one compiled condition.
