@@ -20,8 +20,8 @@ on these defaults, which match what 'meshgate redirect' installs.
          forwarded to their original destination (SO_ORIGINAL_DST)
   15006  inbound capture: connections made to the app, forwarded to the
          app at the original destination address, from 127.0.0.6 (::6)
-  15000  admin, on 127.0.0.1 only: /config, POST /quitquitquit,
-         /debug/pprof/
+  15000  admin, on 127.0.0.1 only: /config, /explain, POST
+         /quitquitquit, /debug/pprof/
   15020  Prometheus metrics: /metrics
   15021  health: /healthz/ready (200 once listening, 503 while draining),
          /healthz/live
@@ -66,6 +66,19 @@ unknown fields are errors. For example:
     decay: 10s              # how fast the latency estimate forgets
     connectAttempts: 3      # endpoints tried when connecting fails
     outlierDetection: {consecutiveFailures: 5, baseEjectionTime: 30s, maxEjectionTime: 5m, maxEjectionPercent: 50}
+  policy:                   # who may call the app, what it may call
+    revealReason: false     # true: tell a denied caller the rule and why
+    rules:                  # deny beats allow; once an allow rule applies to a port, default deny there
+    - {name: api-read, action: allow, ports: [8080], from: {namespaces: [shop]}, http: {methods: [GET], paths: ["/api/*"]}}
+    - {name: egress, action: allow, direction: outbound, to: {cidrs: [10.0.0.0/8]}}
+
+The policy section is reloaded when the --config file changes (within a
+second; a file with problems is refused and the running policy stays);
+other sections take effect on restart. 'meshgate policy explain' and
+GET /explain on the admin port say what the policy decides of a call,
+and why. A denied HTTP request is answered 403 (gRPC PERMISSION_DENIED),
+a denied connection that is not HTTP is reset, and nothing of either
+reaches the app.
 
 Outbound, the app's first bytes are classified (its own TLS, HTTP/1.x,
 HTTP/2, or opaque) while the destination is dialed, so a server that
