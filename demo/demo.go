@@ -177,6 +177,13 @@ func (d *run) run(ctx context.Context) error {
 		return err
 	}
 
+	// web's sidecar decides who may call it, and what (README, Policy).
+	webConfig := filepath.Join(d.stateDir, "web-proxy.yaml")
+	d.r.Policy = fmt.Sprintf(WebPolicy, podID(client))
+	if err := os.WriteFile(webConfig, []byte(d.r.Policy), 0o644); err != nil {
+		return err
+	}
+
 	d.step(Enrolling)
 	for _, p := range meshed {
 		st, err := enroll.OpenState(d.stateDir, p.Path())
@@ -185,6 +192,9 @@ func (d *run) run(ctx context.Context) error {
 		}
 		e := enroll.Enrollment{State: st, Netns: p.Path(), Log: d.o.Log, DrainGrace: proxy.DefaultConfig().Timeouts.DrainGrace.D()}
 		args := []string{"proxy", "--cert-dir", certDirs[p.Name], "--mesh-cidrs", strings.Join(cidrs, ",")}
+		if p == web || p == web2 {
+			args = append(args, "--config", webConfig)
+		}
 		r := rules
 		if p == client {
 			args = append(args, "--registry", registry)
@@ -232,6 +242,23 @@ func (d *run) run(ctx context.Context) error {
 	}
 	d.step(OutsiderRefused)
 
+	// Requests web's policy does not allow: answered by web's sidecar,
+	// which tells the client why (revealReason), and never reach web.
+	for _, r := range []struct{ method, path string }{{http.MethodDelete, "/"}, {http.MethodGet, "/admin/users"}} {
+		req, _ := http.NewRequestWithContext(ctx, r.method, "http://"+net.JoinHostPort(web.IPv4.String(), "8080")+r.path, nil)
+		resp, err := client.HTTPClient(10 * time.Second).Do(req)
+		if err != nil {
+			return fmt.Errorf("%s %s to web: %w", r.method, r.path, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			return fmt.Errorf("%s %s to web: status %s, want 403 from web's policy", r.method, r.path, resp.Status)
+		}
+		d.r.Denied = append(d.r.Denied, Denial{Request: r.method + " " + r.path, Status: resp.StatusCode, Reason: resp.Header.Get("X-Meshgate-Error")})
+	}
+	d.step(PolicyDenied)
+
 	if err := settled(ctx, client, echoPod, web); err != nil {
 		return err
 	}
@@ -250,6 +277,22 @@ func (d *run) run(ctx context.Context) error {
 	d.step(Measured)
 	return nil
 }
+
+// WebPolicy is the policy of web's sidecars (a format taking the
+// client's SPIFFE ID): the client may GET and HEAD, nothing under
+// /admin/.
+const WebPolicy = `policy:
+  revealReason: true
+  rules:
+  - name: client-reads
+    action: allow
+    ports: [8080]
+    from: {identities: ["%s"]}
+    http: {methods: [GET, HEAD]}
+  - name: no-admin
+    action: deny
+    http: {paths: ["/admin/*"]}
+`
 
 // podID is the SPIFFE ID of a demo pod; web2, a replica of web, shares
 // web's.

@@ -35,12 +35,23 @@ const (
 	SentByName
 	// OutsiderRefused: the pod without a sidecar was refused by web.
 	OutsiderRefused
+	// PolicyDenied: Denied. web's policy refused client's requests that
+	// it does not allow.
+	PolicyDenied
 	// Measured: Stats. The sidecars' counters have settled and were read.
 	Measured
 	// CleanedUp: CleanupErr. Everything the run made is removed, or
 	// CleanupErr says what could not be. Told only if the lab was built.
 	CleanedUp
 )
+
+// Denial is a request web's policy refused, and what the client was
+// told.
+type Denial struct {
+	Request string // "DELETE /"
+	Status  int
+	Reason  string // X-Meshgate-Error
+}
 
 // Report is what a run did and saw.
 type Report struct {
@@ -50,6 +61,10 @@ type Report struct {
 	TrustDomain spiffeid.TrustDomain
 	// Sidecars are the meshed pods' sidecars, in the order enrolled.
 	Sidecars []Sidecar
+	// Policy is web's policy section (WebPolicy); Denied, the requests
+	// it refused.
+	Policy string
+	Denied []Denial
 
 	// Requests is how many HTTP requests client sent web by address, half
 	// over IPv4, half over IPv6, a new connection each; Median is their

@@ -30,15 +30,18 @@ func TestDemo(t *testing.T) {
 		"16 MiB download, SHA-256 verified",
 		"10 raw TCP sessions of 64 KiB",
 		"outsider → web plaintext from a pod without a sidecar: refused (mTLS strict)",
+		"client → web   DELETE /          403 policy: denied by rule default (policy default): no allow rule matched, and 1 allow rule(s) apply to app port 8080, so the default is deny; client-reads: http.methods: method DELETE not in [GET, HEAD]",
+		"client → web   GET /admin/users  403 policy: denied by rule no-admin (policy main): rule no-admin (deny) matched: http.paths: path /admin/users in [/admin/*]",
 		"cleaned up: rules removed, sidecars drained and stopped, namespaces deleted.",
 	} {
 		if !strings.Contains(report, want) {
 			t.Errorf("the report lacks %q:\n%s", want, report)
 		}
 	}
-	// The table: web's inbound carried the 11 HTTP requests as L7 from a
-	// verified client, none failed, and the outsider's plaintext was
-	// refused; echo's raw TCP sessions resumed their TLS sessions.
+	// The table: web's inbound carried the 11 HTTP requests and the 2
+	// its policy denied as L7 from a verified client, none failed, and
+	// the outsider's plaintext was refused; echo's raw TCP sessions
+	// resumed their TLS sessions.
 	row := regexp.MustCompile(`(?m)^\s*web\s+inbound\s+\d+\s+(\d+)\s.*?\s(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+client\s*$`)
 	m := row.FindStringSubmatch(report)
 	if m == nil {
@@ -54,9 +57,9 @@ func TestDemo(t *testing.T) {
 	if toWeb+toWeb2 != 20 || toWeb == 0 || toWeb2 == 0 {
 		t.Errorf("requests by name: web %d, web2 %d; want 20 spread over both", toWeb, toWeb2)
 	}
-	if atoi(t, m[1]) != 11+toWeb || m[4] != "0" || m[5] != "1" {
+	if atoi(t, m[1]) != 13+toWeb || m[4] != "0" || m[5] != "1" {
 		t.Errorf("web inbound: %s HTTP requests, %s failed handshakes, %s plaintext refused; "+
-			"want the 11 requests and the %d by name, no failure and the outsider refused:\n%s", m[1], m[4], m[5], toWeb, report)
+			"want the 13 requests and the %d by name, no failure and the outsider refused:\n%s", m[1], m[4], m[5], toWeb, report)
 	}
 	web2Row := regexp.MustCompile(`(?m)^\s*web2\s+inbound\s+\d+\s+(\d+)\s.*\s0\s+0\s+client\s*$`).FindStringSubmatch(report)
 	if web2Row == nil || atoi(t, web2Row[1]) != toWeb2 {

@@ -21,7 +21,9 @@ mesh. meshgate makes a mesh CA, gives four of the pods a SPIFFE identity
 and enrolls them while they run; it sends real traffic between them over
 IPv4 and IPv6, which the sidecars carry as mutual TLS 1.3, calls web's two
 replicas by name (the client's sidecar answers the DNS and balances the
-requests), shows that the fifth pod, without a sidecar, is refused, and
+requests), shows that the fifth pod, without a sidecar, is refused and
+that web's policy refuses the client's requests it does not allow (403,
+with the rule and the reason), and
 prints what flowed through
 each sidecar, read from the sidecars' own /metrics. Everything it creates
 is removed at the end, also on failure or Ctrl-C. Needs root.`, stderr)
@@ -75,6 +77,15 @@ func printDemoStep(w io.Writer, s demo.Step, r *demo.Report) {
 			r.Service, r.ByName, r.Served["web"], r.Served["web2"])
 	case demo.OutsiderRefused:
 		say("  outsider → web plaintext from a pod without a sidecar: refused (mTLS strict)")
+	case demo.PolicyDenied:
+		say("\nweb's sidecar enforces a policy (its --config):")
+		for _, l := range strings.Split(strings.TrimRight(r.Policy, "\n"), "\n") {
+			say("    %s", l)
+		}
+		for _, d := range r.Denied {
+			say("  client → web   %-17s %d %s", d.Request, d.Status, d.Reason)
+		}
+		say("  (web never saw them; 'meshgate policy explain' says the same offline)")
 	case demo.Measured:
 		say("\nwhat each sidecar saw (its /metrics on :%d):", intercept.MetricsPort)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
