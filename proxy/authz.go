@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -289,6 +290,11 @@ type connAuthz struct {
 	c   policy.Conn
 	dir Direction
 	cur atomic.Pointer[authzAt]
+	// out, when valid, is an outbound connection's destination, whose
+	// facts (its name, its identity: c) are looked up only once a policy
+	// has outbound rules.
+	out   netip.AddrPort
+	facts sync.Once
 }
 
 // authzAt is a connection's decision under one policy.
@@ -307,8 +313,26 @@ func (p *Proxy) authorizeConn(c policy.Conn, dir Direction) *connAuthz {
 	return a
 }
 
+// authorizeOut decides the app's connection to dst under the policy in
+// effect.
+func (p *Proxy) authorizeOut(dst netip.AddrPort) *connAuthz {
+	a := &connAuthz{c: policy.Conn{Dir: policy.Outbound}, dir: Outbound, out: dst}
+	a.decide(p, p.policy.Load())
+	return a
+}
+
 func (a *connAuthz) decide(p *Proxy, st *policyState) *policy.ConnDecision {
-	d := authorize(st, a.c)
+	var d *policy.ConnDecision
+	pd := policy.Inbound
+	if a.dir == Outbound {
+		pd = policy.Outbound
+	}
+	if !st.eng.Empty(pd) {
+		if a.out.IsValid() {
+			a.facts.Do(func() { a.c = p.outboundConn(a.out) })
+		}
+		d = authorize(st, a.c)
+	}
 	if d != nil {
 		if f := d.Final(); f != nil && f.Allowed {
 			p.countDecision(st, a.dir, f)

@@ -30,7 +30,7 @@ func (p *Proxy) outbound(ctx context.Context, client *net.TCPConn, dst netip.Add
 		return outcome{dst: dst, err: errOutsideMesh, refused: true, reason: refusedOutside}
 	}
 	meshTLS := inMesh && s.outboundMTLS()
-	az := p.authorizeConn(p.outboundConn(dst), Outbound)
+	az := p.authorizeOut(dst)
 	if az.pending() != nil {
 		return p.outboundByRequest(ctx, client, dst, meshTLS, az, m)
 	}
