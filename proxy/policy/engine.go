@@ -419,32 +419,16 @@ func sourceConds(field string, s *Source, neg bool) []cond {
 			found: peerFound})
 	}
 	if s.Namespaces != nil {
-		m := newSet(s.Namespaces)
-		cs = append(cs, cond{field: field + ".namespaces", want: listed(s.Namespaces), neg: neg,
-			l4: func(c *Conn) bool {
-				ns, _, ok := nsSA(c.Source)
-				return ok && m.has(ns)
-			},
-			found: func(c *Conn, _ Request, _ Claims) string {
-				if ns, _, ok := nsSA(c.Source); ok {
-					return "namespace " + ns
-				}
-				return peerFound(c, nil, nil)
-			}})
+		cs = append(cs, idPartCond(field+".namespaces", "namespace", s.Namespaces, neg, func(id spiffeid.ID) (string, bool) {
+			ns, _, ok := nsSA(id)
+			return ns, ok
+		}))
 	}
 	if s.ServiceAccounts != nil {
-		m := newSet(s.ServiceAccounts)
-		cs = append(cs, cond{field: field + ".serviceAccounts", want: listed(s.ServiceAccounts), neg: neg,
-			l4: func(c *Conn) bool {
-				_, sa, ok := nsSA(c.Source)
-				return ok && m.has(sa)
-			},
-			found: func(c *Conn, _ Request, _ Claims) string {
-				if _, sa, ok := nsSA(c.Source); ok {
-					return "service account " + sa
-				}
-				return peerFound(c, nil, nil)
-			}})
+		cs = append(cs, idPartCond(field+".serviceAccounts", "service account", s.ServiceAccounts, neg, func(id spiffeid.ID) (string, bool) {
+			_, sa, ok := nsSA(id)
+			return sa, ok
+		}))
 	}
 	if s.CIDRs != nil {
 		m := cidrs(s.CIDRs)
@@ -459,6 +443,23 @@ func sourceConds(field string, s *Source, neg bool) []cond {
 			found: peerFound})
 	}
 	return cs
+}
+
+// idPartCond is a condition on a part of the caller's SPIFFE ID (its
+// namespace, its service account), called what in reasons.
+func idPartCond(field, what string, vals []string, neg bool, part func(spiffeid.ID) (string, bool)) cond {
+	m := newSet(vals)
+	return cond{field: field, want: listed(vals), neg: neg,
+		l4: func(c *Conn) bool {
+			v, ok := part(c.Source)
+			return ok && m.has(v)
+		},
+		found: func(c *Conn, _ Request, _ Claims) string {
+			if v, ok := part(c.Source); ok {
+				return what + " " + v
+			}
+			return peerFound(c, nil, nil)
+		}}
 }
 
 // nsSA returns the namespace and service account of an ID of the form
