@@ -424,3 +424,21 @@ policy:
 		}
 	}
 }
+
+// TestPolicyOpaquePortRule: a rule with HTTP conditions on a port whose
+// connections are never HTTP is refused, not left to silently never
+// allow.
+func TestPolicyOpaquePortRule(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`
+policy:
+  rules:
+  - {name: pg, action: allow, ports: [8080, 5432], http: {methods: [GET]}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "policy.rules[0].ports[1]: port 5432 is declared opaque (protocols.ports; the default for well-known binary protocols)"
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "ports[0]") {
+		t.Errorf("Validate: %v; want %q alone", err, want)
+	}
+}

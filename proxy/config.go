@@ -651,6 +651,20 @@ func (c Config) Validate() error {
 	errs = append(errs, c.Protocols.validate()...)
 	errs = append(errs, c.LoadBalancing.validate()...)
 	errs = append(errs, c.Policy.validate()...)
+	// A rule with HTTP conditions on a port whose connections are never
+	// HTTP would silently never allow (or always deny): say so.
+	for i, r := range c.Policy.Rules {
+		if r.HTTP == nil && r.JWT == nil {
+			continue
+		}
+		for j, port := range r.Ports {
+			if c.Protocols.Ports[port] == PortOpaque {
+				bad("policy.rules[%d].ports[%d]: port %d is declared opaque (protocols.ports; the default for well-known "+
+					"binary protocols), so no connection to it is HTTP and the rule's http and jwt conditions can never be checked; "+
+					"declare the port detect or http, or give the rule no http or jwt conditions", i, j, port)
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
 
