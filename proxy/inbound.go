@@ -186,8 +186,10 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, f
 		d = verdict(opening{first: speakerClient}, pc.peeked())
 	default:
 		wait := p.cfg.Timeouts.Idle.D()
-		if pd := peer.authz.pending(); pd != nil && pd.Final() != nil {
-			// Denied: a client that says nothing is not waited for long.
+		if peer.authz.pending() != nil {
+			// Denied, or its requests decide: the app is not dialed, so a
+			// client that waits for it to speak would wait for ever. After
+			// protocols.detectTimeout it is decided as not HTTP.
 			wait = p.cfg.Protocols.DetectTimeout.D()
 		}
 		race := detectRace(pc, start.Add(wait))
