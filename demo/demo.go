@@ -227,23 +227,11 @@ func (d *run) run(ctx context.Context) error {
 	}
 	d.r.EchoSessions, d.r.EchoBytes = echoSessions, echoBytes
 	d.step(Echoed)
-	served, err := byName(client, outsider, 2*d.o.Requests)
-	if err != nil {
-		return err
-	}
-	d.r.Service, d.r.ByName, d.r.Served = Service, 2*d.o.Requests, served
-	d.step(SentByName)
-
-	// A pod without a sidecar speaks plaintext, which strict mTLS refuses.
-	ohc := outsider.HTTPClient(5 * time.Second)
-	if resp, err := ohc.Get("http://" + net.JoinHostPort(web.IPv4.String(), "8080") + "/"); err == nil {
-		resp.Body.Close()
-		return fmt.Errorf("outsider reached web in plaintext (%s): strict mTLS should have refused it", resp.Status)
-	}
-	d.step(OutsiderRefused)
-
-	// Requests web's policy does not allow: answered by web's sidecar,
-	// which tells the client why (revealReason), and never reach web.
+	// Requests web's policy does not allow, answered by web's sidecar,
+	// which tells the client why (revealReason); they never reach web.
+	// They go by address before any by name: once the client's sidecar
+	// has answered web.demo.mesh, connections to web's address are
+	// balanced over both replicas.
 	for _, r := range []struct{ method, path string }{{http.MethodDelete, "/"}, {http.MethodGet, "/admin/users"}} {
 		req, _ := http.NewRequestWithContext(ctx, r.method, "http://"+net.JoinHostPort(web.IPv4.String(), "8080")+r.path, nil)
 		resp, err := client.HTTPClient(10 * time.Second).Do(req)
@@ -258,6 +246,21 @@ func (d *run) run(ctx context.Context) error {
 		d.r.Denied = append(d.r.Denied, Denial{Request: r.method + " " + r.path, Status: resp.StatusCode, Reason: resp.Header.Get("X-Meshgate-Error")})
 	}
 	d.step(PolicyDenied)
+
+	served, err := byName(client, outsider, 2*d.o.Requests)
+	if err != nil {
+		return err
+	}
+	d.r.Service, d.r.ByName, d.r.Served = Service, 2*d.o.Requests, served
+	d.step(SentByName)
+
+	// A pod without a sidecar speaks plaintext, which strict mTLS refuses.
+	ohc := outsider.HTTPClient(5 * time.Second)
+	if resp, err := ohc.Get("http://" + net.JoinHostPort(web.IPv4.String(), "8080") + "/"); err == nil {
+		resp.Body.Close()
+		return fmt.Errorf("outsider reached web in plaintext (%s): strict mTLS should have refused it", resp.Status)
+	}
+	d.step(OutsiderRefused)
 
 	if err := settled(ctx, client, echoPod, web); err != nil {
 		return err

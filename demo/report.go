@@ -31,13 +31,13 @@ const (
 	Downloaded
 	// Echoed: EchoSessions and EchoBytes.
 	Echoed
+	// PolicyDenied: Policy and Denied. web's policy refused client's
+	// requests that it does not allow.
+	PolicyDenied
 	// SentByName: Service, ByName and Served.
 	SentByName
 	// OutsiderRefused: the pod without a sidecar was refused by web.
 	OutsiderRefused
-	// PolicyDenied: Denied. web's policy refused client's requests that
-	// it does not allow.
-	PolicyDenied
 	// Measured: Stats. The sidecars' counters have settled and were read.
 	Measured
 	// CleanedUp: CleanupErr. Everything the run made is removed, or

@@ -417,6 +417,14 @@ func (p *Proxy) refuseByPolicy(o outcome, az *connAuthz, d policy.Decision) outc
 	return o
 }
 
+// noCall reports whether a connection policy has yet to allow needs no
+// decision: its client closed before sending a byte (d), so it called
+// nothing (a sidecar's spare connection, a TCP health check). It is
+// closed, not counted or logged as a denial; its app was never dialed.
+func noCall(d detection, az *connAuthz) bool {
+	return d.by == byClosed && az.pending() != nil
+}
+
 // opaqueAllowed decides a connection that is not HTTP and counts the
 // decision; false: refuse it (refuseByPolicy with the decision).
 func (p *Proxy) opaqueAllowed(az *connAuthz) (policy.Decision, bool) {

@@ -163,6 +163,16 @@ policy:
 		t.Errorf("connection log error %q", r)
 	}
 
+	// A connection that sends nothing and closes called nothing: it is
+	// neither counted nor logged as a denial.
+	empty := dial(t, p.client.out())
+	time.Sleep(100 * time.Millisecond)
+	empty.Close()
+	p.server.closedLogs(t, 2)
+	if n := p.server.counter(t, "meshgate_policy_decisions_total", map[string]string{"result": "denied"}); n != 1 {
+		t.Errorf("%v denials counted; want 1 (the empty connection is none)", n)
+	}
+
 	// The same rule, for the client's service account: forwarded.
 	allow := policyOf(t, `
 policy:

@@ -111,6 +111,9 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 		// bytes said anything: nothing to detect.
 		d := verdict(op, pc.peeked())
 		p.countDetection(Inbound, d, time.Since(start))
+		if noCall(d, plain.authz) {
+			return outcome{dst: dst, detected: &d}
+		}
 		o := p.forwardInbound(ctx, pc, &upstream, from, dst, plain, m)
 		o.detected = &d
 		return o
@@ -231,6 +234,9 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, f
 		o := p.serveInboundHTTP(ctx, pc, d.proto.Protocol, appProtoLabel(d.proto.Protocol), from, dst, peer, m)
 		o.mtls, o.detected = pc.tls != nil, &d
 		return o
+	}
+	if noCall(d, peer.authz) {
+		return outcome{dst: dst, mtls: pc.tls != nil, tls: peer, detected: &d}
 	}
 	o := p.forwardInbound(ctx, pc, upstream, from, dst, peer, m)
 	o.detected = &d

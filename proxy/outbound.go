@@ -197,6 +197,9 @@ func (p *Proxy) outboundByRequest(ctx context.Context, client *net.TCPConn, dst 
 	}
 	d := verdict(op, pc.peeked())
 	p.countDetection(Outbound, d, time.Since(start))
+	if noCall(d, az) {
+		return outcome{dst: dst, detected: &d}
+	}
 	isHTTP := d.proto.Protocol == sniff.HTTP1 || d.proto.Protocol == sniff.HTTP2
 	if isHTTP && (az.pending().Final() != nil || meshTLS && p.cfg.Protocols.L7) {
 		o := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, az, m)

@@ -27,6 +27,10 @@ type RuleTrace struct {
 	// NeedsHTTP: the rule has HTTP or JWT conditions and there is no
 	// request.
 	NeedsHTTP bool
+	// FailsClosed: a deny rule with HTTP or JWT conditions whose
+	// connection conditions hold, on a connection that is not HTTP: it
+	// denies.
+	FailsClosed bool
 }
 
 // CondTrace is one condition and what it found.
@@ -86,6 +90,7 @@ func (e *Engine) Explain(c Conn, r Request, cl Claims) Trace {
 					rt.Conds = append(rt.Conds, ct)
 				}
 			}
+			rt.FailsClosed = rt.NeedsHTTP && ru.ref.Action == Deny && allHold(rt.Conds)
 		}
 		t.Rules = append(t.Rules, rt)
 	}
@@ -133,6 +138,8 @@ func (t *Trace) Format(w io.Writer) {
 			continue
 		case rt.Matched:
 			fmt.Fprintln(w, "MATCHED")
+		case rt.FailsClosed:
+			fmt.Fprintln(w, "FAILS CLOSED: a deny rule with HTTP or JWT conditions, on a connection that is not HTTP: it denies")
 		case rt.NeedsHTTP && allHold(rt.Conds):
 			fmt.Fprintln(w, "no match: it has HTTP or JWT conditions, and there is no HTTP request")
 		default:

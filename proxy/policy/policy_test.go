@@ -487,3 +487,20 @@ func BenchmarkPolicy(b *testing.B) {
 		})
 	}
 }
+
+// TestExplainFailsClosed: on a connection that is not HTTP, a deny rule
+// with HTTP conditions is shown as what decided.
+func TestExplainFailsClosed(t *testing.T) {
+	e := mustEngine(t, shopRules)
+	tr := e.Explain(in(8080, web, "10.0.0.5"), nil, nil)
+	var b strings.Builder
+	tr.Format(&b)
+	for _, w := range []string{
+		"decision: DENY by no-debug (policy main)",
+		"2. no-debug (deny): FAILS CLOSED: a deny rule with HTTP or JWT conditions, on a connection that is not HTTP: it denies",
+	} {
+		if !strings.Contains(b.String(), w) {
+			t.Errorf("explain output lacks %q:\n%s", w, b.String())
+		}
+	}
+}
