@@ -212,7 +212,7 @@ type counterBox struct{ c prometheus.Counter }
 // newPolicyState compiles cfg and makes its JWT providers (a JWKS file
 // is read here; a URL is fetched once running).
 func (p *Proxy) newPolicyState(cfg PolicyConfig) (*policyState, error) {
-	eng, err := policy.Compile(cfg.Rules, policy.Options{RevealReason: cfg.RevealReason})
+	eng, err := policy.Compile(cfg.Rules, policyOptions(cfg, p.cfg.Protocols))
 	if err != nil {
 		return nil, err
 	}
@@ -247,6 +247,17 @@ func (p *Proxy) newPolicyState(cfg PolicyConfig) (*policyState, error) {
 		}
 	}
 	return st, nil
+}
+
+// policyOptions are what the policy engine needs of the config.
+func policyOptions(pc PolicyConfig, protocols ProtocolsConfig) policy.Options {
+	o := policy.Options{RevealReason: pc.RevealReason}
+	for port, decl := range protocols.Ports {
+		if decl == PortOpaque {
+			o.OpaquePorts = append(o.OpaquePorts, port)
+		}
+	}
+	return o
 }
 
 // start runs the state's JWT key refreshing until stopped.

@@ -59,18 +59,18 @@ func (r *ExplainResult) Format(w io.Writer) {
 	r.Trace.Format(w)
 }
 
-// Explain explains q under the policy cfg (which must have passed
-// Config.Validate), offline: a token is checked against the providers'
-// keys, read from their files or fetched from their URLs directly.
-func Explain(ctx context.Context, cfg PolicyConfig, q ExplainQuery) (*ExplainResult, error) {
-	eng, err := policy.Compile(cfg.Rules, policy.Options{RevealReason: cfg.RevealReason})
+// Explain explains q under the policy of cfg (which must have passed
+// Validate), offline: a token is checked against the providers' keys,
+// read from their files or fetched from their URLs directly.
+func Explain(ctx context.Context, cfg Config, q ExplainQuery) (*ExplainResult, error) {
+	eng, err := policy.Compile(cfg.Policy.Rules, policyOptions(cfg.Policy, cfg.Protocols))
 	if err != nil {
 		return nil, err
 	}
 	var set *jwtauth.Set
-	if q.Token != "" && len(cfg.JWTProviders) > 0 {
+	if q.Token != "" && len(cfg.Policy.JWTProviders) > 0 {
 		var provs []*jwtauth.Provider
-		for i, jp := range cfg.JWTProviders {
+		for i, jp := range cfg.Policy.JWTProviders {
 			pr, err := jwtauth.New(jwtOptions(jp, nil))
 			if err != nil {
 				return nil, fmt.Errorf("policy.jwtProviders[%d]: %w", i, err)

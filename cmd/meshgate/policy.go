@@ -158,7 +158,7 @@ func runPolicyExplain(ctx context.Context, args []string, stdout, stderr io.Writ
 		fmt.Fprintf(stderr, "meshgate policy explain: %v\n", err)
 		return errUsage
 	}
-	res, err := proxy.Explain(ctx, cfg.Policy, q)
+	res, err := proxy.Explain(ctx, cfg, q)
 	if err != nil {
 		return err
 	}

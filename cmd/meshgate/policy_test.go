@@ -48,6 +48,8 @@ func TestPolicyExplain(t *testing.T) {
 			[]string{"decision: DENY by no-debug (policy main)", `ok   http.headers.x-debug: x-debug: "1" in present`}, ""},
 		{"opaque fails closed", []string{"--from", web}, 1,
 			[]string{"decision: DENY by no-debug", "fail closed", "request:  none (the connection is taken as not HTTP)"}, ""},
+		{"a port declared opaque is not HTTP's", []string{"--from", web, "--port", "5432"}, 0,
+			[]string{"decision: ALLOW by default", "2. no-debug (deny): skipped: it has HTTP or JWT conditions, and port 5432 is declared opaque (protocols.ports)"}, ""},
 		{"bad flags", []string{"--from", "web", "--port", "0"}, 2, nil, `--from "web": not a SPIFFE ID`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

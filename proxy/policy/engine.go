@@ -112,6 +112,11 @@ type Options struct {
 	// RevealReason is policy.revealReason: whether callers are told why
 	// they were denied, for rules that do not say, and for the default.
 	RevealReason bool
+	// OpaquePorts are the ports declared opaque (protocols.ports): no
+	// connection to them is HTTP, so a rule with HTTP or JWT conditions
+	// and no ports of its own does not apply to them (it could never
+	// allow there, and a deny rule would deny every connection).
+	OpaquePorts []uint16
 }
 
 // Engine is compiled rules. It is safe for concurrent use and never
@@ -123,6 +128,7 @@ type Engine struct {
 	shadow  [2]ruleset // as if dryRun rules were enforced; empty when none
 	hasDry  bool
 	reveal  bool
+	opaque  map[uint16]bool
 }
 
 // Rules returns the compiled rules, in config order.
@@ -234,7 +240,10 @@ func (c *cond) holds(cn *Conn, r Request, cl Claims) bool {
 
 // Compile compiles rules, which must have passed Validate.
 func Compile(rules []Rule, o Options) (*Engine, error) {
-	e := &Engine{reveal: o.RevealReason}
+	e := &Engine{reveal: o.RevealReason, opaque: map[uint16]bool{}}
+	for _, port := range o.OpaquePorts {
+		e.opaque[port] = true
+	}
 	for i, r := range rules {
 		cr, err := compileRule(i, r, o)
 		if err != nil {
@@ -265,6 +274,12 @@ func (e *Engine) build(d int, withDry bool) ruleset {
 			continue
 		}
 		ports = append(ports, r.ports()...)
+		if len(r.ports()) == 0 && len(r.l7) > 0 {
+			// Not for the opaque ports, which get rules of their own.
+			for port := range e.opaque {
+				ports = append(ports, port)
+			}
+		}
 	}
 	slices.Sort(ports)
 	ports = slices.Compact(ports)
@@ -291,7 +306,7 @@ func (e *Engine) build(d int, withDry bool) ruleset {
 	for _, port := range ports {
 		pr := &portRules{}
 		for _, r := range e.rules {
-			if dirIndex(r.ref.directionOf()) == d && r.appliesTo(port) {
+			if dirIndex(r.ref.directionOf()) == d && e.applies(r, port) {
 				add(pr, r)
 			}
 		}
@@ -312,8 +327,13 @@ func (r *RuleRef) directionOf() Direction { return r.dir }
 
 func (r *rule) ports() []uint16 { return r.ref.ports }
 
-func (r *rule) appliesTo(port uint16) bool {
-	return len(r.ref.ports) == 0 || slices.Contains(r.ref.ports, port)
+// applies reports whether r applies to port: a port of its own, or any
+// (but, for a rule with HTTP or JWT conditions, one declared opaque).
+func (e *Engine) applies(r *rule, port uint16) bool {
+	if len(r.ref.ports) == 0 {
+		return len(r.l7) == 0 || !e.opaque[port]
+	}
+	return slices.Contains(r.ref.ports, port)
 }
 
 func compileRule(i int, r Rule, o Options) (*rule, error) {

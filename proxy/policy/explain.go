@@ -73,7 +73,9 @@ func (e *Engine) Explain(c Conn, r Request, cl Claims) Trace {
 		switch {
 		case ru.ref.dir != dir:
 			rt.Skipped = "it is an " + string(ru.ref.dir) + " rule"
-		case !ru.appliesTo(c.Port):
+		case len(ru.ref.ports) == 0 && !e.applies(ru, c.Port):
+			rt.Skipped = fmt.Sprintf("it has HTTP or JWT conditions, and port %d is declared opaque (protocols.ports)", c.Port)
+		case !e.applies(ru, c.Port):
 			rt.Skipped = fmt.Sprintf("it applies to ports %v, not %d", ru.ref.ports, c.Port)
 		}
 		if rt.Skipped == "" {

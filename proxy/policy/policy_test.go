@@ -504,3 +504,28 @@ func TestExplainFailsClosed(t *testing.T) {
 		}
 	}
 }
+
+// TestOpaquePorts: a rule with HTTP conditions and no ports does not
+// apply to a port declared opaque; one with no HTTP condition does.
+func TestOpaquePorts(t *testing.T) {
+	var rules []Rule
+	if err := yaml.UnmarshalStrict([]byte(`
+- {name: no-debug, action: deny, http: {headers: {x-debug: {present: true}}}}
+- {name: no-lab, action: deny, from: {cidrs: [10.9.0.0/16]}}
+`), &rules); err != nil {
+		t.Fatal(err)
+	}
+	e, err := Compile(rules, Options{OpaquePorts: []uint16{5432}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := e.Connection(in(5432, web, "10.0.0.1")).Final(); d == nil || !d.Allowed {
+		t.Errorf("5432 (opaque): %+v; want allowed, no-debug not applying", d)
+	}
+	if d := e.Connection(in(5432, web, "10.9.0.1")).Final(); d == nil || d.Allowed || d.RuleName() != "no-lab" {
+		t.Errorf("5432 from the lab: %+v; want denied by no-lab", d)
+	}
+	if d := e.Connection(in(9000, web, "10.0.0.1")).Opaque(); d.Allowed || d.RuleName() != "no-debug" {
+		t.Errorf("9000 (not declared), opaque: %+v; want no-debug failing closed", d)
+	}
+}
