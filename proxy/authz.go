@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -201,6 +202,8 @@ type policyState struct {
 type tokenSource struct {
 	cfg   JWTProvider
 	ports map[uint16]bool // nil: every port
+	prov  *jwtauth.Provider
+	from  []JWTHeader // cfg.FromHeaders, or the default Authorization: Bearer
 }
 
 // The results a rule's counters count.
@@ -213,8 +216,10 @@ type ruleCounters [len(results)]atomic.Pointer[counterBox]
 type counterBox struct{ c prometheus.Counter }
 
 // newPolicyState compiles cfg and makes its JWT providers (a JWKS file
-// is read here; a URL is fetched once running).
-func (p *Proxy) newPolicyState(cfg PolicyConfig) (*policyState, error) {
+// is read here; a URL is fetched once running). A provider prev has with
+// the same config is taken over with its keys, so that a reload does not
+// leave tokens without keys until a fetch.
+func (p *Proxy) newPolicyState(cfg PolicyConfig, prev *policyState) (*policyState, error) {
 	eng, err := policy.Compile(cfg.Rules, policyOptions(cfg, p.cfg.Protocols))
 	if err != nil {
 		return nil, err
@@ -223,25 +228,37 @@ func (p *Proxy) newPolicyState(cfg PolicyConfig) (*policyState, error) {
 	st.allowed = &authzAt{st: st}
 	var provs []*jwtauth.Provider
 	for i, jp := range cfg.JWTProviders {
-		o := jwtOptions(jp, nil)
-		if jp.JWKSURL != "" {
-			o.HTTPClient = p.meshHTTPClient()
+		var pr *jwtauth.Provider
+		if prev != nil {
+			for _, old := range prev.providers {
+				if reflect.DeepEqual(old.cfg, jp) {
+					pr = old.prov
+				}
+			}
 		}
-		o.Log = p.log.Named("jwt")
-		pr, err := jwtauth.New(o)
-		if err != nil {
-			return nil, fmt.Errorf("policy.jwtProviders[%d]: %w", i, err)
+		if pr == nil {
+			o := jwtOptions(jp, nil)
+			if jp.JWKSURL != "" {
+				o.HTTPClient = p.meshHTTPClient()
+			}
+			o.Log = p.log.Named("jwt")
+			var err error
+			if pr, err = jwtauth.New(o); err != nil {
+				return nil, fmt.Errorf("policy.jwtProviders[%d]: %w", i, err)
+			}
 		}
 		provs = append(provs, pr)
-		ts := &tokenSource{cfg: jp}
+		ts := &tokenSource{cfg: jp, prov: pr}
 		if len(jp.Ports) > 0 {
 			ts.ports = map[uint16]bool{}
 			for _, port := range jp.Ports {
 				ts.ports[port] = true
 			}
 		}
-		if len(ts.cfg.FromHeaders) == 0 && len(ts.cfg.FromParams) == 0 {
-			ts.cfg.FromHeaders = []JWTHeader{{Name: "Authorization", Prefix: "Bearer "}}
+		if len(jp.FromHeaders) == 0 && len(jp.FromParams) == 0 {
+			ts.from = []JWTHeader{{Name: "Authorization", Prefix: "Bearer "}}
+		} else {
+			ts.from = jp.FromHeaders
 		}
 		st.providers = append(st.providers, ts)
 	}
@@ -563,7 +580,7 @@ func (s jwtStage) Decide(r *Request) *Answer {
 		if tok != "" {
 			continue
 		}
-		for _, h := range ts.cfg.FromHeaders {
+		for _, h := range ts.from {
 			v := r.Get(h.Name)
 			if v == "" {
 				continue

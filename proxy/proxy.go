@@ -180,7 +180,7 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: register metrics: %w", err)
 	}
 	p.metrics = m
-	st, err := p.newPolicyState(cfg.Policy)
+	st, err := p.newPolicyState(cfg.Policy, nil)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: invalid config: %w", err)
 	}

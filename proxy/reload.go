@@ -23,15 +23,17 @@ import (
 func (p *Proxy) ReloadPolicy(pc PolicyConfig) error {
 	p.cfgMu.Lock()
 	defer p.cfgMu.Unlock()
-	st, err := p.newPolicyState(pc)
+	st, err := p.newPolicyState(pc, p.policy.Load())
 	if err != nil {
 		return err
 	}
+	// The old state's refreshing stops before the new one's starts: the
+	// providers it shares are refreshed by one at a time.
+	old := p.policy.Swap(st)
+	old.close()
 	if p.started.Load() && !p.stopped {
 		st.start()
 	}
-	old := p.policy.Swap(st)
-	old.close()
 	p.cfg.Policy = pc
 	// The series of rules that are gone would otherwise stay in /metrics.
 	keep := map[[2]string]bool{}
