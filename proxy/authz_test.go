@@ -452,3 +452,38 @@ policy:
 		t.Errorf("Validate: %v; want %q alone", err, want)
 	}
 }
+
+// TestReloadKeepsJWTProviders: a reload that leaves a provider's config
+// as it was keeps the provider, keys and all; a changed one is new.
+func TestReloadKeepsJWTProviders(t *testing.T) {
+	key := jwtauthtest.NewKey(t, "ES256", "k1")
+	jwks := filepath.Join(t.TempDir(), "jwks.json")
+	if err := os.WriteFile(jwks, jwtauthtest.JWKS(key), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	doc := func(rule, aud string) PolicyConfig {
+		return policyOf(t, `
+policy:
+  jwtProviders:
+  - {name: corp, issuer: https://idp.test, audiences: [`+aud+`], jwksFile: `+jwks+`}
+  rules:
+  - {name: `+rule+`, action: allow, jwt: {claims: {role: admin}}}
+`)
+	}
+	cfg := testConfig()
+	cfg.Policy = doc("a", "api")
+	r := startProxy(t, cfg)
+	before := r.policy.Load().providers[0].prov
+	if err := r.ReloadPolicy(doc("b", "api")); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.policy.Load().providers[0].prov; got != before {
+		t.Errorf("an unchanged provider was made anew on reload")
+	}
+	if err := r.ReloadPolicy(doc("b", "web")); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.policy.Load().providers[0].prov; got == before {
+		t.Errorf("a changed provider was kept on reload")
+	}
+}
