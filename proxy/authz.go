@@ -74,8 +74,8 @@ type JWTProvider struct {
 	// '.') in headers, e.g. {sub: x-user}. A header named here or in
 	// outputPayloadHeader is always removed from what the client sent.
 	OutputClaimHeaders map[string]string `json:"outputClaimHeaders"`
-	// StripToken removes the token's header before the request goes to
-	// the app.
+	// StripToken removes the token (its header, or its query parameter)
+	// before the request goes to the app.
 	StripToken bool `json:"stripToken"`
 	// ClockSkew is the leeway on exp, nbf and iat.
 	ClockSkew Duration `json:"clockSkew"`
@@ -562,9 +562,10 @@ func (s jwtStage) Decide(r *Request) *Answer {
 	}
 	port := r.Dst.Port()
 	var (
-		tok  string
-		from *tokenSource
-		hdr  string
+		tok   string
+		from  *tokenSource
+		hdr   string // the header the token came in, or
+		param string // the query parameter
 	)
 	for _, ts := range st.providers {
 		if ts.ports != nil && !ts.ports[port] {
@@ -599,7 +600,7 @@ func (s jwtStage) Decide(r *Request) *Answer {
 				if vals, err := url.ParseQuery(q); err == nil {
 					for _, name := range ts.cfg.FromParams {
 						if v := vals.Get(name); v != "" {
-							tok, from = v, ts
+							tok, from, param = v, ts, name
 							break
 						}
 					}
@@ -623,8 +624,12 @@ func (s jwtStage) Decide(r *Request) *Answer {
 			challenge: `Bearer error="invalid_token"`}
 	}
 	r.claims = claims
-	if from.cfg.StripToken && hdr != "" {
+	switch {
+	case !from.cfg.StripToken:
+	case hdr != "":
 		r.DelAlike(hdr)
+	case param != "":
+		r.SetTarget(withoutParam(r.Target(), param))
 	}
 	if h := from.cfg.OutputPayloadHeader; h != "" {
 		r.Set(h, base64.RawURLEncoding.EncodeToString(claims.Payload))
@@ -639,6 +644,27 @@ func (s jwtStage) Decide(r *Request) *Answer {
 		}
 	}
 	return nil
+}
+
+// withoutParam returns target without the query parameter name (every
+// occurrence), the rest of the query as it was.
+func withoutParam(target, name string) string {
+	path, q, ok := strings.Cut(target, "?")
+	if !ok {
+		return target
+	}
+	var kept []string
+	for _, kv := range strings.Split(q, "&") {
+		k, _, _ := strings.Cut(kv, "=")
+		if uk, err := url.QueryUnescape(k); err == nil && uk == name {
+			continue
+		}
+		kept = append(kept, kv)
+	}
+	if len(kept) == 0 {
+		return path
+	}
+	return path + "?" + strings.Join(kept, "&")
 }
 
 // meshHTTPClient is the client the sidecar fetches JWKS with: through

@@ -487,3 +487,41 @@ policy:
 		t.Errorf("a changed provider was kept on reload")
 	}
 }
+
+// TestJWTFromQuery: a token sent as a query parameter is validated, and
+// with stripToken removed from the target, the rest of the query kept,
+// over HTTP/1.1 and HTTP/2 alike.
+func TestJWTFromQuery(t *testing.T) {
+	mca := newMeshCA(t)
+	cm, sm := mca.meshes()
+	app, seen := startL7App(t)
+	key := jwtauthtest.NewKey(t, "EdDSA", "k1")
+	jwks := filepath.Join(t.TempDir(), "jwks.json")
+	if err := os.WriteFile(jwks, jwtauthtest.JWKS(key), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pol := policyOf(t, `
+policy:
+  jwtProviders:
+  - {name: corp, issuer: https://idp.test, jwksFile: `+jwks+`, fromParams: [access_token], stripToken: true}
+  rules:
+  - {name: token-holders, action: allow, jwt: {issuers: [https://idp.test]}}
+`)
+	p := startPair(t, app, cm, sm, pairOptions{serverCfg: withPolicy(pol)})
+	tok := key.Sign(t, map[string]any{"iss": "https://idp.test", "exp": time.Now().Unix() + 300})
+	for _, c := range []struct {
+		name   string
+		client *http.Client
+	}{{"http1", h1Client(t)}, {"h2c", h2cClient(t)}} {
+		resp, body := get(t, c.client, "http://"+p.client.out()+"/x?a=1&access_token="+tok+"&b=2", nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", c.name, resp.StatusCode, body)
+		}
+		if got := seen()[len(seen())-1].uri; got != "/x?a=1&b=2" {
+			t.Errorf("%s: the app got %q; want the token stripped, /x?a=1&b=2", c.name, got)
+		}
+		if resp, _ := get(t, c.client, "http://"+p.client.out()+"/x?a=1", nil); resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s: no token: %d; want 403", c.name, resp.StatusCode)
+		}
+	}
+}

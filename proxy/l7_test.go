@@ -28,6 +28,7 @@ type seenRequest struct {
 	proto  int
 	header http.Header
 	host   string
+	uri    string // the request target
 }
 
 // startApp starts an HTTP app on loopback serving HTTP/1.1 and h2c. It
@@ -38,7 +39,7 @@ func startL7App(t *testing.T) (addr string, seen func() []seenRequest) {
 	var reqs []seenRequest
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
-		reqs = append(reqs, seenRequest{proto: r.ProtoMajor, header: r.Header.Clone(), host: r.Host})
+		reqs = append(reqs, seenRequest{proto: r.ProtoMajor, header: r.Header.Clone(), host: r.Host, uri: r.RequestURI})
 		mu.Unlock()
 		switch {
 		case strings.HasPrefix(r.URL.Path, "/status/"):

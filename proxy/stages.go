@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -101,6 +103,9 @@ func (r *Request) Method() string { return r.msg.method() }
 // Target returns the request target as sent (path and query, usually).
 func (r *Request) Target() string { return r.msg.target() }
 
+// SetTarget replaces the request target (origin form: path and query).
+func (r *Request) SetTarget(t string) { r.msg.setTarget(t) }
+
 // Authority returns the Host header (HTTP/1) or :authority (HTTP/2).
 func (r *Request) Authority() string { return r.msg.authority() }
 
@@ -122,6 +127,7 @@ func (r *Request) DelAlike(name string) { r.msg.delAlike(name) }
 type requestFields interface {
 	method() string
 	target() string
+	setTarget(t string)
 	authority() string
 	has(name string) bool
 	get(name string) string
@@ -243,8 +249,18 @@ func (clientIdentity) Decide(r *Request) *Answer {
 // httpFields is a net/http request as a stage sees it (HTTP/2).
 type httpFields struct{ r *http.Request }
 
-func (h httpFields) method() string    { return h.r.Method }
-func (h httpFields) target() string    { return h.r.RequestURI }
+func (h httpFields) method() string { return h.r.Method }
+func (h httpFields) target() string { return h.r.RequestURI }
+func (h httpFields) setTarget(t string) {
+	h.r.RequestURI = t
+	path, q, _ := strings.Cut(t, "?")
+	if path != h.r.URL.EscapedPath() {
+		if u, err := url.ParseRequestURI(t); err == nil {
+			h.r.URL.Path, h.r.URL.RawPath = u.Path, u.RawPath
+		}
+	}
+	h.r.URL.RawQuery = q
+}
 func (h httpFields) authority() string { return h.r.Host }
 func (h httpFields) has(name string) bool {
 	_, ok := h.r.Header[http.CanonicalHeaderKey(name)]
@@ -265,6 +281,7 @@ type h1Fields struct{ m *h1Msg }
 
 func (h h1Fields) method() string         { return string(h.m.method) }
 func (h h1Fields) target() string         { return string(h.m.target) }
+func (h h1Fields) setTarget(t string)     { h.m.target = []byte(t) }
 func (h h1Fields) authority() string      { return string(h.m.get("host")) }
 func (h h1Fields) has(name string) bool   { return h.m.has(name) }
 func (h h1Fields) get(name string) string { return string(h.m.get(name)) }
