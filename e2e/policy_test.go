@@ -664,9 +664,16 @@ func TestPolicyReloadUnderLoad(t *testing.T) {
 	if n := len(app.requests("/probe/")); n != probeOK {
 		t.Errorf("the app saw %d probes, want the %d answered 200", n, probeOK)
 	}
+	// Each probe answered 403 was denied and counted once. Rarely (about
+	// one run in ten here) one more is counted: the client sidecar resends
+	// a request whose pooled connection ended before any answer came back
+	// (h1serve.go, exchange), and the api sidecar decides it again. The
+	// log cannot tell (zap samples a line logged a hundred times a
+	// second), so one or two more are let pass; a count that misses a
+	// denial, or counts each twice, does not.
 	m := sapi.metrics(t)
-	if n := sumDecisions(m, "rule=probe-closed}", "result=denied"); n != float64(len(probes)-probeOK) {
-		t.Errorf("probe-closed denied %v requests, want the %d probes answered 403", n, len(probes)-probeOK)
+	if n, want := sumDecisions(m, "rule=probe-closed}", "result=denied"), float64(len(probes)-probeOK); n < want || n > want+2 {
+		t.Errorf("probe-closed denied %v requests, want the %v probes answered 403 (or one or two more, resent)", n, want)
 	}
 	if n := sumDecisions(m, "rule=probe}"); n != 0 { // rule sorts last of the labels
 		t.Errorf("the decisions of rule probe, gone with the reload, are still in /metrics (%v)", n)
