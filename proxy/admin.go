@@ -15,7 +15,7 @@ import (
 // adminEndpoints are listed by the admin index, in order.
 var adminEndpoints = []struct{ path, what string }{
 	{"/config", "the effective configuration, as YAML (?format=json for JSON)"},
-	{"/explain", "how policy decides a call: ?from=SPIFFE_ID&port=N&method=GET&path=/x&header=k:v (see meshgate policy explain)"},
+	{"/explain", "how policy decides a call: ?from=SPIFFE_ID&port=N&method=GET&path=/x&header=k:v, the flags of meshgate policy explain"},
 	{"/quitquitquit", "POST: drain and exit"},
 	{"/debug/pprof/", "Go profiles"},
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -131,39 +132,16 @@ func (r explainRequest) Get(n string) string {
 	return r.h.Get(n)
 }
 
-// ParseExplainHeader reads a header given as "name=value" or
-// "name: value".
-func ParseExplainHeader(s string) (name, value string, err error) {
-	i := strings.IndexAny(s, "=:")
-	if i <= 0 {
-		return "", "", fmt.Errorf("%q: want name=value or name: value", s)
-	}
-	name, value = strings.TrimSpace(s[:i]), strings.TrimSpace(s[i+1:])
-	if !validHeaderName(name) {
-		return "", "", fmt.Errorf("%q is not a header name", name)
-	}
-	return name, value, nil
-}
-
-// serveExplain explains a call under the running policy:
-// /explain?from=ID&port=N[&direction=outbound][&source=IP][&to_ip=IP]
-// [&to_host=NAME][&to_identity=ID][&method=M&path=P&authority=A]
-// [&header=k:v ...][&token=JWT].
-func (p *Proxy) serveExplain(w http.ResponseWriter, r *http.Request) {
-	q, err := explainQueryOf(r)
-	if err != nil {
-		http.Error(w, "explain: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	st := p.policy.Load()
-	res := explainWith(r.Context(), st.eng, st.jwt, q)
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	res.Format(w)
-}
-
-func explainQueryOf(r *http.Request) (ExplainQuery, error) {
-	v := r.URL.Query()
-	var q ExplainQuery
+// ParseExplainQuery reads a call to explain from named values, as the
+// admin API's /explain takes them as query parameters and `meshgate
+// policy explain` as flags: direction, port, from, source-ip, to-ip,
+// to-host, to-identity, method, path, authority, header (repeated,
+// name=value or "name: value") and token. A path, header or authority
+// without a method is a GET. Every problem is reported, each named by
+// field(key) (e.g. "--from" for a flag).
+func ParseExplainQuery(v url.Values, field func(key string) string) (ExplainQuery, error) {
+	q := ExplainQuery{DestHost: v.Get("to-host"), Method: v.Get("method"), Path: v.Get("path"),
+		Authority: v.Get("authority"), Token: v.Get("token"), Header: http.Header{}}
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	switch d := v.Get("direction"); d {
@@ -172,48 +150,68 @@ func explainQueryOf(r *http.Request) (ExplainQuery, error) {
 	case "outbound":
 		q.Direction = policy.Outbound
 	default:
-		bad("direction: %q; want inbound or outbound", d)
+		bad("%s %q: want inbound or outbound", field("direction"), d)
 	}
-	if s := v.Get("port"); s == "" {
-		bad("port: missing; the app's port (inbound) or the destination's (outbound), e.g. port=8080")
-	} else if n, err := strconv.ParseUint(s, 10, 16); err != nil || n == 0 {
-		bad("port: %q is not a port", s)
+	if n, err := strconv.ParseUint(v.Get("port"), 10, 16); err != nil || n == 0 {
+		bad("%s: want the port the call is made to, 1 to 65535: the app's (inbound) or the destination's (outbound)", field("port"))
 	} else {
 		q.Port = uint16(n)
 	}
-	ids := map[string]*spiffeid.ID{"from": &q.From, "to_identity": &q.DestID}
-	for k, dst := range ids {
-		if s := v.Get(k); s != "" {
+	for _, k := range []struct {
+		key string
+		dst *spiffeid.ID
+	}{{"from", &q.From}, {"to-identity", &q.DestID}} {
+		if s := v.Get(k.key); s != "" {
 			id, err := spiffeid.FromString(s)
 			if err != nil {
-				bad("%s: %q is not a SPIFFE ID: %v", k, s, err)
+				bad("%s %q: not a SPIFFE ID (%v); want e.g. spiffe://cluster.local/ns/shop/sa/web", field(k.key), s, err)
 			}
-			*dst = id
+			*k.dst = id
 		}
 	}
-	addrs := map[string]*netip.Addr{"source": &q.SourceIP, "to_ip": &q.DestIP}
-	for k, dst := range addrs {
-		if s := v.Get(k); s != "" {
+	for _, k := range []struct {
+		key string
+		dst *netip.Addr
+	}{{"source-ip", &q.SourceIP}, {"to-ip", &q.DestIP}} {
+		if s := v.Get(k.key); s != "" {
 			a, err := netip.ParseAddr(s)
 			if err != nil {
-				bad("%s: %q is not an IP address", k, s)
+				bad("%s %q: not an IP address", field(k.key), s)
 			}
-			*dst = a
+			*k.dst = a
 		}
 	}
-	q.DestHost = v.Get("to_host")
-	q.Method, q.Path, q.Authority, q.Token = v.Get("method"), v.Get("path"), v.Get("authority"), v.Get("token")
-	if q.Method == "" && (q.Path != "" || v.Has("header")) {
-		q.Method = http.MethodGet
-	}
-	q.Header = http.Header{}
 	for _, h := range v["header"] {
-		name, value, err := ParseExplainHeader(h)
-		if err != nil {
-			bad("header: %v", err)
+		i := strings.IndexAny(h, "=:")
+		if i <= 0 {
+			bad("%s %q: want name=value or name: value", field("header"), h)
+			continue
+		}
+		name, value := strings.TrimSpace(h[:i]), strings.TrimSpace(h[i+1:])
+		if !validHeaderName(name) {
+			bad("%s %q: %q is not a header name", field("header"), h, name)
 			continue
 		}
 		q.Header.Add(name, value)
 	}
+	if q.Method == "" && (q.Path != "" || len(q.Header) > 0 || q.Authority != "") {
+		q.Method = http.MethodGet
+	}
 	return q, errors.Join(errs...)
+}
+
+// serveExplain explains a call under the running policy:
+// /explain?from=ID&port=N[&direction=outbound][&source-ip=IP][&to-ip=IP]
+// [&to-host=NAME][&to-identity=ID][&method=M&path=P&authority=A]
+// [&header=k:v ...][&token=JWT] (ParseExplainQuery).
+func (p *Proxy) serveExplain(w http.ResponseWriter, r *http.Request) {
+	q, err := ParseExplainQuery(r.URL.Query(), func(k string) string { return k })
+	if err != nil {
+		http.Error(w, "explain: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	st := p.policy.Load()
+	res := explainWith(r.Context(), st.eng, st.jwt, q)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	res.Format(w)
 }

@@ -154,16 +154,10 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 // (HTTP goes by the pooled L7 connections), and if they are not HTTP
 // after all, dials the destination with mesh TLS and passes them on.
 func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.AddrPort, start time.Time, az *connAuthz, m *dirMetrics) outcome {
-	op := opening{first: speakerClient}
-	if !detectSettled(pc.peeked()) {
-		race := detectRace(pc, start.Add(p.cfg.Protocols.DetectTimeout.D()))
-		var err error
-		if op, err = race.run(ctx); err != nil {
-			return outcome{dst: dst, err: err, refused: true, mtls: true}
-		}
+	d, err := p.awaitClient(ctx, pc, start)
+	if err != nil {
+		return outcome{dst: dst, err: err, refused: true, mtls: true}
 	}
-	d := verdict(op, pc.peeked())
-	p.countDetection(Outbound, d, time.Since(start))
 	if d.proto.Protocol == sniff.HTTP1 || d.proto.Protocol == sniff.HTTP2 {
 		p.httpDests.remember(dst, time.Now())
 		o := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, az, m)
@@ -175,6 +169,23 @@ func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.Add
 	return o
 }
 
+// awaitClient classifies what the app sends first on an outbound
+// connection that nothing is dialed for yet (protocols.detectTimeout at
+// most since start) and counts the verdict.
+func (p *Proxy) awaitClient(ctx context.Context, pc *peekConn, start time.Time) (detection, error) {
+	op := opening{first: speakerClient}
+	if !detectSettled(pc.peeked()) {
+		race := detectRace(pc, start.Add(p.cfg.Protocols.DetectTimeout.D()))
+		var err error
+		if op, err = race.run(ctx); err != nil {
+			return detection{}, err
+		}
+	}
+	d := verdict(op, pc.peeked())
+	p.countDetection(Outbound, d, time.Since(start))
+	return d, nil
+}
+
 // outboundByRequest serves a connection that policy denied, or whose
 // HTTP requests it decides (az): nothing is dialed until that is known.
 // The app's first bytes are awaited (protocols.detectTimeout at most).
@@ -184,19 +195,12 @@ func (p *Proxy) detectKnownHTTP(ctx context.Context, pc *peekConn, dst netip.Add
 // is not HTTP (policy.ConnDecision.Opaque): refused with a reset, or
 // forwarded.
 func (p *Proxy) outboundByRequest(ctx context.Context, client *net.TCPConn, dst netip.AddrPort, meshTLS bool, az *connAuthz, m *dirMetrics) outcome {
-	start := time.Now()
 	pc := &peekConn{TCPConn: client}
 	defer pc.release()
-	op := opening{first: speakerClient}
-	if !detectSettled(pc.peeked()) {
-		race := detectRace(pc, start.Add(p.cfg.Protocols.DetectTimeout.D()))
-		var err error
-		if op, err = race.run(ctx); err != nil {
-			return outcome{dst: dst, err: err, refused: true}
-		}
+	d, err := p.awaitClient(ctx, pc, time.Now())
+	if err != nil {
+		return outcome{dst: dst, err: err, refused: true}
 	}
-	d := verdict(op, pc.peeked())
-	p.countDetection(Outbound, d, time.Since(start))
 	if noCall(d, az) {
 		return outcome{dst: dst, detected: &d}
 	}

@@ -6,15 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"net/netip"
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
 	"meshgate/proxy"
-	"meshgate/proxy/policy"
 )
 
 const policyDescription = `
@@ -87,65 +84,26 @@ func runPolicyExplain(ctx context.Context, args []string, stdout, stderr io.Writ
 		return err
 	}
 	var problems []error
-	bad := func(format string, a ...any) { problems = append(problems, fmt.Errorf(format, a...)) }
 	if *configPath == "" {
-		bad("--config: missing; name the proxy config file whose policy to explain")
+		problems = append(problems, errors.New("--config: missing; name the proxy config file whose policy to explain"))
 	}
-	if *port == 0 || *port > 65535 {
-		bad("--port: want the port the call is made to, 1 to 65535")
-	}
-	q := proxy.ExplainQuery{Port: uint16(*port), DestHost: *toHost, Method: *method, Path: *path, Authority: *authority, Header: http.Header{}}
-	switch *direction {
-	case "inbound":
-		q.Direction = policy.Inbound
-	case "outbound":
-		q.Direction = policy.Outbound
-	default:
-		bad("--direction %q: want inbound or outbound", *direction)
-	}
-	for flagName, s := range map[string]struct {
-		v   string
-		dst *spiffeid.ID
-	}{"--from": {*from, &q.From}, "--to-identity": {*toID, &q.DestID}} {
-		if s.v == "" {
-			continue
+	v := url.Values{"direction": {*direction}, "port": {strconv.FormatUint(uint64(*port), 10)}, "header": []string(headers)}
+	for k, s := range map[string]string{"from": *from, "source-ip": *sourceIP, "to-ip": *toIP, "to-host": *toHost,
+		"to-identity": *toID, "method": *method, "path": *path, "authority": *authority} {
+		if s != "" {
+			v.Set(k, s)
 		}
-		id, err := spiffeid.FromString(s.v)
-		if err != nil {
-			bad("%s %q: not a SPIFFE ID (%v); want e.g. spiffe://cluster.local/ns/shop/sa/web", flagName, s.v, err)
-		}
-		*s.dst = id
-	}
-	for flagName, s := range map[string]struct {
-		v   string
-		dst *netip.Addr
-	}{"--source-ip": {*sourceIP, &q.SourceIP}, "--to-ip": {*toIP, &q.DestIP}} {
-		if s.v == "" {
-			continue
-		}
-		a, err := netip.ParseAddr(s.v)
-		if err != nil {
-			bad("%s %q: not an IP address", flagName, s.v)
-		}
-		*s.dst = a
-	}
-	for _, h := range headers {
-		name, value, err := proxy.ParseExplainHeader(h)
-		if err != nil {
-			bad("--header %v", err)
-			continue
-		}
-		q.Header.Add(name, value)
-	}
-	if q.Method == "" && (q.Path != "" || len(headers) > 0 || q.Authority != "") {
-		q.Method = http.MethodGet
 	}
 	if *jwtFile != "" {
 		b, err := os.ReadFile(*jwtFile)
 		if err != nil {
-			bad("--jwt: %v", err)
+			problems = append(problems, fmt.Errorf("--jwt: %v", err))
 		}
-		q.Token = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(b)), "Bearer "))
+		v.Set("token", strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(b)), "Bearer ")))
+	}
+	q, err := proxy.ParseExplainQuery(v, func(k string) string { return "--" + k })
+	if err != nil {
+		problems = append(problems, splitLines(err)...)
 	}
 	if len(problems) > 0 {
 		for _, p := range problems {
@@ -167,6 +125,15 @@ func runPolicyExplain(ctx context.Context, args []string, stdout, stderr io.Writ
 		return errDenied
 	}
 	return nil
+}
+
+// splitLines is each problem of a joined error.
+func splitLines(err error) []error {
+	var out []error
+	for _, l := range strings.Split(err.Error(), "\n") {
+		out = append(out, errors.New(l))
+	}
+	return out
 }
 
 // headerFlags collects repeated --header flags.

@@ -270,11 +270,11 @@ func (e *Engine) build(d int, withDry bool) ruleset {
 	s := ruleset{byPort: map[uint16]*portRules{}}
 	var ports []uint16
 	for _, r := range e.rules {
-		if dirIndex(r.ref.directionOf()) != d {
+		if dirIndex(r.ref.dir) != d {
 			continue
 		}
-		ports = append(ports, r.ports()...)
-		if len(r.ports()) == 0 && len(r.l7) > 0 {
+		ports = append(ports, r.ref.ports...)
+		if len(r.ref.ports) == 0 && len(r.l7) > 0 {
 			// Not for the opaque ports, which get rules of their own.
 			for port := range e.opaque {
 				ports = append(ports, port)
@@ -306,14 +306,14 @@ func (e *Engine) build(d int, withDry bool) ruleset {
 	for _, port := range ports {
 		pr := &portRules{}
 		for _, r := range e.rules {
-			if dirIndex(r.ref.directionOf()) == d && e.applies(r, port) {
+			if dirIndex(r.ref.dir) == d && e.applies(r, port) {
 				add(pr, r)
 			}
 		}
 		s.byPort[port] = pr
 	}
 	for _, r := range e.rules {
-		if dirIndex(r.ref.directionOf()) == d && len(r.ports()) == 0 {
+		if dirIndex(r.ref.dir) == d && len(r.ref.ports) == 0 {
 			add(&s.any, r)
 		}
 	}
@@ -322,10 +322,6 @@ func (e *Engine) build(d int, withDry bool) ruleset {
 	}
 	return s
 }
-
-func (r *RuleRef) directionOf() Direction { return r.dir }
-
-func (r *rule) ports() []uint16 { return r.ref.ports }
 
 // applies reports whether r applies to port: a port of its own, or any
 // (but, for a rule with HTTP or JWT conditions, one declared opaque).
