@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"meshgate/intercept"
+	"meshgate/nsrun"
 	meshsidecar "meshgate/sidecar"
 	"meshgate/topology"
 )
@@ -448,4 +449,18 @@ func curl(t *testing.T, pod *topology.Pod, args ...string) string {
 		t.Fatalf("curl in %s: %v", pod.Name, err)
 	}
 	return out
+}
+
+// listenIn listens on port of every address inside pod.
+func listenIn(t *testing.T, pod *topology.Pod, port int) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	err := nsrun.Do(pod.Path(), func() (err error) {
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
 }

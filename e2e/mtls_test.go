@@ -71,20 +71,7 @@ func meshArgs(mode string, pods ...*topology.Pod) []string {
 // labels contain every one of want (e.g. "result=ok", "direction=inbound").
 func (s *sidecar) tlsHandshakes(t *testing.T, want ...string) float64 {
 	t.Helper()
-	var sum float64
-	for k, v := range s.metrics(t) {
-		if !strings.HasPrefix(k, "meshgate_tls_handshakes_total{") {
-			continue
-		}
-		ok := true
-		for _, w := range want {
-			ok = ok && strings.Contains(k, w)
-		}
-		if ok {
-			sum += v
-		}
-	}
-	return sum
+	return s.metrics(t).Sum("meshgate_tls_handshakes_total", want...)
 }
 
 // TestMTLSOnTheWire: between two enrolled pods, the link carries TLS 1.3

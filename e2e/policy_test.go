@@ -25,7 +25,6 @@ import (
 	"time"
 
 	"meshgate/intercept"
-	"meshgate/nsrun"
 	"meshgate/proxy/jwtauth/jwtauthtest"
 	"meshgate/topology"
 )
@@ -888,20 +887,6 @@ func startTCPGreeter(t *testing.T, pod *topology.Pod, port int, greeting string)
 	return g
 }
 
-// listenIn listens on port of every address inside pod.
-func listenIn(t *testing.T, pod *topology.Pod, port int) net.Listener {
-	t.Helper()
-	var ln net.Listener
-	err := nsrun.Do(pod.Path(), func() (err error) {
-		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
-
 // rawTCP connects from inside pod to addr as a plain TCP client, sends
 // send (if any), and returns what it reads until the connection ends, and
 // how it ended (nil: closed by the other side; os.ErrDeadlineExceeded
@@ -1010,20 +995,7 @@ func checkDecisions(t *testing.T, s *sidecar, wants ...decisionCount) {
 // sumDecisions sums meshgate_policy_decisions_total over the samples
 // whose labels contain every one of want.
 func sumDecisions(m topology.Samples, want ...string) float64 {
-	var sum float64
-	for k, v := range m {
-		if !strings.HasPrefix(k, "meshgate_policy_decisions_total{") {
-			continue
-		}
-		ok := true
-		for _, w := range want {
-			ok = ok && strings.Contains(k, w)
-		}
-		if ok {
-			sum += v
-		}
-	}
-	return sum
+	return m.Sum("meshgate_policy_decisions_total", want...)
 }
 
 func decisionLines(m topology.Samples) string {

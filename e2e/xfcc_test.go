@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -17,7 +16,6 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/websocket"
 
-	"meshgate/nsrun"
 	"meshgate/topology"
 )
 
@@ -44,14 +42,7 @@ type identityApp struct {
 // network namespace, so its sidecar's inbound rules apply to it).
 func startIdentityApp(t *testing.T, pod *topology.Pod, port int) *identityApp {
 	t.Helper()
-	var ln net.Listener
-	err := nsrun.Do(pod.Path(), func() (err error) {
-		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listenIn(t, pod, port)
 	app := &identityApp{seen: make(map[string][]http.Header)}
 	ws := websocket.Handler(func(c *websocket.Conn) { io.Copy(c, c) })
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -56,6 +56,25 @@ func (p *Pod) NameClient(dnsServer string, timeout time.Duration, keepAlive bool
 // with labels sorted by name, or just "name" when there are none.
 type Samples map[string]float64
 
+// Sum adds up the samples of the metric name whose labels contain every
+// one of want (e.g. "result=ok", "direction=inbound").
+func (s Samples) Sum(name string, want ...string) float64 {
+	var sum float64
+next:
+	for k, v := range s {
+		if !strings.HasPrefix(k, name+"{") {
+			continue
+		}
+		for _, w := range want {
+			if !strings.Contains(k, w) {
+				continue next
+			}
+		}
+		sum += v
+	}
+	return sum
+}
+
 // Scrape reads the Prometheus text endpoint http://127.0.0.1:port/metrics
 // from inside the pod, where a sidecar serves it.
 func (p *Pod) Scrape(ctx context.Context, port uint16) (Samples, error) {
