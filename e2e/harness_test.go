@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -463,4 +464,18 @@ func listenIn(t *testing.T, pod *topology.Pod, port int) net.Listener {
 		t.Fatal(err)
 	}
 	return ln
+}
+
+// serveHTTPIn serves srv (HTTP/1.x and h2c) on port of every address
+// inside pod until the test ends, and waits until it listens.
+func serveHTTPIn(t *testing.T, pod *topology.Pod, port int, srv *http.Server) {
+	t.Helper()
+	ln := listenIn(t, pod, port)
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+	waitListening(t, pod, netip.AddrPortFrom(pod.IPv4, uint16(port)), nil)
 }

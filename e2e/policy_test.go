@@ -776,7 +776,6 @@ type recordingApp struct {
 // answer is 200 "ok".
 func startRecordingApp(t *testing.T, pod *topology.Pod, port int, handler http.HandlerFunc) *recordingApp {
 	t.Helper()
-	ln := listenIn(t, pod, port)
 	app := &recordingApp{}
 	srv := &http.Server{
 		ReadHeaderTimeout: 10 * time.Second,
@@ -796,13 +795,7 @@ func startRecordingApp(t *testing.T, pod *topology.Pod, port int, handler http.H
 			io.WriteString(w, "ok")
 		}),
 	}
-	srv.Protocols = new(http.Protocols)
-	srv.Protocols.SetHTTP1(true)
-	srv.Protocols.SetUnencryptedHTTP2(true)
-	done := make(chan struct{})
-	go func() { defer close(done); srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Close(); <-done })
-	waitListening(t, pod, netip.AddrPortFrom(pod.IPv4, uint16(port)), nil)
+	serveHTTPIn(t, pod, port, srv)
 	return app
 }
 

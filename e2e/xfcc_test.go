@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -42,7 +41,6 @@ type identityApp struct {
 // network namespace, so its sidecar's inbound rules apply to it).
 func startIdentityApp(t *testing.T, pod *topology.Pod, port int) *identityApp {
 	t.Helper()
-	ln := listenIn(t, pod, port)
 	app := &identityApp{seen: make(map[string][]http.Header)}
 	ws := websocket.Handler(func(c *websocket.Conn) { io.Copy(c, c) })
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -57,13 +55,7 @@ func startIdentityApp(t *testing.T, pod *topology.Pod, port int) *identityApp {
 		io.WriteString(w, r.Proto)
 		w.Header().Set("X-App-Trailer", "done")
 	})}
-	srv.Protocols = new(http.Protocols)
-	srv.Protocols.SetHTTP1(true)
-	srv.Protocols.SetUnencryptedHTTP2(true)
-	done := make(chan struct{})
-	go func() { defer close(done); srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Close(); <-done })
-	waitListening(t, pod, netip.AddrPortFrom(pod.IPv4, uint16(port)), nil)
+	serveHTTPIn(t, pod, port, srv)
 	return app
 }
 
