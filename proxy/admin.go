@@ -10,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"sigs.k8s.io/yaml"
+
+	"meshgate/proxy/appprobe"
 )
 
 // adminEndpoints are listed by the admin index, in order.
@@ -92,9 +94,16 @@ func (p *Proxy) metricsHandler() http.Handler {
 // healthHandler serves the probes. /healthz/ready is 200 once every
 // listener is up and 503 before that and once draining, so load balancers
 // and kubelet stop sending work; /healthz/live is 200 while the process
-// serves at all.
+// serves at all. The app's own probes (WithAppProbes) are served beside
+// them, each running the app's original probe, through marked sockets.
 func (p *Proxy) healthHandler() http.Handler {
 	mux := http.NewServeMux()
+	if len(p.appProbes) > 0 {
+		h := appprobe.Handler(p.appProbes, appprobe.NewRunner(p.markCtl), p.log.Named("appprobe"))
+		for path := range p.appProbes {
+			mux.Handle("GET "+path, h)
+		}
+	}
 	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		switch {

@@ -127,6 +127,7 @@
 //	mesh TLS: MeshTLS, configs, shared bits    mtls.go
 //	metrics                                    metrics.go
 //	admin API and health probes                admin.go
+//	  the app's own probes (WithAppProbes)     appprobe/
 //	config                                     config.go
 //
 // The system calls live in *_linux.go files: origdst_linux.go (the

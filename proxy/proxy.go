@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
+	"meshgate/proxy/appprobe"
 	"meshgate/sockmark"
 )
 
@@ -48,6 +49,13 @@ type Option func(*Proxy)
 // the Go runtime and process collectors.
 func WithRegistry(reg *prometheus.Registry) Option {
 	return func(p *Proxy) { p.reg = reg }
+}
+
+// WithAppProbes serves the app's original probes on the health port, each
+// at its path (package appprobe: Istio-style probe rewriting). The set
+// must be valid (appprobe.Parse).
+func WithAppProbes(set appprobe.Set) Option {
+	return func(p *Proxy) { p.appProbes = maps.Clone(set) }
 }
 
 // Addrs are the addresses a running proxy is bound to; with port 0 in the
@@ -81,6 +89,8 @@ type Proxy struct {
 	balancer Balancer
 	// names is WithHostNames'; nil: outbound policy knows no names.
 	names HostNamer
+	// appProbes is WithAppProbes'; nil: none.
+	appProbes appprobe.Set
 	// policy is the authorization in effect (authz.go); a reload swaps
 	// it. cfgMu serialises reloads, and guards cfg.Policy for /config.
 	policy atomic.Pointer[policyState]
