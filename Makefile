@@ -19,6 +19,16 @@ E2E_TIMEOUT ?= 30m
 
 export PATH := $(PATH):/usr/local/go/bin
 
+# The container image: podman builds it (runc runs its steps, catatonit is
+# a pod's init, netavark its network), mmdebstrap builds the base image
+# where no registry is reachable (scripts/base-image.sh).
+PODMAN_PACKAGES := podman runc catatonit netavark aardvark-dns mmdebstrap
+IMAGE      ?= meshgate:latest
+BASE_IMAGE := docker.io/library/debian:bookworm-slim
+# scripts/containers.conf: what podman 4.3 needs on these machines (runc,
+# cgroupfs, file events); the e2e tests use it too.
+export CONTAINERS_CONF ?= $(CURDIR)/scripts/containers.conf
+
 # Go tools the e2e tests drive, installed into bin/tools from the module
 # proxy at pinned versions: grpc-go's interop client and server, h2spec.
 TOOLS_DIR  := $(CURDIR)/bin/tools
@@ -29,7 +39,7 @@ FORTIO_VERSION := v1.68.2
 # Where make bench leaves its report.
 BENCH_DIR  := bench-report
 
-.PHONY: all build deps tools vet unit e2e test demo bench bench-fortio golden clean
+.PHONY: all build deps podman-deps image base-image tools vet unit e2e test demo bench bench-fortio golden clean
 
 all: build
 
@@ -42,6 +52,28 @@ deps:
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+## podman-deps: podman and what building and running the image needs
+podman-deps:
+	@missing=""; for p in $(PODMAN_PACKAGES); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "make: installing$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+## base-image: the Dockerfile's base image, built from Debian packages
+## when podman does not have it (no registry is needed)
+base-image: podman-deps
+	$(SUDO) env CONTAINERS_CONF=$(CONTAINERS_CONF) scripts/base-image.sh $(BASE_IMAGE)
+
+## image: the meshgate image from the Dockerfile: the init container and
+## the sidecar (IMAGE=name:tag to name it). Its build steps use the host's
+## network, so podman sets up no network of its own on the host.
+image: build base-image
+	$(SUDO) env CONTAINERS_CONF=$(CONTAINERS_CONF) podman build --pull=never --network=host \
+		--build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 ## tools: the Go tools of the e2e tests, in bin/tools (once)
 tools: $(TOOLS_DIR)/server $(TOOLS_DIR)/client $(TOOLS_DIR)/h2spec
