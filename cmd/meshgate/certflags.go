@@ -109,6 +109,30 @@ func (c *certFlags) check() []error {
 	return problems
 }
 
+// proxyArgs are the flags given, as arguments of "meshgate proxy", with
+// file and directory paths made absolute: enroll starts the sidecar with
+// them, from another working directory.
+func (c *certFlags) proxyArgs() []string {
+	var args []string
+	c.fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "cert-dir", "ca-token-file", "ca-root":
+			v := f.Value.String()
+			if abs, err := filepath.Abs(v); err == nil && v != "" {
+				v = abs
+			}
+			args = append(args, "--"+f.Name, v)
+		case "dns":
+			for _, n := range c.dns {
+				args = append(args, "--dns", n)
+			}
+		case "ca-server", "id", "ca-wait", "workload-api":
+			args = append(args, "--"+f.Name, f.Value.String())
+		}
+	})
+	return args
+}
+
 // certs is the source the flags chose, for the sidecar; call it after
 // check.
 func (c *certFlags) certs() sidecar.Certs {

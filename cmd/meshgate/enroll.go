@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"meshgate/enroll"
+	"meshgate/netlist"
 	"meshgate/nsrun"
 	"meshgate/proxy"
 	"meshgate/redirect"
@@ -28,12 +29,18 @@ can mark its sockets); its PID file and log are kept under --state-dir.
 "meshgate enroll --cleanup" with the same --pid or --netns removes the
 rules first, then drains and stops the sidecar.
 
+The sidecar's certificate flags (--cert-dir, --ca-server with --id,
+--ca-token-file and --ca-root, or --workload-api) and --mtls-mode and
+--mesh-cidrs are those of "meshgate proxy" (see its --help), passed on to
+it; without a certificate the sidecar runs without mTLS.
+
 The rule flags are those of "meshgate redirect" (see its --help). With
 --pid and --capture-dns, the DNS servers to capture are read from the
 workload's own /proc/PID/root/etc/resolv.conf.
 
 Examples:
   meshgate enroll --pid 4242
+  meshgate enroll --pid "$(podman inspect -f '{{.State.Pid}}' web)" --cert-dir /etc/meshgate/web
   meshgate enroll --netns /run/netns/web --exclude-outbound-ports 5432
   meshgate enroll --cleanup --netns /run/netns/web`, stderr)
 	pid := fs.Int("pid", 0, "enroll the network namespace of process `PID`")
@@ -43,6 +50,10 @@ Examples:
 	stateDir := fs.String("state-dir", enroll.DefaultStateDir, "where the sidecar's PID file and log are kept")
 	readyTimeout := fs.Duration("ready-timeout", 15*time.Second, "how long to wait for the sidecar to become ready")
 	logLevel := fs.String("log-level", "info", "log level of enroll itself and of the sidecar: debug, info, warn, error")
+	mtlsMode := fs.String("mtls-mode", "", "the sidecar's `mode` of mesh mTLS: strict, permissive or disable (overrides mtls.mode of --config)")
+	meshCIDRs := fs.String("mesh-cidrs", "", "comma-separated `CIDRs` of the destinations that run a sidecar (overrides mtls.meshCIDRs of --config)")
+	var certs certFlags
+	certs.add(fs)
 	ruleConfig := redirect.AddFlags(fs)
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
@@ -78,6 +89,17 @@ Examples:
 	} else {
 		pcfg = proxy.DefaultConfig()
 	}
+	if !*cleanup {
+		problems = append(problems, certs.check()...)
+		switch proxy.MTLSMode(*mtlsMode) {
+		case "", proxy.MTLSStrict, proxy.MTLSPermissive, proxy.MTLSDisable:
+		default:
+			problems = append(problems, fmt.Errorf("--mtls-mode %q: want strict, permissive or disable", *mtlsMode))
+		}
+		if _, err := netlist.ParseCIDRs(*meshCIDRs); err != nil {
+			problems = append(problems, netlist.Named("--mesh-cidrs", err)...)
+		}
+	}
 	if len(problems) == 0 && !*cleanup {
 		if err := enroll.Agree(rules, pcfg); err != nil {
 			problems = append(problems, err)
@@ -111,6 +133,13 @@ Examples:
 	sidecarArgs := []string{"proxy", "--log-level", *logLevel}
 	if *configPath != "" {
 		sidecarArgs = append(sidecarArgs, "--config", *configPath)
+	}
+	sidecarArgs = append(sidecarArgs, certs.proxyArgs()...)
+	if *mtlsMode != "" {
+		sidecarArgs = append(sidecarArgs, "--mtls-mode", *mtlsMode)
+	}
+	if *meshCIDRs != "" {
+		sidecarArgs = append(sidecarArgs, "--mesh-cidrs", *meshCIDRs)
 	}
 	spid, err := e.Do(ctx, rules, sidecarArgs, pcfg.Health.Address.Port(), *readyTimeout)
 	if err != nil {
