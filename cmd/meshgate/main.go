@@ -28,6 +28,7 @@ var commands = map[string]command{
 	"redirect": {summary: "install (or --cleanup) the iptables rules that send a namespace's traffic through the sidecar", run: runRedirect},
 	"proxy":    {summary: "run the sidecar proxy (no config needed: the defaults work)", run: runProxy},
 	"ca":       {summary: "run the mesh certificate authority: init, issue, serve", run: runCA},
+	"inject":   {summary: "add the meshgate init container and sidecar to Kubernetes manifests; serve it as an admission webhook (inject serve)", run: runInject},
 	"enroll":   {summary: "from the host, enroll a running container: apply rules in its namespace and start its sidecar", run: runEnroll},
 	"demo":     {summary: "build a local mesh of network namespaces, send traffic through it, print a report", run: runDemo},
 	"policy":   {summary: "explain what the authorization policy of a config decides of a call, and why", run: runPolicy},
