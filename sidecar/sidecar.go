@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"meshgate/discovery"
 	"meshgate/mtls"
 	"meshgate/proxy"
+	"meshgate/proxy/appprobe"
 	"meshgate/sockmark"
 )
 
@@ -52,6 +55,16 @@ type Options struct {
 	Registry *Registry
 	// GC tunes the garbage collector (unless GOGC or GOMEMLIMIT is set).
 	GC GC
+	// AppProbes are the app's original probes, served on the health port
+	// (package appprobe); nil: none. --app-probes, MESHGATE_APP_PROBES.
+	AppProbes appprobe.Set
+	// ExitWithApp shuts the sidecar down, as on SIGTERM, once every
+	// process of the app has exited: for the classic sidecar of a Job,
+	// whose pod shares one PID namespace (appwatch.go). --exit-with-app,
+	// MESHGATE_EXIT_WITH_APP.
+	ExitWithApp bool
+	// procRoot is where ExitWithApp reads the processes; "": /proc.
+	procRoot string
 }
 
 // Certs is where the sidecar's certificate comes from: at most one of Dir,
@@ -100,6 +113,11 @@ func (o Options) Validate() error {
 		errs = append(errs, errors.New("--registry: its names are answered by the DNS proxy, which --dns-listen \"\" turns off"))
 	}
 	errs = append(errs, o.GC.Validate())
+	if o.AppProbes != nil {
+		if err := o.AppProbes.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("--app-probes: %w", err))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -112,6 +130,26 @@ func Run(ctx context.Context, o Options) error {
 	}
 	if err := o.Validate(); err != nil {
 		return err
+	}
+	if o.ExitWithApp {
+		proc := o.procRoot
+		if proc == "" {
+			proc = "/proc"
+		}
+		w, err := newAppWatch(proc)
+		if err != nil {
+			return err
+		}
+		var stop context.CancelFunc
+		ctx, stop = context.WithCancel(ctx)
+		var watching sync.WaitGroup
+		defer watching.Wait()
+		defer stop() // before the Wait: the watcher returns when ctx ends
+		watching.Go(func() {
+			if watchApp(ctx, w, appPollInterval, appNotSharedAfter, log) {
+				stop()
+			}
+		})
 	}
 	gcPercent, memLimit := o.GC.apply(os.Getenv)
 	log.Info("garbage collector", zap.String("gc_percent", gcPercent), zap.String("memory_limit", memLimit))
@@ -135,6 +173,10 @@ func Run(ctx context.Context, o Options) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := []proxy.Option{proxy.WithRegistry(reg)}
+	if len(o.AppProbes) > 0 {
+		opts = append(opts, proxy.WithAppProbes(o.AppProbes))
+		log.Info("serving the app's probes on the health port", zap.Strings("paths", slices.Sorted(maps.Keys(o.AppProbes))))
+	}
 	if src != nil {
 		defer src.Close()
 		reg.MustRegister(mtls.NewCertCollector(src))

@@ -3,12 +3,16 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"os"
+	"strconv"
 	"strings"
 
 	"meshgate/netlist"
 	"meshgate/proxy"
+	"meshgate/proxy/appprobe"
 	"meshgate/sidecar"
 )
 
@@ -24,7 +28,8 @@ on these defaults, which match what 'meshgate redirect' installs.
          /quitquitquit, /debug/pprof/
   15020  Prometheus metrics: /metrics
   15021  health: /healthz/ready (200 once listening, 503 while draining),
-         /healthz/live
+         /healthz/live, and the app's own probes at the /app-health/...
+         paths of --app-probes (MESHGATE_APP_PROBES)
   15053  the DNS proxy, on 127.0.0.1 and ::1, UDP and TCP (--dns-listen):
          mesh names from --registry, the rest from the resolvers of
          --resolv-conf, cached for their TTL; 'meshgate redirect
@@ -112,7 +117,27 @@ With a certificate mTLS is strict unless --mtls-mode says otherwise;
 without one it is off. A rotated certificate is used for new handshakes at
 once; open connections are not touched.
 
-GET /config on the admin port shows the configuration in effect.`
+GET /config on the admin port shows the configuration in effect.
+
+On Kubernetes ('meshgate inject' sets both):
+
+  --app-probes JSON    the app's original liveness, readiness and startup
+                       probes, rewritten to the health port: an object
+                       mapping a path under /app-health/ to the probe's
+                       handler, as in the Kubernetes Probe JSON, e.g.
+                       {"/app-health/web/readyz":{"httpGet":{"path":
+                       "/ready","port":8080},"timeoutSeconds":1}}
+                       (httpGet with scheme HTTP or HTTPS, grpc, tcpSocket).
+                       A request to the path runs the probe against the app
+                       (127.0.0.1 unless it names a host; HTTPS unverified,
+                       as kubelet): 200 when it passes, else 503 and why.
+  --exit-with-app      for the classic sidecar of a Job: once every process
+                       of the app has exited, drain and exit 0 as on
+                       SIGTERM. Needs shareProcessNamespace: true (the
+                       sidecar watches the pod's processes in /proc).
+
+Each is also read from the environment, MESHGATE_APP_PROBES and
+MESHGATE_EXIT_WITH_APP=true; the flag wins.`
 
 func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("proxy", "[--config FILE] [--log-level LEVEL] [--cert-dir DIR | --ca-server ADDR ... | --workload-api ADDR] [--mtls-mode MODE] [--mesh-cidrs LIST]", proxyDescription, stderr)
@@ -125,6 +150,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	registryPath := fs.String("registry", "", "answer the mesh names of the registry `FILE` (YAML: services with endpoints, ports, identity)")
 	gcPercent := fs.Int("gc-percent", 0, fmt.Sprintf("garbage collection target in `percent`, as GOGC (which wins when set); 0: %d; -1: off, with --memory-limit", sidecar.DefaultGCPercent))
 	memoryLimit := fs.String("memory-limit", "", "soft limit of the Go runtime's memory in `bytes`, as GOMEMLIMIT (which wins when set), e.g. 64MiB; empty: none")
+	appProbes := fs.String("app-probes", "", "serve the app's original probes on the health port: `JSON` mapping /app-health/... paths to Kubernetes probe handlers (default: $MESHGATE_APP_PROBES)")
+	exitWithApp := fs.Bool("exit-with-app", false, "drain and exit 0 once every process of the app has exited; needs a shared PID namespace (default: $MESHGATE_EXIT_WITH_APP)")
 	var certs certFlags
 	certs.add(fs)
 	if err := parseFlags(fs, args, false); err != nil {
@@ -165,6 +192,13 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		ResolvConf:         *resolvConf,
 		ResolvConfRequired: flagSet(fs, "resolv-conf"),
 	}
+	var err error
+	if o.AppProbes, err = appProbesOf(fs, *appProbes); err != nil {
+		problems = append(problems, err)
+	}
+	if o.ExitWithApp, err = exitWithAppOf(fs, *exitWithApp); err != nil {
+		problems = append(problems, err)
+	}
 	if *dnsListen != "" {
 		o.DNSListen = strings.Split(*dnsListen, ",")
 	}
@@ -197,4 +231,38 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer stopLog()
 	o.Log = log
 	return sidecar.Run(ctx, o)
+}
+
+// appProbesOf parses --app-probes, or MESHGATE_APP_PROBES when the flag
+// is not given; its error names the one it read.
+func appProbesOf(fs *flag.FlagSet, flagValue string) (appprobe.Set, error) {
+	src, data := "--app-probes", flagValue
+	if !flagSet(fs, "app-probes") {
+		src, data = "MESHGATE_APP_PROBES", os.Getenv("MESHGATE_APP_PROBES")
+	}
+	if strings.TrimSpace(data) == "" {
+		return nil, nil
+	}
+	set, err := appprobe.Parse([]byte(data))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", src, err)
+	}
+	return set, nil
+}
+
+// exitWithAppOf is --exit-with-app, or MESHGATE_EXIT_WITH_APP when the
+// flag is not given.
+func exitWithAppOf(fs *flag.FlagSet, flagValue bool) (bool, error) {
+	if flagSet(fs, "exit-with-app") {
+		return flagValue, nil
+	}
+	v := strings.TrimSpace(os.Getenv("MESHGATE_EXIT_WITH_APP"))
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("MESHGATE_EXIT_WITH_APP %q: want true or false", v)
+	}
+	return b, nil
 }
