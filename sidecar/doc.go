@@ -9,8 +9,14 @@
 // the system after a burst, so that a sidecar's memory follows its
 // connections (issue 12).
 //
+// For Kubernetes (issue 14) it serves the app's rewritten probes on the
+// health port (AppProbes, package proxy/appprobe), and, for the classic
+// sidecar of a Job, exits with the app (ExitWithApp: it watches the pod's
+// shared PID namespace, appwatch.go).
+//
 // It also holds WaitReady, the one way to wait for a running sidecar to
-// be ready, used by enrollment, the bench harness and the tests.
+// be ready, used by enrollment, "meshgate wait", the bench harness and the
+// tests.
 //
 // Errors name the "meshgate proxy" flag that sets the option at fault,
 // so the command can print them as they are.

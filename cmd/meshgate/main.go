@@ -34,6 +34,7 @@ var commands = map[string]command{
 	"policy":   {summary: "explain what the authorization policy of a config decides of a call, and why", run: runPolicy},
 	"bench":    {summary: "load harness: drive load at a fixed rate or flat out; serve its backend; measure the mesh (bench mesh)", run: runBench},
 	"version":  {summary: "print the version", run: runVersion},
+	"wait":     {summary: "wait until the sidecar in this namespace is ready (a classic sidecar's postStart hook)", run: runWait},
 	"demo-app": {summary: "the example workload of the demo and the e2e tests", hidden: true, run: runDemoApp},
 }
 
