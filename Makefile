@@ -101,7 +101,7 @@ unit:
 	$(GO) test -race -short -count=1 ./...
 
 ## e2e: everything, including real iptables in real network namespaces (root)
-e2e: deps tools
+e2e: deps tools podman-deps base-image
 	@if [ "$$(id -u)" != 0 ]; then echo "make e2e: needs root (network namespaces, iptables): run 'sudo make e2e'"; exit 1; fi
 	MESHGATE_TOOLS=$(TOOLS_DIR) $(GO) test -count=1 -p 1 -timeout $(E2E_TIMEOUT) ./...
 
