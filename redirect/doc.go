@@ -7,8 +7,9 @@
 // the system; Render prints it as iptables-save text (--dry-run and the
 // golden files under testdata/ are that text). Apply installs a Ruleset in
 // a namespace, idempotently and all or nothing; Cleanup removes everything
-// of ours. AddFlags gives "meshgate redirect" and "meshgate enroll" the
-// same rule flags.
+// of ours. SelfCheck, after Apply, proves with probe connections inside
+// the namespace that the rules capture traffic (selfcheck.go). AddFlags
+// gives "meshgate redirect" and "meshgate enroll" the same rule flags.
 //
 // README.md states the chain invariants and walks through the rule flow.
 package redirect

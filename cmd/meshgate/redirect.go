@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 
+	"go.uber.org/zap"
+
 	"meshgate/redirect"
 )
 
@@ -29,6 +31,13 @@ it was. --cleanup removes everything meshgate installed, whatever flags
 it was applied with (the rule flags are ignored then). --dry-run prints
 the rules and changes nothing; it needs neither root nor iptables.
 
+--self-check, after applying, proves that the rules capture traffic: a
+probe connection to one of the namespace's own addresses must arrive at
+the inbound port 15006 (skipped while a proxy holds that port), and where
+the namespace has a route to 192.0.2.1 (TEST-NET-1), one to it at the
+outbound port 15001; no probe leaves the namespace otherwise. If capture
+does not work, the command fails and says what happened and why.
+
 Applying needs root (CAP_NET_ADMIN, and CAP_SYS_ADMIN for --netns) and
 iptables (apt-get install iptables). The rules go into whichever iptables
 backend (nft or legacy) the namespace already uses.
@@ -45,6 +54,7 @@ func runRedirect(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	dryRun := fs.Bool("dry-run", false, "print the rules that would be installed (iptables-save format) and change nothing")
 	cleanup := fs.Bool("cleanup", false, "remove every rule, chain, route and address meshgate installed")
 	logLevel := fs.String("log-level", "info", "log `level`: debug (every change), info, warn or error")
+	selfCheck := fs.Bool("self-check", false, "after applying, prove with probe connections that the rules capture traffic (see above)")
 	ruleConfig := redirect.AddFlags(fs)
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
@@ -53,6 +63,9 @@ func runRedirect(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	var problems []error
 	if *cleanup && *dryRun {
 		problems = append(problems, errors.New("--cleanup with --dry-run: --dry-run shows the rules an apply would install; drop one of them"))
+	}
+	if *selfCheck && (*cleanup || *dryRun) {
+		problems = append(problems, errors.New("--self-check checks the rules an apply installs; it goes without --cleanup and --dry-run"))
 	}
 	var cfg redirect.Config
 	if !*cleanup {
@@ -82,6 +95,17 @@ func runRedirect(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	case *cleanup:
 		return redirect.Cleanup(ctx, opts)
 	default:
-		return redirect.Apply(ctx, cfg, opts)
+		if err := redirect.Apply(ctx, cfg, opts); err != nil {
+			return err
+		}
+		if !*selfCheck {
+			return nil
+		}
+		res, err := redirect.SelfCheck(ctx, cfg, opts)
+		if err != nil {
+			return err
+		}
+		log.Info("redirect self-check passed", zap.String("netns", *netnsPath), zap.String("inbound", res.Inbound), zap.String("outbound", res.Outbound))
+		return nil
 	}
 }

@@ -50,6 +50,8 @@ func TestRedirectRejects(t *testing.T) {
 		{"bad log level", []string{"--log-level", "loud"}, `--log-level "loud": want debug, info, warn or error`},
 		{"cleanup and dry-run", []string{"--cleanup"},
 			`--cleanup with --dry-run: --dry-run shows the rules an apply would install; drop one of them`},
+		{"self-check of a dry run", []string{"--self-check"},
+			`--self-check checks the rules an apply installs; it goes without --cleanup and --dry-run`},
 		{"every problem at once", []string{"--mode", "nat", "--inbound-ports", "x", "--log-level", "loud"}, strings.Join([]string{
 			`--inbound-ports "x": not a port number; want a comma-separated list like 80,443`,
 			`--mode "nat": want redirect or tproxy`,
