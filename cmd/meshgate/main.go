@@ -25,6 +25,7 @@ type command struct {
 
 // commands is the whole command-line surface (shared/DESIGN.md §2).
 var commands = map[string]command{
+	"init":     {summary: "the init container: install the capture rules here, prove they work (self-check), exit", run: runInit},
 	"redirect": {summary: "install (or --cleanup) the iptables rules that send a namespace's traffic through the sidecar", run: runRedirect},
 	"proxy":    {summary: "run the sidecar proxy (no config needed: the defaults work)", run: runProxy},
 	"ca":       {summary: "run the mesh certificate authority: init, issue, serve", run: runCA},
