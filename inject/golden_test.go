@@ -101,9 +101,11 @@ func TestGolden(t *testing.T) {
 // config or after injecting it with another, equals injecting it once.
 func TestIdempotent(t *testing.T) {
 	others := map[string]func(*Config){
-		"classic":        classic,
-		"secret":         func(c *Config) { c.CertSource = CertSourceSecret },
-		"classic-secret": func(c *Config) { c.Native, c.CertSource, c.CertSecret, c.MTLSMode = false, CertSourceSecret, "other", "disable" },
+		"classic": classic,
+		"secret":  func(c *Config) { c.CertSource = CertSourceSecret },
+		"classic-secret": func(c *Config) {
+			c.Native, c.CertSource, c.CertSecret, c.MTLSMode = false, CertSourceSecret, "other", "disable"
+		},
 		"other-ca": func(c *Config) {
 			c.CAServer, c.TrustDomain, c.Image, c.Version = "ca.example:443", "example.org", "meshgate:old", "old"
 		},

@@ -122,7 +122,7 @@ func (c Config) review(req *AdmissionRequest) (resp *AdmissionResponse, outcome,
 	if req.Kind.Kind != "Pod" || req.Resource.Resource != "pods" || req.SubResource != "" || req.Operation != "CREATE" {
 		return resp, "ignored", "only the creation of pods is injected", nil
 	}
-	if len(req.Object) == 0 {
+	if len(req.Object) == 0 || string(req.Object) == "null" {
 		return nil, "", "", errors.New("request.object: missing; a CREATE review carries the pod")
 	}
 	res, err := c.Pod(req.Object)
