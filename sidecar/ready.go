@@ -30,6 +30,11 @@ func WaitReady(ctx context.Context, dial func(ctx context.Context, network, addr
 			return err
 		}
 		resp, err := client.Do(req)
+		if err != nil && ctx.Err() != nil && last != nil {
+			// The attempt was cut short by ctx: the one before says
+			// why the sidecar is not ready.
+			return fmt.Errorf("sidecar not ready (%s): %w", url, last)
+		}
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
