@@ -6,6 +6,8 @@ import (
 	"net"
 	"regexp"
 	"strconv"
+
+	"meshgate/netlist"
 )
 
 // Names and ports of what injection adds, shared with the sidecar, the init
@@ -108,6 +110,11 @@ type Config struct {
 	// disable); empty leaves the sidecar's default. The annotation
 	// meshgate.io/mtls-mode wins. --mtls-mode.
 	MTLSMode string
+	// MeshCIDRs is the sidecar's --mesh-cidrs: the addresses of the pods
+	// with a sidecar (the cluster's pod CIDRs), to which outbound
+	// connections are mTLS; empty leaves the sidecar's default (mesh
+	// destinations only through discovery). --mesh-cidrs.
+	MeshCIDRs string
 	// Version is written in the meshgate.io/injected annotation.
 	Version string
 }
@@ -158,6 +165,9 @@ func (c Config) Validate() error {
 	}
 	if err := checkMTLSMode(c.MTLSMode); err != nil {
 		errs = append(errs, fmt.Errorf("--mtls-mode %w", err))
+	}
+	if _, err := netlist.ParseCIDRs(c.MeshCIDRs); err != nil {
+		errs = append(errs, netlist.Named("--mesh-cidrs", err)...)
 	}
 	if c.Version == "" {
 		errs = append(errs, errors.New("inject: Config.Version is empty"))

@@ -111,6 +111,9 @@ func (c Config) sidecar(sa string, opts podOptions, probes map[string]any, exitW
 	if mode != "" {
 		args = append(args, "--mtls-mode", mode)
 	}
+	if c.MeshCIDRs != "" {
+		args = append(args, "--mesh-cidrs", c.MeshCIDRs)
+	}
 	if len(probes) > 0 {
 		// json.Marshal sorts map keys: the same probes give the same text.
 		b, err := json.Marshal(probes)

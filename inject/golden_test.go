@@ -47,6 +47,7 @@ var goldenCases = []struct {
 	{name: "hostnetwork"},
 	{name: "secret-certs", config: func(c *Config) {
 		c.CertSource, c.CertSecret, c.MTLSMode, c.Image = CertSourceSecret, "client-certs", "strict", "registry.example/meshgate:1.2"
+		c.MeshCIDRs = "10.244.0.0/16,fd00:10:244::/56"
 	}},
 }
 

@@ -103,6 +103,7 @@ func addInjectFlags(fs *flag.FlagSet) func() (inject.Config, error) {
 	trustDomain := fs.String("trust-domain", d.TrustDomain, "with --cert-source ca-server: the trust `domain` of the sidecars' SPIFFE IDs (spiffe://DOMAIN/ns/NS/sa/SA)")
 	certSecret := fs.String("cert-secret", "", "with --cert-source secret: the `secret` with cert.pem, key.pem and bundle.pem (default meshgate-certs-<serviceAccount>)")
 	mtlsMode := fs.String("mtls-mode", "", "the sidecars' --mtls-mode: strict, permissive or disable (default: the sidecar's); the annotation meshgate.io/mtls-mode wins")
+	meshCIDRs := fs.String("mesh-cidrs", "", "the sidecars' --mesh-cidrs: comma-separated `CIDRs` of the pods with a sidecar (the cluster's pod CIDRs, e.g. 10.244.0.0/16), to which outbound connections are mTLS")
 	return func() (inject.Config, error) {
 		c := inject.Config{
 			Image:       *image,
@@ -112,6 +113,7 @@ func addInjectFlags(fs *flag.FlagSet) func() (inject.Config, error) {
 			TrustDomain: *trustDomain,
 			CertSecret:  *certSecret,
 			MTLSMode:    *mtlsMode,
+			MeshCIDRs:   *meshCIDRs,
 			Version:     version,
 		}
 		return c, c.Validate()
