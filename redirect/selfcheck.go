@@ -16,8 +16,9 @@ import (
 // rather than at the app's first request.
 
 // OutboundProbeAddr is where the outbound self-check connects: 192.0.2.1
-// of TEST-NET-1 (RFC 5737), documentation space that no one serves, so a
-// probe the rules fail to capture reaches nobody.
+// of TEST-NET-1 (RFC 5737), documentation space. Some networks use it
+// all the same, so the probe leaves with a hop limit of 1: a probe the
+// rules fail to capture dies at the first router.
 var OutboundProbeAddr = netip.AddrFrom4([4]byte{192, 0, 2, 1})
 
 // selfCheckTimeout bounds each probe connection.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 	"unsafe"
@@ -125,6 +126,22 @@ func checkOutbound(ctx context.Context, c Config, euid, egid uint32) (string, er
 	return probe(ctx, "outbound", dst, c.OutboundPort)
 }
 
+// hopLimitOne sets a socket's IPv4 TTL and IPv6 hop limit to 1.
+func hopLimitOne(network, _ string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		if strings.HasSuffix(network, "6") {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, 1)
+		} else {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TTL, 1)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
 // probe binds the proxy's port on every address, connects to dst, and
 // checks that the connection arrives there with dst as its original
 // destination. It must run on the thread that is in the namespace (the
@@ -172,7 +189,14 @@ func probe(ctx context.Context, dir string, dst netip.AddrPort, port uint16) (st
 	}
 	dctx, cancel := context.WithTimeout(ctx, selfCheckTimeout)
 	defer cancel()
-	conn, err := (&net.Dialer{KeepAlive: -1}).DialContext(dctx, "tcp", dst.String())
+	d := &net.Dialer{KeepAlive: -1}
+	if dir == "outbound" {
+		// A hop limit of 1: captured, the probe is delivered locally (the
+		// limit does not apply); not captured, it dies at the first
+		// router instead of travelling towards a stranger's address.
+		d.Control = hopLimitOne
+	}
+	conn, err := d.DialContext(dctx, "tcp", dst.String())
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:
