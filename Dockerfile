@@ -22,11 +22,12 @@ RUN set -eu; \
     chmod 1777 /rootfs/tmp; \
     # merged /usr: the top-level directories are links, as on Debian
     for d in bin sbin lib lib64; do ln -s usr/$d /rootfs/$d; done; \
-    # every file of iptables and of the libraries it loads (dpkg knows them)
+    # every file of iptables and of the libraries it loads (dpkg knows
+    # them), but documentation and glibc's character set converters
     pkgs="iptables libc6 libxtables12 libip4tc2 libip6tc2 libnftnl11 libmnl0 libnetfilter-conntrack3 libnfnetlink0"; \
     for p in $pkgs; do dpkg -L "$p"; done | sort -u | while read -r f; do \
         [ -f "$f" ] || [ -L "$f" ] || continue; \
-        case "$f" in /usr/share/*) continue;; esac; \
+        case "$f" in /usr/share/*|*/gconv/*) continue;; esac; \
         real="$(readlink -f "$(dirname "$f")")/$(basename "$f")"; \
         mkdir -p "/rootfs$(dirname "$real")"; \
         cp -a "$real" "/rootfs$real"; \
