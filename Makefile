@@ -39,7 +39,7 @@ FORTIO_VERSION := v1.68.2
 # Where make bench leaves its report.
 BENCH_DIR  := bench-report
 
-.PHONY: all build deps podman-deps image base-image tools vet unit e2e test demo bench bench-fortio golden clean
+.PHONY: all build deps podman-deps image base-image tools k8s-assets vet unit e2e test demo bench bench-fortio golden clean
 
 all: build
 
@@ -100,10 +100,15 @@ vet:
 unit:
 	$(GO) test -race -short -count=1 ./...
 
+## k8s-assets: kube-apiserver and etcd for the webhook e2e test, built from
+## the Go module proxy into a cache outside the repo, once (minutes cold)
+k8s-assets:
+	@GO=$(GO) scripts/k8s-assets.sh
+
 ## e2e: everything, including real iptables in real network namespaces (root)
-e2e: deps tools podman-deps base-image
+e2e: deps tools podman-deps base-image k8s-assets
 	@if [ "$$(id -u)" != 0 ]; then echo "make e2e: needs root (network namespaces, iptables): run 'sudo make e2e'"; exit 1; fi
-	MESHGATE_TOOLS=$(TOOLS_DIR) $(GO) test -count=1 -p 1 -timeout $(E2E_TIMEOUT) ./...
+	KUBEBUILDER_ASSETS=$$(scripts/k8s-assets.sh --print-dir) MESHGATE_TOOLS=$(TOOLS_DIR) $(GO) test -count=1 -p 1 -timeout $(E2E_TIMEOUT) ./...
 
 ## test: the whole suite — vet, unit tests with -race, then the root tests and e2e
 test: deps vet unit e2e
