@@ -13,8 +13,9 @@ import (
 const initDescription = `
 The init container's entry point: install the capture rules in this
 network namespace (as 'meshgate redirect' does), then prove that they
-capture traffic with probe connections that stay in the namespace (as
-'meshgate redirect --self-check' does). Exit 0 with a short summary, or 1
+capture traffic with probe connections (as 'meshgate redirect
+--self-check' does; an outbound probe leaves with a hop limit of 1, so one
+that is not captured goes no further than the first router). Exit 0 with a short summary, or 1
 with one line saying what failed; a failed install leaves nothing behind.
 
 Every flag can also be set in the environment as MESHGATE_<FLAG>, e.g.
