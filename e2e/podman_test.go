@@ -97,9 +97,14 @@ func buildImage(t *testing.T) string {
 			imageBuild.err = err
 			return
 		}
+		old, _ := podman(t, "image", "inspect", "-f", "{{.Id}}", podmanImage)
 		// The host's network for the build steps: podman sets up no
 		// network (nor firewall chains) on the host for them.
 		imageBuild.out, imageBuild.err = podman(t, "build", "--pull=never", "--network=host", "-t", podmanImage, dir)
+		if old = strings.TrimSpace(old); imageBuild.err == nil && old != "" {
+			// The last run's image, now untagged: not kept for ever.
+			podman(t, "rmi", old)
+		}
 	})
 	if imageBuild.err != nil {
 		t.Fatalf("podman build of the Dockerfile: %v\n%s", imageBuild.err, tail(imageBuild.out, 30))
