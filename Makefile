@@ -100,8 +100,9 @@ vet:
 unit:
 	$(GO) test -race -short -count=1 ./...
 
-## k8s-assets: kube-apiserver and etcd for the webhook e2e test, built from
-## the Go module proxy into a cache outside the repo, once (minutes cold)
+## k8s-assets: kube-apiserver, kube-controller-manager and etcd for the
+## webhook e2e test, built from the Go module proxy into a cache outside
+## the repo, once (minutes cold)
 k8s-assets:
 	@GO=$(GO) scripts/k8s-assets.sh
 
