@@ -47,13 +47,16 @@ import (
 // The webhook tests run the admission webhook, 'meshgate inject serve', as
 // the real binary, behind a real kube-apiserver and etcd (issue 14): the
 // API server calls it for the pods it is asked to create and stores what
-// the webhook's JSON Patch made of them. No controller, scheduler or
-// kubelet runs: the test creates the pods a ReplicaSet controller would,
-// and reads back what the API server stored.
+// the webhook's JSON Patch made of them. kube-controller-manager runs the
+// Deployment and ReplicaSet controllers, so a Deployment's pods are created
+// by the real ReplicaSet controller, through the webhook; no scheduler or
+// kubelet runs, so they stay Pending, which is all the test reads. The
+// cases that are not about a Deployment create bare pods themselves.
 //
-// kube-apiserver and etcd are built from the Go module proxy by
-// 'make k8s-assets' (scripts/k8s-assets.sh) into a cache outside the repo;
-// controller-runtime's envtest runs them from KUBEBUILDER_ASSETS.
+// kube-apiserver, kube-controller-manager and etcd are built from the Go
+// module proxy by 'make k8s-assets' (scripts/k8s-assets.sh) into a cache
+// outside the repo; controller-runtime's envtest runs etcd and the API
+// server from KUBEBUILDER_ASSETS, the test runs the controller manager.
 
 const (
 	injectLabel      = "meshgate.io/inject"
@@ -66,6 +69,7 @@ const (
 func TestWebhook(t *testing.T) {
 	needRoot(t)
 	cp := startControlPlane(t)
+	startControllerManager(t, cp)
 	docs := readDeploy(t)
 
 	t.Run("DeployDryRun", func(t *testing.T) { testDeployDryRun(t, cp, docs) })
@@ -79,6 +83,8 @@ func TestWebhook(t *testing.T) {
 
 // controlPlane is a running kube-apiserver and etcd, and clients of it.
 type controlPlane struct {
+	env     *envtest.Environment
+	assets  string // the directory of the binaries
 	cfg     *rest.Config
 	cs      *kubernetes.Clientset
 	dyn     *dynamic.DynamicClient
@@ -86,8 +92,9 @@ type controlPlane struct {
 	created int // namespaces made by newNamespace
 }
 
-// k8sAssets is the directory holding kube-apiserver and etcd:
-// KUBEBUILDER_ASSETS, or where 'make k8s-assets' puts them.
+// k8sAssets is the directory holding kube-apiserver,
+// kube-controller-manager and etcd: KUBEBUILDER_ASSETS, or where
+// 'make k8s-assets' puts them.
 func k8sAssets(t *testing.T) string {
 	t.Helper()
 	dir := os.Getenv("KUBEBUILDER_ASSETS")
@@ -98,9 +105,9 @@ func k8sAssets(t *testing.T) string {
 		}
 		dir = strings.TrimSpace(string(out))
 	}
-	for _, b := range []string{"kube-apiserver", "etcd"} {
+	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "etcd"} {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			t.Fatalf("e2e: no %s in %s (KUBEBUILDER_ASSETS): run 'make k8s-assets' to build kube-apiserver and etcd (a few minutes, once), or set KUBEBUILDER_ASSETS to a directory holding them", b, dir)
+			t.Fatalf("e2e: no %s in %s (KUBEBUILDER_ASSETS): run 'make k8s-assets' to build kube-apiserver, kube-controller-manager and etcd (a few minutes, once), or set KUBEBUILDER_ASSETS to a directory holding them", b, dir)
 		}
 	}
 	return dir
@@ -152,11 +159,75 @@ func startControlPlane(t *testing.T) *controlPlane {
 		t.Fatal(err)
 	}
 	return &controlPlane{
+		env:    env,
+		assets: assets,
 		cfg:    cfg,
 		cs:     cs,
 		dyn:    dyn,
 		mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(cs.Discovery())),
 	}
+}
+
+// startControllerManager runs kube-controller-manager against the API
+// server with the Deployment and ReplicaSet controllers only, and stops it
+// (SIGTERM, then SIGKILL) and waits for it when the test ends, before the
+// API server stops; its output is shown if the test fails. It runs as an
+// envtest user in system:masters, with its own credentials for every
+// controller: no ServiceAccount tokens are needed, and envtest's API
+// server admits pods without their ServiceAccount (it disables that
+// admission plugin), so the serviceaccount controllers are left out. It
+// serves nothing (--secure-port=0): nothing here reads its health or
+// metrics, and without serving it needs no certificates.
+func startControllerManager(t *testing.T, cp *controlPlane) {
+	t.Helper()
+	user, err := cp.env.AddUser(envtest.User{Name: "meshgate-e2e-controller-manager", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		t.Fatalf("envtest user for kube-controller-manager: %v", err)
+	}
+	kubeconfig, err := user.KubeConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(path, kubeconfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	out := &syncBuffer{}
+	cmd := exec.Command(filepath.Join(cp.assets, "kube-controller-manager"),
+		"--kubeconfig="+path,
+		"--controllers=deployment-controller,replicaset-controller",
+		"--leader-elect=false",
+		"--secure-port=0",
+		"--v=2",
+	)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-done:
+			t.Errorf("kube-controller-manager exited during the test (%v)", cmd.ProcessState)
+		default:
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Errorf("kube-controller-manager did not stop within 10s of SIGTERM")
+				cmd.Process.Kill()
+				<-done
+			}
+		}
+		if t.Failed() {
+			t.Logf("kube-controller-manager output (last lines):\n%s", out.tail(40))
+		}
+	})
 }
 
 // newNamespace creates a namespace with the labels and returns its name.
@@ -468,9 +539,10 @@ func registerWebhook(t *testing.T, cp *controlPlane, docs []*unstructured.Unstru
 	return got
 }
 
-// podFromTemplate is the pod a ReplicaSet controller would create for the
-// Deployment (no controller runs here): its template's labels and
-// annotations, the pod-template-hash label, a generated name.
+// podFromTemplate is a bare pod made from the Deployment's template the
+// way the ReplicaSet controller makes one — its template's labels and
+// annotations, the pod-template-hash label, a generated name — but with no
+// owner: the cases that are not about a Deployment create it themselves.
 func podFromTemplate(d *appsv1.Deployment, ns string) *corev1.Pod {
 	const hash = "5d4c7b9f8"
 	tmpl := d.Spec.Template.DeepCopy()
@@ -535,17 +607,69 @@ func (cp *controlPlane) dryRunPod(t *testing.T, pod *corev1.Pod, ns string) (*co
 	return cp.cs.CoreV1().Pods(ns).Create(ctxFor(t, 20*time.Second), p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 }
 
-// testInjectsDeploymentPod: the pod of a Deployment in a labelled
-// namespace is stored injected: the init container, the native sidecar,
-// the probes rewritten to the sidecar's health port with the originals in
-// its environment, the certificate volumes, the status annotation — the
-// same pod 'meshgate inject -f' makes.
+// deploymentPods waits for the ReplicaSet controller to create every
+// replica of Deployment d, and returns the pods and their ReplicaSet,
+// checking that the Deployment owns the one and the ReplicaSet each pod.
+func (cp *controlPlane) deploymentPods(t *testing.T, d *appsv1.Deployment) ([]corev1.Pod, *appsv1.ReplicaSet) {
+	t.Helper()
+	selector, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := int(*d.Spec.Replicas)
+	var pods []corev1.Pod
+	ctx := ctxFor(t, 70*time.Second)
+	eventually(t, 60*time.Second, func() error {
+		l, err := cp.cs.CoreV1().Pods(d.Namespace).List(ctx, metav1.ListOptions{LabelSelector: selector.String()})
+		if err != nil {
+			return err
+		}
+		if len(l.Items) != want {
+			return fmt.Errorf("Deployment %s/%s: %d pods; want %d, created by the ReplicaSet controller", d.Namespace, d.Name, len(l.Items), want)
+		}
+		pods = l.Items
+		return nil
+	})
+	owner := metav1.GetControllerOf(&pods[0])
+	if owner == nil || owner.Kind != "ReplicaSet" {
+		t.Fatalf("pod %s: controller %+v; want a ReplicaSet", pods[0].Name, owner)
+	}
+	rs, err := cp.cs.AppsV1().ReplicaSets(d.Namespace).Get(ctx, owner.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := metav1.GetControllerOf(rs); c == nil || c.UID != d.UID {
+		t.Fatalf("ReplicaSet %s: controller %+v; want Deployment %s (%s)", rs.Name, c, d.Name, d.UID)
+	}
+	for _, p := range pods[1:] {
+		if c := metav1.GetControllerOf(&p); c == nil || c.UID != rs.UID {
+			t.Fatalf("pod %s: controller %+v; want ReplicaSet %s (%s)", p.Name, c, rs.Name, rs.UID)
+		}
+	}
+	return pods, rs
+}
+
+// testInjectsDeploymentPod: the pods that the ReplicaSet controller creates
+// for a Deployment in a labelled namespace are stored injected: the init
+// container, the native sidecar, the probes rewritten to the sidecar's
+// health port with the originals in its environment, the certificate
+// volumes, the status annotation — the same pod 'meshgate inject -f' makes
+// of the ReplicaSet's template.
 func testInjectsDeploymentPod(t *testing.T, cp *controlPlane, docs []*unstructured.Unstructured) {
 	ns := cp.newNamespace(t, "mesh", map[string]string{injectLabel: "enabled"})
 	plain := cp.newNamespace(t, "plain", nil)
 	d := exampleDeployment(t, cp, docs, ns)
-	pod := podFromTemplate(d, ns)
-	got := cp.createPod(t, pod)
+	pods, rs := cp.deploymentPods(t, d)
+	got := &pods[0]
+	// Every replica is injected alike.
+	for _, p := range pods[1:] {
+		if diff := cmp.Diff(got.Spec, p.Spec); diff != "" {
+			t.Errorf("pods %s and %s of the Deployment differ (-%s +%s):\n%s", got.Name, p.Name, got.Name, p.Name, diff)
+		}
+		if diff := cmp.Diff(meshgateKeys(got.Annotations), meshgateKeys(p.Annotations)); diff != "" {
+			t.Errorf("meshgate.io/ annotations of pods %s and %s differ:\n%s", got.Name, p.Name, diff)
+		}
+	}
 
 	if v := got.Annotations[injectedAnnot]; v == "" {
 		t.Errorf("annotation %s missing; annotations: %v", injectedAnnot, got.Annotations)
@@ -635,8 +759,14 @@ func testInjectsDeploymentPod(t *testing.T, cp *controlPlane, docs []*unstructur
 	}
 
 	// The webhook does what 'meshgate inject -f' does: inject the pod the
-	// webhook saw (the API server's defaults applied) with the command
-	// line, store both the same way, compare.
+	// webhook saw — the ReplicaSet's template, as the controller sent it
+	// (owner references aside), with the API server's defaults applied —
+	// with the command line, store both the same way, compare.
+	tmpl := rs.Spec.Template.DeepCopy()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: got.GenerateName, Labels: tmpl.Labels, Annotations: tmpl.Annotations},
+		Spec:       tmpl.Spec,
+	}
 	defaulted, err := cp.dryRunPod(t, pod, plain)
 	if err != nil {
 		t.Fatalf("dry run of the pod in namespace %s: %v", plain, err)
