@@ -101,8 +101,13 @@ func buildImage(t *testing.T) string {
 		// The host's network for the build steps: podman sets up no
 		// network (nor firewall chains) on the host for them.
 		imageBuild.out, imageBuild.err = podman(t, "build", "--pull=never", "--network=host", "-t", podmanImage, dir)
-		if old = strings.TrimSpace(old); imageBuild.err == nil && old != "" {
-			// The last run's image, now untagged: not kept for ever.
+		if imageBuild.err != nil {
+			return
+		}
+		// The last run's image, untagged now unless this build made the
+		// very same one (same binary, same layers): not kept for ever.
+		now, _ := podman(t, "image", "inspect", "-f", "{{.Id}}", podmanImage)
+		if old, now = strings.TrimSpace(old), strings.TrimSpace(now); old != "" && old != now {
 			podman(t, "rmi", old)
 		}
 	})
