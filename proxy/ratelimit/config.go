@@ -1,0 +1,410 @@
+package ratelimit
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Limit is one rate limit, an entry of rateLimits. A request (or, at L4,
+// a new connection) it matches takes a token from the bucket of its key
+// value; without one it is refused.
+type Limit struct {
+	// Name names the limit in answers, logs, metrics and explain. Unique;
+	// letters, digits, '.', '_' and '-'.
+	Name string `json:"name"`
+	// Direction is inbound (the default: calls to the app) or outbound
+	// (calls the app makes).
+	Direction Direction `json:"direction"`
+	// Key is what gets a bucket of its own: sourceIdentity, sourceIP,
+	// route, jwtSubject or header:NAME (see Key).
+	Key Key `json:"key"`
+	// Match is what the limit applies to; unset: every request on every
+	// port.
+	Match *Match `json:"match"`
+	// Rate is how fast a bucket refills: N/s, N/m, N/h or N/d.
+	Rate Rate `json:"rate"`
+	// Burst is how many tokens a bucket holds: how many requests a key
+	// may send at once. Unset (0): the rate per second rounded up, at
+	// least 1 (50/s: 50; 600/m: 10; 100/h: 1).
+	Burst int `json:"burst"`
+	// Overrides give some key values a rate and burst of their own.
+	Overrides []Override `json:"overrides"`
+	// MaxKeys bounds the key values remembered (least recently used out
+	// first); unset (0): 10000. A key value forgotten and seen again
+	// starts with a full bucket.
+	MaxKeys int `json:"maxKeys"`
+	// Global counts the limit in Redis, shared by every sidecar using it
+	// (the redis section), instead of in each sidecar alone.
+	Global bool `json:"global"`
+}
+
+// Override is a rate and burst for one key value.
+type Override struct {
+	// Value is the key value, as the key reads it (e.g. a SPIFFE ID for
+	// sourceIdentity, an address for sourceIP).
+	Value string `json:"value"`
+	// Rate is required.
+	Rate Rate `json:"rate"`
+	// Burst unset (0): the rate per second rounded up, at least 1.
+	Burst int `json:"burst"`
+}
+
+// Match is what a limit applies to. Each list holds when any of its
+// entries matches; unset, it holds for anything.
+type Match struct {
+	// Ports are the app's ports (inbound) or the destination ports
+	// (outbound).
+	Ports []uint16   `json:"ports"`
+	HTTP  *HTTPMatch `json:"http"`
+}
+
+// HTTPMatch is an HTTP request. A connection that is not HTTP never meets
+// it.
+type HTTPMatch struct {
+	Methods []string `json:"methods"` // GET, POST, ...
+	// Paths are request paths, the query left out, after the proxy
+	// normalises them: exact ("/login"), or a prefix ending in "*"
+	// ("/api/*" is everything under /api/, not /api itself).
+	Paths []string `json:"paths"`
+}
+
+// Direction is the side of the app a limit guards.
+type Direction string
+
+// The directions.
+const (
+	Inbound  Direction = "inbound"
+	Outbound Direction = "outbound"
+)
+
+// Key says what key value a request is counted under.
+type Key string
+
+// The keys. A header key is "header:" followed by the header's name
+// (HeaderKey).
+const (
+	// SourceIdentity is the caller's verified SPIFFE ID.
+	SourceIdentity Key = "sourceIdentity"
+	// SourceIP is the caller's address.
+	SourceIP Key = "sourceIP"
+	// Route is the request's method and the matched path pattern.
+	Route Key = "route"
+	// JWTSubject is the sub claim of the request's validated bearer token.
+	JWTSubject Key = "jwtSubject"
+)
+
+const headerPrefix = "header:"
+
+// HeaderKey is the key of the value of header name.
+func HeaderKey(name string) Key { return Key(headerPrefix + name) }
+
+// Header returns the header name of a header key, and whether k is one.
+func (k Key) Header() (name string, ok bool) {
+	return strings.CutPrefix(string(k), headerPrefix)
+}
+
+// Rate is N requests per window; the zero Rate is unset.
+type Rate struct {
+	N      int64
+	Window time.Duration // time.Second, time.Minute, time.Hour or 24h
+}
+
+// Day is the window of N/d.
+const Day = 24 * time.Hour
+
+var windows = map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour, "d": Day}
+
+// maxN keeps N exact in a float64 and its per-second rate meaningful.
+const maxN = 1_000_000_000
+
+// ParseRate reads N/s, N/m, N/h or N/d, N a positive integer.
+func ParseRate(s string) (Rate, error) {
+	n, unit, ok := strings.Cut(s, "/")
+	w, wok := windows[unit]
+	if !ok || !wok {
+		return Rate{}, &ValueError{fmt.Sprintf("%q: want N/s, N/m, N/h or N/d", s)}
+	}
+	v, err := strconv.ParseInt(n, 10, 64)
+	if err != nil || v <= 0 || v > maxN || n[0] == '+' {
+		return Rate{}, &ValueError{fmt.Sprintf("%q: N must be a whole number from 1 to %d, e.g. 50/%s", s, maxN, unit)}
+	}
+	return Rate{N: v, Window: w}, nil
+}
+
+// String writes r as it is read, e.g. 50/s; "" when unset.
+func (r Rate) String() string {
+	if r.N == 0 {
+		return ""
+	}
+	u := "s"
+	switch r.Window {
+	case time.Minute:
+		u = "m"
+	case time.Hour:
+		u = "h"
+	case Day:
+		u = "d"
+	}
+	return strconv.FormatInt(r.N, 10) + "/" + u
+}
+
+// PerSecond is r in requests per second.
+func (r Rate) PerSecond() float64 {
+	if r.Window <= 0 {
+		return 0
+	}
+	return float64(r.N) / r.Window.Seconds()
+}
+
+// DefaultBurst is the burst of a limit that sets none: r per second,
+// rounded up, at least 1.
+func (r Rate) DefaultBurst() int {
+	return max(1, int(math.Ceil(r.PerSecond())))
+}
+
+// UnmarshalJSON reads a string such as "50/s".
+func (r *Rate) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return &ValueError{fmt.Sprintf("%s is not a rate; want N/s, N/m, N/h or N/d, e.g. \"50/s\"", b)}
+	}
+	v, err := ParseRate(s)
+	if err != nil {
+		return err
+	}
+	*r = v
+	return nil
+}
+
+// MarshalJSON writes r as a string such as "50/s".
+func (r Rate) MarshalJSON() ([]byte, error) { return json.Marshal(r.String()) }
+
+// ValueError is a value its own type could not read, explained by that
+// type (the proxy's config reader shows the message as it is, after the
+// field's path).
+type ValueError struct{ msg string }
+
+func (e *ValueError) Error() string { return e.msg }
+
+// DefaultMaxKeys is the key table's size of a limit that sets none.
+const DefaultMaxKeys = 10000
+
+// maxMaxKeys bounds a key table: each key value costs a few hundred bytes.
+const maxMaxKeys = 10_000_000
+
+var (
+	nameRE   = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+	methodRE = regexp.MustCompile(`^[A-Z][A-Z0-9_-]*$`)
+	tokenRE  = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+)
+
+// Validate reports every problem of limits at once (errors.Join, one per
+// line), each with its field path under rateLimits and the fix.
+func Validate(limits []Limit) error {
+	var errs []error
+	seen := map[string]int{}
+	for i, l := range limits {
+		v := validator{field: fmt.Sprintf("rateLimits[%d]", i)}
+		v.limit(l)
+		if l.Name != "" {
+			if j, dup := seen[l.Name]; dup {
+				v.bad("name", "%q is also rateLimits[%d].name; give each limit its own name", l.Name, j)
+			} else {
+				seen[l.Name] = i
+			}
+		}
+		errs = append(errs, v.errs...)
+	}
+	return errors.Join(errs...)
+}
+
+type validator struct {
+	field string
+	errs  []error
+}
+
+func (v *validator) bad(field, format string, args ...any) {
+	v.errs = append(v.errs, fmt.Errorf("%s.%s: %s", v.field, field, fmt.Sprintf(format, args...)))
+}
+
+func (v *validator) limit(l Limit) {
+	switch {
+	case l.Name == "":
+		v.bad("name", "missing; every limit needs a name, e.g. per-caller")
+	case !nameRE.MatchString(l.Name):
+		v.bad("name", "%q: want 1 to 64 letters, digits, '.', '_' or '-'", l.Name)
+	}
+	out := false
+	switch l.Direction {
+	case "", Inbound:
+	case Outbound:
+		out = true
+	default:
+		v.bad("direction", "%q is not a direction; want inbound or outbound", string(l.Direction))
+	}
+	v.key(l.Key, out)
+	if l.Match != nil {
+		v.match(l.Match)
+	}
+	v.rate("rate", l.Rate)
+	v.burst("burst", l.Burst)
+	switch {
+	case l.MaxKeys < 0:
+		v.bad("maxKeys", "%d: want a positive number, or leave it out for %d", l.MaxKeys, DefaultMaxKeys)
+	case l.MaxKeys > maxMaxKeys:
+		v.bad("maxKeys", "%d is more than %d; each key value takes memory", l.MaxKeys, maxMaxKeys)
+	}
+	if l.Overrides != nil && len(l.Overrides) == 0 {
+		v.bad("overrides", "empty list; remove it, or list key values with their own rate")
+	}
+	seen := map[string]int{}
+	for i, o := range l.Overrides {
+		f := fmt.Sprintf("overrides[%d]", i)
+		if o.Value == "" {
+			v.bad(f+".value", "missing; want the key value this rate is for")
+		} else if j, dup := seen[o.Value]; dup {
+			v.bad(f+".value", "%q is also overrides[%d].value; give each key value one override", o.Value, j)
+		} else {
+			seen[o.Value] = i
+		}
+		v.rate(f+".rate", o.Rate)
+		v.burst(f+".burst", o.Burst)
+	}
+}
+
+func (v *validator) key(k Key, out bool) {
+	if name, ok := k.Header(); ok {
+		if !tokenRE.MatchString(name) {
+			v.bad("key", "%q is not a header name; want e.g. header:x-api-key", name)
+		}
+		return
+	}
+	switch k {
+	case Route:
+	case SourceIdentity, SourceIP, JWTSubject:
+		if out {
+			v.bad("key", "%s: outbound calls have one caller, the app; key outbound limits by route or header:NAME", k)
+		}
+	case "":
+		v.bad("key", "missing; want sourceIdentity, sourceIP, route, jwtSubject or header:NAME")
+	default:
+		v.bad("key", "%q is not a key; want sourceIdentity, sourceIP, route, jwtSubject or header:NAME", string(k))
+	}
+}
+
+func (v *validator) rate(field string, r Rate) {
+	if r.N == 0 {
+		v.bad(field, "missing; want N/s, N/m, N/h or N/d, e.g. 50/s")
+		return
+	}
+	switch r.Window {
+	case time.Second, time.Minute, time.Hour, Day:
+	default:
+		v.bad(field, "window %v: want a second, minute, hour or day", r.Window)
+	}
+	if r.N < 0 || r.N > maxN {
+		v.bad(field, "%d per window: want a whole number from 1 to %d", r.N, maxN)
+	}
+}
+
+func (v *validator) burst(field string, b int) {
+	switch {
+	case b < 0:
+		v.bad(field, "%d: want a positive number, or leave it out for the rate per second", b)
+	case b > maxN:
+		v.bad(field, "%d is more than %d", b, maxN)
+	}
+}
+
+func (v *validator) match(m *Match) {
+	if m.Ports != nil && len(m.Ports) == 0 {
+		v.bad("match.ports", "empty list; remove it to apply the limit to every port")
+	}
+	seenPort := map[uint16]bool{}
+	for i, p := range m.Ports {
+		switch {
+		case p == 0:
+			v.bad(fmt.Sprintf("match.ports[%d]", i), "0 is not a port; want a number from 1 to 65535")
+		case seenPort[p]:
+			v.bad(fmt.Sprintf("match.ports[%d]", i), "%d is listed twice", p)
+		}
+		seenPort[p] = true
+	}
+	h := m.HTTP
+	if h == nil {
+		return
+	}
+	if h.Methods != nil && len(h.Methods) == 0 {
+		v.bad("match.http.methods", "empty list; remove it to match any method")
+	}
+	for i, meth := range h.Methods {
+		if !methodRE.MatchString(meth) {
+			v.bad(fmt.Sprintf("match.http.methods[%d]", i), "%q is not a method; want upper case, e.g. GET", meth)
+		}
+	}
+	if h.Paths != nil && len(h.Paths) == 0 {
+		v.bad("match.http.paths", "empty list; remove it to match any path")
+	}
+	for i, p := range h.Paths {
+		f := fmt.Sprintf("match.http.paths[%d]", i)
+		switch {
+		case !strings.HasPrefix(p, "/"):
+			v.bad(f, "%q does not start with /; want e.g. /login or /api/*", p)
+		case strings.Contains(strings.TrimSuffix(p, "*"), "*"):
+			v.bad(f, "%q has a * before its end: * only ends a prefix; want e.g. /api/*", p)
+		}
+	}
+}
+
+// Port says whether m applies on port p.
+func (m *Match) Port(p uint16) bool {
+	if m == nil || m.Ports == nil {
+		return true
+	}
+	for _, q := range m.Ports {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+// Request says whether m's HTTP conditions hold for a request; path is
+// normalised, without the query.
+func (m *Match) Request(method, path string) bool {
+	if m == nil || m.HTTP == nil {
+		return true
+	}
+	h := m.HTTP
+	if h.Methods != nil {
+		ok := false
+		for _, x := range h.Methods {
+			if x == method {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	if h.Paths == nil {
+		return true
+	}
+	for _, p := range h.Paths {
+		if prefix, ok := strings.CutSuffix(p, "*"); ok {
+			if strings.HasPrefix(path, prefix) {
+				return true
+			}
+		} else if path == p {
+			return true
+		}
+	}
+	return false
+}

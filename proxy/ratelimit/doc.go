@@ -1,0 +1,30 @@
+// Package ratelimit limits how fast callers may call: token buckets keyed
+// by who calls (source identity or IP), what is called (route), a JWT
+// subject or a header value, one bucket per key value (shared/DESIGN.md
+// §5b rateLimits; issue 15).
+//
+// A Limit is one entry of the proxy config's rateLimits list. Limits are
+// validated as a whole (Validate), every problem named with its field
+// path. Rates are written N/s, N/m, N/h or N/d (Rate); the bucket holds
+// Burst tokens and refills at the rate, so a caller may send Burst
+// requests at once and then the rate on average. A bucket spreads a
+// window's requests over the window: 600/m with the default burst (10) is
+// 10 requests a second, not 600 in the first second of a minute. Quotas
+// counted per window and shared between sidecars (global) are Redis's
+// part, a later step; this package only validates global.
+//
+// Local is the limiter of one Limit in one sidecar: Allow takes the key
+// value of a request (or, at L4, of a new connection: the same limiter
+// keyed by source) and the time, and returns a Decision with what an
+// answer needs: HTTP 429 and Retry-After (RFC 9110 §10.2.3), and the
+// RateLimit and RateLimit-Policy header fields of the IETF httpapi
+// draft. Key values are kept in a table of at most MaxKeys, least
+// recently used first out: a key pushed out and seen again starts with a
+// full bucket, so a caller that can make up more than MaxKeys key values
+// (header keys, spoofable addresses) can send more than its rate; keep
+// MaxKeys above the number of callers expected, and prefer keys a caller
+// cannot choose (sourceIdentity).
+//
+// Nothing here is on the request path yet: the proxy's L7 filter, the
+// L4 accept check, metrics and the access log use it in a later step.
+package ratelimit
