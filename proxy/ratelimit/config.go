@@ -137,19 +137,24 @@ func ParseRate(s string) (Rate, error) {
 	return Rate{N: v, Window: w}, nil
 }
 
-// String writes r as it is read, e.g. 50/s; "" when unset.
+// String writes r as it is read, e.g. 50/s; "" when unset. A window
+// other than s, m, h or d is written as a duration, e.g. 50/3s.
 func (r Rate) String() string {
 	if r.N == 0 {
 		return ""
 	}
-	u := "s"
+	var u string
 	switch r.Window {
+	case time.Second:
+		u = "s"
 	case time.Minute:
 		u = "m"
 	case time.Hour:
 		u = "h"
 	case Day:
 		u = "d"
+	default: // a sidecar's share of a global limit (RedisConfig.Instances)
+		u = r.Window.String()
 	}
 	return strconv.FormatInt(r.N, 10) + "/" + u
 }

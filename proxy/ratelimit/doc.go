@@ -9,9 +9,19 @@
 // Burst tokens and refills at the rate, so a caller may send Burst
 // requests at once and then the rate on average. A bucket spreads a
 // window's requests over the window: 600/m with the default burst (10) is
-// 10 requests a second, not 600 in the first second of a minute. Quotas
-// counted per window and shared between sidecars (global) are Redis's
-// part, a later step; this package only validates global.
+// 10 requests a second, not 600 in the first second of a minute.
+//
+// A global limit is shared by every sidecar using it: Global counts it
+// in Redis (the redis section, RedisConfig; ValidateWithRedis checks a
+// global limit has one). Each decision is one round trip running a Lua
+// script, atomic on the server, that implements GCRA (the generic cell
+// rate algorithm: one timestamp per key value, the same answers as the
+// token bucket of Local) on the server's clock, so sidecars' clocks do
+// not matter; idle keys expire once their bucket is full. A decision
+// waits at most the redis timeout; when Redis fails or is slow, onError
+// decides: failOpen allows, failClosed refuses, local counts in this
+// sidecar at its share of the limit. The Decision's Source and Err say
+// so.
 //
 // Local is the limiter of one Limit in one sidecar: Allow takes the key
 // value of a request (or, at L4, of a new connection: the same limiter

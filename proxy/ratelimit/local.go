@@ -27,6 +27,11 @@ type Decision struct {
 	RetryAfter time.Duration
 	// Reset is how long until the bucket is full again.
 	Reset time.Duration
+	// Source is where a Global's decision came from: FromRedis, or
+	// FromFallback (the redis section's onError) with Err saying why, for
+	// the caller to count and log. A Local's decision has neither.
+	Source Source
+	Err    error
 }
 
 // Local is the limiter of one Limit in one sidecar: a token bucket per
