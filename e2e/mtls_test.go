@@ -18,7 +18,10 @@ import (
 // The trust domain of the e2e mesh.
 const meshTD = "mesh.test"
 
-func spiffeFor(pod *topology.Pod) string { return "spiffe://" + meshTD + "/ns/default/sa/" + pod.Name }
+func spiffeFor(pod *topology.Pod) string { return spiffeForName(pod.Name) }
+
+// spiffeForName is the SPIFFE ID the tests give a workload called name.
+func spiffeForName(name string) string { return "spiffe://" + meshTD + "/ns/default/sa/" + name }
 
 // meshCA makes a CA with "meshgate ca init" in a directory of its own.
 func meshCA(t *testing.T) string {
@@ -32,8 +35,15 @@ func meshCA(t *testing.T) string {
 // a directory the sidecar (UID 1337) can read, as a secret volume would be.
 func issueFor(t *testing.T, caDir string, pod *topology.Pod, extra ...string) string {
 	t.Helper()
-	out := filepath.Join(publicTempDir(t), "certs-"+pod.Name)
-	mustMeshgate(t, append([]string{"ca", "issue", "--dir", caDir, "--id", spiffeFor(pod), "--out", out}, extra...)...)
+	return certsFor(t, caDir, pod.Name, spiffeFor(pod), extra...)
+}
+
+// certsFor issues id's certificate with "meshgate ca issue" into a
+// directory the sidecar (UID 1337) can read, as a secret volume would be.
+func certsFor(t *testing.T, caDir, name, id string, extra ...string) string {
+	t.Helper()
+	out := filepath.Join(publicTempDir(t), "certs-"+name)
+	mustMeshgate(t, append([]string{"ca", "issue", "--dir", caDir, "--id", id, "--out", out}, extra...)...)
 	chownSidecar(t, out)
 	return out
 }

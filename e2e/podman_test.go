@@ -269,16 +269,6 @@ func (c *bridgeCapture) fields(t *testing.T, display string, fields ...string) s
 	return strings.TrimSpace(string(out))
 }
 
-// certsFor issues id's certificate into a directory the sidecar (UID
-// 1337) can read, as a secret volume would be.
-func certsFor(t *testing.T, caDir, name, id string) string {
-	t.Helper()
-	out := filepath.Join(publicTempDir(t), "certs-"+name)
-	mustMeshgate(t, "ca", "issue", "--dir", caDir, "--id", id, "--out", out)
-	chownSidecar(t, out)
-	return out
-}
-
 // demoReply is what demo-app answers on GET /.
 type demoReply struct {
 	Name       string `json:"name"`
@@ -363,9 +353,6 @@ func TestPodmanEnrollRunningContainers(t *testing.T) {
 	}
 }
 
-// spiffeForName is the SPIFFE ID the tests give a workload called name.
-func spiffeForName(name string) string { return "spiffe://" + meshTD + "/ns/default/sa/" + name }
-
 // playInjected writes the manifest, runs "meshgate inject" over it with
 // args, turns the certificate secret into a host directory (podman has no
 // secret store to fill here), and plays it on the network; it returns the
@@ -442,8 +429,8 @@ func dig(m map[string]any, keys ...string) any {
 	return v
 }
 
-// waitContainer waits until container c has the status and returns its
-// exit code.
+// waitExited waits until container c has exited and returns its exit
+// code.
 func waitExited(t *testing.T, c string, limit time.Duration) int {
 	t.Helper()
 	var status string
