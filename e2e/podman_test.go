@@ -433,11 +433,17 @@ func dig(m map[string]any, keys ...string) any {
 // code.
 func waitExited(t *testing.T, c string, limit time.Duration) int {
 	t.Helper()
-	var status string
-	waitFor(t, c+" to exit", limit, func() bool {
-		status = mustPodman(t, "inspect", "-f", "{{.State.Status}}", c)
-		return status == "exited" || status == "stopped"
-	})
+	for deadline := time.Now().Add(limit); ; time.Sleep(200 * time.Millisecond) {
+		status := mustPodman(t, "inspect", "-f", "{{.State.Status}}", c)
+		if status == "exited" || status == "stopped" {
+			break
+		}
+		if time.Now().After(deadline) {
+			ps, _ := podman(t, "top", c, "pid", "ppid", "user", "args")
+			logs, _ := podman(t, "logs", c)
+			t.Fatalf("%s still %s after %s; its processes:\n%s\nits log:\n%s", c, status, limit, ps, tail(logs, 30))
+		}
+	}
 	code, err := strconv.Atoi(mustPodman(t, "inspect", "-f", "{{.State.ExitCode}}", c))
 	if err != nil {
 		t.Fatal(err)
@@ -541,6 +547,11 @@ func TestPodmanInjectedPods(t *testing.T) {
 	initDone(t, job)
 	eventually(t, 20*time.Second, func() error {
 		return httpStatus(url(net.ipOf(t, job+"-app"), 15021, "/healthz/ready"), http.StatusOK)
+	})
+	// The app runs a while, as a Job's does: the sidecar has seen it.
+	waitFor(t, "the Job's sidecar to see the app's processes", 10*time.Second, func() bool {
+		logs, _ := podman(t, "logs", job+"-meshgate-proxy")
+		return strings.Contains(logs, "watching the app's processes")
 	})
 	mustPodman(t, "stop", "-t", "2", job+"-app")
 	if code := waitExited(t, job+"-meshgate-proxy", 30*time.Second); code != 0 {

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -22,23 +21,32 @@ import (
 
 // appWatchDefaults are the watcher's timings.
 const (
-	appPollInterval = 500 * time.Millisecond
+	// appPollInterval: an app that starts and ends between two polls is
+	// not seen, and the sidecar stays (and warns, after appNotSharedAfter).
+	// A scan of a pod's few processes costs some tens of µs.
+	appPollInterval = 100 * time.Millisecond
 	// appNotSharedAfter is how long the watcher waits to see any app
 	// process before it warns that the PID namespace is not shared.
 	appNotSharedAfter = 60 * time.Second
 )
 
-// fileID identifies an executable file: device and inode.
-type fileID struct{ dev, ino uint64 }
-
 // appWatch scans a /proc tree for the app's processes: every process but
 // PID 1 (the pod's pause process), the sidecar itself and its
-// descendants, and other processes of the sidecar's executable (the
-// postStart hook "meshgate wait" runs in the sidecar's container).
+// descendants, and the other processes of the sidecar's container (the
+// postStart hook "meshgate wait" runs there).
+//
+// A container is told by its cgroup: the runtime (Kubernetes, podman)
+// gives each container of a pod its own, and a process exec'd into a
+// container (a hook, "kubectl exec") joins that container's. Where PID 1
+// shares the sidecar's cgroup, cgroups do not tell the containers apart,
+// and only the sidecar's descendants are its own. Not the executable: the
+// app may run the same binary (meshgate demo-app does), and whether the
+// sidecar may look at another user's /proc/PID/exe depends on how that
+// process started.
 type appWatch struct {
-	proc    string // the /proc root; a fake tree in tests
-	self    int    // the sidecar's PID, as proc shows it
-	selfExe fileID
+	proc       string // the /proc root; a fake tree in tests
+	self       int    // the sidecar's PID, as proc shows it
+	selfCgroup string // the content of proc/self/cgroup
 	// seen: an app process was seen once; gone counts the polls in a row
 	// since then that saw none.
 	seen bool
@@ -55,23 +63,11 @@ func newAppWatch(proc string) (*appWatch, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--exit-with-app: %s/self is %q, not a PID", proc, link)
 	}
-	exe, err := exeID(filepath.Join(proc, "self", "exe"))
+	cg, err := os.ReadFile(filepath.Join(proc, "self", "cgroup"))
 	if err != nil {
-		return nil, fmt.Errorf("--exit-with-app: the sidecar's own executable: %w", err)
+		return nil, fmt.Errorf("--exit-with-app: the sidecar's own cgroup: %w", err)
 	}
-	return &appWatch{proc: proc, self: self, selfExe: exe}, nil
-}
-
-func exeID(path string) (fileID, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return fileID{}, err
-	}
-	sys, ok := st.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fileID{}, fmt.Errorf("%s: no device and inode here", path)
-	}
-	return fileID{dev: uint64(sys.Dev), ino: sys.Ino}, nil
+	return &appWatch{proc: proc, self: self, selfCgroup: string(cg)}, nil
 }
 
 // procInfo is what the watcher needs of one process.
@@ -124,20 +120,34 @@ func (w *appWatch) apps() ([]int, error) {
 		}
 		procs[pid] = info
 	}
+	// Do the containers have cgroups of their own? PID 1, the pause
+	// process, is in a container of its own where they do.
+	split := w.cgroupOf(1) != w.selfCgroup
 	var apps []int
 	for pid, info := range procs {
 		if pid == 1 || info.state == 'Z' || info.state == 'X' || w.descends(pid, procs) {
 			continue
 		}
-		// Another meshgate (the postStart hook). An executable the
-		// sidecar may not look at (another user's process) is not its own.
-		if id, err := exeID(filepath.Join(w.proc, strconv.Itoa(pid), "exe")); err == nil && id == w.selfExe {
-			continue
+		if split {
+			cg := w.cgroupOf(pid)
+			if cg == "" || cg == w.selfCgroup {
+				continue // gone since, or in the sidecar's container
+			}
 		}
 		apps = append(apps, pid)
 	}
 	slices.Sort(apps)
 	return apps, nil
+}
+
+// cgroupOf returns the content of pid's cgroup file, "" if it cannot be
+// read (the process has gone).
+func (w *appWatch) cgroupOf(pid int) string {
+	b, err := os.ReadFile(filepath.Join(w.proc, strconv.Itoa(pid), "cgroup"))
+	if err != nil {
+		return ""
+	}
+	return string(b)
 }
 
 // descends reports whether pid is the sidecar or one of its descendants.

@@ -17,30 +17,23 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
-// fakeProc is a /proc tree: a directory per process with its stat file
-// and an exe link.
+// fakeProc is a /proc tree: a directory per process with its stat and
+// cgroup files.
 type fakeProc struct {
 	t    *testing.T
 	root string
-	bins string
 }
 
 func newFakeProc(t *testing.T, self int) *fakeProc {
-	p := &fakeProc{t: t, root: t.TempDir(), bins: t.TempDir()}
-	for _, b := range []string{"meshgate", "pause", "sh", "app"} {
-		if err := os.WriteFile(filepath.Join(p.bins, b), []byte(b), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	p := &fakeProc{t: t, root: t.TempDir()}
 	if err := os.Symlink(fmt.Sprint(self), filepath.Join(p.root, "self")); err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-// add makes process pid; exe "" leaves its exe link dangling (a process
-// the sidecar may not look at).
-func (p *fakeProc) add(pid, ppid int, state, comm, exe string) {
+// add makes process pid in container (its cgroup path).
+func (p *fakeProc) add(pid, ppid int, state, comm, container string) {
 	dir := filepath.Join(p.root, fmt.Sprint(pid))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		p.t.Fatal(err)
@@ -49,11 +42,8 @@ func (p *fakeProc) add(pid, ppid int, state, comm, exe string) {
 	if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644); err != nil {
 		p.t.Fatal(err)
 	}
-	target := filepath.Join(p.bins, exe)
-	if exe == "" {
-		target = filepath.Join(p.bins, "missing")
-	}
-	if err := os.Symlink(target, filepath.Join(dir, "exe")); err != nil {
+	cgroup := fmt.Sprintf("4:memory:%s\n0::%s\n", container, container)
+	if err := os.WriteFile(filepath.Join(dir, "cgroup"), []byte(cgroup), 0o644); err != nil {
 		p.t.Fatal(err)
 	}
 }
@@ -65,18 +55,20 @@ func (p *fakeProc) remove(pid int) {
 }
 
 // TestAppWatchExclusions: the app is every process but PID 1, the
-// sidecar, its descendants, other meshgate processes and zombies.
+// sidecar, its descendants, the other processes of its container and
+// zombies, even when the app runs meshgate too.
 func TestAppWatchExclusions(t *testing.T) {
 	p := newFakeProc(t, 100)
-	p.add(1, 0, "S", "pause", "pause")
-	p.add(100, 1, "S", "meshgate", "meshgate")   // the sidecar
-	p.add(101, 100, "S", "sh", "sh")             // its child
-	p.add(102, 101, "S", "sh", "sh")             // its grandchild
-	p.add(200, 0, "S", "meshgate", "meshgate")   // the postStart hook, meshgate wait
-	p.add(300, 1, "S", "my app (v2) S 7", "app") // the app; its name looks like stat fields
-	p.add(301, 300, "Z", "worker", "app")        // a zombie: exited
-	p.add(302, 1, "S", "other user's", "")       // its exe cannot be read: not ours
-	p.add(303, 300, "R", "worker", "app")        // the app's child
+	p.add(1, 0, "S", "pause", "/pod/pause")
+	p.add(100, 1, "S", "meshgate", "/pod/sidecar")    // the sidecar
+	p.add(101, 100, "S", "sh", "/pod/sidecar")        // its child
+	p.add(102, 101, "S", "sh", "/pod/sidecar")        // its grandchild
+	p.add(200, 0, "S", "meshgate", "/pod/sidecar")    // the postStart hook, meshgate wait
+	p.add(300, 0, "S", "my app (v2) S 7", "/pod/app") // the app; its name looks like stat fields
+	p.add(301, 300, "Z", "worker", "/pod/app")        // a zombie: exited
+	p.add(302, 0, "S", "meshgate", "/pod/app")        // the app's container runs meshgate demo-app
+	p.add(303, 300, "R", "worker", "/pod/app")        // the app's child
+	p.add(400, 0, "S", "other", "/pod/other")         // another app container
 	w, err := newAppWatch(p.root)
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +77,29 @@ func TestAppWatchExclusions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]int{300, 302, 303}, got); diff != "" {
+	if diff := cmp.Diff([]int{300, 302, 303, 400}, got); diff != "" {
+		t.Errorf("apps (-want +got):\n%s", diff)
+	}
+}
+
+// TestAppWatchOneCgroup: where every container shares one cgroup (PID 1
+// is in the sidecar's), cgroups tell nothing, and every process but PID
+// 1, the sidecar and its descendants is the app's.
+func TestAppWatchOneCgroup(t *testing.T) {
+	p := newFakeProc(t, 100)
+	p.add(1, 0, "S", "sh", "/")
+	p.add(100, 1, "S", "meshgate", "/")
+	p.add(101, 100, "S", "sh", "/")
+	p.add(300, 1, "S", "app", "/")
+	w, err := newAppWatch(p.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := w.apps()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]int{300}, got); diff != "" {
 		t.Errorf("apps (-want +got):\n%s", diff)
 	}
 }
@@ -115,8 +129,8 @@ func TestAppWatchStep(t *testing.T) {
 // app shows up, then returns once the app has come and gone.
 func TestWatchApp(t *testing.T) {
 	p := newFakeProc(t, 10)
-	p.add(1, 0, "S", "pause", "pause")
-	p.add(10, 1, "S", "meshgate", "meshgate")
+	p.add(1, 0, "S", "pause", "/pod/pause")
+	p.add(10, 1, "S", "meshgate", "/pod/sidecar")
 	w, err := newAppWatch(p.root)
 	if err != nil {
 		t.Fatal(err)
@@ -132,7 +146,7 @@ func TestWatchApp(t *testing.T) {
 	if n := logs.FilterMessageSnippet("not shared").Len(); n != 1 {
 		t.Errorf("%d warnings that the PID namespace is not shared, want 1", n)
 	}
-	p.add(42, 1, "S", "app", "app")
+	p.add(42, 0, "S", "app", "/pod/app")
 	waitUntil(t, func() bool { return logs.FilterMessageSnippet("watching the app's processes").Len() > 0 })
 	select {
 	case <-done:

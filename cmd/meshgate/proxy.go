@@ -134,7 +134,9 @@ On Kubernetes ('meshgate inject' sets both):
   --exit-with-app      for the classic sidecar of a Job: once every process
                        of the app has exited, drain and exit 0 as on
                        SIGTERM. Needs shareProcessNamespace: true (the
-                       sidecar watches the pod's processes in /proc).
+                       sidecar looks at the pod's processes in /proc
+                       every 100 ms; an app that ends within 100 ms of
+                       its start may not be seen, and the sidecar stays).
 
 Each is also read from the environment, MESHGATE_APP_PROBES and
 MESHGATE_EXIT_WITH_APP=true; the flag wins.`
