@@ -551,6 +551,19 @@ func (s blockStage) Decide(r *Request) *Answer {
 	return nil
 }
 
+// blocksPort reports whether a header block of dir applies to port: its
+// connections' first bytes are then awaited before the app is dialed,
+// so that a client cannot pass HTTP as bytes by waiting for an app that
+// speaks first.
+func (p *Proxy) blocksPort(dir Direction, port uint16) bool {
+	for _, b := range p.acl.Load().blocks[dir] {
+		if len(b.ports) == 0 || slices.Contains(b.ports, port) {
+			return true
+		}
+	}
+	return false
+}
+
 // start watches the state's list files until close.
 func (st *accessState) start() {
 	if len(st.files) == 0 {
