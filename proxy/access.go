@@ -681,7 +681,7 @@ func (p *Proxy) ReloadAccess(ac AccessConfig) error {
 	p.cfgMu.Lock()
 	defer p.cfgMu.Unlock()
 	old := p.acl.Load()
-	st, err := newAccessState(ac, old, p.metrics, p.log.Named("access"))
+	st, err := newAccessState(ac, old, p.metrics, p.log.Named("acl"))
 	if err != nil {
 		return err
 	}

@@ -198,7 +198,7 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: invalid config: %w", err)
 	}
 	p.policy.Store(st)
-	acc, err := newAccessState(cfg.Access, nil, p.metrics, log.Named("access"))
+	acc, err := newAccessState(cfg.Access, nil, p.metrics, log.Named("acl"))
 	if err != nil {
 		return nil, fmt.Errorf("proxy: invalid config: %w", err)
 	}
