@@ -279,9 +279,9 @@ func newAccessState(cfg AccessConfig, prev *accessState, m *metrics, log *zap.Lo
 					lf.data = data
 					lf.good.Store(&ps)
 				case prev.lastGood(path) != nil:
-					old := prev.lastGood(path)
-					lf.data = old.data
-					lf.good.Store(old.good.Load())
+					// Its data stays nil (the old watcher owns the old's):
+					// the next good read counts as a change.
+					lf.good.Store(prev.lastGood(path).good.Load())
 					log.Error("ip list file refused: its last good content stays", zap.String("field", lf.field),
 						zap.String("file", path), zap.Strings("problems", problems(err)))
 				default:

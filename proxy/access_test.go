@@ -145,6 +145,15 @@ access:
 		t.Error("after a bad file, 127.0.0.4 was refused; want the last good list kept")
 	}
 
+	// A config reload while the file is bad keeps its last good content
+	// too.
+	if err := r.ReloadAccess(cfg.Access); err != nil {
+		t.Fatalf("reload with a bad list file it had good content of: %v", err)
+	}
+	if !echoes(t, "127.0.0.4", r.in()) {
+		t.Error("after a reload with the bad file, 127.0.0.4 was refused; want the last good list kept")
+	}
+
 	// A reload without lists: nothing is checked.
 	if err := r.ReloadAccess(AccessConfig{}); err != nil {
 		t.Fatal(err)
