@@ -77,6 +77,9 @@ type Config struct {
 	// Policy is authorization: who may call the app, and what the app
 	// may call (authz.go, package policy). Hot-reloaded.
 	Policy PolicyConfig `json:"policy"`
+	// Access is IP allow and deny lists and header blocks (access.go).
+	// Hot-reloaded.
+	Access AccessConfig `json:"access"`
 }
 
 // LoadBalancingConfig is load balancing across a service's endpoints
@@ -651,6 +654,7 @@ func (c Config) Validate() error {
 	errs = append(errs, c.Protocols.validate()...)
 	errs = append(errs, c.LoadBalancing.validate()...)
 	errs = append(errs, c.Policy.validate()...)
+	errs = append(errs, c.Access.validate(c.Protocols)...)
 	// A rule with HTTP conditions on a port whose connections are never
 	// HTTP would silently never allow (or always deny): say so.
 	for i, r := range c.Policy.Rules {

@@ -103,6 +103,7 @@
 //	stage                                      file
 //	Proxy: New, Run, the drain                 proxy.go
 //	accept                                     listen.go
+//	  IP lists (at accept), header blocks      access.go
 //	one connection: handle → pipeline, log     conn.go
 //	original destination                       origdst.go
 //	loop guard                                 loopguard.go

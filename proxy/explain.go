@@ -12,13 +12,14 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
 
 	"meshgate/proxy/jwtauth"
 	"meshgate/proxy/policy"
 )
 
-// ExplainQuery is a call to explain: what policy would decide of it, and
-// why (`meshgate policy explain`, the admin API's /explain).
+// ExplainQuery is a call to explain: what the access control (IP lists,
+// header blocks) and policy would decide of it, and why (`meshgate policy explain`, the admin API's /explain).
 type ExplainQuery struct {
 	Direction policy.Direction // inbound (default) or outbound
 	Port      uint16           // the app's port (inbound) or the destination's (outbound)
@@ -42,6 +43,9 @@ type ExplainQuery struct {
 
 // ExplainResult is a call explained.
 type ExplainResult struct {
+	// Access is what the IP lists and header blocks would do, before
+	// anything else (access.go).
+	Access AccessTrace
 	// TokenError is why the token was refused (the request would be
 	// answered 401 before policy); the trace is then as without a token.
 	TokenError string
@@ -49,10 +53,13 @@ type ExplainResult struct {
 }
 
 // Allowed says whether the call would go through.
-func (r *ExplainResult) Allowed() bool { return r.TokenError == "" && r.Trace.Allowed() }
+func (r *ExplainResult) Allowed() bool {
+	return r.Access.Denied == "" && r.TokenError == "" && r.Trace.Allowed()
+}
 
 // Format writes r for people.
 func (r *ExplainResult) Format(w io.Writer) {
+	r.Access.format(w)
 	if r.TokenError != "" {
 		fmt.Fprintf(w, "token:    REFUSED (401): %s\n", r.TokenError)
 		fmt.Fprintln(w, "          the request would be refused before policy; as without the token:")
@@ -82,7 +89,13 @@ func Explain(ctx context.Context, cfg Config, q ExplainQuery) (*ExplainResult, e
 			return nil, err
 		}
 	}
-	return explainWith(ctx, eng, set, q), nil
+	acc, err := newAccessState(cfg.Access, nil, nil, zap.NewNop())
+	if err != nil {
+		return nil, err
+	}
+	res := explainWith(ctx, eng, set, q)
+	res.Access = acc.explain(q)
+	return res, nil
 }
 
 func explainWith(ctx context.Context, eng *policy.Engine, set *jwtauth.Set, q ExplainQuery) *ExplainResult {
@@ -212,6 +225,7 @@ func (p *Proxy) serveExplain(w http.ResponseWriter, r *http.Request) {
 	}
 	st := p.policy.Load()
 	res := explainWith(r.Context(), st.eng, st.jwt, q)
+	res.Access = p.acl.Load().explain(q)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	res.Format(w)
 }

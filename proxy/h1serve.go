@@ -177,7 +177,7 @@ func (c *h1Conn) serve(ctx context.Context) {
 		// The idle deadline stays: nothing reads the client until the
 		// next request's head (which sets its own), but a body that
 		// streams (exchange clears it) and a tunnel (forward sets its own).
-		if a := c.p.chains[c.dir].decide(&c.sreq); a != nil {
+		if a := c.p.chains.Load()[c.dir].decide(&c.sreq); a != nil {
 			if c.req.length > 0 || c.req.chunked {
 				c.req.close = true // its body is not read: the connection cannot go on
 			}

@@ -122,7 +122,7 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.p.observeRequest(Outbound, r, rec, st.peer.peer.String(), time.Since(start))
 	}()
 	sr := Request{Dir: Outbound, Dst: h.dst, authz: h.authz, msg: httpFields{r}}
-	if a := h.p.chains[Outbound].decide(&sr); a != nil {
+	if a := h.p.chains.Load()[Outbound].decide(&sr); a != nil {
 		h.p.answerHTTP(rec, r, a)
 		return
 	}
@@ -188,7 +188,7 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		defer func() { p.observeRequest(Inbound, r, rec, id, time.Since(start)) }()
 		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, clientCert: cert, authz: peer.authz, msg: httpFields{r}}
-		if a := p.chains[Inbound].decide(&sr); a != nil {
+		if a := p.chains.Load()[Inbound].decide(&sr); a != nil {
 			p.answerHTTP(rec, r, a)
 			return
 		}

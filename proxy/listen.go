@@ -181,6 +181,9 @@ func (p *Proxy) acceptLoop(ctx context.Context, l *captureListener, stop <-chan 
 			continue
 		}
 		backoff = 0
+		if p.refusedAtAccept(l, c) {
+			continue
+		}
 		if !p.track(c) {
 			reset(c)
 			continue

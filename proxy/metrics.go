@@ -40,6 +40,9 @@ type metrics struct {
 	requestSeconds *prometheus.HistogramVec
 	// policyDecisions counts authorization decisions (authz.go).
 	policyDecisions *prometheus.CounterVec
+	// accessDenials counts refusals by IP lists and header blocks
+	// (access.go).
+	accessDenials   *prometheus.CounterVec
 	requestChildren sync.Map // requestKey → *requestChildren
 }
 
@@ -121,13 +124,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"the rule's action and the result (allowed, denied; audited and dry-run-allowed/-denied for what audit and " +
 			"dryRun rules found, which changes nothing). Counted once per connection decided at connect time, per request otherwise.",
 	}, []string{"direction", "policy", "rule", "action", "result"})
-	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS, requests, requestSeconds, policyDecisions} {
+	accessDenials := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshgate_access_denials_total",
+		Help: "Connections refused by an IP list (stage ip-list; rule: the list, \"default\" for an address in no allow list) " +
+			"and requests refused by a header block (stage block; rule: the block), by direction.",
+	}, []string{"direction", "stage", "rule"})
+	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS, requests, requestSeconds, policyDecisions, accessDenials} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	m := &metrics{handshakes: handshakes, plaintextRefused: refused, detections: detections, detectSeconds: detectSeconds, appTLS: appTLS,
-		requests: requests, requestSeconds: requestSeconds, policyDecisions: policyDecisions}
+		requests: requests, requestSeconds: requestSeconds, policyDecisions: policyDecisions, accessDenials: accessDenials}
 	for _, d := range []Direction{Outbound, Inbound} {
 		l := d.String()
 		m.dir[d] = dirMetrics{

@@ -49,7 +49,8 @@ func (p *Proxy) ReloadPolicy(pc PolicyConfig) error {
 }
 
 // WatchConfig reloads the config file at path when it changes, until ctx
-// is done: the policy section takes effect (ReloadPolicy); a change to
+// is done: the policy and access sections take effect (ReloadPolicy,
+// ReloadAccess); a change to
 // any other section is logged as needing a restart, and the running
 // value stays. A file that does not parse or validate is refused with
 // every problem logged, and nothing changes. The directory is watched,
@@ -110,6 +111,10 @@ func (p *Proxy) WatchConfig(ctx context.Context, path string) error {
 					zap.Strings("problems", problems(err)))
 				continue
 			}
+			if err := p.ReloadAccess(cfg.Access); err != nil {
+				log.Error("config reload refused: the running config stays", zap.String("file", path), zap.Error(err))
+				continue
+			}
 			if err := p.ReloadPolicy(cfg.Policy); err != nil {
 				log.Error("config reload refused: the running config stays", zap.String("file", path), zap.Error(err))
 				continue
@@ -135,14 +140,14 @@ func problems(err error) []string {
 	return out
 }
 
-// restartFields names the top-level sections but policy that differ
+// restartFields names the top-level sections but policy and access that differ
 // between a and b.
 func restartFields(a, b Config) []string {
 	var out []string
 	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
 	for i, f := range reflect.VisibleFields(va.Type()) {
 		name := f.Tag.Get("json")
-		if name == "policy" {
+		if name == "policy" || name == "access" {
 			continue
 		}
 		if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
