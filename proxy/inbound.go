@@ -40,6 +40,15 @@ import (
 func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Addr, dst netip.AddrPort, m *dirMetrics) outcome {
 	mode := p.mesh.inboundMode(dst.Port())
 	src := addrPort(client.RemoteAddr())
+	// Connection limits by address, before any TLS: on a port with no
+	// mTLS, those by identity too (the caller has none).
+	keys := connKeySourceIP
+	if mode == MTLSDisable {
+		keys |= connKeySourceIdentity
+	}
+	if o := p.connLimited(dst, src, spiffeid.ID{}, keys); o != nil {
+		return *o
+	}
 	if mode == MTLSDisable {
 		az := p.authorizeConn(inboundConn(dst.Port(), src, spiffeid.ID{}), Inbound)
 		if az.pending() != nil {
@@ -101,6 +110,10 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 	}
 
 	// Permissive, and not mesh TLS: plaintext.
+	if o := p.connLimited(dst, src, spiffeid.ID{}, connKeySourceIdentity); o != nil {
+		upstream.releasePending()
+		return *o
+	}
 	plain := tlsInfo{authz: p.authorizeConn(inboundConn(dst.Port(), src, spiffeid.ID{}), Inbound)}
 	if op.upErr != nil {
 		upstream.releasePending()

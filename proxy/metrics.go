@@ -40,7 +40,9 @@ type metrics struct {
 	requestSeconds *prometheus.HistogramVec
 	// policyDecisions counts authorization decisions (authz.go).
 	policyDecisions *prometheus.CounterVec
-	requestChildren sync.Map // requestKey → *requestChildren
+	// rateLimitDecisions counts rate limit decisions (ratelimit_stage.go).
+	rateLimitDecisions *prometheus.CounterVec
+	requestChildren    sync.Map // requestKey → *requestChildren
 }
 
 // dirMetrics are the collectors of one direction.
@@ -121,13 +123,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"the rule's action and the result (allowed, denied; audited and dry-run-allowed/-denied for what audit and " +
 			"dryRun rules found, which changes nothing). Counted once per connection decided at connect time, per request otherwise.",
 	}, []string{"direction", "policy", "rule", "action", "result"})
-	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS, requests, requestSeconds, policyDecisions} {
+	rateLimitDecisions := newRateLimitDecisions()
+	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS, requests, requestSeconds, policyDecisions, rateLimitDecisions} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	m := &metrics{handshakes: handshakes, plaintextRefused: refused, detections: detections, detectSeconds: detectSeconds, appTLS: appTLS,
-		requests: requests, requestSeconds: requestSeconds, policyDecisions: policyDecisions}
+		requests: requests, requestSeconds: requestSeconds, policyDecisions: policyDecisions, rateLimitDecisions: rateLimitDecisions}
 	for _, d := range []Direction{Outbound, Inbound} {
 		l := d.String()
 		m.dir[d] = dirMetrics{

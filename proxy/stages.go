@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"math/rand/v2"
@@ -27,7 +28,8 @@ import (
 //	  client-identity    any X-Forwarded-Client-Cert the app sent is removed
 //	  … route match
 //	  policy             egress authorization (authz.go): 403, gRPC PERMISSION_DENIED
-//	  … rate limit / quota, fault injection, mirror
+//	  rate-limit         rateLimits (ratelimit_stage.go): 429, gRPC RESOURCE_EXHAUSTED
+//	  … fault injection, mirror
 //	  → exchange (h1serve.go: balance → pooled mesh connection → response)
 //	    where circuit breaking, bulkheads, per-try timeouts and retries wrap the try
 //
@@ -36,7 +38,8 @@ import (
 //	  … header and slow-client limits
 //	  jwt                the bearer token validated (401 if it fails), its claims for policy
 //	  policy             authorization (authz.go): 403, gRPC PERMISSION_DENIED
-//	  … rate limit / quota, fault injection
+//	  rate-limit         rateLimits (ratelimit_stage.go): 429, gRPC RESOURCE_EXHAUSTED
+//	  … fault injection
 //	  → exchange (pooled app connection → response)
 //
 // A stage that is off is not in the chain: it costs nothing per request.
@@ -67,7 +70,12 @@ type Answer struct {
 	grpcStatus int
 	// challenge is a WWW-Authenticate value for a 401.
 	challenge string
+	// fields are more header fields of the answer (e.g. Retry-After).
+	fields []headerField
 }
+
+// headerField is one header field of an answer.
+type headerField struct{ name, value string }
 
 // logged is the reason for the log.
 func (a *Answer) logged() string {
@@ -86,6 +94,10 @@ type Request struct {
 	// Dst is the connection's original destination: the app's address
 	// (inbound), the service address the app dialed (outbound).
 	Dst netip.AddrPort
+	// Src is the client's address (inbound); unset outbound.
+	Src netip.AddrPort
+	// ctx is the request's context (nil: none; see context).
+	ctx context.Context
 	// clientCert is hdrClientCert's value for Peer ("" for none), made
 	// once per connection.
 	clientCert string
@@ -95,6 +107,14 @@ type Request struct {
 	authz  *connAuthz
 	claims *jwtauth.Claims
 	msg    requestFields
+}
+
+// context is the request's context: it ends when the client goes away.
+func (r *Request) context() context.Context {
+	if r.ctx == nil {
+		return context.Background()
+	}
+	return r.ctx
 }
 
 // Method returns the request's method.
@@ -153,8 +173,8 @@ func (c chain) decide(r *Request) *Answer {
 // above), with the stages tests add (withStage) last.
 func (p *Proxy) newChains() [2]chain {
 	var c [2]chain
-	c[Outbound] = chain{requestIDs{}, clientIdentity{}, authzStage{p}}
-	c[Inbound] = chain{clientIdentity{}, jwtStage{p}, authzStage{p}}
+	c[Outbound] = chain{requestIDs{}, clientIdentity{}, authzStage{p}, rateLimitStage{p}}
+	c[Inbound] = chain{clientIdentity{}, jwtStage{p}, authzStage{p}, rateLimitStage{p}}
 	for d := range c {
 		c[d] = append(c[d], p.extraStages[d]...)
 	}
