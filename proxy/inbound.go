@@ -51,8 +51,9 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 	}
 	if mode == MTLSDisable {
 		az := p.authorizeConn(inboundConn(dst.Port(), src, spiffeid.ID{}), Inbound)
-		if az.pending() != nil {
-			// Denied, or its requests decide: they are to be read.
+		if az.pending() != nil || p.requestLimited(Inbound, dst.Port()) {
+			// Denied, or its requests decide (policy, rate limits): they
+			// are to be read.
 			pc := &peekConn{TCPConn: client}
 			defer pc.release()
 			return p.serveInbound(ctx, pc, &leg{}, from, dst, tlsInfo{authz: az}, m)

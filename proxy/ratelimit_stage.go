@@ -463,6 +463,18 @@ func rateLimitPolicy(name string, r ratelimit.Rate) string {
 	return `"` + name + `";q=` + strconv.FormatInt(r.N, 10) + ";w=" + strconv.FormatInt(int64(r.Window/time.Second), 10)
 }
 
+// requestLimited reports whether some request limit of dir applies on
+// port: a connection that would otherwise pass as bytes is then to be
+// read, so that its HTTP requests meet the limits.
+func (p *Proxy) requestLimited(dir Direction, port uint16) bool {
+	for _, l := range p.rateLimits.Load().req[dir] {
+		if l.conf.Match.Port(port) {
+			return true
+		}
+	}
+	return false
+}
+
 // The key kinds a connection limit is decided at (connLimited).
 const (
 	connKeySourceIP = 1 << iota
