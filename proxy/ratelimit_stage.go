@@ -579,6 +579,9 @@ func explainRateLimits(limits []ratelimit.Limit, q ExplainQuery, claims policy.C
 		}
 		if e.Applies {
 			src := q.SourceIP.String()
+			if !q.SourceIP.IsValid() {
+				src = "(the caller's address: give source-ip)"
+			}
 			switch l.Key {
 			case ratelimit.SourceIdentity:
 				e.KeyValue = src
