@@ -678,13 +678,29 @@ func (st *accessState) reread() {
 // new to the config must be good, or ac is refused and the running
 // access control stays.
 func (p *Proxy) ReloadAccess(ac AccessConfig) error {
-	p.cfgMu.Lock()
-	defer p.cfgMu.Unlock()
-	old := p.acl.Load()
-	st, err := newAccessState(ac, old, p.metrics, p.log.Named("acl"))
+	st, err := p.prepareAccess(ac)
 	if err != nil {
 		return err
 	}
+	p.commitAccess(st)
+	return nil
+}
+
+// prepareAccess builds the state ReloadAccess would put in effect, for
+// commitAccess; nothing of it runs until then, so a reload that fails
+// later just drops it.
+func (p *Proxy) prepareAccess(ac AccessConfig) (*accessState, error) {
+	p.cfgMu.Lock()
+	defer p.cfgMu.Unlock()
+	return newAccessState(ac, p.acl.Load(), p.metrics, p.log.Named("acl"))
+}
+
+// commitAccess swaps st in and starts its file watching.
+func (p *Proxy) commitAccess(st *accessState) {
+	p.cfgMu.Lock()
+	defer p.cfgMu.Unlock()
+	ac := st.cfg
+	old := p.acl.Load()
 	old.close()
 	p.acl.Store(st)
 	if p.started.Load() && !p.stopped {
@@ -706,7 +722,6 @@ func (p *Proxy) ReloadAccess(ac AccessConfig) error {
 			p.metrics.accessDenials.DeletePartialMatch(prometheus.Labels{"rule": n})
 		}
 	}
-	return nil
 }
 
 func namesOf[T any](s []T, name func(T) string) []string {

@@ -22,6 +22,7 @@ import (
 	"meshgate/intercept"
 	"meshgate/netlist"
 	"meshgate/proxy/policy"
+	"meshgate/proxy/ratelimit"
 )
 
 // Config is the proxy's whole configuration: one YAML file whose fields
@@ -80,6 +81,12 @@ type Config struct {
 	// Access is IP allow and deny lists and header blocks (access.go).
 	// Hot-reloaded.
 	Access AccessConfig `json:"access"`
+	// RateLimits limit how fast callers may call, per request or per new
+	// connection (ratelimit_stage.go, package ratelimit). Hot-reloaded.
+	RateLimits []ratelimit.Limit `json:"rateLimits"`
+	// Redis is where global rate limits are counted; nil: none.
+	// Hot-reloaded.
+	Redis *ratelimit.RedisConfig `json:"redis"`
 }
 
 // LoadBalancingConfig is load balancing across a service's endpoints
@@ -548,6 +555,9 @@ func describeValueError(err error, t reflect.Type, v any) string {
 	if ve, ok := errors.AsType[*policy.ValueError](err); ok {
 		return ve.Error()
 	}
+	if ve, ok := errors.AsType[*ratelimit.ValueError](err); ok {
+		return ve.Error()
+	}
 	var got string
 	switch v := v.(type) {
 	case string:
@@ -655,6 +665,7 @@ func (c Config) Validate() error {
 	errs = append(errs, c.LoadBalancing.validate()...)
 	errs = append(errs, c.Policy.validate()...)
 	errs = append(errs, c.Access.validate(c.Protocols)...)
+	errs = append(errs, c.validateRateLimits()...)
 	// A rule with HTTP conditions on a port whose connections are never
 	// HTTP would silently never allow (or always deny): say so.
 	for i, r := range c.Policy.Rules {

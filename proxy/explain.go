@@ -50,6 +50,11 @@ type ExplainResult struct {
 	// answered 401 before policy); the trace is then as without a token.
 	TokenError string
 	Trace      policy.Trace
+	// RateLimits are the rate limits of the config, each saying whether
+	// it would count the call and under which key value. They decide
+	// nothing here: no token is taken.
+	RateLimits []ExplainRateLimit
+	claims     policy.Claims // the token's, when it was valid
 }
 
 // Allowed says whether the call would go through.
@@ -65,6 +70,7 @@ func (r *ExplainResult) Format(w io.Writer) {
 		fmt.Fprintln(w, "          the request would be refused before policy; as without the token:")
 	}
 	r.Trace.Format(w)
+	formatRateLimits(w, r.RateLimits)
 }
 
 // Explain explains q under the policy of cfg (which must have passed
@@ -95,6 +101,7 @@ func Explain(ctx context.Context, cfg Config, q ExplainQuery) (*ExplainResult, e
 	}
 	res := explainWith(ctx, eng, set, q)
 	res.Access = acc.explain(q)
+	res.RateLimits = explainRateLimits(cfg.RateLimits, q, res.claims)
 	return res, nil
 }
 
@@ -115,7 +122,7 @@ func explainWith(ctx context.Context, eng *policy.Engine, set *jwtauth.Set, q Ex
 			if err != nil {
 				res.TokenError = err.Error()
 			} else {
-				cl = claims
+				cl, res.claims = claims, claims
 			}
 		}
 	}
@@ -226,6 +233,7 @@ func (p *Proxy) serveExplain(w http.ResponseWriter, r *http.Request) {
 	st := p.policy.Load()
 	res := explainWith(r.Context(), st.eng, st.jwt, q)
 	res.Access = p.acl.Load().explain(q)
+	res.RateLimits = explainRateLimits(p.rateLimits.Load().limits, q, res.claims)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	res.Format(w)
 }

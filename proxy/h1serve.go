@@ -95,9 +95,9 @@ func (p *Proxy) serveH1(ctx context.Context, dir Direction, tcp *net.TCPConn, tc
 		}
 		c.r.w = copy(c.r.buf, pending)
 	}
-	c.sreq = Request{Dir: dir, Dst: dst, authz: peer.authz, msg: h1Fields{&c.req}}
+	c.sreq = Request{Dir: dir, Dst: dst, ctx: ctx, authz: peer.authz, msg: h1Fields{&c.req}}
 	if dir == Inbound {
-		c.sreq.Peer = peer.peer
+		c.sreq.Peer, c.sreq.Src = peer.peer, addrPort(tcp.RemoteAddr())
 		if !peer.peer.IsZero() {
 			c.sreq.clientCert = "URI=" + peer.peer.String()
 		}
@@ -504,7 +504,7 @@ func (c *h1Conn) done(start time.Time, t try, got time.Time, failed bool, status
 // answerStage writes a stage's answer (see answer): the reason the
 // caller may see in the response, the whole one in the log.
 func (c *h1Conn) answerStage(start time.Time, a *Answer) {
-	c.respond(start, a.Status, a.stage+": "+a.Reason, a.logged(), a.challenge, nil)
+	c.respond(start, a.Status, a.stage+": "+a.Reason, a.logged(), a.challenge, a.fields, nil)
 }
 
 // answer writes the proxy's own response: status, with why in hdrError
@@ -516,12 +516,12 @@ func (c *h1Conn) answer(start time.Time, status int, stage, reason string, err e
 	} else if reason == "" {
 		why = stage
 	}
-	c.respond(start, status, why, why, "", err)
+	c.respond(start, status, why, why, "", nil, err)
 }
 
-// respond writes status with why in hdrError and the body, and a
-// WWW-Authenticate challenge when set; the log says logWhy.
-func (c *h1Conn) respond(start time.Time, status int, why, logWhy, challenge string, err error) {
+// respond writes status with why in hdrError and the body, a
+// WWW-Authenticate challenge when set, and fields; the log says logWhy.
+func (c *h1Conn) respond(start time.Time, status int, why, logWhy, challenge string, fields []headerField, err error) {
 	body := "meshgate: " + why + "\n"
 	b := c.w.take()
 	b = append(b, "HTTP/1.1 "...)
@@ -533,6 +533,12 @@ func (c *h1Conn) respond(start time.Time, status int, why, logWhy, challenge str
 	if challenge != "" {
 		b = append(b, "\r\nWWW-Authenticate: "...)
 		b = append(b, challenge...)
+	}
+	for _, f := range fields {
+		b = append(b, "\r\n"...)
+		b = append(b, f.name...)
+		b = append(b, ": "...)
+		b = append(b, f.value...)
 	}
 	b = append(b, "\r\nContent-Length: "...)
 	b = strconv.AppendInt(b, int64(len(body)), 10)

@@ -121,7 +121,7 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		h.p.observeRequest(Outbound, r, rec, st.peer.peer.String(), time.Since(start))
 	}()
-	sr := Request{Dir: Outbound, Dst: h.dst, authz: h.authz, msg: httpFields{r}}
+	sr := Request{Dir: Outbound, Dst: h.dst, ctx: r.Context(), authz: h.authz, msg: httpFields{r}}
 	if a := h.p.chains.Load()[Outbound].decide(&sr); a != nil {
 		h.p.answerHTTP(rec, r, a)
 		return
@@ -144,7 +144,7 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 		defer app.closeIdle()
 	}
 	cc := &countingConn{Conn: c, sentC: m.sent, recvC: m.received}
-	id, host := peer.peer.String(), dst.String()
+	id, host, src := peer.peer.String(), dst.String(), addrPort(c.RemoteAddr())
 	cert := ""
 	if !peer.peer.IsZero() {
 		cert = "URI=" + id
@@ -187,7 +187,7 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		defer func() { p.observeRequest(Inbound, r, rec, id, time.Since(start)) }()
-		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, clientCert: cert, authz: peer.authz, msg: httpFields{r}}
+		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, Src: src, ctx: r.Context(), clientCert: cert, authz: peer.authz, msg: httpFields{r}}
 		if a := p.chains.Load()[Inbound].decide(&sr); a != nil {
 			p.answerHTTP(rec, r, a)
 			return
@@ -296,6 +296,9 @@ func (p *Proxy) answerHTTP(w *recorder, r *http.Request, a *Answer) {
 	h.Set(hdrError, why)
 	if a.challenge != "" {
 		h.Set("WWW-Authenticate", a.challenge)
+	}
+	for _, f := range a.fields {
+		h.Set(f.name, f.value)
 	}
 	if a.grpcStatus != 0 && r.ProtoMajor == 2 && isGRPC(r.Header.Get("Content-Type")) {
 		h.Set("Content-Type", "application/grpc")

@@ -40,11 +40,20 @@ import (
 func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Addr, dst netip.AddrPort, m *dirMetrics) outcome {
 	mode := p.mesh.inboundMode(dst.Port())
 	src := addrPort(client.RemoteAddr())
+	// Connection limits by address, before any TLS: on a port with no
+	// mTLS, those by identity too (the caller has none).
+	keys := connKeySourceIP
+	if mode == MTLSDisable {
+		keys |= connKeySourceIdentity
+	}
+	if o := p.connLimited(dst, src, spiffeid.ID{}, keys); o != nil {
+		return *o
+	}
 	if mode == MTLSDisable {
 		az := p.authorizeConn(inboundConn(dst.Port(), src, spiffeid.ID{}), Inbound)
-		if az.pending() != nil || p.blocksPort(Inbound, dst.Port()) {
-			// Denied, or its requests decide, or header blocks look at
-			// them (access.go): they are to be read.
+		if az.pending() != nil || p.blocksPort(Inbound, dst.Port()) || p.requestLimited(Inbound, dst.Port()) {
+			// Denied, or its requests decide (policy, rate limits), or
+			// header blocks look at them (access.go): they are to be read.
 			pc := &peekConn{TCPConn: client}
 			defer pc.release()
 			return p.serveInbound(ctx, pc, &leg{}, from, dst, tlsInfo{authz: az}, m)
@@ -102,6 +111,10 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 	}
 
 	// Permissive, and not mesh TLS: plaintext.
+	if o := p.connLimited(dst, src, spiffeid.ID{}, connKeySourceIdentity); o != nil {
+		upstream.releasePending()
+		return *o
+	}
 	plain := tlsInfo{authz: p.authorizeConn(inboundConn(dst.Port(), src, spiffeid.ID{}), Inbound)}
 	if op.upErr != nil {
 		upstream.releasePending()

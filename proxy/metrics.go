@@ -42,8 +42,10 @@ type metrics struct {
 	policyDecisions *prometheus.CounterVec
 	// accessDenials counts refusals by IP lists and header blocks
 	// (access.go).
-	accessDenials   *prometheus.CounterVec
-	requestChildren sync.Map // requestKey → *requestChildren
+	accessDenials *prometheus.CounterVec
+	// rateLimitDecisions counts rate limit decisions (ratelimit_stage.go).
+	rateLimitDecisions *prometheus.CounterVec
+	requestChildren    sync.Map // requestKey → *requestChildren
 }
 
 // dirMetrics are the collectors of one direction.
@@ -129,13 +131,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Help: "Connections refused by an IP list (stage ip-list; rule: the list, \"default\" for an address in no allow list) " +
 			"and requests refused by a header block (stage block; rule: the block), by direction.",
 	}, []string{"direction", "stage", "rule"})
-	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS, requests, requestSeconds, policyDecisions, accessDenials} {
+	rateLimitDecisions := newRateLimitDecisions()
+	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS, requests, requestSeconds, policyDecisions, accessDenials, rateLimitDecisions} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	m := &metrics{handshakes: handshakes, plaintextRefused: refused, detections: detections, detectSeconds: detectSeconds, appTLS: appTLS,
-		requests: requests, requestSeconds: requestSeconds, policyDecisions: policyDecisions, accessDenials: accessDenials}
+		requests: requests, requestSeconds: requestSeconds, policyDecisions: policyDecisions, accessDenials: accessDenials,
+		rateLimitDecisions: rateLimitDecisions}
 	for _, d := range []Direction{Outbound, Inbound} {
 		l := d.String()
 		m.dir[d] = dirMetrics{

@@ -94,7 +94,10 @@ type Proxy struct {
 	// policy is the authorization in effect (authz.go); a reload swaps
 	// it. cfgMu serialises reloads, and guards cfg.Policy for /config.
 	policy atomic.Pointer[policyState]
-	cfgMu  sync.Mutex
+	// rateLimits are the rate limits in effect (ratelimit_stage.go),
+	// swapped by a reload under cfgMu.
+	rateLimits atomic.Pointer[rlState]
+	cfgMu      sync.Mutex
 	// stopped: Run has returned (under cfgMu); a reload starts nothing.
 	stopped bool
 	mesh    *meshState // cfg.MTLS resolved against meshTLS
@@ -203,6 +206,11 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: invalid config: %w", err)
 	}
 	p.acl.Store(acc)
+	rl, err := p.newRateLimitState(cfg.RateLimits, cfg.Redis, nil)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: invalid config: %w", err)
+	}
+	p.rateLimits.Store(rl)
 	p.rebuildChains()
 	return p, nil
 }
@@ -258,6 +266,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.stopped = true
 		p.policy.Load().close()
 		p.acl.Load().close()
+		p.closeRateLimits()
 		p.cfgMu.Unlock()
 	}()
 

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"math/rand/v2"
@@ -29,7 +30,8 @@ import (
 //	  block              header blocks (access.go): 403, gRPC PERMISSION_DENIED
 //	  … route match
 //	  policy             egress authorization (authz.go): 403, gRPC PERMISSION_DENIED
-//	  … rate limit / quota, fault injection, mirror
+//	  rate-limit         rateLimits (ratelimit_stage.go): 429, gRPC RESOURCE_EXHAUSTED
+//	  … fault injection, mirror
 //	  → exchange (h1serve.go: balance → pooled mesh connection → response)
 //	    where circuit breaking, bulkheads, per-try timeouts and retries wrap the try
 //
@@ -39,7 +41,8 @@ import (
 //	  … header and slow-client limits
 //	  jwt                the bearer token validated (401 if it fails), its claims for policy
 //	  policy             authorization (authz.go): 403, gRPC PERMISSION_DENIED
-//	  … rate limit / quota, fault injection
+//	  rate-limit         rateLimits (ratelimit_stage.go): 429, gRPC RESOURCE_EXHAUSTED
+//	  … fault injection
 //	  → exchange (pooled app connection → response)
 //
 // A stage that is off is not in the chain: it costs nothing per request.
@@ -70,7 +73,12 @@ type Answer struct {
 	grpcStatus int
 	// challenge is a WWW-Authenticate value for a 401.
 	challenge string
+	// fields are more header fields of the answer (e.g. Retry-After).
+	fields []headerField
 }
+
+// headerField is one header field of an answer.
+type headerField struct{ name, value string }
 
 // logged is the reason for the log.
 func (a *Answer) logged() string {
@@ -89,6 +97,10 @@ type Request struct {
 	// Dst is the connection's original destination: the app's address
 	// (inbound), the service address the app dialed (outbound).
 	Dst netip.AddrPort
+	// Src is the client's address (inbound); unset outbound.
+	Src netip.AddrPort
+	// ctx is the request's context (nil: none; see context).
+	ctx context.Context
 	// clientCert is hdrClientCert's value for Peer ("" for none), made
 	// once per connection.
 	clientCert string
@@ -98,6 +110,14 @@ type Request struct {
 	authz  *connAuthz
 	claims *jwtauth.Claims
 	msg    requestFields
+}
+
+// context is the request's context: it ends when the client goes away.
+func (r *Request) context() context.Context {
+	if r.ctx == nil {
+		return context.Background()
+	}
+	return r.ctx
 }
 
 // Method returns the request's method.
@@ -168,11 +188,18 @@ func (p *Proxy) newChains() *[2]chain {
 		c[Outbound] = append(c[Outbound], blockStage{b})
 	}
 	c[Outbound] = append(c[Outbound], authzStage{p})
+	rl := p.rateLimits.Load()
+	if len(rl.req[Outbound]) > 0 {
+		c[Outbound] = append(c[Outbound], rateLimitStage{p})
+	}
 	c[Inbound] = chain{clientIdentity{}}
 	if b := acc.blocks[Inbound]; len(b) > 0 {
 		c[Inbound] = append(c[Inbound], blockStage{b})
 	}
 	c[Inbound] = append(c[Inbound], jwtStage{p}, authzStage{p})
+	if len(rl.req[Inbound]) > 0 {
+		c[Inbound] = append(c[Inbound], rateLimitStage{p})
+	}
 	for d := range c {
 		c[d] = append(c[d], p.extraStages[d]...)
 	}

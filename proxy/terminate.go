@@ -31,6 +31,11 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream *leg, from
 		}
 		return o
 	}
+	if lo := p.connLimited(dst, addrPort(pc.RemoteAddr()), mc.info.peer, connKeySourceIdentity); lo != nil {
+		upstream.releasePending()
+		lo.mtls, lo.tls = true, mc.info
+		return *lo
+	}
 	// Policy decides with the client's verified identity, before anything
 	// reaches the app: a connection denied outright is refused (opaque)
 	// or its requests answered 403 (HTTP).
