@@ -163,6 +163,7 @@ func (c *h1Conn) serve(ctx context.Context) {
 			return
 		}
 		c.r.release() // nothing of a next request yet: no buffer held
+		c.sreq.limits.n = 0
 		err := c.r.readHead(&c.req, false)
 		c.idle.Store(false)
 		if err != nil {
@@ -610,6 +611,7 @@ func (c *h1Conn) observe(start time.Time, status int, bytes int64, reason string
 		if c.req.upgrade {
 			fields = append(fields, zap.ByteString("upgrade", c.req.get("upgrade")))
 		}
+		fields = rateLimitsField(fields, &c.sreq.limits)
 		if reason != "" {
 			fields = append(fields, zap.String("reason", reason))
 			if err != nil {

@@ -110,6 +110,9 @@ type Request struct {
 	authz  *connAuthz
 	claims *jwtauth.Claims
 	msg    requestFields
+	// limits are the rate limits the request met, for its access log
+	// line (ratelimit_stage.go).
+	limits rlNotes
 }
 
 // context is the request's context: it ends when the client goes away.
