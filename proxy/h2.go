@@ -120,7 +120,7 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.peer = st.peer
 			h.mu.Unlock()
 		}
-		h.p.observeRequest(Outbound, r, rec, &sr.limits, st.peer.peer.String(), time.Since(start))
+		h.p.observeRequest(Outbound, r, rec, sr.limits, st.peer.peer.String(), time.Since(start))
 	}()
 	if a := h.p.chains.Load()[Outbound].decide(&sr); a != nil {
 		h.p.answerHTTP(rec, r, a)
@@ -187,7 +187,7 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, Src: src, ctx: r.Context(), clientCert: cert, authz: peer.authz, msg: httpFields{r}}
-		defer func() { p.observeRequest(Inbound, r, rec, &sr.limits, id, time.Since(start)) }()
+		defer func() { p.observeRequest(Inbound, r, rec, sr.limits, id, time.Since(start)) }()
 		if a := p.chains.Load()[Inbound].decide(&sr); a != nil {
 			p.answerHTTP(rec, r, a)
 			return

@@ -55,10 +55,11 @@ import (
 // its N and window, RateLimit's r what is left of the window and t, as
 // Retry-After, the seconds until it ends.
 //
-// A request's access log line lists the limits it met and what each
-// decided (rate_limits: ["per-caller:allowed", ...], the results of the
-// metric; at most maxRateLimitNotes, then "+N more"), so that a request
-// allowed while Redis failed says so in its own line.
+// With accessLog on, a request's access log line lists the limits it met
+// and what each decided (rate_limits: ["per-caller:allowed", ...], the
+// results of the metric; at most maxRateLimitNotes, then "+N more"), so
+// that a request allowed while Redis failed says so in its own line.
+// With it off, or when no limit applies, nothing is noted: no cost.
 //
 // A global limit asks Redis (one round trip, bounded by redis.timeout);
 // when Redis fails the redis section's onError decides, and the
@@ -151,7 +152,8 @@ type rlLimit struct {
 const maxRateLimitNotes = 4
 
 // rlNotes are the limits a request met and what each decided, for its
-// access log line: kept in the Request, no allocation.
+// access log line: an HTTP/1 connection's, reused by its requests; an
+// HTTP/2 request's own, made when the first limit is noted.
 type rlNotes struct {
 	n    int
 	note [maxRateLimitNotes]rlNote
@@ -185,7 +187,7 @@ func (ns rlNotes) MarshalLogArray(enc zapcore.ArrayEncoder) error {
 // request met a limit. The field holds a copy: a core may encode it
 // after the request's notes are reused (a pooled HTTP/1 connection's).
 func rateLimitsField(fields []zap.Field, ns *rlNotes) []zap.Field {
-	if ns.n == 0 {
+	if ns == nil || ns.n == 0 {
 		return fields
 	}
 	return append(fields, zap.Array("rate_limits", *ns))
@@ -381,7 +383,12 @@ func (s rateLimitStage) Decide(r *Request) *Answer {
 		}
 		key := l.requestKey(r, path)
 		d, res := l.decide(st, r.context(), key, s.p.log)
-		r.limits.add(l, res)
+		if s.p.cfg.AccessLog {
+			if r.limits == nil {
+				r.limits = new(rlNotes)
+			}
+			r.limits.add(l, res)
+		}
 		if !d.Allowed {
 			return l.answer(d, key)
 		}

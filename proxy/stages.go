@@ -111,8 +111,9 @@ type Request struct {
 	claims *jwtauth.Claims
 	msg    requestFields
 	// limits are the rate limits the request met, for its access log
-	// line (ratelimit_stage.go).
-	limits rlNotes
+	// line (ratelimit_stage.go); nil until one is noted (HTTP/2), or the
+	// connection's (HTTP/1).
+	limits *rlNotes
 }
 
 // context is the request's context: it ends when the client goes away.
