@@ -696,3 +696,24 @@ func BenchmarkRateLimitStageOff(b *testing.B) {
 		s.Decide(r)
 	}
 }
+
+// TestRateLimitConnectionQuota: a quota of new connections refuses the
+// ones past its N, saying so.
+func TestRateLimitConnectionQuota(t *testing.T) {
+	cfg := testConfig()
+	rateLimitsOf(t, "rateLimits:\n- {name: conns, type: quota, per: connection, key: sourceIP, rate: 2/d}\n")(&cfg)
+	p, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, src := netip.MustParseAddrPort("10.0.0.2:8080"), netip.MustParseAddrPort("10.0.0.1:40000")
+	for i := range 2 {
+		if o := p.connLimited(dst, src, spiffeid.ID{}, connKeySourceIP); o != nil {
+			t.Fatalf("connection %d refused: %v", i, o.err)
+		}
+	}
+	o := p.connLimited(dst, src, spiffeid.ID{}, connKeySourceIP)
+	if o == nil || o.reason != "rate-limit: conns" || o.err.Error() != "rate-limit: conns: new connections over quota 2/d" {
+		t.Errorf("the third connection: %+v; want refused over quota 2/d", o)
+	}
+}
