@@ -77,6 +77,9 @@ type Config struct {
 	// Policy is authorization: who may call the app, and what the app
 	// may call (authz.go, package policy). Hot-reloaded.
 	Policy PolicyConfig `json:"policy"`
+	// Limits protect the sidecar and its app from clients that hold
+	// connections, send slowly or send too much (protect.go).
+	Limits LimitsConfig `json:"limits"`
 }
 
 // LoadBalancingConfig is load balancing across a service's endpoints
@@ -373,6 +376,7 @@ func DefaultConfig() Config {
 				MaxEjectionPercent:  50,
 			},
 		},
+		Limits: defaultLimits(),
 	}
 }
 
@@ -651,6 +655,7 @@ func (c Config) Validate() error {
 	errs = append(errs, c.Protocols.validate()...)
 	errs = append(errs, c.LoadBalancing.validate()...)
 	errs = append(errs, c.Policy.validate()...)
+	errs = append(errs, c.Limits.validate()...)
 	// A rule with HTTP conditions on a port whose connections are never
 	// HTTP would silently never allow (or always deny): say so.
 	for i, r := range c.Policy.Rules {

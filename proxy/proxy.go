@@ -112,6 +112,8 @@ type Proxy struct {
 	// extraStages, those tests add (withStage).
 	chains      [2]chain
 	extraStages [2][]Stage
+	// protect is the connection caps and request limits (protect.go).
+	protect *protection
 
 	started atomic.Bool
 	ready   chan struct{} // closed once every listener is bound and serving
@@ -190,6 +192,7 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: register metrics: %w", err)
 	}
 	p.metrics = m
+	p.protect = newProtection(cfg.Limits, m.protectionEvents, log)
 	st, err := p.newPolicyState(cfg.Policy, nil)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: invalid config: %w", err)
