@@ -504,7 +504,6 @@ func (pr *protection) limitBody(dir Direction, w *recorder, r *http.Request) boo
 		w.reason = "limits: " + e.msg
 		w.Header().Set(hdrError, w.reason)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Header().Set("Connection", "close")
 		w.WriteHeader(e.status)
 		fmt.Fprintf(w, "meshgate: %s\n", w.reason)
 		return true
