@@ -248,7 +248,9 @@ type usage struct {
 	rss int64 // bytes
 }
 
-func (u usage) String() string { return fmt.Sprintf("%d fds, RSS %.1f MiB", u.fds, float64(u.rss)/(1<<20)) }
+func (u usage) String() string {
+	return fmt.Sprintf("%d fds, RSS %.1f MiB", u.fds, float64(u.rss)/(1<<20))
+}
 
 func (u usage) max(v usage) usage {
 	return usage{fds: max(u.fds, v.fds), rss: max(u.rss, v.rss)}
