@@ -22,6 +22,7 @@ import (
 	"meshgate/intercept"
 	"meshgate/netlist"
 	"meshgate/proxy/policy"
+	"meshgate/proxy/ratelimit"
 )
 
 // Config is the proxy's whole configuration: one YAML file whose fields
@@ -77,6 +78,15 @@ type Config struct {
 	// Policy is authorization: who may call the app, and what the app
 	// may call (authz.go, package policy). Hot-reloaded.
 	Policy PolicyConfig `json:"policy"`
+	// Access is IP allow and deny lists and header blocks (access.go).
+	// Hot-reloaded.
+	Access AccessConfig `json:"access"`
+	// RateLimits limit how fast callers may call, per request or per new
+	// connection (ratelimit_stage.go, package ratelimit). Hot-reloaded.
+	RateLimits []ratelimit.Limit `json:"rateLimits"`
+	// Redis is where global rate limits are counted; nil: none.
+	// Hot-reloaded.
+	Redis *ratelimit.RedisConfig `json:"redis"`
 	// Limits protect the sidecar and its app from clients that hold
 	// connections, send slowly or send too much (protect.go).
 	Limits LimitsConfig `json:"limits"`
@@ -549,6 +559,9 @@ func describeValueError(err error, t reflect.Type, v any) string {
 	if ve, ok := errors.AsType[*policy.ValueError](err); ok {
 		return ve.Error()
 	}
+	if ve, ok := errors.AsType[*ratelimit.ValueError](err); ok {
+		return ve.Error()
+	}
 	var got string
 	switch v := v.(type) {
 	case string:
@@ -655,6 +668,8 @@ func (c Config) Validate() error {
 	errs = append(errs, c.Protocols.validate()...)
 	errs = append(errs, c.LoadBalancing.validate()...)
 	errs = append(errs, c.Policy.validate()...)
+	errs = append(errs, c.Access.validate(c.Protocols)...)
+	errs = append(errs, c.validateRateLimits()...)
 	errs = append(errs, c.Limits.validate()...)
 	// A rule with HTTP conditions on a port whose connections are never
 	// HTTP would silently never allow (or always deny): say so.

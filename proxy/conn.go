@@ -128,6 +128,9 @@ func (p *Proxy) pipeline(ctx context.Context, l *captureListener, client *net.TC
 		}
 		return p.inbound(ctx, client, from, dst, m)
 	}
+	if o, refused := p.refusedOut(dst); refused {
+		return o
+	}
 	return p.outbound(ctx, client, dst, m)
 }
 

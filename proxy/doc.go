@@ -103,6 +103,7 @@
 //	stage                                      file
 //	Proxy: New, Run, the drain                 proxy.go
 //	accept                                     listen.go
+//	  IP lists (at accept), header blocks      access.go
 //	one connection: handle → pipeline, log     conn.go
 //	original destination                       origdst.go
 //	loop guard                                 loopguard.go
@@ -115,6 +116,7 @@
 //	  idle directions parked                   park_linux.go
 //	L7: dispatch, what both codecs share       l7.go
 //	  request stages                           stages.go
+//	    rate limits (and per connection)       ratelimit_stage.go
 //	  HTTP/1 engine: serving loop              h1serve.go
 //	    its codec                              h1codec.go
 //	    its upstream pool                      h1pool.go

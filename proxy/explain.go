@@ -12,13 +12,14 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
 
 	"meshgate/proxy/jwtauth"
 	"meshgate/proxy/policy"
 )
 
-// ExplainQuery is a call to explain: what policy would decide of it, and
-// why (`meshgate policy explain`, the admin API's /explain).
+// ExplainQuery is a call to explain: what the access control (IP lists,
+// header blocks) and policy would decide of it, and why (`meshgate policy explain`, the admin API's /explain).
 type ExplainQuery struct {
 	Direction policy.Direction // inbound (default) or outbound
 	Port      uint16           // the app's port (inbound) or the destination's (outbound)
@@ -42,22 +43,34 @@ type ExplainQuery struct {
 
 // ExplainResult is a call explained.
 type ExplainResult struct {
+	// Access is what the IP lists and header blocks would do, before
+	// anything else (access.go).
+	Access AccessTrace
 	// TokenError is why the token was refused (the request would be
 	// answered 401 before policy); the trace is then as without a token.
 	TokenError string
 	Trace      policy.Trace
+	// RateLimits are the rate limits of the config, each saying whether
+	// it would count the call and under which key value. They decide
+	// nothing here: no token is taken.
+	RateLimits []ExplainRateLimit
+	claims     policy.Claims // the token's, when it was valid
 }
 
 // Allowed says whether the call would go through.
-func (r *ExplainResult) Allowed() bool { return r.TokenError == "" && r.Trace.Allowed() }
+func (r *ExplainResult) Allowed() bool {
+	return r.Access.Denied == "" && r.TokenError == "" && r.Trace.Allowed()
+}
 
 // Format writes r for people.
 func (r *ExplainResult) Format(w io.Writer) {
+	r.Access.format(w)
 	if r.TokenError != "" {
 		fmt.Fprintf(w, "token:    REFUSED (401): %s\n", r.TokenError)
 		fmt.Fprintln(w, "          the request would be refused before policy; as without the token:")
 	}
 	r.Trace.Format(w)
+	formatRateLimits(w, r.RateLimits)
 }
 
 // Explain explains q under the policy of cfg (which must have passed
@@ -82,7 +95,14 @@ func Explain(ctx context.Context, cfg Config, q ExplainQuery) (*ExplainResult, e
 			return nil, err
 		}
 	}
-	return explainWith(ctx, eng, set, q), nil
+	acc, err := newAccessState(cfg.Access, nil, nil, zap.NewNop())
+	if err != nil {
+		return nil, err
+	}
+	res := explainWith(ctx, eng, set, q)
+	res.Access = acc.explain(q)
+	res.RateLimits = explainRateLimits(cfg.RateLimits, q, res.claims)
+	return res, nil
 }
 
 func explainWith(ctx context.Context, eng *policy.Engine, set *jwtauth.Set, q ExplainQuery) *ExplainResult {
@@ -102,7 +122,7 @@ func explainWith(ctx context.Context, eng *policy.Engine, set *jwtauth.Set, q Ex
 			if err != nil {
 				res.TokenError = err.Error()
 			} else {
-				cl = claims
+				cl, res.claims = claims, claims
 			}
 		}
 	}
@@ -212,6 +232,8 @@ func (p *Proxy) serveExplain(w http.ResponseWriter, r *http.Request) {
 	}
 	st := p.policy.Load()
 	res := explainWith(r.Context(), st.eng, st.jwt, q)
+	res.Access = p.acl.Load().explain(q)
+	res.RateLimits = explainRateLimits(p.rateLimits.Load().limits, q, res.claims)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	res.Format(w)
 }

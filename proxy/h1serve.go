@@ -103,9 +103,9 @@ func (p *Proxy) serveH1(ctx context.Context, dir Direction, tcp *net.TCPConn, tc
 		}
 		c.r.w = copy(c.r.buf, pending)
 	}
-	c.sreq = Request{Dir: dir, Dst: dst, authz: peer.authz, msg: h1Fields{&c.req}}
+	c.sreq = Request{Dir: dir, Dst: dst, ctx: ctx, authz: peer.authz, msg: h1Fields{&c.req}}
 	if dir == Inbound {
-		c.sreq.Peer = peer.peer
+		c.sreq.Peer, c.sreq.Src = peer.peer, addrPort(tcp.RemoteAddr())
 		if !peer.peer.IsZero() {
 			c.sreq.clientCert = "URI=" + peer.peer.String()
 		}
@@ -197,7 +197,7 @@ func (c *h1Conn) serve(ctx context.Context) {
 		// The idle deadline stays: nothing reads the client until the
 		// next request's head (which sets its own), but a body that
 		// streams (exchange clears it) and a tunnel (forward sets its own).
-		if a := c.p.chains[c.dir].decide(&c.sreq); a != nil {
+		if a := c.p.chains.Load()[c.dir].decide(&c.sreq); a != nil {
 			if c.req.length > 0 || c.req.chunked {
 				c.req.close = true // its body is not read: the connection cannot go on
 			}
@@ -545,7 +545,7 @@ func (c *h1Conn) done(start time.Time, t try, got time.Time, failed bool, status
 // answerStage writes a stage's answer (see answer): the reason the
 // caller may see in the response, the whole one in the log.
 func (c *h1Conn) answerStage(start time.Time, a *Answer) {
-	c.respond(start, a.Status, a.stage+": "+a.Reason, a.logged(), a.challenge, nil)
+	c.respond(start, a.Status, a.stage+": "+a.Reason, a.logged(), a.challenge, a.fields, nil)
 }
 
 // refuse answers a request a limit refused (protect.go) and reports the
@@ -567,12 +567,12 @@ func (c *h1Conn) answer(start time.Time, status int, stage, reason string, err e
 	} else if reason == "" {
 		why = stage
 	}
-	c.respond(start, status, why, why, "", err)
+	c.respond(start, status, why, why, "", nil, err)
 }
 
-// respond writes status with why in hdrError and the body, and a
-// WWW-Authenticate challenge when set; the log says logWhy.
-func (c *h1Conn) respond(start time.Time, status int, why, logWhy, challenge string, err error) {
+// respond writes status with why in hdrError and the body, a
+// WWW-Authenticate challenge when set, and fields; the log says logWhy.
+func (c *h1Conn) respond(start time.Time, status int, why, logWhy, challenge string, fields []headerField, err error) {
 	body := "meshgate: " + why + "\n"
 	b := c.w.take()
 	b = append(b, "HTTP/1.1 "...)
@@ -584,6 +584,12 @@ func (c *h1Conn) respond(start time.Time, status int, why, logWhy, challenge str
 	if challenge != "" {
 		b = append(b, "\r\nWWW-Authenticate: "...)
 		b = append(b, challenge...)
+	}
+	for _, f := range fields {
+		b = append(b, "\r\n"...)
+		b = append(b, f.name...)
+		b = append(b, ": "...)
+		b = append(b, f.value...)
 	}
 	b = append(b, "\r\nContent-Length: "...)
 	b = strconv.AppendInt(b, int64(len(body)), 10)

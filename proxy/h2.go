@@ -124,8 +124,8 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.p.protect.limitBody(Outbound, rec, r) {
 		return
 	}
-	sr := Request{Dir: Outbound, Dst: h.dst, authz: h.authz, msg: httpFields{r}}
-	if a := h.p.chains[Outbound].decide(&sr); a != nil {
+	sr := Request{Dir: Outbound, Dst: h.dst, ctx: r.Context(), authz: h.authz, msg: httpFields{r}}
+	if a := h.p.chains.Load()[Outbound].decide(&sr); a != nil {
 		h.p.answerHTTP(rec, r, a)
 		return
 	}
@@ -147,7 +147,7 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 		defer app.closeIdle()
 	}
 	cc := &countingConn{Conn: c, sentC: m.sent, recvC: m.received}
-	id, host := peer.peer.String(), dst.String()
+	id, host, src := peer.peer.String(), dst.String(), addrPort(c.RemoteAddr())
 	cert := ""
 	if !peer.peer.IsZero() {
 		cert = "URI=" + id
@@ -193,8 +193,8 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 		if p.protect.limitBody(Inbound, rec, r) {
 			return
 		}
-		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, clientCert: cert, authz: peer.authz, msg: httpFields{r}}
-		if a := p.chains[Inbound].decide(&sr); a != nil {
+		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, Src: src, ctx: r.Context(), clientCert: cert, authz: peer.authz, msg: httpFields{r}}
+		if a := p.chains.Load()[Inbound].decide(&sr); a != nil {
 			p.answerHTTP(rec, r, a)
 			return
 		}
@@ -303,6 +303,9 @@ func (p *Proxy) answerHTTP(w *recorder, r *http.Request, a *Answer) {
 	h.Set(hdrError, why)
 	if a.challenge != "" {
 		h.Set("WWW-Authenticate", a.challenge)
+	}
+	for _, f := range a.fields {
+		h.Set(f.name, f.value)
 	}
 	if a.grpcStatus != 0 && r.ProtoMajor == 2 && isGRPC(r.Header.Get("Content-Type")) {
 		h.Set("Content-Type", "application/grpc")

@@ -40,10 +40,20 @@ import (
 func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Addr, dst netip.AddrPort, m *dirMetrics) outcome {
 	mode := p.mesh.inboundMode(dst.Port())
 	src := addrPort(client.RemoteAddr())
+	// Connection limits by address, before any TLS: on a port with no
+	// mTLS, those by identity too (the caller has none).
+	keys := connKeySourceIP
+	if mode == MTLSDisable {
+		keys |= connKeySourceIdentity
+	}
+	if o := p.connLimited(dst, src, spiffeid.ID{}, keys); o != nil {
+		return *o
+	}
 	if mode == MTLSDisable {
 		az := p.authorizeConn(inboundConn(dst.Port(), src, spiffeid.ID{}), Inbound)
-		if az.pending() != nil {
-			// Denied, or its requests decide: they are to be read.
+		if az.pending() != nil || p.blocksPort(Inbound, dst.Port()) || p.requestLimited(Inbound, dst.Port()) {
+			// Denied, or its requests decide (policy, rate limits), or
+			// header blocks look at them (access.go): they are to be read.
 			pc := &peekConn{TCPConn: client}
 			defer pc.release()
 			return p.serveInbound(ctx, pc, &leg{}, from, dst, tlsInfo{authz: az}, m)
@@ -58,7 +68,7 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 	// The app is dialed early (permissive mode) only if policy allows a
 	// plaintext client outright; a mesh client is decided after its
 	// handshake (terminate).
-	if mode == MTLSPermissive && !p.knownHTTP(dst, start) &&
+	if mode == MTLSPermissive && !p.knownHTTP(dst, start) && !p.blocksPort(Inbound, dst.Port()) &&
 		dialEarly(authorize(p.policy.Load(), inboundConn(dst.Port(), src, spiffeid.ID{}))) {
 		race.dialApp(p, from, dst)
 		race.holdUntil = start.Add(p.cfg.MTLS.GreetingHold.D())
@@ -106,6 +116,10 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 	}
 
 	// Permissive, and not mesh TLS: plaintext.
+	if o := p.connLimited(dst, src, spiffeid.ID{}, connKeySourceIdentity); o != nil {
+		upstream.releasePending()
+		return *o
+	}
 	plain := tlsInfo{authz: p.authorizeConn(inboundConn(dst.Port(), src, spiffeid.ID{}), Inbound)}
 	if op.upErr != nil {
 		upstream.releasePending()
@@ -194,10 +208,13 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, f
 		d = verdict(opening{first: speakerClient}, pc.peeked())
 	default:
 		wait := p.cfg.Timeouts.Idle.D()
-		if peer.authz.pending() != nil {
-			// Denied, or its requests decide: the app is not dialed, so a
-			// client that waits for it to speak would wait for ever. After
-			// protocols.detectTimeout it is decided as not HTTP.
+		// Denied, or its requests decide, or header blocks are to see
+		// them: the app is not dialed (a client that waited for it to
+		// speak first would pass as bytes), so a client that waits for it
+		// would wait for ever. After protocols.detectTimeout it is
+		// decided as not HTTP.
+		held := peer.authz.pending() != nil || p.blocksPort(Inbound, dst.Port())
+		if held {
 			wait = p.cfg.Protocols.DetectTimeout.D()
 		}
 		race := detectRace(pc, start.Add(wait))
@@ -205,8 +222,9 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, f
 			// Watched, not dialed; its owner closes it.
 			race.dial = func(context.Context) (upConn, error) { return upConn{tcp: u}, nil }
 			race.drop = func(upConn) {}
-		} else if !knownHTTP && peer.authz.pending() == nil {
-			// Not while policy has yet to allow the client.
+		} else if !knownHTTP && !held {
+			// Not while policy has yet to allow the client, nor where
+			// header blocks apply.
 			race.dialApp(p, from, dst)
 		}
 		op, err := race.run(ctx)

@@ -181,6 +181,9 @@ func (p *Proxy) acceptLoop(ctx context.Context, l *captureListener, stop <-chan 
 			continue
 		}
 		backoff = 0
+		if p.refusedAtAccept(l, c) {
+			continue
+		}
 		// Over a connection cap: reset at once, on this goroutine, before
 		// anything is read (protect.go).
 		src := addrPort(c.RemoteAddr())

@@ -40,6 +40,11 @@ type metrics struct {
 	requestSeconds *prometheus.HistogramVec
 	// policyDecisions counts authorization decisions (authz.go).
 	policyDecisions *prometheus.CounterVec
+	// accessDenials counts refusals by IP lists and header blocks
+	// (access.go).
+	accessDenials *prometheus.CounterVec
+	// rateLimitDecisions counts rate limit decisions (ratelimit_stage.go).
+	rateLimitDecisions *prometheus.CounterVec
 	// protectionEvents counts connections and requests refused by a
 	// limit (protect.go), by direction and reason.
 	protectionEvents *prometheus.CounterVec
@@ -131,13 +136,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"handshake_timeout (no ClientHello or handshake within timeouts.handshake), request_header_timeout (408), " +
 			"request_body_rate (408), request_header_size (431), request_body_size (413).",
 	}, []string{"direction", "reason"})
-	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS, requests, requestSeconds, policyDecisions, protectionEvents} {
+	accessDenials := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshgate_access_denials_total",
+		Help: "Connections refused by an IP list (stage ip-list; rule: the list, \"default\" for an address in no allow list) " +
+			"and requests refused by a header block (stage block; rule: the block), by direction.",
+	}, []string{"direction", "stage", "rule"})
+	rateLimitDecisions := newRateLimitDecisions()
+	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS, requests, requestSeconds, policyDecisions, accessDenials, rateLimitDecisions, protectionEvents} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	m := &metrics{handshakes: handshakes, plaintextRefused: refused, detections: detections, detectSeconds: detectSeconds, appTLS: appTLS,
-		requests: requests, requestSeconds: requestSeconds, policyDecisions: policyDecisions, protectionEvents: protectionEvents}
+		requests: requests, requestSeconds: requestSeconds, policyDecisions: policyDecisions, accessDenials: accessDenials,
+		rateLimitDecisions: rateLimitDecisions, protectionEvents: protectionEvents}
 	for _, d := range []Direction{Outbound, Inbound} {
 		l := d.String()
 		m.dir[d] = dirMetrics{

@@ -94,7 +94,10 @@ type Proxy struct {
 	// policy is the authorization in effect (authz.go); a reload swaps
 	// it. cfgMu serialises reloads, and guards cfg.Policy for /config.
 	policy atomic.Pointer[policyState]
-	cfgMu  sync.Mutex
+	// rateLimits are the rate limits in effect (ratelimit_stage.go),
+	// swapped by a reload under cfgMu.
+	rateLimits atomic.Pointer[rlState]
+	cfgMu      sync.Mutex
 	// stopped: Run has returned (under cfgMu); a reload starts nothing.
 	stopped bool
 	mesh    *meshState // cfg.MTLS resolved against meshTLS
@@ -108,10 +111,14 @@ type Proxy struct {
 	httpServers sync.Map    // *http.Server of each L7 connection being served
 	h1Mu        sync.Mutex
 	h1Conns     map[*h1Conn]struct{} // each HTTP/1 connection being served, under h1Mu
-	// chains are the request stages of each direction (stages.go);
-	// extraStages, those tests add (withStage).
-	chains      [2]chain
+	// chains are the request stages of each direction (stages.go),
+	// rebuilt when a reload changes them; extraStages, those tests add
+	// (withStage).
+	chains      atomic.Pointer[[2]chain]
 	extraStages [2][]Stage
+	// acl is the IP lists and header blocks in effect (access.go); a
+	// reload swaps it.
+	acl atomic.Pointer[accessState]
 	// protect is the connection caps and request limits (protect.go).
 	protect *protection
 
@@ -174,7 +181,6 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 	p.serverFirst = newDestMemory(cfg.Protocols.ServerFirstMemory.D())
 	p.httpDests = newDestMemory(cfg.Protocols.ServerFirstMemory.D())
 	p.l7 = newL7(p)
-	p.chains = p.newChains()
 	p.access = log.Named("access")
 	p.cfg.Protocols.Ports = maps.Clone(cfg.Protocols.Ports)
 	// The config is the caller's; keep a copy, with the mode in effect
@@ -198,6 +204,17 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: invalid config: %w", err)
 	}
 	p.policy.Store(st)
+	acc, err := newAccessState(cfg.Access, nil, p.metrics, log.Named("acl"))
+	if err != nil {
+		return nil, fmt.Errorf("proxy: invalid config: %w", err)
+	}
+	p.acl.Store(acc)
+	rl, err := p.newRateLimitState(cfg.RateLimits, cfg.Redis, nil)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: invalid config: %w", err)
+	}
+	p.rateLimits.Store(rl)
+	p.rebuildChains()
 	return p, nil
 }
 
@@ -245,11 +262,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	// through the mesh, which needs the marks set above).
 	p.cfgMu.Lock()
 	p.policy.Load().start()
+	p.acl.Load().start()
 	p.cfgMu.Unlock()
 	defer func() {
 		p.cfgMu.Lock()
 		p.stopped = true
 		p.policy.Load().close()
+		p.acl.Load().close()
+		p.closeRateLimits()
 		p.cfgMu.Unlock()
 	}()
 

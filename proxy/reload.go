@@ -49,7 +49,8 @@ func (p *Proxy) ReloadPolicy(pc PolicyConfig) error {
 }
 
 // WatchConfig reloads the config file at path when it changes, until ctx
-// is done: the policy section takes effect (ReloadPolicy); a change to
+// is done: the policy, access, rateLimits and redis sections take effect
+// (ReloadPolicy, ReloadAccess, ReloadRateLimits); a change to
 // any other section is logged as needing a restart, and the running
 // value stays. A file that does not parse or validate is refused with
 // every problem logged, and nothing changes. The directory is watched,
@@ -110,14 +111,28 @@ func (p *Proxy) WatchConfig(ctx context.Context, path string) error {
 					zap.Strings("problems", problems(err)))
 				continue
 			}
-			if err := p.ReloadPolicy(cfg.Policy); err != nil {
+			rl, err := p.prepareRateLimits(cfg.RateLimits, cfg.Redis)
+			if err != nil {
 				log.Error("config reload refused: the running config stays", zap.String("file", path), zap.Error(err))
 				continue
 			}
+			acc, err := p.prepareAccess(cfg.Access)
+			if err != nil {
+				p.discardRateLimits(rl)
+				log.Error("config reload refused: the running config stays", zap.String("file", path), zap.Error(err))
+				continue
+			}
+			if err := p.ReloadPolicy(cfg.Policy); err != nil {
+				p.discardRateLimits(rl)
+				log.Error("config reload refused: the running config stays", zap.String("file", path), zap.Error(err))
+				continue
+			}
+			p.commitAccess(acc)
+			p.commitRateLimits(rl)
 			changed := restartFields(prevCfg, cfg)
 			prev, prevCfg = data, cfg
 			log.Info("config reloaded", zap.String("file", path), zap.Int("policy_rules", len(cfg.Policy.Rules)),
-				zap.Int("jwt_providers", len(cfg.Policy.JWTProviders)))
+				zap.Int("jwt_providers", len(cfg.Policy.JWTProviders)), zap.Int("rate_limits", len(cfg.RateLimits)))
 			if len(changed) > 0 {
 				log.Warn("config sections changed that take effect only on restart; they keep their running values",
 					zap.Strings("sections", changed))
@@ -135,14 +150,14 @@ func problems(err error) []string {
 	return out
 }
 
-// restartFields names the top-level sections but policy that differ
-// between a and b.
+// restartFields names the top-level sections but those hot-reloaded
+// (policy, access, rateLimits, redis) that differ between a and b.
 func restartFields(a, b Config) []string {
 	var out []string
 	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
 	for i, f := range reflect.VisibleFields(va.Type()) {
 		name := f.Tag.Get("json")
-		if name == "policy" {
+		if name == "policy" || name == "access" || name == "rateLimits" || name == "redis" {
 			continue
 		}
 		if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {

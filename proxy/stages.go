@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"regexp"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -25,18 +27,22 @@ import (
 //	outbound (the app's request, to a peer sidecar):
 //	  request-ids        X-Request-Id, X-Correlation-Id, traceparent, made when absent
 //	  client-identity    any X-Forwarded-Client-Cert the app sent is removed
+//	  block              header blocks (access.go): 403, gRPC PERMISSION_DENIED
 //	  … route match
 //	  policy             egress authorization (authz.go): 403, gRPC PERMISSION_DENIED
-//	  … rate limit / quota, fault injection, mirror
+//	  rate-limit         rateLimits (ratelimit_stage.go): 429, gRPC RESOURCE_EXHAUSTED
+//	  … fault injection, mirror
 //	  → exchange (h1serve.go: balance → pooled mesh connection → response)
 //	    where circuit breaking, bulkheads, per-try timeouts and retries wrap the try
 //
 //	inbound (a client's request, to the app):
 //	  client-identity    X-Forwarded-Client-Cert set to the verified peer, any other removed
+//	  block              header blocks (access.go): 403, gRPC PERMISSION_DENIED
 //	  … header and slow-client limits
 //	  jwt                the bearer token validated (401 if it fails), its claims for policy
 //	  policy             authorization (authz.go): 403, gRPC PERMISSION_DENIED
-//	  … rate limit / quota, fault injection
+//	  rate-limit         rateLimits (ratelimit_stage.go): 429, gRPC RESOURCE_EXHAUSTED
+//	  … fault injection
 //	  → exchange (pooled app connection → response)
 //
 // A stage that is off is not in the chain: it costs nothing per request.
@@ -67,7 +73,12 @@ type Answer struct {
 	grpcStatus int
 	// challenge is a WWW-Authenticate value for a 401.
 	challenge string
+	// fields are more header fields of the answer (e.g. Retry-After).
+	fields []headerField
 }
+
+// headerField is one header field of an answer.
+type headerField struct{ name, value string }
 
 // logged is the reason for the log.
 func (a *Answer) logged() string {
@@ -86,6 +97,10 @@ type Request struct {
 	// Dst is the connection's original destination: the app's address
 	// (inbound), the service address the app dialed (outbound).
 	Dst netip.AddrPort
+	// Src is the client's address (inbound); unset outbound.
+	Src netip.AddrPort
+	// ctx is the request's context (nil: none; see context).
+	ctx context.Context
 	// clientCert is hdrClientCert's value for Peer ("" for none), made
 	// once per connection.
 	clientCert string
@@ -95,6 +110,14 @@ type Request struct {
 	authz  *connAuthz
 	claims *jwtauth.Claims
 	msg    requestFields
+}
+
+// context is the request's context: it ends when the client goes away.
+func (r *Request) context() context.Context {
+	if r.ctx == nil {
+		return context.Background()
+	}
+	return r.ctx
 }
 
 // Method returns the request's method.
@@ -118,6 +141,10 @@ func (r *Request) Get(name string) string { return r.msg.get(name) }
 // Set replaces the header field named name with one of value.
 func (r *Request) Set(name, value string) { r.msg.set(name, value) }
 
+// Match reports whether re matches the value of any header field named
+// name (any case): a field sent twice is looked at twice.
+func (r *Request) Match(name string, re *regexp.Regexp) bool { return r.msg.match(name, re) }
+
 // DelAlike removes every header field an app could read as name: equal
 // but for ASCII case, '_' taken for '-' (CGI-style frameworks (WSGI,
 // PHP, Rack) read X_Forwarded_Client_Cert as X-Forwarded-Client-Cert).
@@ -133,6 +160,7 @@ type requestFields interface {
 	get(name string) string
 	set(name, value string)
 	delAlike(name string)
+	match(name string, re *regexp.Regexp) bool
 }
 
 // chain is the stages of one direction, in order.
@@ -150,16 +178,37 @@ func (c chain) decide(r *Request) *Answer {
 }
 
 // newChains builds each direction's chain from the config (see the order
-// above), with the stages tests add (withStage) last.
-func (p *Proxy) newChains() [2]chain {
+// above), with the stages tests add (withStage) last. A reload of a
+// section that has stages rebuilds them (rebuildChains).
+func (p *Proxy) newChains() *[2]chain {
 	var c [2]chain
-	c[Outbound] = chain{requestIDs{}, clientIdentity{}, authzStage{p}}
-	c[Inbound] = chain{clientIdentity{}, jwtStage{p}, authzStage{p}}
+	acc := p.acl.Load()
+	c[Outbound] = chain{requestIDs{}, clientIdentity{}}
+	if b := acc.blocks[Outbound]; len(b) > 0 {
+		c[Outbound] = append(c[Outbound], blockStage{b})
+	}
+	c[Outbound] = append(c[Outbound], authzStage{p})
+	rl := p.rateLimits.Load()
+	if len(rl.req[Outbound]) > 0 {
+		c[Outbound] = append(c[Outbound], rateLimitStage{p})
+	}
+	c[Inbound] = chain{clientIdentity{}}
+	if b := acc.blocks[Inbound]; len(b) > 0 {
+		c[Inbound] = append(c[Inbound], blockStage{b})
+	}
+	c[Inbound] = append(c[Inbound], jwtStage{p}, authzStage{p})
+	if len(rl.req[Inbound]) > 0 {
+		c[Inbound] = append(c[Inbound], rateLimitStage{p})
+	}
 	for d := range c {
 		c[d] = append(c[d], p.extraStages[d]...)
 	}
-	return c
+	return &c
 }
+
+// rebuildChains puts chains made from the config in effect now in
+// place; requests already in a chain finish it.
+func (p *Proxy) rebuildChains() { p.chains.Store(p.newChains()) }
 
 // withStage appends s to the chain of dir: tests plug stages in with it.
 func withStage(dir Direction, s Stage) Option {
@@ -268,6 +317,14 @@ func (h httpFields) has(name string) bool {
 }
 func (h httpFields) get(name string) string { return h.r.Header.Get(name) }
 func (h httpFields) set(name, value string) { h.r.Header.Set(name, value) }
+func (h httpFields) match(name string, re *regexp.Regexp) bool {
+	for _, v := range h.r.Header.Values(name) {
+		if re.MatchString(v) {
+			return true
+		}
+	}
+	return false
+}
 func (h httpFields) delAlike(name string) {
 	for k := range h.r.Header {
 		if sameHeaderName(k, name) {
@@ -286,6 +343,14 @@ func (h h1Fields) authority() string      { return string(h.m.get("host")) }
 func (h h1Fields) has(name string) bool   { return h.m.has(name) }
 func (h h1Fields) get(name string) string { return string(h.m.get(name)) }
 func (h h1Fields) set(name, value string) { h.m.set(name, value) }
+func (h h1Fields) match(name string, re *regexp.Regexp) bool {
+	for _, f := range h.m.fields {
+		if f.name != nil && equalFold(f.name, name) && re.Match(f.value) {
+			return true
+		}
+	}
+	return false
+}
 func (h h1Fields) delAlike(name string) {
 	h.m.delMatch(func(n []byte) bool { return sameHeaderName(n, name) })
 }

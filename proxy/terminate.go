@@ -35,8 +35,14 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream *leg, from
 		return o
 	}
 	if !p.protect.admitIdentity(pc.TCPConn, addrPort(pc.RemoteAddr()), mc.info.peer) {
+		upstream.releasePending()
 		return outcome{dst: dst, mtls: true, tls: mc.info, refused: true, limited: true,
 			err: fmt.Errorf("%s holds limits.inbound.maxConnectionsPerIdentity connections already", mc.info.peer)}
+	}
+	if lo := p.connLimited(dst, addrPort(pc.RemoteAddr()), mc.info.peer, connKeySourceIdentity); lo != nil {
+		upstream.releasePending()
+		lo.mtls, lo.tls = true, mc.info
+		return *lo
 	}
 	// Policy decides with the client's verified identity, before anything
 	// reaches the app: a connection denied outright is refused (opaque)

@@ -23,7 +23,9 @@ import (
 const (
 	// appPollInterval: an app that starts and ends between two polls is
 	// not seen, and the sidecar stays (and warns, after appNotSharedAfter).
-	// A scan of a pod's few processes costs some tens of µs.
+	// A scan reads two /proc files per process, about 40 µs a process on
+	// a busy 2-core VM: a pod of 5 processes, 0.2 ms every 100 ms, 0.2%
+	// of a core, and only for the classic sidecar of a Job.
 	appPollInterval = 100 * time.Millisecond
 	// appNotSharedAfter is how long the watcher waits to see any app
 	// process before it warns that the PID namespace is not shared.

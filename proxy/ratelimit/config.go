@@ -42,7 +42,25 @@ type Limit struct {
 	// Global counts the limit in Redis, shared by every sidecar using it
 	// (the redis section), instead of in each sidecar alone.
 	Global bool `json:"global"`
+	// Per is what the limit counts: request (the default: HTTP requests;
+	// a connection that is not HTTP never meets it) or connection (new
+	// connections, counted when accepted and refused before anything is
+	// forwarded; inbound only, keyed by sourceIP or sourceIdentity).
+	Per Per `json:"per"`
 }
+
+// Per is what a limit counts.
+type Per string
+
+// The things a limit counts.
+const (
+	PerRequest    Per = "request"
+	PerConnection Per = "connection"
+)
+
+// Connections reports whether l counts new connections rather than
+// requests.
+func (l *Limit) Connections() bool { return l.Per == PerConnection }
 
 // Override is a rate and burst for one key value.
 type Override struct {
@@ -257,6 +275,7 @@ func (v *validator) limit(l Limit) {
 	if l.Match != nil {
 		v.match(l.Match)
 	}
+	v.per(l)
 	v.rate("rate", l.Rate)
 	v.burst("burst", l.Burst)
 	switch {
@@ -300,6 +319,31 @@ func (v *validator) key(k Key, out bool) {
 		v.bad("key", "missing; want sourceIdentity, sourceIP, route, jwtSubject or header:NAME")
 	default:
 		v.bad("key", "%q is not a key; want sourceIdentity, sourceIP, route, jwtSubject or header:NAME", string(k))
+	}
+}
+
+// per checks what a limit counts against what it can know: a new
+// connection has a source (address, and identity once its mesh
+// handshake is done) and a port, nothing of HTTP.
+func (v *validator) per(l Limit) {
+	switch l.Per {
+	case "", PerRequest:
+		return
+	case PerConnection:
+	default:
+		v.bad("per", "%q: want request or connection", string(l.Per))
+		return
+	}
+	if l.Direction == Outbound {
+		v.bad("per", "connection: connection limits are inbound only (a new connection's key is its source); "+
+			"limit the app's calls per request, keyed by route or header:NAME")
+	}
+	switch _, hdr := l.Key.Header(); {
+	case hdr, l.Key == Route, l.Key == JWTSubject:
+		v.bad("key", "%s: a new connection has no HTTP request to read it from; key a connection limit by sourceIP or sourceIdentity, or set per: request", l.Key)
+	}
+	if l.Match != nil && l.Match.HTTP != nil {
+		v.bad("match.http", "a connection limit counts connections before any request is read; remove match.http, or set per: request")
 	}
 }
 

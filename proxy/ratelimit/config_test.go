@@ -209,3 +209,41 @@ func TestMatch(t *testing.T) {
 		t.Error("an unset match must hold for anything")
 	}
 }
+
+// TestValidatePer: what a connection limit cannot know is refused with
+// the field and the fix.
+func TestValidatePer(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		l    Limit
+		want []string
+	}{
+		{"request by default", Limit{Name: "a", Key: Route, Rate: Rate{1, time.Second}}, nil},
+		{"connection by source ip", Limit{Name: "a", Key: SourceIP, Per: PerConnection, Rate: Rate{1, time.Second},
+			Match: &Match{Ports: []uint16{8080}}}, nil},
+		{"unknown", Limit{Name: "a", Key: SourceIP, Per: "stream", Rate: Rate{1, time.Second}},
+			[]string{`rateLimits[0].per: "stream": want request or connection`}},
+		{"connection by route", Limit{Name: "a", Key: Route, Per: PerConnection, Rate: Rate{1, time.Second}},
+			[]string{"rateLimits[0].key: route: a new connection has no HTTP request to read it from; key a connection limit by sourceIP or sourceIdentity, or set per: request"}},
+		{"connection by header", Limit{Name: "a", Key: HeaderKey("x-api-key"), Per: PerConnection, Rate: Rate{1, time.Second}},
+			[]string{"rateLimits[0].key: header:x-api-key: a new connection has no HTTP request to read it from; key a connection limit by sourceIP or sourceIdentity, or set per: request"}},
+		{"connection with http match", Limit{Name: "a", Key: SourceIP, Per: PerConnection, Rate: Rate{1, time.Second},
+			Match: &Match{HTTP: &HTTPMatch{Methods: []string{"GET"}}}},
+			[]string{"rateLimits[0].match.http: a connection limit counts connections before any request is read; remove match.http, or set per: request"}},
+		{"connection outbound", Limit{Name: "a", Direction: Outbound, Key: Route, Per: PerConnection, Rate: Rate{1, time.Second}},
+			[]string{
+				"rateLimits[0].per: connection: connection limits are inbound only (a new connection's key is its source); limit the app's calls per request, keyed by route or header:NAME",
+				"rateLimits[0].key: route: a new connection has no HTTP request to read it from; key a connection limit by sourceIP or sourceIdentity, or set per: request",
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			if err := Validate([]Limit{tc.l}); err != nil {
+				got = strings.Split(err.Error(), "\n")
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("Validate (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -35,6 +35,8 @@
 // MaxKeys above the number of callers expected, and prefer keys a caller
 // cannot choose (sourceIdentity).
 //
-// Nothing here is on the request path yet: the proxy's L7 filter, the
-// L4 accept check, metrics and the access log use it in a later step.
+// A limit counts HTTP requests (per: request, the default) or new
+// connections (per: connection, inbound, keyed by source). The proxy's
+// rate-limit stage (proxy/ratelimit_stage.go) asks the limiters: per
+// request in the request path, per connection when one is accepted.
 package ratelimit

@@ -188,9 +188,13 @@ func NewRedis(c RedisConfig) (*Redis, error) {
 		// a retry could not finish in time anyway.
 		ContextTimeoutEnabled: true,
 		MaxRetries:            -1,
-		DialTimeout:           time.Second,
-		DisableIdentity:       true,
-		Protocol:              2,
+		// One dial per try: go-redis's default (5, 100 ms apart) has a
+		// decision wait out its whole timeout on a refused dial, where
+		// it could fall back at once.
+		DialerRetries:   1,
+		DialTimeout:     time.Second,
+		DisableIdentity: true,
+		Protocol:        2,
 	}
 	if c.PasswordFile != "" {
 		b, err := os.ReadFile(c.PasswordFile)
