@@ -12,8 +12,9 @@ LDFLAGS    := -X main.version=$(VERSION)
 # tcpdump and tshark to capture and read what crosses the wire, openssl and
 # sslscan as TLS clients of the sidecar, nghttp as an HTTP/2 client,
 # MariaDB as a real server-first protocol, Redis and PostgreSQL with their
-# benchmarks as real opaque protocols, dig as the DNS client.
-APT_PACKAGES := iptables nftables iproute2 curl socat procps ca-certificates tcpdump tshark openssl sslscan mariadb-server mariadb-client nghttp2-client redis-server redis-tools postgresql dnsutils
+# benchmarks as real opaque protocols, dig as the DNS client, slowhttptest as
+# the slow client (slowloris) the protection limits are tested against.
+APT_PACKAGES := iptables nftables iproute2 curl socat procps ca-certificates tcpdump tshark openssl sslscan mariadb-server mariadb-client nghttp2-client redis-server redis-tools postgresql dnsutils slowhttptest
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 E2E_TIMEOUT ?= 30m
 

@@ -87,6 +87,9 @@ type Config struct {
 	// Redis is where global rate limits are counted; nil: none.
 	// Hot-reloaded.
 	Redis *ratelimit.RedisConfig `json:"redis"`
+	// Limits protect the sidecar and its app from clients that hold
+	// connections, send slowly or send too much (protect.go).
+	Limits LimitsConfig `json:"limits"`
 }
 
 // LoadBalancingConfig is load balancing across a service's endpoints
@@ -383,6 +386,7 @@ func DefaultConfig() Config {
 				MaxEjectionPercent:  50,
 			},
 		},
+		Limits: defaultLimits(),
 	}
 }
 
@@ -666,6 +670,7 @@ func (c Config) Validate() error {
 	errs = append(errs, c.Policy.validate()...)
 	errs = append(errs, c.Access.validate(c.Protocols)...)
 	errs = append(errs, c.validateRateLimits()...)
+	errs = append(errs, c.Limits.validate()...)
 	// A rule with HTTP conditions on a port whose connections are never
 	// HTTP would silently never allow (or always deny): say so.
 	for i, r := range c.Policy.Rules {

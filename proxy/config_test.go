@@ -269,7 +269,20 @@ loadBalancing:
   decay: 2s
   connectAttempts: 1
   outlierDetection: {consecutiveFailures: 0, baseEjectionTime: 1s, maxEjectionTime: 1m, maxEjectionPercent: 100}
+limits:
+  inbound: {maxConnections: 100, maxConnectionsPerSourceIP: 10, maxConnectionsPerIdentity: 5, requestHeaderTimeout: 3s,
+    minRequestBodyRate: {bytesPerSecond: 100, window: 5s}, maxRequestHeaderBytes: 8192, maxRequestBodyBytes: 1000000,
+    maxConcurrentStreams: 10, keepAliveTimeout: 1m}
+  outbound: {maxConnections: 200}
 `, want: func(c *Config) {
+			out := defaultLimits().Outbound
+			out.MaxConnections = 200
+			defer func() {
+				c.Limits = LimitsConfig{Outbound: out, Inbound: DirectionLimits{MaxConnections: 100, MaxConnectionsPerSourceIP: 10,
+					MaxConnectionsPerIdentity: 5, RequestHeaderTimeout: Duration(3 * time.Second),
+					MinRequestBodyRate:    BodyRate{BytesPerSecond: 100, Window: Duration(5 * time.Second)},
+					MaxRequestHeaderBytes: 8192, MaxRequestBodyBytes: 1000000, MaxConcurrentStreams: 10, KeepAliveTimeout: Duration(time.Minute)}}
+			}()
 			*c = Config{
 				Mode: intercept.ModeTProxy, LogLevel: "debug", Mark: 1,
 				Outbound: OutboundConfig{Port: 16001},
@@ -300,11 +313,11 @@ loadBalancing:
 		{name: "null section keeps defaults", yaml: "timeouts:\n", want: func(*Config) {}},
 
 		{name: "unknown top-level field", yaml: "port: 1",
-			wantErr: "port: unknown field; want one of mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis"},
+			wantErr: "port: unknown field; want one of mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis, limits"},
 		{name: "unknown nested field", yaml: "timeouts:\n  read: 1s",
 			wantErr: "timeouts.read: unknown field; want one of connect, handshake, idle, drainGrace"},
 		{name: "field names are case-sensitive", yaml: "logLEVEL: debug",
-			wantErr: "logLEVEL: unknown field; want one of mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis"},
+			wantErr: "logLEVEL: unknown field; want one of mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis, limits"},
 		{name: "port out of range", yaml: "outbound:\n  port: 70000",
 			wantErr: "outbound.port: 70000 is not a port; want a number from 0 to 65535"},
 		{name: "port as a string", yaml: "inbound:\n  port: \"15006\"",
@@ -322,7 +335,7 @@ loadBalancing:
 		{name: "section as a scalar", yaml: "outbound: 15001",
 			wantErr: "outbound: want a section with fields port"},
 		{name: "list at the top", yaml: "- mode: redirect",
-			wantErr: "config: want a section with fields mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis"},
+			wantErr: "config: want a section with fields mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis, limits"},
 		{name: "mtls values that do not parse", yaml: `
 mtls:
   mode: 1
@@ -357,7 +370,7 @@ mtls:
 			wantErr: "yaml: line 1: did not find expected node content"},
 		{name: "every problem at once", yaml: "mode: 1\nfoo: 1\ntimeouts:\n  connect: x\n  bar: 2\n",
 			wantErr: strings.Join([]string{
-				"foo: unknown field; want one of mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis",
+				"foo: unknown field; want one of mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis, limits",
 				"mode: 1 is not a string",
 				"timeouts.bar: unknown field; want one of connect, handshake, idle, drainGrace",
 				`timeouts.connect: "x" is not a duration; want a number with a unit, e.g. "5s" or "1m30s"`,

@@ -28,6 +28,9 @@ type outcome struct {
 	detected *detection     // the protocol verdict, when there was one
 	endpoint netip.AddrPort // the endpoint of the service dialed, when it is not dst
 	flow     *flowPlan      // an L4 forward for handle to run; the fields above it fills in
+	// limited: refused by a limit, whose protection event logged it
+	// (rate-limited, protect.go): its own line is at debug.
+	limited bool
 }
 
 // alertLinger bounds how long a client refused with a TLS alert is given
@@ -149,6 +152,7 @@ func (p *Proxy) logAccepted(l *captureListener, src netip.AddrPort) {
 func (p *Proxy) logClosed(dir Direction, src netip.AddrPort, took time.Duration, o *outcome) {
 	lvl := zapcore.DebugLevel // the access log's, when it is off
 	switch {
+	case o.limited:
 	case o.refused || o.reason != "":
 		lvl = zapcore.WarnLevel
 	case p.cfg.AccessLog:

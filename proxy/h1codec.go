@@ -3,10 +3,13 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // The HTTP/1.x codec of the L7 engine (h1serve.go): it reads a message's
@@ -52,6 +55,13 @@ type h1Reader struct {
 	bp   *[]byte // the borrowed buffer; nil when none
 	buf  []byte  // *bp, or a larger one for a long head
 	r, w int     // buf[r:w] is read and not yet consumed
+	// lim, when set, are the limits on the requests read (a client
+	// connection's; protect.go): the head's size and time (its read
+	// deadline is set on conn once a head has begun and is not all in),
+	// a chunked body's size.
+	lim  *DirectionLimits
+	dir  Direction
+	conn *net.TCPConn
 }
 
 // buffered returns the bytes read and not yet consumed.
@@ -113,11 +123,22 @@ func (b *h1Reader) release() bool {
 // m.raw and parses it as a request (or a response, for response). The
 // buffer keeps what follows it. io.EOF means the connection ended cleanly
 // before a first byte.
+//
+// With lim (a client's requests), a head larger than its
+// MaxRequestHeaderBytes, or not all in within its RequestHeaderTimeout of
+// being found begun, is a *limitError. A head that is all there in one
+// read sets no deadline.
 func (b *h1Reader) readHead(m *h1Msg, response bool) error {
-	scanned := 0
+	scanned, limit, timed := 0, maxHeaderBytes, false
+	if b.lim != nil && !response {
+		limit = b.lim.MaxRequestHeaderBytes
+	}
 	for {
 		buf := b.buffered()
 		if end := headEnd(buf, scanned); end > 0 {
+			if end > limit {
+				return b.headTooLarge()
+			}
 			m.raw = append(m.raw[:0], buf[:end]...)
 			b.consume(end)
 			if response {
@@ -125,17 +146,34 @@ func (b *h1Reader) readHead(m *h1Msg, response bool) error {
 			}
 			return m.parseRequest()
 		}
+		if !timed && len(buf) > 0 && b.lim != nil && !response && b.lim.RequestHeaderTimeout > 0 {
+			// Begun and not all in: a slow head (or a large one).
+			b.conn.SetReadDeadline(time.Now().Add(b.lim.RequestHeaderTimeout.D()))
+			timed = true
+		}
 		scanned = max(0, len(buf)-3)
-		if err := b.fill(maxHeaderBytes); err != nil {
+		if err := b.fill(limit); err != nil {
 			if err == io.EOF && len(b.buffered()) > 0 {
 				return io.ErrUnexpectedEOF
 			}
 			if err == errHeadTooLarge {
+				if b.lim != nil && !response {
+					return b.headTooLarge()
+				}
 				return &h1Error{status: 431, msg: "request head larger than 1 MiB"}
+			}
+			if timed && errors.Is(err, os.ErrDeadlineExceeded) {
+				return &limitError{status: 408, kind: limitHeaderTimeout, msg: fmt.Sprintf(
+					"request head not all in within limits.%s.requestHeaderTimeout (%v)", b.dir, b.lim.RequestHeaderTimeout.D())}
 			}
 			return err
 		}
 	}
+}
+
+func (b *h1Reader) headTooLarge() error {
+	return &limitError{status: 431, kind: limitHeaderSize, msg: fmt.Sprintf(
+		"request head larger than limits.%s.maxRequestHeaderBytes (%d bytes)", b.dir, b.lim.MaxRequestHeaderBytes)}
 }
 
 // headEnd returns the length of the head in buf (through the empty line
@@ -814,6 +852,7 @@ const maxChunkLine = 4 << 10
 // chunk and trailer section, checking its framing as it goes; dataOnly
 // copies the chunks' data alone (for a reader of HTTP/1.0).
 func copyChunked(w *h1Writer, r *h1Reader, dataOnly bool) error {
+	var total int64
 	for {
 		line, err := readLine(w, r, maxChunkLine)
 		if err != nil {
@@ -829,6 +868,9 @@ func copyChunked(w *h1Writer, r *h1Reader, dataOnly bool) error {
 			}
 		}
 		r.consume(len(line))
+		if total += size; r.lim != nil && r.lim.MaxRequestBodyBytes > 0 && total > r.lim.MaxRequestBodyBytes {
+			return bodyTooLarge(r.dir, r.lim.MaxRequestBodyBytes)
+		}
 		if size == 0 {
 			// The trailer section, through its empty line.
 			for total := 0; ; {

@@ -74,6 +74,13 @@ type h1Conn struct {
 	// body from the client, and has only the upstream write left.
 	bodyDone chan error
 	bodyRead atomic.Bool
+	// bodyErr is the limit the request body broke (protect.go), set by
+	// its goroutine before it reports on bodyDone.
+	bodyErr *limitError
+	rate    bodyRateReader
+	// limited: the answer being written is a limit's, logged by the
+	// protection event (see refuse).
+	limited bool
 }
 
 // serveH1 serves an HTTP/1 client connection until it ends: tcp, through
@@ -89,6 +96,7 @@ func (p *Proxy) serveH1(ctx context.Context, dir Direction, tcp *net.TCPConn, tc
 	}
 	c.cc.Conn, c.cc.sentC, c.cc.recvC = src, m.sent, m.received
 	c.r.src, c.w.dst = &c.cc, &c.cc
+	c.r.lim, c.r.dir, c.r.conn = &p.protect.dir[dir].lim, dir, tcp
 	if len(pending) > 0 {
 		c.r.bp = h1Bufs.Get().(*[]byte)
 		c.r.buf = *c.r.bp
@@ -155,7 +163,8 @@ func (p *Proxy) drainH1() {
 }
 
 func (c *h1Conn) serve(ctx context.Context) {
-	idle := c.p.cfg.Timeouts.Idle.D()
+	lim := c.r.lim
+	idle := lim.KeepAliveTimeout.D()
 	for {
 		// Set before the drain is looked at: a drain that comes after
 		// sees idle and ends the wait (drainH1).
@@ -169,13 +178,24 @@ func (c *h1Conn) serve(ctx context.Context) {
 		err := c.r.readHead(&c.req, false)
 		c.idle.Store(false)
 		if err != nil {
-			if he, ok := err.(*h1Error); ok {
+			switch e := err.(type) {
+			case *h1Error:
 				c.req.close = true
-				c.answer(time.Now(), he.status, "request", he.msg, nil)
+				c.answer(time.Now(), e.status, "request", e.msg, nil)
+			case *limitError:
+				if !c.p.draining.Load() { // a drain's deadline is no slow client's
+					c.req.close = true
+					c.refuse(time.Now(), e)
+				}
 			}
 			return
 		}
 		start := time.Now()
+		if max := lim.MaxRequestBodyBytes; max > 0 && c.req.length > max {
+			c.req.close = true // its body is not read
+			c.refuse(start, bodyTooLarge(c.dir, max))
+			return
+		}
 		c.clientMinor = c.req.minor
 		// The idle deadline stays: nothing reads the client until the
 		// next request's head (which sets its own), but a body that
@@ -244,14 +264,29 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 			u.w.buf = append(u.w.buf, c.r.buffered()[:req.length]...)
 		}
 		if err = u.w.flush(); err == nil && hasBody && !whole {
-			c.tcp.SetReadDeadline(time.Time{})
 			c.bodyDone = make(chan error, 1)
 			c.bodyRead.Store(false)
+			c.bodyErr = nil
+			rate := c.r.lim.MinRequestBodyRate
+			if rate.BytesPerSecond > 0 {
+				// Measured as it is read (protect.go), the deadline set per window.
+				c.rate = bodyRateReader{src: &c.cc, conn: c.tcp, dir: c.dir, rate: rate}
+				c.r.src = &c.rate
+			} else {
+				c.tcp.SetReadDeadline(time.Time{})
+			}
 			go func(u *h1Up) {
 				err := copyBody(&u.w, &c.r, req.length, req.chunked, false)
+				c.r.src = &c.cc
 				if err == nil {
 					c.bodyRead.Store(true)
 					err = u.w.flush()
+				}
+				if le, ok := err.(*limitError); ok {
+					// Cut off: the upstream request is aborted (the wait
+					// for its response ends) and the client answered.
+					c.bodyErr = le
+					u.tcp.SetReadDeadline(aLongTimeAgo)
 				}
 				c.bodyDone <- err
 			}(u)
@@ -276,6 +311,11 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 			continue
 		}
 		c.endBody()
+		if c.bodyErr != nil {
+			c.req.close = true
+			c.refuse(start, c.bodyErr)
+			return false
+		}
 		c.fail(start, err, t)
 		return false
 	}
@@ -424,6 +464,7 @@ func (c *h1Conn) abandon(u *h1Up) {
 // its read of the client short, and waits for it.
 func (c *h1Conn) endBody() {
 	if c.bodyDone != nil {
+		c.rate.stop.Store(true)
 		c.tcp.SetReadDeadline(aLongTimeAgo)
 		<-c.bodyDone
 		c.bodyDone = nil
@@ -510,6 +551,16 @@ func (c *h1Conn) answerStage(start time.Time, a *Answer) {
 	c.respond(start, a.Status, a.stage+": "+a.Reason, a.logged(), a.challenge, a.fields, nil)
 }
 
+// refuse answers a request a limit refused (protect.go) and reports the
+// event; the event's log line, rate-limited, stands for the request's
+// warn line, so that an attack cannot flood the log.
+func (c *h1Conn) refuse(start time.Time, e *limitError) {
+	c.p.protect.event(c.dir, e.kind, addrPort(c.tcp.RemoteAddr()), "%s", e.msg)
+	c.limited = true
+	c.answer(start, e.status, "limits", e.msg, nil)
+	c.limited = false
+}
+
 // answer writes the proxy's own response: status, with why in hdrError
 // and the body ("stage: reason", or the reason alone).
 func (c *h1Conn) answer(start time.Time, status int, stage, reason string, err error) {
@@ -564,6 +615,8 @@ func (c *h1Conn) respond(start time.Time, status int, why, logWhy, challenge str
 func errorAnswer(err error) (int, string) {
 	var he *handshakeError
 	switch {
+	case errors.As(err, new(*http.MaxBytesError)):
+		return http.StatusRequestEntityTooLarge, "limits: request body too large"
 	case errors.As(err, &he):
 		return http.StatusBadGateway, "mesh TLS handshake failed: " + he.reason
 	case errors.Is(err, syscall.ECONNREFUSED):
@@ -592,7 +645,7 @@ func (c *h1Conn) observe(start time.Time, status int, bytes int64, reason string
 	p.metrics.observe(c.dir, method, status, peer, took)
 	lvl := zapcore.InfoLevel
 	switch {
-	case reason != "":
+	case reason != "" && !c.limited:
 		lvl = zapcore.WarnLevel
 	case !p.cfg.AccessLog:
 		return

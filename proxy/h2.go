@@ -56,7 +56,7 @@ func (p *Proxy) serveOutboundH2(ctx context.Context, pc *peekConn, dst netip.Add
 		},
 		errorHandler: p.proxyError,
 	}
-	p.serveH2Conn(ctx, cc, h)
+	p.serveH2Conn(ctx, Outbound, cc, h)
 	o.sent, o.received = cc.sent.Load(), cc.received.Load()
 	o.tls = h.lastPeer()
 	return o
@@ -122,6 +122,9 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		h.p.observeRequest(Outbound, r, rec, sr.limits, st.peer.peer.String(), time.Since(start))
 	}()
+	if h.p.protect.limitBody(Outbound, rec, r) {
+		return
+	}
 	if a := h.p.chains.Load()[Outbound].decide(&sr); a != nil {
 		h.p.answerHTTP(rec, r, a)
 		return
@@ -188,6 +191,9 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, Src: src, ctx: r.Context(), clientCert: cert, authz: peer.authz, msg: httpFields{r}}
 		defer func() { p.observeRequest(Inbound, r, rec, sr.limits, id, time.Since(start)) }()
+		if p.protect.limitBody(Inbound, rec, r) {
+			return
+		}
 		if a := p.chains.Load()[Inbound].decide(&sr); a != nil {
 			p.answerHTTP(rec, r, a)
 			return
@@ -198,7 +204,7 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 		}
 		rp.ServeHTTP(rec, r)
 	})
-	p.serveH2Conn(ctx, cc, h)
+	p.serveH2Conn(ctx, Inbound, cc, h)
 	o.sent, o.received = cc.sent.Load(), cc.received.Load()
 	return o
 }
@@ -231,12 +237,13 @@ func keepForwarded(pr *httputil.ProxyRequest) {
 // serveH2Conn runs an HTTP/2 server over one connection until it ends:
 // prior knowledge (h2c) from an app, or the mesh's meshgate/h2. (HTTP/1
 // is the engine's, h1serve.go.)
-func (p *Proxy) serveH2Conn(ctx context.Context, c net.Conn, h http.Handler) {
+func (p *Proxy) serveH2Conn(ctx context.Context, dir Direction, c net.Conn, h http.Handler) {
+	lim := &p.protect.dir[dir].lim
 	base := &http.Server{
 		Handler:           h,
-		MaxHeaderBytes:    maxHeaderBytes,
+		MaxHeaderBytes:    lim.MaxRequestHeaderBytes,
 		ReadHeaderTimeout: p.cfg.Timeouts.Handshake.D(),
-		IdleTimeout:       p.cfg.Timeouts.Idle.D(),
+		IdleTimeout:       lim.KeepAliveTimeout.D(),
 		ErrorLog:          discardLog,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
@@ -245,7 +252,7 @@ func (p *Proxy) serveH2Conn(ctx context.Context, c net.Conn, h http.Handler) {
 	// grace period.
 	p.httpServers.Store(base, struct{}{})
 	defer p.httpServers.Delete(base)
-	h2 := &http2.Server{IdleTimeout: p.cfg.Timeouts.Idle.D(), MaxUploadBufferPerConnection: 1 << 20}
+	h2 := &http2.Server{IdleTimeout: lim.KeepAliveTimeout.D(), MaxConcurrentStreams: lim.MaxConcurrentStreams, MaxUploadBufferPerConnection: 1 << 20}
 	if err := http2.ConfigureServer(base, h2); err != nil {
 		p.log.Error("HTTP/2 server", zap.Error(err))
 		return

@@ -107,7 +107,12 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 		return p.terminate(ctx, pc, &upstream, from, dst, start.Add(timeout), &hello, m)
 	case mode == MTLSStrict:
 		p.metrics.plaintextRefused.WithLabelValues(Inbound.String(), strconv.Itoa(int(dst.Port()))).Inc()
-		return outcome{dst: dst, err: notMeshError(op, pc.peeked(), helloErr, timeout), refused: true, reason: refusedStrict}
+		o := outcome{dst: dst, err: notMeshError(op, pc.peeked(), helloErr, timeout), refused: true, reason: refusedStrict}
+		if op.first == speakerNone && !op.clientEOF {
+			// Nothing, or part of a ClientHello, within timeouts.handshake.
+			o.limited = p.protect.handshakeTimedOut(src, len(pc.peeked()), timeout)
+		}
+		return o
 	}
 
 	// Permissive, and not mesh TLS: plaintext.

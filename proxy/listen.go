@@ -184,13 +184,22 @@ func (p *Proxy) acceptLoop(ctx context.Context, l *captureListener, stop <-chan 
 		if p.refusedAtAccept(l, c) {
 			continue
 		}
+		// Over a connection cap: reset at once, on this goroutine, before
+		// anything is read (protect.go).
+		src := addrPort(c.RemoteAddr())
+		if !p.protect.admit(l.dir, src) {
+			reset(c)
+			continue
+		}
 		if !p.track(c) {
+			p.protect.leave(l.dir, c, src)
 			reset(c)
 			continue
 		}
 		conns.Add(1)
 		handlers.run(func() {
 			p.handle(ctx, l, c, func() {
+				p.protect.leave(l.dir, c, src)
 				p.untrack(c)
 				conns.Done()
 			})

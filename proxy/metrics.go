@@ -45,7 +45,10 @@ type metrics struct {
 	accessDenials *prometheus.CounterVec
 	// rateLimitDecisions counts rate limit decisions (ratelimit_stage.go).
 	rateLimitDecisions *prometheus.CounterVec
-	requestChildren    sync.Map // requestKey → *requestChildren
+	// protectionEvents counts connections and requests refused by a
+	// limit (protect.go), by direction and reason.
+	protectionEvents *prometheus.CounterVec
+	requestChildren  sync.Map // requestKey → *requestChildren
 }
 
 // dirMetrics are the collectors of one direction.
@@ -126,20 +129,27 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"the rule's action and the result (allowed, denied; audited and dry-run-allowed/-denied for what audit and " +
 			"dryRun rules found, which changes nothing). Counted once per connection decided at connect time, per request otherwise.",
 	}, []string{"direction", "policy", "rule", "action", "result"})
+	protectionEvents := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshgate_protection_events_total",
+		Help: "Connections and requests refused or cut off by a limit (the limits section), by direction and reason: " +
+			"max_connections, max_connections_per_source_ip (reset at accept), max_connections_per_identity (closed after the handshake), " +
+			"handshake_timeout (no ClientHello or handshake within timeouts.handshake), request_header_timeout (408), " +
+			"request_body_rate (408), request_header_size (431), request_body_size (413).",
+	}, []string{"direction", "reason"})
 	accessDenials := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshgate_access_denials_total",
 		Help: "Connections refused by an IP list (stage ip-list; rule: the list, \"default\" for an address in no allow list) " +
 			"and requests refused by a header block (stage block; rule: the block), by direction.",
 	}, []string{"direction", "stage", "rule"})
 	rateLimitDecisions := newRateLimitDecisions()
-	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS, requests, requestSeconds, policyDecisions, accessDenials, rateLimitDecisions} {
+	for _, c := range []prometheus.Collector{opened, closed, active, sent, received, failures, handshakes, refused, detections, detectSeconds, appTLS, requests, requestSeconds, policyDecisions, accessDenials, rateLimitDecisions, protectionEvents} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	m := &metrics{handshakes: handshakes, plaintextRefused: refused, detections: detections, detectSeconds: detectSeconds, appTLS: appTLS,
 		requests: requests, requestSeconds: requestSeconds, policyDecisions: policyDecisions, accessDenials: accessDenials,
-		rateLimitDecisions: rateLimitDecisions}
+		rateLimitDecisions: rateLimitDecisions, protectionEvents: protectionEvents}
 	for _, d := range []Direction{Outbound, Inbound} {
 		l := d.String()
 		m.dir[d] = dirMetrics{

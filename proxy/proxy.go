@@ -119,6 +119,8 @@ type Proxy struct {
 	// acl is the IP lists and header blocks in effect (access.go); a
 	// reload swaps it.
 	acl atomic.Pointer[accessState]
+	// protect is the connection caps and request limits (protect.go).
+	protect *protection
 
 	started atomic.Bool
 	ready   chan struct{} // closed once every listener is bound and serving
@@ -196,6 +198,7 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: register metrics: %w", err)
 	}
 	p.metrics = m
+	p.protect = newProtection(cfg.Limits, m.protectionEvents, log)
 	st, err := p.newPolicyState(cfg.Policy, nil)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: invalid config: %w", err)

@@ -28,8 +28,16 @@ func (p *Proxy) terminate(ctx context.Context, pc *peekConn, upstream *leg, from
 		o.err, o.refused, o.reason = err, true, reasonOf(err)
 		if he, ok := errors.AsType[*handshakeError](err); ok {
 			o.alerted = he.alerted
+			if he.reason == reasonTimeout {
+				o.limited = p.protect.handshakeTimedOut(addrPort(pc.RemoteAddr()), -1, p.cfg.Timeouts.Handshake.D())
+			}
 		}
 		return o
+	}
+	if !p.protect.admitIdentity(pc.TCPConn, addrPort(pc.RemoteAddr()), mc.info.peer) {
+		upstream.releasePending()
+		return outcome{dst: dst, mtls: true, tls: mc.info, refused: true, limited: true,
+			err: fmt.Errorf("%s holds limits.inbound.maxConnectionsPerIdentity connections already", mc.info.peer)}
 	}
 	if lo := p.connLimited(dst, addrPort(pc.RemoteAddr()), mc.info.peer, connKeySourceIdentity); lo != nil {
 		upstream.releasePending()
