@@ -57,7 +57,9 @@ type h1Conn struct {
 	req  h1Msg
 	resp h1Msg
 	sreq Request
-	m    *dirMetrics
+	// limits are the rate limits the request met (sreq.limits).
+	limits rlNotes
+	m      *dirMetrics
 	// own is the app connection of a tproxy client (never pooled).
 	own *h1Up
 	// peer is the identity of the last upstream sidecar (outbound).
@@ -103,7 +105,7 @@ func (p *Proxy) serveH1(ctx context.Context, dir Direction, tcp *net.TCPConn, tc
 		}
 		c.r.w = copy(c.r.buf, pending)
 	}
-	c.sreq = Request{Dir: dir, Dst: dst, ctx: ctx, authz: peer.authz, msg: h1Fields{&c.req}}
+	c.sreq = Request{Dir: dir, Dst: dst, ctx: ctx, authz: peer.authz, msg: h1Fields{&c.req}, limits: &c.limits}
 	if dir == Inbound {
 		c.sreq.Peer, c.sreq.Src = peer.peer, addrPort(tcp.RemoteAddr())
 		if !peer.peer.IsZero() {
@@ -172,6 +174,7 @@ func (c *h1Conn) serve(ctx context.Context) {
 			return
 		}
 		c.r.release() // nothing of a next request yet: no buffer held
+		c.limits.n = 0
 		err := c.r.readHead(&c.req, false)
 		c.idle.Store(false)
 		if err != nil {
@@ -663,6 +666,7 @@ func (c *h1Conn) observe(start time.Time, status int, bytes int64, reason string
 		if c.req.upgrade {
 			fields = append(fields, zap.ByteString("upgrade", c.req.get("upgrade")))
 		}
+		fields = rateLimitsField(fields, &c.limits)
 		if reason != "" {
 			fields = append(fields, zap.String("reason", reason))
 			if err != nil {

@@ -111,6 +111,7 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	st := &outboundRequest{rec: recorder{ResponseWriter: w, status: http.StatusOK}}
 	rec := &st.rec
+	sr := Request{Dir: Outbound, Dst: h.dst, ctx: r.Context(), authz: h.authz, msg: httpFields{r}}
 	// Deferred: ReverseProxy aborts the handler with a panic when the
 	// client goes away mid-response, and the request still counts.
 	defer func() {
@@ -119,12 +120,11 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.peer = st.peer
 			h.mu.Unlock()
 		}
-		h.p.observeRequest(Outbound, r, rec, st.peer.peer.String(), time.Since(start))
+		h.p.observeRequest(Outbound, r, rec, sr.limits, st.peer.peer.String(), time.Since(start))
 	}()
 	if h.p.protect.limitBody(Outbound, rec, r) {
 		return
 	}
-	sr := Request{Dir: Outbound, Dst: h.dst, ctx: r.Context(), authz: h.authz, msg: httpFields{r}}
 	if a := h.p.chains.Load()[Outbound].decide(&sr); a != nil {
 		h.p.answerHTTP(rec, r, a)
 		return
@@ -189,11 +189,11 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
-		defer func() { p.observeRequest(Inbound, r, rec, id, time.Since(start)) }()
+		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, Src: src, ctx: r.Context(), clientCert: cert, authz: peer.authz, msg: httpFields{r}}
+		defer func() { p.observeRequest(Inbound, r, rec, sr.limits, id, time.Since(start)) }()
 		if p.protect.limitBody(Inbound, rec, r) {
 			return
 		}
-		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, Src: src, ctx: r.Context(), clientCert: cert, authz: peer.authz, msg: httpFields{r}}
 		if a := p.chains.Load()[Inbound].decide(&sr); a != nil {
 			p.answerHTTP(rec, r, a)
 			return
@@ -383,8 +383,9 @@ func methodLabel[T string | []byte](m T) string {
 var standardMethods = [...]string{http.MethodGet, http.MethodPost, http.MethodHead, http.MethodPut, http.MethodPatch,
 	http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace}
 
-// observeRequest counts a request and writes its access log line.
-func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, peer string, took time.Duration) {
+// observeRequest counts a request and writes its access log line; limits
+// are the rate limits it met.
+func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, limits *rlNotes, peer string, took time.Duration) {
 	p.metrics.observe(dir, methodLabel(r.Method), rec.status, peer, took)
 	lvl := zapcore.InfoLevel
 	switch {
@@ -409,6 +410,7 @@ func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, pe
 		if rec.hijacked {
 			fields = append(fields, zap.String("upgrade", r.Header.Get("Upgrade")))
 		}
+		fields = rateLimitsField(fields, limits)
 		if rec.reason != "" {
 			fields = append(fields, zap.String("reason", rec.reason), zap.Error(rec.err))
 		}

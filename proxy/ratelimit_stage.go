@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"meshgate/proxy/policy"
 	"meshgate/proxy/ratelimit"
@@ -49,6 +50,16 @@ import (
 // jwt stage validated. header:NAME is the header's first value. A
 // request that has no value for the key (no token, no such header)
 // counts under the empty value: such requests share one bucket.
+//
+// A quota (type: quota) answers the same way: its RateLimit-Policy is
+// its N and window, RateLimit's r what is left of the window and t, as
+// Retry-After, the seconds until it ends.
+//
+// With accessLog on, a request's access log line lists the limits it met
+// and what each decided (rate_limits: ["per-caller:allowed", ...], the
+// results of the metric; at most maxRateLimitNotes, then "+N more"), so
+// that a request allowed while Redis failed says so in its own line.
+// With it off, or when no limit applies, nothing is noted: no cost.
 //
 // A global limit asks Redis (one round trip, bounded by redis.timeout);
 // when Redis fails the redis section's onError decides, and the
@@ -132,6 +143,54 @@ type rlLimit struct {
 	// policy is the RateLimit-Policy value of the limit's default rate.
 	policy  string
 	counted [rlResults]prometheus.Counter
+	// noted is each result's entry of the access log's rate_limits:
+	// "NAME:RESULT".
+	noted [rlResults]string
+}
+
+// maxRateLimitNotes bounds the limits a request's access log line lists.
+const maxRateLimitNotes = 4
+
+// rlNotes are the limits a request met and what each decided, for its
+// access log line: an HTTP/1 connection's, reused by its requests; an
+// HTTP/2 request's own, made when the first limit is noted.
+type rlNotes struct {
+	n    int
+	note [maxRateLimitNotes]rlNote
+}
+
+type rlNote struct {
+	l   *rlLimit
+	res int
+}
+
+// add notes l's decision res.
+func (ns *rlNotes) add(l *rlLimit, res int) {
+	if ns.n < maxRateLimitNotes {
+		ns.note[ns.n] = rlNote{l, res}
+	}
+	ns.n++
+}
+
+// MarshalLogArray writes the notes as the access log's rate_limits.
+func (ns rlNotes) MarshalLogArray(enc zapcore.ArrayEncoder) error {
+	for _, n := range ns.note[:min(ns.n, maxRateLimitNotes)] {
+		enc.AppendString(n.l.noted[n.res])
+	}
+	if more := ns.n - maxRateLimitNotes; more > 0 {
+		enc.AppendString("+" + strconv.Itoa(more) + " more")
+	}
+	return nil
+}
+
+// rateLimitsField adds the access log's rate_limits to fields when the
+// request met a limit. The field holds a copy: a core may encode it
+// after the request's notes are reused (a pooled HTTP/1 connection's).
+func rateLimitsField(fields []zap.Field, ns *rlNotes) []zap.Field {
+	if ns == nil || ns.n == 0 {
+		return fields
+	}
+	return append(fields, zap.Array("rate_limits", *ns))
 }
 
 // newRateLimitState builds the limiters of limits (validated), taking
@@ -190,6 +249,7 @@ func (p *Proxy) newRateLimitState(limits []ratelimit.Limit, rc *ratelimit.RedisC
 		}
 		for _, res := range results {
 			rl.counted[res] = p.metrics.rateLimitDecisions.WithLabelValues(rl.dir.String(), l.Name, rlResultNames[res])
+			rl.noted[res] = l.Name + ":" + rlResultNames[res]
 		}
 		if l.Connections() {
 			st.conn = append(st.conn, rl)
@@ -322,7 +382,13 @@ func (s rateLimitStage) Decide(r *Request) *Answer {
 			continue
 		}
 		key := l.requestKey(r, path)
-		d := l.decide(st, r.context(), key, s.p.log)
+		d, res := l.decide(st, r.context(), key, s.p.log)
+		if s.p.cfg.AccessLog {
+			if r.limits == nil {
+				r.limits = new(rlNotes)
+			}
+			r.limits.add(l, res)
+		}
 		if !d.Allowed {
 			return l.answer(d, key)
 		}
@@ -370,16 +436,16 @@ func routePattern(m *ratelimit.Match, path string) string {
 	return path
 }
 
-// decide asks l's limiter about key and counts the decision; a fallback
-// (Redis failed) is logged, at most once a second.
-func (l *rlLimit) decide(st *rlState, ctx context.Context, key string, log *zap.Logger) ratelimit.Decision {
-	var d ratelimit.Decision
+// decide asks l's limiter about key and counts the decision, res (one
+// of the results of the metric); a fallback (Redis failed) is logged, at
+// most once a second.
+func (l *rlLimit) decide(st *rlState, ctx context.Context, key string, log *zap.Logger) (d ratelimit.Decision, res int) {
 	if l.global != nil {
 		d = l.global.Allow(ctx, key)
 	} else {
 		d = l.local.Allow(key, time.Now())
 	}
-	res := rlLimited
+	res = rlLimited
 	if d.Allowed {
 		res = rlAllowed
 	}
@@ -399,7 +465,7 @@ func (l *rlLimit) decide(st *rlState, ctx context.Context, key string, log *zap.
 	if c := l.counted[res]; c != nil {
 		c.Inc()
 	}
-	return d
+	return d, res
 }
 
 // logFallback warns that a global limit fell back to onError, at most
@@ -421,6 +487,9 @@ func (st *rlState) logFallback(log *zap.Logger, l *rlLimit, d ratelimit.Decision
 func (l *rlLimit) answer(d ratelimit.Decision, key string) *Answer {
 	retry := retrySeconds(d.RetryAfter)
 	why := l.conf.Name + ": over " + d.Limit.String()
+	if l.conf.Quota() {
+		why = l.conf.Name + ": over quota " + d.Limit.String()
+	}
 	if d.Source == ratelimit.FromFallback {
 		why = l.conf.Name + ": refused while the quota store is unreachable (redis.onError " + string(l.onError) + ")"
 	}
@@ -486,11 +555,16 @@ const (
 type errConnRateLimited struct {
 	limit string
 	rate  ratelimit.Rate
+	quota bool
 	err   error // Redis's, under a fallback
 }
 
 func (e *errConnRateLimited) Error() string {
-	s := "rate-limit: " + e.limit + ": new connections over " + e.rate.String()
+	over := "over "
+	if e.quota {
+		over = "over quota "
+	}
+	s := "rate-limit: " + e.limit + ": new connections " + over + e.rate.String()
 	if e.err != nil {
 		s += ": " + e.err.Error()
 	}
@@ -527,9 +601,9 @@ func (p *Proxy) connLimited(dst, src netip.AddrPort, peer spiffeid.ID, keys int)
 		if !l.conf.Match.Port(dst.Port()) {
 			continue
 		}
-		if d := l.decide(st, context.Background(), key, p.log); !d.Allowed {
+		if d, _ := l.decide(st, context.Background(), key, p.log); !d.Allowed {
 			return &outcome{dst: dst, refused: true, reason: stageRateLimit + ": " + l.conf.Name,
-				err: &errConnRateLimited{limit: l.conf.Name, rate: d.Limit, err: d.Err}}
+				err: &errConnRateLimited{limit: l.conf.Name, rate: d.Limit, quota: l.conf.Quota(), err: d.Err}}
 		}
 	}
 	return nil
@@ -543,8 +617,10 @@ type ExplainRateLimit struct {
 	Why     string
 	Key     ratelimit.Key
 	// KeyValue is what the call would be counted under, and Rate and
-	// Burst that value's (an override's, when one names it).
+	// Burst that value's (an override's, when one names it). Type is
+	// rate (a token bucket) or quota (N per window; Burst 0).
 	KeyValue string
+	Type     ratelimit.Type
 	Rate     ratelimit.Rate
 	Burst    int
 	Global   bool
@@ -565,7 +641,8 @@ func explainRateLimits(limits []ratelimit.Limit, q ExplainQuery, claims policy.C
 		path = policy.NormalizePath(cmp.Or(q.Path, "/"))
 	}
 	for _, l := range limits {
-		e := ExplainRateLimit{Name: l.Name, Key: l.Key, Global: l.Global, Per: cmp.Or(l.Per, ratelimit.PerRequest), Rate: l.Rate, Burst: l.Burst}
+		e := ExplainRateLimit{Name: l.Name, Key: l.Key, Global: l.Global, Per: cmp.Or(l.Per, ratelimit.PerRequest),
+			Type: cmp.Or(l.Type, ratelimit.TypeRate), Rate: l.Rate, Burst: l.Burst}
 		switch {
 		case cmp.Or(l.Direction, ratelimit.Inbound) != dir:
 			e.Why = "direction " + string(cmp.Or(l.Direction, ratelimit.Inbound))
@@ -609,7 +686,7 @@ func explainRateLimits(limits []ratelimit.Limit, q ExplainQuery, claims policy.C
 				}
 			}
 		}
-		if e.Burst == 0 {
+		if e.Burst == 0 && !l.Quota() {
 			e.Burst = e.Rate.DefaultBurst()
 		}
 		out = append(out, e)
@@ -632,6 +709,10 @@ func formatRateLimits(w interface{ Write([]byte) (int, error) }, limits []Explai
 		if e.Global {
 			where = "global (redis)"
 		}
-		fmt.Fprintf(w, "  %-16s applies per %s: key %s = %q, %s burst %d, %s\n", e.Name, e.Per, e.Key, e.KeyValue, e.Rate, e.Burst, where)
+		what := fmt.Sprintf("rate %s burst %d", e.Rate, e.Burst)
+		if e.Type == ratelimit.TypeQuota {
+			what = "quota " + e.Rate.String()
+		}
+		fmt.Fprintf(w, "  %-16s applies per %s: key %s = %q, %s, %s\n", e.Name, e.Per, e.Key, e.KeyValue, what, where)
 	}
 }

@@ -131,7 +131,95 @@ rateLimits:
 			if !logged {
 				t.Error("no warn access log line names the limit and the caller")
 			}
+			// Every line says what the limit decided for its request.
+			var got []string
+			for _, e := range p.server.logs.FilterMessage("request").All() {
+				got = append(got, e.Level.String()+" "+field(e, "rate_limits"))
+			}
+			if want := []string{"info [per-caller:allowed]", "info [per-caller:allowed]", "warn [per-caller:limited]"}; !slices.Equal(got, want) {
+				t.Errorf("the server's access log lines: %q; want %q", got, want)
+			}
+			// The client sidecar met no limit: its lines have no field.
+			for _, e := range p.client.logs.FilterMessage("request").All() {
+				if v := field(e, "rate_limits"); v != "<missing>" {
+					t.Errorf("the client sidecar's line has rate_limits %s", v)
+				}
+			}
 		})
+	}
+}
+
+// TestRateLimitQuota: a quota allows its N requests at once, then
+// refuses until its window ends, with Retry-After and RateLimit's t the
+// seconds to the end, RateLimit-Policy its N and window; an override
+// gives a key value its own quota.
+func TestRateLimitQuota(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		client func(*testing.T) *http.Client
+	}{{"http1", h1Client}, {"h2c", h2cClient}} {
+		t.Run(c.name, func(t *testing.T) {
+			mca := newMeshCA(t)
+			cm, sm := mca.meshes()
+			app, seen := startL7App(t)
+			p := startPair(t, app, cm, sm, pairOptions{serverCfg: rateLimitsOf(t, `
+rateLimits:
+- name: daily
+  type: quota
+  key: sourceIdentity
+  rate: 1000/d
+  overrides: [{value: "`+clientID+`", rate: 3/h}]
+`)})
+			client := c.client(t)
+			url := "http://" + p.client.out() + "/api/items"
+			if got := statuses(t, client, url, nil, 3); !slices.Equal(got, []int{200, 200, 200}) {
+				t.Fatalf("the quota: %v; want 200 200 200", got)
+			}
+			for range 2 {
+				a := do(t, client, http.MethodGet, url, nil)
+				if a.status != http.StatusTooManyRequests || !strings.HasPrefix(a.why, "rate-limit: daily: over quota 3/h; retry after ") {
+					t.Fatalf("past the quota: %+v; want 429 rate-limit: daily: over quota 3/h; ...", a)
+				}
+				retry, err := strconv.Atoi(a.retry)
+				if err != nil || retry < 3500 || retry > 3600 {
+					t.Errorf("Retry-After %q; want the seconds until the hour since the first request ends", a.retry)
+				}
+				if a.policy != `"daily";q=3;w=3600` || a.remaining != `"daily";r=0;t=`+a.retry {
+					t.Errorf("RateLimit-Policy %q, RateLimit %q; want \"daily\";q=3;w=3600 and \"daily\";r=0;t=%s", a.policy, a.remaining, a.retry)
+				}
+			}
+			if n := len(seen()); n != 3 {
+				t.Errorf("the app saw %d requests, want 3", n)
+			}
+			for res, want := range map[string]float64{"allowed": 3, "limited": 2} {
+				if n := p.server.counter(t, "meshgate_ratelimit_decisions_total", map[string]string{"direction": "inbound", "limit": "daily", "result": res}); n != want {
+					t.Errorf("%s: %v; want %v", res, n, want)
+				}
+			}
+		})
+	}
+}
+
+// TestRateLimitAccessLogBound: a request that meets many limits lists
+// the first few in its access log line, and how many more.
+func TestRateLimitAccessLogBound(t *testing.T) {
+	app, _ := startL7App(t)
+	cfg := testConfig()
+	doc := "rateLimits:\n"
+	for i := range maxRateLimitNotes + 2 {
+		doc += "- {name: l" + strconv.Itoa(i) + ", key: sourceIP, rate: 1000/h}\n"
+	}
+	rateLimitsOf(t, doc)(&cfg)
+	p := startProxy(t, cfg, to(app))
+	if a := do(t, h1Client(t), http.MethodGet, "http://"+p.in()+"/", nil); a.status != 200 {
+		t.Fatalf("%+v", a)
+	}
+	lines := p.logs.FilterMessage("request").All()
+	if len(lines) != 1 {
+		t.Fatalf("%d access log lines", len(lines))
+	}
+	if got, want := field(lines[0], "rate_limits"), "[l0:allowed l1:allowed l2:allowed l3:allowed +2 more]"; got != want {
+		t.Errorf("rate_limits %s; want %s", got, want)
 	}
 }
 
@@ -261,9 +349,15 @@ func TestRateLimitConnections(t *testing.T) {
 			t.Fatalf("first connection: %q", got)
 		}
 		c.Close()
-		c2 := dial(t, p.in())
-		if err := expectClosed(t, c2, 5*time.Second); err != nil && !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("second connection: %v; want it closed", err)
+		// Reset at accept: the reset may reach the client before its
+		// connect has returned.
+		if c2, err := net.DialTimeout("tcp", p.in(), 5*time.Second); err == nil {
+			defer c2.Close()
+			if err := expectClosed(t, c2, 5*time.Second); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("second connection: %v; want it closed", err)
+			}
+		} else if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("second connection: %v; want it reset", err)
 		}
 		if n := len(b.sources()); n != 1 {
 			t.Errorf("the app saw %d connections, want 1", n)
@@ -356,6 +450,11 @@ redis: {address: "`+down+`", onError: `+tc.onError+`, timeout: 1s}
 			if n := len(p.logs.FilterMessage("global rate limit without Redis: redis.onError decides").All()); n != 1 {
 				t.Errorf("%d fallback warnings, want 1", n)
 			}
+			// The request's own access log line says what decided it.
+			lines := p.logs.FilterMessage("request").All()
+			if len(lines) != 1 || field(lines[0], "rate_limits") != "[quota:"+tc.result+"]" {
+				t.Errorf("access log: %v; want one line with rate_limits [quota:%s]", lines, tc.result)
+			}
 		})
 	}
 }
@@ -412,7 +511,7 @@ func TestRateLimitReload(t *testing.T) {
 
 	admin := "http://" + p.server.Addrs().Admin.String()
 	resp, body := get(t, client, admin+"/explain?from="+clientID+"&port=8080&method=GET&path=/x", nil)
-	want := `per-caller       applies per request: key sourceIdentity = "` + clientID + `", 1/h burst 1, local`
+	want := `per-caller       applies per request: key sourceIdentity = "` + clientID + `", rate 1/h burst 1, local`
 	if resp.StatusCode != 200 || !strings.Contains(body, want) {
 		t.Errorf("/explain: %d\n%s\nwant a line %q", resp.StatusCode, body, want)
 	}
@@ -503,6 +602,8 @@ rateLimits:
 - {name: login, key: route, match: {http: {methods: [POST], paths: ["/login"]}}, rate: 10/m}
 - {name: conns, per: connection, key: sourceIP, match: {ports: [9090]}, rate: 10/s}
 - {name: egress, direction: outbound, key: header:x-tenant, rate: 1/s}
+- {name: daily, type: quota, key: sourceIP, rate: 10000/d, global: true}
+redis: {address: "127.0.0.1:6379"}
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -519,16 +620,20 @@ rateLimits:
 	var b bytes.Buffer
 	formatRateLimits(&b, res.RateLimits)
 	want := `rate limits:
-  per-caller       applies per request: key sourceIdentity = "` + clientID + `", 5/s burst 2, local
+  per-caller       applies per request: key sourceIdentity = "` + clientID + `", rate 5/s burst 2, local
   login            does not apply: match.http does not hold for GET /api
   conns            does not apply: port 8080 not in match.ports
   egress           does not apply: direction outbound
+  daily            applies per request: key sourceIP = "10.0.0.7", quota 10000/d, global (redis)
 `
 	if diff := cmp.Diff(want, b.String()); diff != "" {
 		t.Errorf("explain (-want +got):\n%s", diff)
 	}
-	if res.RateLimits[0].Rate != (ratelimit.Rate{N: 5, Window: time.Second}) {
-		t.Errorf("override rate %v", res.RateLimits[0].Rate)
+	if res.RateLimits[0].Rate != (ratelimit.Rate{N: 5, Window: time.Second}) || res.RateLimits[0].Type != ratelimit.TypeRate {
+		t.Errorf("override rate %v, type %q", res.RateLimits[0].Rate, res.RateLimits[0].Type)
+	}
+	if q := res.RateLimits[4]; q.Type != ratelimit.TypeQuota || q.Burst != 0 {
+		t.Errorf("the quota: %+v", q)
 	}
 }
 
@@ -544,10 +649,33 @@ func BenchmarkRateLimitStage(b *testing.B) {
 	}
 	req := httptest.NewRequest(http.MethodGet, "/api/items", nil)
 	r := &Request{Dir: Inbound, Dst: netip.MustParseAddrPort("10.0.0.2:8080"), Src: netip.MustParseAddrPort("10.0.0.1:40000"),
-		Peer: spiffeid.RequireFromString(clientID), msg: httpFields{req}}
+		Peer: spiffeid.RequireFromString(clientID), msg: httpFields{req}, limits: new(rlNotes)} // as HTTP/1's, accessLog on
 	s := rateLimitStage{p}
 	b.ReportAllocs()
 	for b.Loop() {
+		r.limits.n = 0 // as a connection's next request
+		if a := s.Decide(r); a != nil {
+			b.Fatal(a.Reason)
+		}
+	}
+}
+
+// BenchmarkRateLimitStageQuota is BenchmarkRateLimitStage with a local
+// quota (never used up) instead of a token bucket.
+func BenchmarkRateLimitStageQuota(b *testing.B) {
+	cfg := testConfig()
+	rateLimitsOf(b, "rateLimits:\n- {name: per-caller, type: quota, key: sourceIdentity, rate: 1000000000/d}\n")(&cfg)
+	p, err := New(cfg, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := httptest.NewRequest(http.MethodGet, "/api/items", nil)
+	r := &Request{Dir: Inbound, Dst: netip.MustParseAddrPort("10.0.0.2:8080"), Src: netip.MustParseAddrPort("10.0.0.1:40000"),
+		Peer: spiffeid.RequireFromString(clientID), msg: httpFields{req}, limits: new(rlNotes)} // as HTTP/1's, accessLog on
+	s := rateLimitStage{p}
+	b.ReportAllocs()
+	for b.Loop() {
+		r.limits.n = 0 // as a connection's next request
 		if a := s.Decide(r); a != nil {
 			b.Fatal(a.Reason)
 		}
@@ -566,5 +694,26 @@ func BenchmarkRateLimitStageOff(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		s.Decide(r)
+	}
+}
+
+// TestRateLimitConnectionQuota: a quota of new connections refuses the
+// ones past its N, saying so.
+func TestRateLimitConnectionQuota(t *testing.T) {
+	cfg := testConfig()
+	rateLimitsOf(t, "rateLimits:\n- {name: conns, type: quota, per: connection, key: sourceIP, rate: 2/d}\n")(&cfg)
+	p, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, src := netip.MustParseAddrPort("10.0.0.2:8080"), netip.MustParseAddrPort("10.0.0.1:40000")
+	for i := range 2 {
+		if o := p.connLimited(dst, src, spiffeid.ID{}, connKeySourceIP); o != nil {
+			t.Fatalf("connection %d refused: %v", i, o.err)
+		}
+	}
+	o := p.connLimited(dst, src, spiffeid.ID{}, connKeySourceIP)
+	if o == nil || o.reason != "rate-limit: conns" || o.err.Error() != "rate-limit: conns: new connections over quota 2/d" {
+		t.Errorf("the third connection: %+v; want refused over quota 2/d", o)
 	}
 }

@@ -110,6 +110,10 @@ type Request struct {
 	authz  *connAuthz
 	claims *jwtauth.Claims
 	msg    requestFields
+	// limits are the rate limits the request met, for its access log
+	// line (ratelimit_stage.go); nil until one is noted (HTTP/2), or the
+	// connection's (HTTP/1).
+	limits *rlNotes
 }
 
 // context is the request's context: it ends when the client goes away.

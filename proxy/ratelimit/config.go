@@ -13,7 +13,8 @@ import (
 
 // Limit is one rate limit, an entry of rateLimits. A request (or, at L4,
 // a new connection) it matches takes a token from the bucket of its key
-// value; without one it is refused.
+// value, or (type quota) counts against its key value's quota; without
+// a token, or over the quota, it is refused.
 type Limit struct {
 	// Name names the limit in answers, logs, metrics and explain. Unique;
 	// letters, digits, '.', '_' and '-'.
@@ -27,13 +28,19 @@ type Limit struct {
 	// Match is what the limit applies to; unset: every request on every
 	// port.
 	Match *Match `json:"match"`
-	// Rate is how fast a bucket refills: N/s, N/m, N/h or N/d.
+	// Type is what the limit counts with: rate (the default) is a token
+	// bucket that Rate refills and Burst sizes; quota allows at most
+	// Rate's N requests per window (see Quota).
+	Type Type `json:"type"`
+	// Rate is how fast a bucket refills: N/s, N/m, N/h or N/d; of a
+	// quota, N requests per window (a second, minute, hour or day).
 	Rate Rate `json:"rate"`
 	// Burst is how many tokens a bucket holds: how many requests a key
 	// may send at once. Unset (0): the rate per second rounded up, at
-	// least 1 (50/s: 50; 600/m: 10; 100/h: 1).
+	// least 1 (50/s: 50; 600/m: 10; 100/h: 1). A quota has none.
 	Burst int `json:"burst"`
-	// Overrides give some key values a rate and burst of their own.
+	// Overrides give some key values a rate and burst (a quota: a quota)
+	// of their own.
 	Overrides []Override `json:"overrides"`
 	// MaxKeys bounds the key values remembered (least recently used out
 	// first); unset (0): 10000. A key value forgotten and seen again
@@ -49,6 +56,29 @@ type Limit struct {
 	Per Per `json:"per"`
 }
 
+// Type is how a limit counts: a token bucket or a quota.
+type Type string
+
+// The types of limit.
+const (
+	// TypeRate is a token bucket per key value: Rate refills it, Burst
+	// is its size; over a span T it allows Burst + Rate×T, spread out.
+	TypeRate Type = "rate"
+	// TypeQuota allows a key value at most Rate.N requests per window
+	// (Rate.Window). A key value's window starts at its first counted
+	// request and lasts Rate.Window, whatever the wall clock says (600/m
+	// from 12:00:40 runs to 12:01:40); the count starts again from zero
+	// with the first request after it ends. A fixed window aligned to the
+	// clock would let 2N through around a boundary; this one never lets
+	// more than N through in any window started by a counted request. A
+	// refused request is not counted: it does not use up the next
+	// window, nor move the end of this one.
+	TypeQuota Type = "quota"
+)
+
+// Quota reports whether l is a quota rather than a token bucket.
+func (l *Limit) Quota() bool { return l.Type == TypeQuota }
+
 // Per is what a limit counts.
 type Per string
 
@@ -62,14 +92,16 @@ const (
 // requests.
 func (l *Limit) Connections() bool { return l.Per == PerConnection }
 
-// Override is a rate and burst for one key value.
+// Override is a rate and burst for one key value (of a quota: a quota,
+// N per window, the window its own).
 type Override struct {
 	// Value is the key value, as the key reads it (e.g. a SPIFFE ID for
 	// sourceIdentity, an address for sourceIP).
 	Value string `json:"value"`
 	// Rate is required.
 	Rate Rate `json:"rate"`
-	// Burst unset (0): the rate per second rounded up, at least 1.
+	// Burst unset (0): the rate per second rounded up, at least 1. A
+	// quota's override has none.
 	Burst int `json:"burst"`
 }
 
@@ -276,8 +308,16 @@ func (v *validator) limit(l Limit) {
 		v.match(l.Match)
 	}
 	v.per(l)
+	quota := false
+	switch l.Type {
+	case "", TypeRate:
+	case TypeQuota:
+		quota = true
+	default:
+		v.bad("type", "%q: want rate (a token bucket: rate and burst) or quota (at most N requests per window)", string(l.Type))
+	}
 	v.rate("rate", l.Rate)
-	v.burst("burst", l.Burst)
+	v.burst("burst", l.Burst, quota)
 	switch {
 	case l.MaxKeys < 0:
 		v.bad("maxKeys", "%d: want a positive number, or leave it out for %d", l.MaxKeys, DefaultMaxKeys)
@@ -298,7 +338,7 @@ func (v *validator) limit(l Limit) {
 			seen[o.Value] = i
 		}
 		v.rate(f+".rate", o.Rate)
-		v.burst(f+".burst", o.Burst)
+		v.burst(f+".burst", o.Burst, quota)
 	}
 }
 
@@ -362,8 +402,11 @@ func (v *validator) rate(field string, r Rate) {
 	}
 }
 
-func (v *validator) burst(field string, b int) {
+func (v *validator) burst(field string, b int, quota bool) {
 	switch {
+	case quota && b != 0:
+		v.bad(field, "a quota has no burst: it allows the rate's N requests at any pace within its window; "+
+			"remove burst, or set type: rate for a token bucket")
 	case b < 0:
 		v.bad(field, "%d: want a positive number, or leave it out for the rate per second", b)
 	case b > maxN:

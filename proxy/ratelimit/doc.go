@@ -11,16 +11,29 @@
 // window's requests over the window: 600/m with the default burst (10) is
 // 10 requests a second, not 600 in the first second of a minute.
 //
+// A limit of type quota (TypeQuota) counts instead: at most N requests
+// per window (a second, minute, hour or day) per key value, at any pace
+// within it. A key value's window starts at its first counted request,
+// not on the wall clock (so there is no double burst at a boundary), and
+// the count starts again with the first request after it ends; a refused
+// request is not counted. 600/m as a quota lets 600 through in the first
+// second of a busy spell, then nothing until the minute since the first
+// is over.
+//
 // A global limit is shared by every sidecar using it: Global counts it
 // in Redis (the redis section, RedisConfig; ValidateWithRedis checks a
 // global limit has one). Each decision is one round trip running a Lua
 // script, atomic on the server, that implements GCRA (the generic cell
 // rate algorithm: one timestamp per key value, the same answers as the
 // token bucket of Local) on the server's clock, so sidecars' clocks do
-// not matter; idle keys expire once their bucket is full. A decision
+// not matter; idle keys expire once their bucket is full. A quota's
+// script counts the window in one key (GET; INCR, and PEXPIRE when the
+// window is new; PTTL), also one round trip: the key expires when the
+// window ends, on the server's clock. A decision
 // waits at most the redis timeout; when Redis fails or is slow, onError
 // decides: failOpen allows, failClosed refuses, local counts in this
-// sidecar at its share of the limit. The Decision's Source and Err say
+// sidecar at its share of the limit (a quota: N/instances per window,
+// rounded up). The Decision's Source and Err say
 // so.
 //
 // Local is the limiter of one Limit in one sidecar: Allow takes the key

@@ -11,21 +11,25 @@ import (
 
 // Decision is the answer to one request (or new connection).
 type Decision struct {
-	// Allowed says whether the request may go on; it took a token.
+	// Allowed says whether the request may go on; it took a token (a
+	// quota: it was counted).
 	Allowed bool
 	// Limit is the key value's rate: Limit.N requests per Limit.Window
 	// (the RateLimit-Policy field's quota and window), and Burst the
-	// bucket's size.
+	// bucket's size (0 for a quota).
 	Limit Rate
 	Burst int
-	// Remaining is the tokens left in the bucket, rounded down: how many
-	// requests the key value may send now.
+	// Remaining is the tokens left in the bucket, rounded down (a quota:
+	// the requests left in the window): how many requests the key value
+	// may send now.
 	Remaining int
-	// RetryAfter is how long until the bucket holds a token again, when
-	// the request was refused; 0 when it was allowed. Retry-After is it
-	// in whole seconds, rounded up.
+	// RetryAfter is how long until the bucket holds a token again (a
+	// quota: until its window ends), when the request was refused; 0
+	// when it was allowed. Retry-After is it in whole seconds, rounded
+	// up.
 	RetryAfter time.Duration
-	// Reset is how long until the bucket is full again.
+	// Reset is how long until the bucket is full again (a quota: until
+	// its window ends and its count starts again).
 	Reset time.Duration
 	// Source is where a Global's decision came from: FromRedis, or
 	// FromFallback (the redis section's onError) with Err saying why, for
@@ -34,17 +38,25 @@ type Decision struct {
 	Err    error
 }
 
-// Local is the limiter of one Limit in one sidecar: a token bucket per
-// key value, at most MaxKeys of them, the least recently used dropped
-// first. Safe for concurrent use.
+// Local is the limiter of one Limit in one sidecar: a token bucket (a
+// quota: a window's count) per key value, at most MaxKeys of them, the
+// least recently used dropped first. Safe for concurrent use.
 type Local struct {
 	rate      Rate
 	limit     rate.Limit
 	burst     int
 	overrides map[string]bucketConf
 
-	mu   sync.Mutex
-	keys *simplelru.LRU[string, *rate.Limiter] // guarded by mu
+	mu      sync.Mutex
+	keys    *simplelru.LRU[string, *rate.Limiter] // a rate's; guarded by mu
+	windows *simplelru.LRU[string, *window]       // a quota's; guarded by mu
+}
+
+// window is one key value's quota window: when it ends, and the requests
+// counted in it.
+type window struct {
+	end   time.Time
+	count int64
 }
 
 type bucketConf struct {
@@ -75,23 +87,32 @@ func New(l Limit) *Local {
 	if n == 0 {
 		n = DefaultMaxKeys
 	}
-	keys, err := simplelru.NewLRU[string, *rate.Limiter](n, nil)
+	var err error
+	if l.Quota() {
+		lo.windows, err = simplelru.NewLRU[string, *window](n, nil)
+	} else {
+		lo.keys, err = simplelru.NewLRU[string, *rate.Limiter](n, nil)
+	}
 	if err != nil {
 		panic("ratelimit: " + err.Error()) // only when n <= 0, which Validate refuses
 	}
-	lo.keys = keys
 	return lo
 }
 
 // Allow takes a token from key's bucket at now, if it has one. A key
 // value not seen before, or forgotten since (see MaxKeys), starts with a
-// full bucket.
+// full bucket. Of a quota, Allow counts the request in key's window if
+// the window has room (see TypeQuota): a key value not seen before,
+// forgotten, or whose window has ended, starts a window at now.
 func (l *Local) Allow(key string, now time.Time) Decision {
 	c := bucketConf{rate: l.rate, limit: l.limit, burst: l.burst}
 	if l.overrides != nil {
 		if o, ok := l.overrides[key]; ok {
 			c = o
 		}
+	}
+	if l.windows != nil {
+		return l.count(key, c.rate, now)
 	}
 	l.mu.Lock()
 	b, ok := l.keys.Get(key)
@@ -114,10 +135,38 @@ func (l *Local) Allow(key string, now time.Time) Decision {
 	return d
 }
 
+// count is Allow of a quota of r.
+func (l *Local) count(key string, r Rate, now time.Time) Decision {
+	l.mu.Lock()
+	w, ok := l.windows.Get(key)
+	if !ok {
+		w = &window{}
+		l.windows.Add(key, w)
+	}
+	if w.count == 0 || !now.Before(w.end) {
+		w.end, w.count = now.Add(r.Window), 0
+	}
+	allowed := w.count < r.N
+	if allowed {
+		w.count++
+	}
+	count, end := w.count, w.end
+	l.mu.Unlock()
+
+	d := Decision{Allowed: allowed, Limit: r, Remaining: int(max(0, r.N-count)), Reset: end.Sub(now)}
+	if !allowed {
+		d.RetryAfter = d.Reset
+	}
+	return d
+}
+
 // Len is how many key values l remembers.
 func (l *Local) Len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.windows != nil {
+		return l.windows.Len()
+	}
 	return l.keys.Len()
 }
 

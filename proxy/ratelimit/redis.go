@@ -249,6 +249,35 @@ return {1, math.floor((now + burst * T - new) / T), 0, math.ceil(new - now)}
 
 var gcraScript = redis.NewScript(gcra)
 
+// quota counts a quota's window, atomic on the server: one round trip
+// per decision, as gcra. The key holds the window's count and expires
+// when the window ends: it is made, expiring a window from now, by the
+// first request counted (INCR, PEXPIRE), so a window starts at its key
+// value's first counted request, on the server's clock. A request is
+// counted only while the count is under N: a refused one changes
+// nothing. A key found without an expiry (written by something else) is
+// given one, so that it cannot refuse for ever.
+//
+// KEYS[1]: the window. ARGV: N, the window (ms).
+// Returns allowed (0/1), the count, and the time left in the window (ms).
+const quota = `
+local n = tonumber(ARGV[1])
+local c = tonumber(redis.call("GET", KEYS[1]) or 0)
+local allowed = 0
+if c < n then
+  c = redis.call("INCR", KEYS[1])
+  allowed = 1
+end
+local ttl = redis.call("PTTL", KEYS[1])
+if ttl < 0 then
+  redis.call("PEXPIRE", KEYS[1], ARGV[2])
+  ttl = tonumber(ARGV[2])
+end
+return {allowed, c, ttl}
+`
+
+var quotaScript = redis.NewScript(quota)
+
 // Source says where a Decision came from.
 type Source string
 
@@ -263,6 +292,7 @@ const (
 type Global struct {
 	redis     *Redis
 	name      string
+	quota     bool // a quota's windows rather than buckets
 	conf      bucketConf
 	overrides map[string]bucketConf
 	local     *Local // onError local: this sidecar's share
@@ -273,7 +303,7 @@ type Global struct {
 // NewGlobal returns the limiter of l, which Validate has accepted,
 // counted in r.
 func NewGlobal(l Limit, r *Redis) *Global {
-	g := &Global{redis: r, name: l.Name, conf: confOf(l.Rate, l.Burst)}
+	g := &Global{redis: r, name: l.Name, quota: l.Quota(), conf: confOf(l.Rate, l.Burst)}
 	if len(l.Overrides) > 0 {
 		g.overrides = make(map[string]bucketConf, len(l.Overrides))
 		for _, o := range l.Overrides {
@@ -287,9 +317,13 @@ func NewGlobal(l Limit, r *Redis) *Global {
 }
 
 // share is l for one of n sidecars: its rate's window n times as long,
-// its burst divided by n (rounded up).
+// its burst divided by n (rounded up); of a quota, N divided by n
+// (rounded up), the window the same.
 func share(l Limit, n int) Limit {
 	part := func(r Rate, burst int) (Rate, int) {
+		if l.Quota() {
+			return Rate{N: (r.N + int64(n) - 1) / int64(n), Window: r.Window}, 0
+		}
 		if burst == 0 {
 			burst = r.DefaultBurst()
 		}
@@ -311,12 +345,19 @@ func share(l Limit, n int) Limit {
 // FromFallback and Err set: failOpen allows (Remaining, RetryAfter and
 // Reset 0), failClosed refuses (RetryAfter one emission interval, at
 // most a second), local asks this sidecar's share.
+//
+// Of a quota, Allow counts the request in key's window in Redis if it
+// has room (see TypeQuota); the fallbacks are the same (failClosed's
+// RetryAfter a second).
 func (g *Global) Allow(ctx context.Context, key string) Decision {
 	c := g.conf
 	if g.overrides != nil {
 		if o, ok := g.overrides[key]; ok {
 			c = o
 		}
+	}
+	if g.quota {
+		return g.count(ctx, key, c)
 	}
 	interval := 1e6 / float64(c.limit) // µs
 	now := ""
@@ -345,17 +386,51 @@ func (g *Global) Allow(ctx context.Context, key string) Decision {
 	}
 }
 
+// count is Allow of a quota. Its key is the prefix, the limit's name,
+// "/quota:" and the key value: never a bucket's key (a name has no '/'),
+// so a limit whose type changes finds no value of the other kind.
+func (g *Global) count(ctx context.Context, key string, c bucketConf) Decision {
+	ctx, cancel := context.WithTimeout(ctx, g.redis.conf.Timeout.D())
+	defer cancel()
+	res, err := quotaScript.Run(ctx, g.redis.client,
+		[]string{g.redis.conf.KeyPrefix + g.name + "/quota:" + key},
+		c.rate.N, c.rate.Window.Milliseconds()).Int64Slice()
+	if err == nil && len(res) != 3 {
+		err = fmt.Errorf("ratelimit: the script returned %d values, not 3", len(res))
+	}
+	if err != nil {
+		return g.fallback(key, c, 1e6, err)
+	}
+	d := Decision{
+		Allowed:   res[0] == 1,
+		Limit:     c.rate,
+		Remaining: int(max(0, c.rate.N-res[1])),
+		Reset:     time.Duration(res[2]) * time.Millisecond,
+		Source:    FromRedis,
+	}
+	if !d.Allowed {
+		d.RetryAfter = d.Reset
+	}
+	return d
+}
+
+// fallback is the decision of onError; interval is the emission
+// interval (µs), failClosed's wait (at most a second).
 func (g *Global) fallback(key string, c bucketConf, interval float64, err error) Decision {
 	err = fmt.Errorf("ratelimit: redis %s: %w", g.redis.conf.Address, err)
+	burst := c.burst
+	if g.quota {
+		burst = 0
+	}
 	var d Decision
 	switch g.redis.conf.OnError {
 	case FailLocal:
 		d = g.local.Allow(key, time.Now())
 	case FailClosed:
 		wait := time.Duration(math.Ceil(interval)) * time.Microsecond
-		d = Decision{Limit: c.rate, Burst: c.burst, RetryAfter: min(wait, time.Second)}
+		d = Decision{Limit: c.rate, Burst: burst, RetryAfter: min(wait, time.Second)}
 	default:
-		d = Decision{Allowed: true, Limit: c.rate, Burst: c.burst}
+		d = Decision{Allowed: true, Limit: c.rate, Burst: burst}
 	}
 	d.Source, d.Err = FromFallback, err
 	return d
