@@ -15,10 +15,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 )
@@ -319,25 +316,14 @@ access:
 }
 
 func TestHeaderBlockGRPC(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	healthpb.RegisterHealthServer(gs, health.NewServer())
-	go gs.Serve(ln)
-	t.Cleanup(gs.Stop)
+	app := grpcHealthServer(t)
 	cfg := testConfig()
 	cfg.Access = accessOf(t, "access:\n  headerBlocks:\n  - {name: no-grpc-go, header: user-agent, pattern: ^grpc-go/}\n")
-	r := startProxy(t, cfg, to(ln.Addr().String()))
-	cc, err := grpc.NewClient(r.in(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	r := startProxy(t, cfg, to(app))
+	hc := grpcHealthClient(t, r.in())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
 	if st, _ := status.FromError(err); st.Code() != codes.PermissionDenied || st.Message() != "block: no-grpc-go" {
 		t.Errorf("Check: %v; want PermissionDenied, block: no-grpc-go", err)
 	}

@@ -14,10 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"sigs.k8s.io/yaml"
@@ -226,14 +223,7 @@ policy:
 func TestPolicyGRPC(t *testing.T) {
 	mca := newMeshCA(t)
 	cm, sm := mca.meshes()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	healthpb.RegisterHealthServer(gs, health.NewServer())
-	go gs.Serve(ln)
-	t.Cleanup(gs.Stop)
+	app := grpcHealthServer(t)
 	pol := policyOf(t, `
 policy:
   rules:
@@ -245,15 +235,11 @@ policy:
     http: {grpc: ["grpc.health.v1.Health/Check"]}
     from: {namespaces: [ops]}
 `)
-	p := startPair(t, ln.Addr().String(), cm, sm, pairOptions{serverCfg: withPolicy(pol)})
-	cc, err := grpc.NewClient(p.client.out(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	p := startPair(t, app, cm, sm, pairOptions{serverCfg: withPolicy(pol)})
+	hc := grpcHealthClient(t, p.client.out())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
 	if st, _ := status.FromError(err); st.Code() != codes.PermissionDenied || st.Message() != "policy: access denied" {
 		t.Errorf("Check: %v; want PermissionDenied, policy: access denied", err)
 	}

@@ -19,10 +19,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
@@ -305,30 +302,18 @@ rateLimits:
 func TestRateLimitGRPC(t *testing.T) {
 	mca := newMeshCA(t)
 	cm, sm := mca.meshes()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	healthpb.RegisterHealthServer(gs, health.NewServer())
-	go gs.Serve(ln)
-	t.Cleanup(gs.Stop)
-	p := startPair(t, ln.Addr().String(), cm, sm, pairOptions{serverCfg: rateLimitsOf(t, `
+	app := grpcHealthServer(t)
+	p := startPair(t, app, cm, sm, pairOptions{serverCfg: rateLimitsOf(t, `
 rateLimits:
 - {name: health, key: sourceIdentity, rate: 1/h}
 `)})
-	cc, err := grpc.NewClient(p.client.out(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	hc := grpcHealthClient(t, p.client.out())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	hc := healthpb.NewHealthClient(cc)
 	if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatalf("first Check: %v", err)
 	}
-	_, err = hc.Check(ctx, &healthpb.HealthCheckRequest{})
+	_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
 	if st, _ := status.FromError(err); st.Code() != codes.ResourceExhausted || !strings.HasPrefix(st.Message(), "rate-limit: health: over 1/h; retry after ") {
 		t.Errorf("second Check: %v; want ResourceExhausted, rate-limit: health: over 1/h; ...", err)
 	}
