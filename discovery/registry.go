@@ -10,6 +10,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
+
+	"meshgate/internal/confval"
 )
 
 // Service is a named service of the mesh: where it runs, on which ports,
@@ -37,22 +39,8 @@ type Port struct {
 	Port uint16 `json:"port"`
 }
 
-// Duration is a time.Duration written as "30s".
-type Duration time.Duration
-
-func (d Duration) MarshalJSON() ([]byte, error) {
-	return []byte(`"` + time.Duration(d).String() + `"`), nil
-}
-
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	s := strings.Trim(string(b), `"`)
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("%q is not a duration; want e.g. 30s", s)
-	}
-	*d = Duration(v)
-	return nil
-}
+// Duration is a time.Duration written as "30s"; a bare number is refused.
+type Duration = confval.Duration
 
 // Registry says what the mesh's names are.
 type Registry interface {
@@ -88,8 +76,12 @@ type registryFile struct {
 //
 // Every problem is reported at once, each naming its field.
 func ParseRegistry(data []byte) (*StaticRegistry, error) {
+	if err := confval.Check[registryFile](data); err != nil {
+		return nil, &Error{Op: "registry", Err: err}
+	}
 	var f registryFile
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
+		// Not reached after confval.Check, short of a bug in it.
 		return nil, &Error{Op: "registry", Err: err}
 	}
 	r := &StaticRegistry{services: make(map[string]*Service), meshAt: make(map[netip.Addr]*Service)}

@@ -262,6 +262,28 @@ services[3].endpoints[0]: 10.0.0.3 is an endpoint of api.mesh (spiffe://a.exampl
 	}
 }
 
+// TestRegistryValueErrors: values the registry's types cannot read and
+// unknown fields are named by their paths, all at once, as in the
+// proxy's config.
+func TestRegistryValueErrors(t *testing.T) {
+	_, err := ParseRegistry([]byte(`
+services:
+- name: web.mesh
+  ttl: 30
+- name: api.mesh
+  ttl: forever
+  endpoints: [10.0.0.300]
+  weight: 3
+`))
+	want := `discovery: registry: services[0].ttl: 30 is not a duration; want a number with a unit, e.g. "5s" or "1m30s"
+services[1].endpoints[0]: "10.0.0.300" is not an IP address; want e.g. 127.0.0.6 or ::6
+services[1].ttl: "forever" is not a duration; want a number with a unit, e.g. "5s" or "1m30s"
+services[1].weight: unknown field; want one of name, identity, meshed, ports, endpoints, ttl`
+	if err == nil || err.Error() != want {
+		t.Errorf("ParseRegistry:\n%v\nwant:\n%s", err, want)
+	}
+}
+
 // TestTXTConvention: an address answered for a name whose TXT record
 // publishes the meshgate convention is a mesh destination with that
 // identity; one answered for a name without it is not. The TXT record is

@@ -1,17 +1,13 @@
 package proxy
 
 import (
-	"bytes"
-	"encoding"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
 	"os"
-	"reflect"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -20,8 +16,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"meshgate/intercept"
+	"meshgate/internal/confval"
 	"meshgate/netlist"
-	"meshgate/proxy/policy"
 	"meshgate/proxy/ratelimit"
 )
 
@@ -421,183 +417,17 @@ func LoadConfig(path string) (Config, error) {
 // read is reported, each with its path. It does not validate.
 func ParseConfig(data []byte) (Config, error) {
 	// First pass, on the generic document: name every unknown field and
-	// every unreadable value with its path. encoding/json would stop at the
-	// first one and say neither where it is nor (for unknown fields) in
-	// which section, and it matches field names case-insensitively.
-	j, err := yaml.YAMLToJSONStrict(data)
-	if err != nil {
-		msg := strings.TrimPrefix(err.Error(), "error converting YAML to JSON: ")
-		return Config{}, errors.New(strings.Replace(msg, "unmarshal errors:\n  ", "", 1))
-	}
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.UseNumber()
-	var doc any
-	if err := dec.Decode(&doc); err != nil {
+	// every unreadable value with its path.
+	if err := confval.Check[Config](data); err != nil {
 		return Config{}, err
 	}
-	var errs []error
-	checkDoc(doc, reflect.TypeFor[Config](), "", &errs)
-	if len(errs) > 0 {
-		return Config{}, errors.Join(errs...)
-	}
-
 	cfg := DefaultConfig()
 	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
-		// Not reached after checkDoc, short of a bug in it.
+		// Not reached after confval.Check, short of a bug in it.
 		return Config{}, err
 	}
 	return cfg, nil
 }
-
-var (
-	jsonUnmarshalerType = reflect.TypeFor[json.Unmarshaler]()
-	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
-)
-
-// checkDoc walks the generic document v against the Go type t, appending
-// an error for each unknown field and each value that t's field types
-// cannot decode.
-func checkDoc(v any, t reflect.Type, path string, errs *[]error) {
-	if v == nil {
-		return // null leaves the default
-	}
-	if t.Kind() == reflect.Pointer {
-		checkDoc(v, t.Elem(), path, errs)
-		return
-	}
-	pt := reflect.PointerTo(t)
-	if t.Kind() == reflect.Struct && !pt.Implements(jsonUnmarshalerType) && !pt.Implements(textUnmarshalerType) {
-		fields := map[string]reflect.Type{}
-		var names []string
-		for f := range t.Fields() {
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			fields[name] = f.Type
-			names = append(names, name)
-		}
-		m, ok := v.(map[string]any)
-		if !ok {
-			*errs = append(*errs, fmt.Errorf("%s: want a section with fields %s", pathOr(path), strings.Join(names, ", ")))
-			return
-		}
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			p := k
-			if path != "" {
-				p = path + "." + k
-			}
-			ft, ok := fields[k]
-			if !ok {
-				*errs = append(*errs, fmt.Errorf("%s: unknown field; want one of %s", p, strings.Join(names, ", ")))
-				continue
-			}
-			checkDoc(m[k], ft, p, errs)
-		}
-		return
-	}
-	if !pt.Implements(jsonUnmarshalerType) && !pt.Implements(textUnmarshalerType) {
-		switch t.Kind() {
-		case reflect.Slice:
-			l, ok := v.([]any)
-			if !ok {
-				*errs = append(*errs, fmt.Errorf("%s: want a list", pathOr(path)))
-				return
-			}
-			for i, e := range l {
-				checkDoc(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i), errs)
-			}
-			return
-		case reflect.Map:
-			m, ok := v.(map[string]any)
-			if !ok {
-				*errs = append(*errs, fmt.Errorf("%s: want a map", pathOr(path)))
-				return
-			}
-			keys := make([]string, 0, len(m))
-			for k := range m {
-				keys = append(keys, k)
-			}
-			sort.Strings(keys)
-			for _, k := range keys {
-				p := path + "." + k
-				if t.Key() == reflect.TypeFor[uint16]() {
-					if _, err := strconv.ParseUint(k, 10, 16); err != nil {
-						*errs = append(*errs, fmt.Errorf("%s: %q is not a port; want a number from 1 to 65535", p, k))
-						continue
-					}
-				}
-				checkDoc(m[k], t.Elem(), p, errs)
-			}
-			return
-		}
-	}
-	b, err := json.Marshal(v)
-	if err == nil {
-		err = json.Unmarshal(b, reflect.New(t).Interface())
-	}
-	if err != nil {
-		*errs = append(*errs, fmt.Errorf("%s: %s", pathOr(path), describeValueError(err, t, v)))
-	}
-}
-
-func pathOr(path string) string {
-	if path == "" {
-		return "config"
-	}
-	return path
-}
-
-// describeValueError says why the value v does not fit type t.
-func describeValueError(err error, t reflect.Type, v any) string {
-	var fe *fieldError
-	if errors.As(err, &fe) {
-		return fe.msg
-	}
-	if ve, ok := errors.AsType[*policy.ValueError](err); ok {
-		return ve.Error()
-	}
-	if ve, ok := errors.AsType[*ratelimit.ValueError](err); ok {
-		return ve.Error()
-	}
-	var got string
-	switch v := v.(type) {
-	case string:
-		got = strconv.Quote(v)
-	case json.Number:
-		got = v.String()
-	case bool:
-		got = strconv.FormatBool(v)
-	case []any:
-		got = "a list"
-	case map[string]any:
-		got = "a section"
-	}
-	switch t {
-	case reflect.TypeFor[uint16]():
-		return fmt.Sprintf("%s is not a port; want a number from 0 to 65535", got)
-	case reflect.TypeFor[netip.Addr]():
-		return fmt.Sprintf("%s is not an IP address; want e.g. 127.0.0.6 or ::6", got)
-	case reflect.TypeFor[netip.AddrPort]():
-		return fmt.Sprintf("%s is not an IP:port address; want e.g. 127.0.0.1:15000 or [::1]:15000", got)
-	case reflect.TypeFor[netip.Prefix]():
-		return fmt.Sprintf("%s is not a CIDR; want e.g. 10.0.0.0/8 or fd00::/8", got)
-	case reflect.TypeFor[spiffeid.ID]():
-		return fmt.Sprintf("%s is not a SPIFFE ID (%v); want e.g. spiffe://cluster.local/ns/default/sa/web", got, err)
-	}
-	if t.Kind() == reflect.String {
-		return fmt.Sprintf("%s is not a string", got)
-	}
-	return fmt.Sprintf("%s: %v", got, err)
-}
-
-// fieldError is a value that its own type could not parse, explained by
-// that type.
-type fieldError struct{ msg string }
-
-func (e *fieldError) Error() string { return e.msg }
 
 // Validate reports every problem of c at once (errors.Join, one per line),
 // each naming the field and the fix.
@@ -798,34 +628,8 @@ func (c MTLSConfig) validate() []error {
 }
 
 // Duration is a time.Duration written as a Go duration string, "5s",
-// "1m30s", "1h".
-type Duration time.Duration
-
-// D returns d as a time.Duration.
-func (d Duration) D() time.Duration { return time.Duration(d) }
-
-// String formats d like time.Duration.
-func (d Duration) String() string { return time.Duration(d).String() }
-
-// MarshalJSON writes d as a duration string.
-func (d Duration) MarshalJSON() ([]byte, error) {
-	return json.Marshal(time.Duration(d).String())
-}
-
-// UnmarshalJSON reads a duration string. A bare number is refused: it
-// would be ambiguous (seconds? nanoseconds?).
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return &fieldError{fmt.Sprintf("%s is not a duration; want a number with a unit, e.g. \"5s\" or \"1m30s\"", b)}
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return &fieldError{fmt.Sprintf("%q is not a duration; want a number with a unit, e.g. \"5s\" or \"1m30s\"", s)}
-	}
-	*d = Duration(v)
-	return nil
-}
+// "1m30s", "1h"; a bare number is refused.
+type Duration = confval.Duration
 
 // Mark is a socket mark (SO_MARK). In YAML it may be written as a number
 // (1337, 0x539) or a string ("0x539"); it is printed in hex.
@@ -845,7 +649,7 @@ func (m *Mark) UnmarshalJSON(b []byte) error {
 	}
 	v, err := strconv.ParseUint(strings.TrimSpace(s), 0, 32)
 	if err != nil {
-		return &fieldError{fmt.Sprintf("%s is not a mark; want a 32-bit number, e.g. 0x539 or 1337", b)}
+		return confval.Errorf("%s is not a mark; want a 32-bit number, e.g. 0x539 or 1337", b)
 	}
 	*m = Mark(v)
 	return nil

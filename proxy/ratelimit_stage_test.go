@@ -534,7 +534,7 @@ rateLimits:
 redis: {address: "127.0.0.1:6379", timeout: 5}
 `, []string{
 			`rateLimits[0].rate: "50/x": want N/s, N/m, N/h or N/d`,
-			`redis.timeout: 5 is not a duration; want a number with a unit, e.g. "5ms"`,
+			`redis.timeout: 5 is not a duration; want a number with a unit, e.g. "5s" or "1m30s"`,
 		}},
 		{"validation", `
 rateLimits:

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"meshgate/internal/confval"
 	"meshgate/netlist"
 )
 
@@ -144,7 +145,7 @@ func (h *HeaderMatch) UnmarshalJSON(b []byte) error {
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
-		return &ValueError{fmt.Sprintf("%s is not a header condition; want a value (exact) or a section with one of exact, prefix, regex, present", b)}
+		return confval.Errorf("%s is not a header condition; want a value (exact) or a section with one of exact, prefix, regex, present", b)
 	}
 	*h = HeaderMatch(p)
 	return nil
@@ -175,17 +176,11 @@ func (l *StringList) UnmarshalJSON(b []byte) error {
 	}
 	var ss []string
 	if err := json.Unmarshal(b, &ss); err != nil {
-		return &ValueError{fmt.Sprintf("%s is not a claim value; want a string or a list of strings", b)}
+		return confval.Errorf("%s is not a claim value; want a string or a list of strings", b)
 	}
 	*l = ss
 	return nil
 }
-
-// ValueError is a value its own type could not read, explained by that
-// type (the proxy's config reader shows the message as it is).
-type ValueError struct{ msg string }
-
-func (e *ValueError) Error() string { return e.msg }
 
 // Issuers are the JWT issuers rules may name (policy.jwtProviders).
 type Issuers map[string]bool

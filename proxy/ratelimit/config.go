@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"meshgate/internal/confval"
 )
 
 // Limit is one rate limit, an entry of rateLimits. A request (or, at L4,
@@ -178,11 +180,11 @@ func ParseRate(s string) (Rate, error) {
 	n, unit, ok := strings.Cut(s, "/")
 	w, wok := windows[unit]
 	if !ok || !wok {
-		return Rate{}, &ValueError{fmt.Sprintf("%q: want N/s, N/m, N/h or N/d", s)}
+		return Rate{}, confval.Errorf("%q: want N/s, N/m, N/h or N/d", s)
 	}
 	v, err := strconv.ParseInt(n, 10, 64)
 	if err != nil || v <= 0 || v > maxN || n[0] == '+' {
-		return Rate{}, &ValueError{fmt.Sprintf("%q: N must be a whole number from 1 to %d, e.g. 50/%s", s, maxN, unit)}
+		return Rate{}, confval.Errorf("%q: N must be a whole number from 1 to %d, e.g. 50/%s", s, maxN, unit)
 	}
 	return Rate{N: v, Window: w}, nil
 }
@@ -227,7 +229,7 @@ func (r Rate) DefaultBurst() int {
 func (r *Rate) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return &ValueError{fmt.Sprintf("%s is not a rate; want N/s, N/m, N/h or N/d, e.g. \"50/s\"", b)}
+		return confval.Errorf("%s is not a rate; want N/s, N/m, N/h or N/d, e.g. \"50/s\"", b)
 	}
 	v, err := ParseRate(s)
 	if err != nil {
@@ -239,13 +241,6 @@ func (r *Rate) UnmarshalJSON(b []byte) error {
 
 // MarshalJSON writes r as a string such as "50/s".
 func (r Rate) MarshalJSON() ([]byte, error) { return json.Marshal(r.String()) }
-
-// ValueError is a value its own type could not read, explained by that
-// type (the proxy's config reader shows the message as it is, after the
-// field's path).
-type ValueError struct{ msg string }
-
-func (e *ValueError) Error() string { return e.msg }
 
 // DefaultMaxKeys is the key table's size of a limit that sets none.
 const DefaultMaxKeys = 10000

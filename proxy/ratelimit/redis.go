@@ -3,7 +3,6 @@ package ratelimit
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"meshgate/internal/confval"
 )
 
 // RedisConfig is the redis section: the server global limits are counted
@@ -67,32 +68,9 @@ const (
 // maxRedisTimeout bounds Timeout: each request waits for it.
 const maxRedisTimeout = 10 * time.Second
 
-// Duration is a time.Duration written as a string such as "5ms".
-type Duration time.Duration
-
-// D returns d as a time.Duration.
-func (d Duration) D() time.Duration { return time.Duration(d) }
-
-// String formats d like time.Duration.
-func (d Duration) String() string { return time.Duration(d).String() }
-
-// MarshalJSON writes d as a duration string.
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
-
-// UnmarshalJSON reads a duration string. A bare number is refused: it
-// would be ambiguous (seconds? milliseconds?).
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return &ValueError{fmt.Sprintf("%s is not a duration; want a number with a unit, e.g. \"5ms\"", b)}
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return &ValueError{fmt.Sprintf("%q is not a duration; want a number with a unit, e.g. \"5ms\"", s)}
-	}
-	*d = Duration(v)
-	return nil
-}
+// Duration is a time.Duration written as a string such as "5ms"; a bare
+// number is refused.
+type Duration = confval.Duration
 
 // Validate reports every problem of c at once (errors.Join, one per
 // line), each with its field path under redis and the fix.

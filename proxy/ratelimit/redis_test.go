@@ -326,7 +326,7 @@ func TestRedisConfigDecode(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Error(err)
 	}
-	if err := yaml.Unmarshal([]byte(`{timeout: 5}`), &c); err == nil || !strings.HasSuffix(err.Error(), `5 is not a duration; want a number with a unit, e.g. "5ms"`) {
+	if err := yaml.Unmarshal([]byte(`{timeout: 5}`), &c); err == nil || !strings.HasSuffix(err.Error(), `5 is not a duration; want a number with a unit, e.g. "5s" or "1m30s"`) {
 		t.Errorf("bare number: %v", err)
 	}
 	d := RedisConfig{Address: "a:1"}.withDefaults()
