@@ -51,9 +51,8 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 	}
 	if mode == MTLSDisable {
 		az := p.authorizeConn(inboundConn(dst.Port(), src, spiffeid.ID{}), Inbound)
-		if az.pending() != nil || p.blocksPort(Inbound, dst.Port()) || p.requestLimited(Inbound, dst.Port()) {
-			// Denied, or its requests decide (policy, rate limits), or
-			// header blocks look at them (access.go): they are to be read.
+		if az.pending() != nil || p.readsRequests(dst.Port()) {
+			// Denied, or its requests decide: they are to be read.
 			pc := &peekConn{TCPConn: client}
 			defer pc.release()
 			return p.serveInbound(ctx, pc, &leg{}, from, dst, tlsInfo{authz: az}, m)
@@ -68,7 +67,7 @@ func (p *Proxy) inbound(ctx context.Context, client *net.TCPConn, from netip.Add
 	// The app is dialed early (permissive mode) only if policy allows a
 	// plaintext client outright; a mesh client is decided after its
 	// handshake (terminate).
-	if mode == MTLSPermissive && !p.knownHTTP(dst, start) && !p.blocksPort(Inbound, dst.Port()) &&
+	if mode == MTLSPermissive && !p.knownHTTP(dst, start) && !p.readsRequests(dst.Port()) &&
 		dialEarly(authorize(p.policy.Load(), inboundConn(dst.Port(), src, spiffeid.ID{}))) {
 		race.dialApp(p, from, dst)
 		race.holdUntil = start.Add(p.cfg.MTLS.GreetingHold.D())
@@ -158,6 +157,16 @@ func (p *Proxy) plain(ctx context.Context, client *net.TCPConn, from netip.Addr,
 	}}
 }
 
+// readsRequests reports whether a stage looks at the inbound HTTP
+// requests to port even where policy allows the connection outright: a
+// header block (access.go) or a request rate limit (ratelimit_stage.go).
+// Such a connection is read as HTTP before its app is dialed, so a client
+// cannot pass its requests as bytes by waiting for an app that speaks
+// first.
+func (p *Proxy) readsRequests(port uint16) bool {
+	return p.blocksPort(Inbound, port) || p.requestLimited(Inbound, port)
+}
+
 // serveInbound serves a connection to the app that is no mesh TLS being
 // set up: plaintext in permissive mode (pc reads the socket), or the
 // plaintext of meshgate/tcp (pc reads the mesh TLS; peer is the client's
@@ -208,12 +217,11 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, f
 		d = verdict(opening{first: speakerClient}, pc.peeked())
 	default:
 		wait := p.cfg.Timeouts.Idle.D()
-		// Denied, or its requests decide, or header blocks are to see
-		// them: the app is not dialed (a client that waited for it to
-		// speak first would pass as bytes), so a client that waits for it
-		// would wait for ever. After protocols.detectTimeout it is
-		// decided as not HTTP.
-		held := peer.authz.pending() != nil || p.blocksPort(Inbound, dst.Port())
+		// Denied, or its requests decide: the app is not dialed (a
+		// client that waited for it to speak first would pass as bytes),
+		// so a client that waits for it would wait for ever. After
+		// protocols.detectTimeout it is decided as not HTTP.
+		held := peer.authz.pending() != nil || p.readsRequests(dst.Port())
 		if held {
 			wait = p.cfg.Protocols.DetectTimeout.D()
 		}
@@ -224,7 +232,7 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, f
 			race.drop = func(upConn) {}
 		} else if !knownHTTP && !held {
 			// Not while policy has yet to allow the client, nor where
-			// header blocks apply.
+			// stages read the requests.
 			race.dialApp(p, from, dst)
 		}
 		op, err := race.run(ctx)
