@@ -54,13 +54,17 @@ type DirectionLimits struct {
 	// is 50 000 through its overload manager).
 	MaxConnections int `json:"maxConnections"`
 	// MaxConnectionsPerSourceIP caps the connections held at once from
-	// one client address (IPv6: one /128), so that one client cannot take
-	// all of MaxConnections. Default: inbound 1000, outbound 0 (the app is
-	// the only client). Client sidecars pool and multiplex their
-	// connections (HTTP/2 between sidecars; HTTP/1 one per request in
-	// flight), so a pod rarely holds more than its concurrency; raise it
-	// for a caller that concentrates many clients behind one address
-	// (an ingress proxy without a sidecar, a NAT).
+	// one client address (IPv6: one /128) that have not authenticated as
+	// a mesh peer, so that one client cannot take all of MaxConnections
+	// with connections that never say who they are: plaintext ones count
+	// for their life, mesh ones until their TLS handshake completes.
+	// A peer's authenticated connections do not count: a client sidecar
+	// holds one mesh connection per opaque TCP connection of its app (a
+	// pool of 2000 database connections is 2000), and they are bounded
+	// by MaxConnectionsPerIdentity, rateLimits and MaxConnections instead.
+	// Default: inbound 1000, outbound 0 (the app is the only client);
+	// raise it for plaintext callers that concentrate many clients behind
+	// one address (an ingress proxy without a sidecar, a NAT).
 	MaxConnectionsPerSourceIP int `json:"maxConnectionsPerSourceIP"`
 	// MaxConnectionsPerIdentity caps the mesh connections held at once by
 	// one verified peer identity (SPIFFE ID); one more is closed right
@@ -263,11 +267,13 @@ type dirProtection struct {
 	// perIP and perID count the connections held per source address and
 	// per identity, when capped; an entry goes when its count falls to 0,
 	// so each holds at most MaxConnections entries. byConn remembers the
-	// identity a connection was counted under.
+	// identity a connection was counted under; authed, the connections
+	// perIP no longer counts (their peer authenticated).
 	mu     sync.Mutex
 	perIP  map[netip.Addr]int32
 	perID  map[spiffeid.ID]int32
 	byConn map[*net.TCPConn]spiffeid.ID
+	authed map[*net.TCPConn]struct{}
 	events [numLimits]prometheus.Counter
 	logs   [numLimits]eventLog
 }
@@ -288,6 +294,7 @@ func newProtection(lc LimitsConfig, events *prometheus.CounterVec, log *zap.Logg
 		}
 		if dp.lim.MaxConnectionsPerSourceIP > 0 {
 			dp.perIP = make(map[netip.Addr]int32)
+			dp.authed = make(map[*net.TCPConn]struct{})
 		}
 		if dp.lim.MaxConnectionsPerIdentity > 0 {
 			dp.perID = make(map[spiffeid.ID]int32)
@@ -341,11 +348,10 @@ func (pr *protection) leave(dir Direction, c *net.TCPConn, src netip.AddrPort) {
 	}
 	dp.mu.Lock()
 	if dp.perIP != nil {
-		a := src.Addr().Unmap()
-		if n := dp.perIP[a] - 1; n > 0 {
-			dp.perIP[a] = n
+		if _, ok := dp.authed[c]; ok {
+			delete(dp.authed, c)
 		} else {
-			delete(dp.perIP, a)
+			dp.uncountIP(src)
 		}
 	}
 	if dp.perID != nil {
@@ -361,11 +367,28 @@ func (pr *protection) leave(dir Direction, c *net.TCPConn, src netip.AddrPort) {
 	dp.mu.Unlock()
 }
 
-// admitIdentity counts the inbound mesh connection c of the verified
-// peer id, or refuses it (reporting the event) when id holds
-// MaxConnectionsPerIdentity already. leave uncounts it.
+// uncountIP takes a connection from src off perIP; dp.mu is held.
+func (dp *dirProtection) uncountIP(src netip.AddrPort) {
+	a := src.Addr().Unmap()
+	if n := dp.perIP[a] - 1; n > 0 {
+		dp.perIP[a] = n
+	} else {
+		delete(dp.perIP, a)
+	}
+}
+
+// admitIdentity is called once the inbound mesh connection c has
+// authenticated its peer as id: c no longer counts against its source
+// address, and counts against id, or is refused (reporting the event)
+// when id holds MaxConnectionsPerIdentity already. leave uncounts it.
 func (pr *protection) admitIdentity(c *net.TCPConn, src netip.AddrPort, id spiffeid.ID) bool {
 	dp := &pr.dir[Inbound]
+	if dp.perIP != nil && !id.IsZero() {
+		dp.mu.Lock()
+		dp.uncountIP(src)
+		dp.authed[c] = struct{}{}
+		dp.mu.Unlock()
+	}
 	if dp.perID == nil || id.IsZero() {
 		return true
 	}

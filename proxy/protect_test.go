@@ -406,6 +406,40 @@ func TestLimitConnections(t *testing.T) {
 	}
 }
 
+// TestLimitConnectionsPerSourceIPMesh: the per-address cap counts a mesh
+// connection only until its peer authenticates: a client sidecar holds
+// one mesh connection per opaque connection of its app, so an app's pool
+// of connections bigger than the cap must all be served.
+func TestLimitConnectionsPerSourceIPMesh(t *testing.T) {
+	mca := newMeshCA(t)
+	cm, sm := mca.meshes()
+	be := startBackend(t, "127.0.0.1:0", echo)
+	p := startPair(t, be.addr(), cm, sm, pairOptions{serverCfg: func(c *Config) { c.Limits.Inbound.MaxConnectionsPerSourceIP = 2 }})
+	for i := range 6 {
+		c := dial(t, p.client.out())
+		defer c.Close()
+		if got := roundTrip(t, c, fmt.Sprint("hello ", i)); got != fmt.Sprint("hello ", i) {
+			t.Fatalf("mesh connection %d of one address, over a cap of 2: %q", i, got)
+		}
+	}
+	if got := p.server.protectionEvents(t, Inbound, "max_connections_per_source_ip"); got != 0 {
+		t.Errorf("max_connections_per_source_ip events = %v, want 0", got)
+	}
+	// Connections that never authenticate still meet the cap.
+	for range 2 {
+		c := dial(t, p.server.in())
+		defer c.Close()
+	}
+	waitFor(t, func() bool { return p.server.protectionEvents(t, Inbound, "max_connections_per_source_ip") == 0 })
+	over, err := net.DialTimeout("tcp", p.server.in(), 5*time.Second)
+	if err == nil {
+		over.SetReadDeadline(time.Now().Add(10 * time.Second))
+		over.Read(make([]byte, 1))
+		over.Close()
+	}
+	waitFor(t, func() bool { return p.server.protectionEvents(t, Inbound, "max_connections_per_source_ip") == 1 })
+}
+
 // TestLimitConnectionsPerIdentity: a mesh peer holding
 // maxConnectionsPerIdentity connections has its next one closed after
 // the handshake, and counted.
