@@ -623,62 +623,63 @@ redis: {address: "127.0.0.1:6379"}
 }
 
 // BenchmarkRateLimitStage is the stage's cost per request with one
-// local limit keyed by the caller's identity (always allowed: the cost
-// of a decision, not of an answer).
+// local limit keyed by the caller's identity, a token bucket (rate) or a
+// quota, never used up: the cost of a decision, not of an answer. With
+// no limits the stage is not in the chain (TestRateLimitStageOnlyWithLimits).
 func BenchmarkRateLimitStage(b *testing.B) {
-	cfg := testConfig()
-	rateLimitsOf(b, "rateLimits:\n- {name: per-caller, key: sourceIdentity, rate: 1000000000/s}\n")(&cfg)
-	p, err := New(cfg, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	req := httptest.NewRequest(http.MethodGet, "/api/items", nil)
-	r := &Request{Dir: Inbound, Dst: netip.MustParseAddrPort("10.0.0.2:8080"), Src: netip.MustParseAddrPort("10.0.0.1:40000"),
-		Peer: spiffeid.RequireFromString(clientID), msg: httpFields{req}, limits: new(rlNotes)} // as HTTP/1's, accessLog on
-	s := rateLimitStage{p}
-	b.ReportAllocs()
-	for b.Loop() {
-		r.limits.n = 0 // as a connection's next request
-		if a := s.Decide(r); a != nil {
-			b.Fatal(a.Reason)
-		}
-	}
-}
-
-// BenchmarkRateLimitStageQuota is BenchmarkRateLimitStage with a local
-// quota (never used up) instead of a token bucket.
-func BenchmarkRateLimitStageQuota(b *testing.B) {
-	cfg := testConfig()
-	rateLimitsOf(b, "rateLimits:\n- {name: per-caller, type: quota, key: sourceIdentity, rate: 1000000000/d}\n")(&cfg)
-	p, err := New(cfg, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	req := httptest.NewRequest(http.MethodGet, "/api/items", nil)
-	r := &Request{Dir: Inbound, Dst: netip.MustParseAddrPort("10.0.0.2:8080"), Src: netip.MustParseAddrPort("10.0.0.1:40000"),
-		Peer: spiffeid.RequireFromString(clientID), msg: httpFields{req}, limits: new(rlNotes)} // as HTTP/1's, accessLog on
-	s := rateLimitStage{p}
-	b.ReportAllocs()
-	for b.Loop() {
-		r.limits.n = 0 // as a connection's next request
-		if a := s.Decide(r); a != nil {
-			b.Fatal(a.Reason)
-		}
+	for _, bc := range []struct{ name, limit string }{
+		{"rate", "{name: per-caller, key: sourceIdentity, rate: 1000000000/s}"},
+		{"quota", "{name: per-caller, type: quota, key: sourceIdentity, rate: 1000000000/d}"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			cfg := testConfig()
+			rateLimitsOf(b, "rateLimits:\n- "+bc.limit+"\n")(&cfg)
+			p, err := New(cfg, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			req := httptest.NewRequest(http.MethodGet, "/api/items", nil)
+			r := &Request{Dir: Inbound, Dst: netip.MustParseAddrPort("10.0.0.2:8080"), Src: netip.MustParseAddrPort("10.0.0.1:40000"),
+				Peer: spiffeid.RequireFromString(clientID), msg: httpFields{req}, limits: new(rlNotes)} // as HTTP/1's, accessLog on
+			s := rateLimitStage{p}
+			b.ReportAllocs()
+			for b.Loop() {
+				r.limits.n = 0 // as a connection's next request
+				if a := s.Decide(r); a != nil {
+					b.Fatal(a.Reason)
+				}
+			}
+		})
 	}
 }
 
-// BenchmarkRateLimitStageOff is the stage with no limits: what every
-// request pays for the stage being in the chain.
-func BenchmarkRateLimitStageOff(b *testing.B) {
+// TestRateLimitStageOnlyWithLimits: the rate-limit stage is in a
+// direction's chain only while that direction has request limits, so
+// limits that are off cost nothing; a reload adds and removes it.
+func TestRateLimitStageOnlyWithLimits(t *testing.T) {
 	p, err := New(testConfig(), nil)
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
-	r := &Request{Dir: Inbound, msg: httpFields{httptest.NewRequest(http.MethodGet, "/", nil)}}
-	s := rateLimitStage{p}
-	b.ReportAllocs()
-	for b.Loop() {
-		s.Decide(r)
+	in := func() bool {
+		return slices.ContainsFunc(p.chains.Load()[Inbound], func(s Stage) bool { return s.Name() == stageRateLimit })
+	}
+	if in() {
+		t.Error("the rate-limit stage is in the inbound chain with no limits")
+	}
+	var cfg Config
+	rateLimitsOf(t, "rateLimits:\n- {name: a, key: sourceIP, rate: 1/s}\n")(&cfg)
+	if err := p.ReloadRateLimits(cfg.RateLimits, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !in() {
+		t.Error("a reload with a limit left the stage out of the inbound chain")
+	}
+	if err := p.ReloadRateLimits(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if in() {
+		t.Error("a reload with no limits left the stage in the inbound chain")
 	}
 }
 
