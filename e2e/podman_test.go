@@ -539,7 +539,11 @@ func TestPodmanInjectedPods(t *testing.T) {
 
 	// The app goes: its readiness, through the sidecar, says so.
 	mustPodman(t, "stop", "-t", "2", web+"-app")
-	eventually(t, 10*time.Second, func() error { return httpStatus(probe, http.StatusServiceUnavailable) })
+	if err := waitStatus(probe, http.StatusServiceUnavailable, 10*time.Second); err != nil {
+		logs, _ := podman(t, "logs", web+"-meshgate-proxy")
+		ps, _ := podman(t, "ps", "-a", "--pod", "--filter", "pod="+web, "--format", "{{.Names}} {{.Status}}")
+		t.Fatalf("after the app stopped, its readiness through the sidecar: %v\ncontainers:\n%s\nsidecar log:\n%s", err, ps, tail(logs, 20))
+	}
 
 	// A Job's pod: the sidecar leaves with the app.
 	job := net.name + "-job"
@@ -580,9 +584,23 @@ func initDone(t *testing.T, pod string) {
 	}
 }
 
-// httpStatus GETs url from the host and checks the status.
+// waitStatus tries httpStatus until it holds or limit has passed, and
+// returns its last error.
+func waitStatus(url string, want int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		err := httpStatus(url, want)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// httpStatus GETs url from the host, on a connection of its own as
+// kubelet's prober does, and checks the status.
 func httpStatus(url string, want int) error {
-	c := http.Client{Timeout: 3 * time.Second}
+	c := http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := c.Get(url)
 	if err != nil {
 		return err
