@@ -179,3 +179,16 @@ func describeValueError(err error, t reflect.Type, v any) string {
 	}
 	return fmt.Sprintf("%s: %v", got, err)
 }
+
+// Problems gathers the problems of one config entry, each named by its
+// field path under Field: the validators of rule and limit lists embed
+// it.
+type Problems struct {
+	Field string
+	Errs  []error
+}
+
+// Bad adds a problem of the entry's field: "<Field>.<field>: <message>".
+func (p *Problems) Bad(field, format string, args ...any) {
+	p.Errs = append(p.Errs, fmt.Errorf("%s.%s: %s", p.Field, field, fmt.Sprintf(format, args...)))
+}

@@ -200,51 +200,45 @@ func Validate(prefix string, rules []Rule, issuers Issuers) error {
 	var errs []error
 	seen := map[string]int{}
 	for i, r := range rules {
-		v := validator{field: fmt.Sprintf("%s[%d]", prefix, i)}
+		v := validator{confval.Problems{Field: fmt.Sprintf("%s[%d]", prefix, i)}}
 		v.rule(r, issuers)
 		if r.Name != "" {
 			if j, dup := seen[r.Name]; dup {
-				v.bad("name", "%q is also %s[%d].name; give each rule its own name", r.Name, prefix, j)
+				v.Bad("name", "%q is also %s[%d].name; give each rule its own name", r.Name, prefix, j)
 			} else {
 				seen[r.Name] = i
 			}
 		}
-		errs = append(errs, v.errs...)
+		errs = append(errs, v.Errs...)
 	}
 	return errors.Join(errs...)
 }
 
-type validator struct {
-	field string
-	errs  []error
-}
-
-func (v *validator) bad(field, format string, args ...any) {
-	v.errs = append(v.errs, fmt.Errorf("%s.%s: %s", v.field, field, fmt.Sprintf(format, args...)))
-}
+// validator gathers one entry's problems (confval.Problems).
+type validator struct{ confval.Problems }
 
 func (v *validator) rule(r Rule, issuers Issuers) {
 	switch {
 	case r.Name == "":
-		v.bad("name", "missing; every rule needs a name, e.g. api-read")
+		v.Bad("name", "missing; every rule needs a name, e.g. api-read")
 	case r.Name == DefaultRule:
-		v.bad("name", "%q names the default decision; choose another", r.Name)
+		v.Bad("name", "%q names the default decision; choose another", r.Name)
 	case !nameRE.MatchString(r.Name):
-		v.bad("name", "%q: want 1 to 64 letters, digits, '.', '_' or '-'", r.Name)
+		v.Bad("name", "%q: want 1 to 64 letters, digits, '.', '_' or '-'", r.Name)
 	}
 	if r.Policy != "" && !nameRE.MatchString(r.Policy) {
-		v.bad("policy", "%q: want 1 to 64 letters, digits, '.', '_' or '-'", r.Policy)
+		v.Bad("policy", "%q: want 1 to 64 letters, digits, '.', '_' or '-'", r.Policy)
 	}
 	switch r.Action {
 	case Allow, Deny:
 	case Audit:
 		if r.DryRun {
-			v.bad("dryRun", "an audit rule never enforces anything; remove dryRun")
+			v.Bad("dryRun", "an audit rule never enforces anything; remove dryRun")
 		}
 	case "":
-		v.bad("action", "missing; want allow, deny or audit")
+		v.Bad("action", "missing; want allow, deny or audit")
 	default:
-		v.bad("action", "%q is not an action; want allow, deny or audit", string(r.Action))
+		v.Bad("action", "%q is not an action; want allow, deny or audit", string(r.Action))
 	}
 	out := false
 	switch r.Direction {
@@ -252,31 +246,31 @@ func (v *validator) rule(r Rule, issuers Issuers) {
 	case Outbound:
 		out = true
 	default:
-		v.bad("direction", "%q is not a direction; want inbound or outbound", string(r.Direction))
+		v.Bad("direction", "%q is not a direction; want inbound or outbound", string(r.Direction))
 	}
 	if r.Ports != nil && len(r.Ports) == 0 {
-		v.bad("ports", "empty list; remove it to apply the rule to every port")
+		v.Bad("ports", "empty list; remove it to apply the rule to every port")
 	}
 	seenPort := map[uint16]bool{}
 	for i, p := range r.Ports {
 		switch {
 		case p == 0:
-			v.bad(fmt.Sprintf("ports[%d]", i), "0 is not a port; want a number from 1 to 65535")
+			v.Bad(fmt.Sprintf("ports[%d]", i), "0 is not a port; want a number from 1 to 65535")
 		case seenPort[p]:
-			v.bad(fmt.Sprintf("ports[%d]", i), "%d is listed twice", p)
+			v.Bad(fmt.Sprintf("ports[%d]", i), "%d is listed twice", p)
 		}
 		seenPort[p] = true
 	}
 	if r.From != nil {
 		if out {
-			v.bad("from", "outbound rules have one caller, the app; say what it may call with to, or make the rule inbound")
+			v.Bad("from", "outbound rules have one caller, the app; say what it may call with to, or make the rule inbound")
 		} else {
 			v.source("from", r.From, true)
 		}
 	}
 	if r.To != nil {
 		if !out {
-			v.bad("to", "inbound rules guard the app's ports; use ports, or make the rule outbound (direction: outbound)")
+			v.Bad("to", "inbound rules guard the app's ports; use ports, or make the rule outbound (direction: outbound)")
 		} else {
 			v.dest("to", r.To, true)
 		}
@@ -286,7 +280,7 @@ func (v *validator) rule(r Rule, issuers Issuers) {
 	}
 	if r.JWT != nil {
 		if out {
-			v.bad("jwt", "JWT conditions apply to inbound requests only")
+			v.Bad("jwt", "JWT conditions apply to inbound requests only")
 		} else {
 			v.jwt("jwt", r.JWT, issuers, true)
 		}
@@ -297,13 +291,13 @@ func (v *validator) rule(r Rule, issuers Issuers) {
 // list would match nothing, or, as other meshes read it, anything).
 func (v *validator) list(field string, n int, set bool) {
 	if set && n == 0 {
-		v.bad(field, "empty list; remove it to match any, or list what to match")
+		v.Bad(field, "empty list; remove it to match any, or list what to match")
 	}
 }
 
 func (v *validator) not(field string, top bool, isNil bool) {
 	if !top && !isNil {
-		v.bad(field+".not", "not may not be nested; list every negated condition in one not")
+		v.Bad(field+".not", "not may not be nested; list every negated condition in one not")
 	}
 }
 
@@ -316,19 +310,19 @@ func (v *validator) source(field string, s *Source, top bool) {
 	v.list(field+".trustDomains", len(s.TrustDomains), s.TrustDomains != nil)
 	for i, td := range s.TrustDomains {
 		if _, err := spiffeid.TrustDomainFromString(td); err != nil || strings.Contains(td, "/") {
-			v.bad(fmt.Sprintf("%s.trustDomains[%d]", field, i), "%q is not a trust domain; want e.g. cluster.local", td)
+			v.Bad(fmt.Sprintf("%s.trustDomains[%d]", field, i), "%q is not a trust domain; want e.g. cluster.local", td)
 		}
 	}
 	v.list(field+".namespaces", len(s.Namespaces), s.Namespaces != nil)
 	for i, ns := range s.Namespaces {
 		if !segmentOK(ns) {
-			v.bad(fmt.Sprintf("%s.namespaces[%d]", field, i), "%q is not a namespace; want e.g. shop", ns)
+			v.Bad(fmt.Sprintf("%s.namespaces[%d]", field, i), "%q is not a namespace; want e.g. shop", ns)
 		}
 	}
 	v.list(field+".serviceAccounts", len(s.ServiceAccounts), s.ServiceAccounts != nil)
 	for i, sa := range s.ServiceAccounts {
 		if !segmentOK(sa) {
-			v.bad(fmt.Sprintf("%s.serviceAccounts[%d]", field, i), "%q is not a service account; want e.g. web", sa)
+			v.Bad(fmt.Sprintf("%s.serviceAccounts[%d]", field, i), "%q is not a service account; want e.g. web", sa)
 		}
 	}
 	v.cidrs(field+".cidrs", s.CIDRs)
@@ -358,7 +352,7 @@ func (v *validator) http(field string, h *HTTPMatch, top bool) {
 	v.list(field+".methods", len(h.Methods), h.Methods != nil)
 	for i, m := range h.Methods {
 		if !methodRE.MatchString(m) {
-			v.bad(fmt.Sprintf("%s.methods[%d]", field, i), "%q is not a method; want upper case, e.g. GET", m)
+			v.Bad(fmt.Sprintf("%s.methods[%d]", field, i), "%q is not a method; want upper case, e.g. GET", m)
 		}
 	}
 	v.list(field+".hosts", len(h.Hosts), h.Hosts != nil)
@@ -368,14 +362,14 @@ func (v *validator) http(field string, h *HTTPMatch, top bool) {
 	v.list(field+".paths", len(h.Paths), h.Paths != nil)
 	for i, p := range h.Paths {
 		if err := checkPattern(p, "/"); err != "" {
-			v.bad(fmt.Sprintf("%s.paths[%d]", field, i), "%q %s; want e.g. /api/items, /api/* or /users/*/orders", p, err)
+			v.Bad(fmt.Sprintf("%s.paths[%d]", field, i), "%q %s; want e.g. /api/items, /api/* or /users/*/orders", p, err)
 		}
 	}
 	v.list(field+".headers", len(h.Headers), h.Headers != nil)
 	for name, m := range h.Headers {
 		f := fmt.Sprintf("%s.headers.%s", field, name)
 		if !tokenRE.MatchString(name) {
-			v.bad(fmt.Sprintf("%s.headers", field), "%q is not a header name", name)
+			v.Bad(fmt.Sprintf("%s.headers", field), "%q is not a header name", name)
 			continue
 		}
 		n := 0
@@ -388,20 +382,20 @@ func (v *validator) http(field string, h *HTTPMatch, top bool) {
 		if m.Regex != "" {
 			n++
 			if _, err := regexp.Compile(m.Regex); err != nil {
-				v.bad(f+".regex", "%q does not compile: %v", m.Regex, err)
+				v.Bad(f+".regex", "%q does not compile: %v", m.Regex, err)
 			}
 		}
 		if m.Present != nil {
 			n++
 		}
 		if n != 1 {
-			v.bad(f, "want exactly one of exact, prefix, regex or present")
+			v.Bad(f, "want exactly one of exact, prefix, regex or present")
 		}
 	}
 	v.list(field+".grpc", len(h.GRPC), h.GRPC != nil)
 	for i, g := range h.GRPC {
 		if !grpcRE.MatchString(g) {
-			v.bad(fmt.Sprintf("%s.grpc[%d]", field, i), "%q is not a gRPC method; want package.Service/Method or package.Service/*", g)
+			v.Bad(fmt.Sprintf("%s.grpc[%d]", field, i), "%q is not a gRPC method; want package.Service/Method or package.Service/*", g)
 		}
 	}
 	if h.Not != nil && top {
@@ -414,7 +408,7 @@ func (v *validator) jwt(field string, j *JWTMatch, issuers Issuers, top bool) {
 	v.list(field+".issuers", len(j.Issuers), j.Issuers != nil)
 	for i, iss := range j.Issuers {
 		if !issuers[iss] {
-			v.bad(fmt.Sprintf("%s.issuers[%d]", field, i), "%q is the issuer of no provider in policy.jwtProviders; add the provider, or fix the issuer", iss)
+			v.Bad(fmt.Sprintf("%s.issuers[%d]", field, i), "%q is the issuer of no provider in policy.jwtProviders; add the provider, or fix the issuer", iss)
 		}
 	}
 	v.list(field+".audiences", len(j.Audiences), j.Audiences != nil)
@@ -423,16 +417,16 @@ func (v *validator) jwt(field string, j *JWTMatch, issuers Issuers, top bool) {
 		f := fmt.Sprintf("%s.claims.%s", field, name)
 		for _, seg := range strings.Split(name, ".") {
 			if seg == "" {
-				v.bad(f, "empty key in claim path; want e.g. role or realm_access.roles")
+				v.Bad(f, "empty key in claim path; want e.g. role or realm_access.roles")
 				break
 			}
 		}
 		if len(vals) == 0 {
-			v.bad(f, "empty list; list the values the claim may have")
+			v.Bad(f, "empty list; list the values the claim may have")
 		}
 	}
 	if len(issuers) == 0 && top {
-		v.bad(field, "no JWT provider is configured, so no request has a validated token; add one to policy.jwtProviders")
+		v.Bad(field, "no JWT provider is configured, so no request has a validated token; add one to policy.jwtProviders")
 	}
 	if j.Not != nil && top {
 		v.jwt(field+".not", j.Not, issuers, false)
@@ -444,27 +438,27 @@ func (v *validator) identity(field, id string) {
 		return
 	}
 	if !strings.HasPrefix(id, "spiffe://") {
-		v.bad(field, "%q is not a SPIFFE ID pattern; want e.g. spiffe://cluster.local/ns/shop/sa/web, spiffe://cluster.local/ns/shop/* or *", id)
+		v.Bad(field, "%q is not a SPIFFE ID pattern; want e.g. spiffe://cluster.local/ns/shop/sa/web, spiffe://cluster.local/ns/shop/* or *", id)
 		return
 	}
 	if err := checkPattern(strings.TrimPrefix(id, "spiffe:/"), "/"); err != "" {
-		v.bad(field, "%q %s; want e.g. spiffe://cluster.local/ns/shop/sa/web or spiffe://cluster.local/ns/*/sa/web", id, err)
+		v.Bad(field, "%q %s; want e.g. spiffe://cluster.local/ns/shop/sa/web or spiffe://cluster.local/ns/*/sa/web", id, err)
 		return
 	}
 	if !strings.Contains(id, "*") {
 		if _, err := spiffeid.FromString(id); err != nil {
-			v.bad(field, "%q is not a SPIFFE ID: %v", id, err)
+			v.Bad(field, "%q is not a SPIFFE ID: %v", id, err)
 		}
 	}
 }
 
 func (v *validator) host(field, h string) {
 	if h != strings.ToLower(h) {
-		v.bad(field, "%q: write host names in lower case", h)
+		v.Bad(field, "%q: write host names in lower case", h)
 		return
 	}
 	if !hostRE.MatchString(h) {
-		v.bad(field, "%q is not a host name; want e.g. api.example.com or *.example.com (no port, no scheme)", h)
+		v.Bad(field, "%q is not a host name; want e.g. api.example.com or *.example.com (no port, no scheme)", h)
 	}
 }
 
@@ -472,7 +466,7 @@ func (v *validator) cidrs(field string, ps []netip.Prefix) {
 	v.list(field, len(ps), ps != nil)
 	for i, p := range ps {
 		if err := netlist.CheckPrefix(p); err != nil {
-			v.bad(fmt.Sprintf("%s[%d]", field, i), "%v", err)
+			v.Bad(fmt.Sprintf("%s[%d]", field, i), "%v", err)
 		}
 	}
 }

@@ -260,35 +260,29 @@ func Validate(limits []Limit) error {
 	var errs []error
 	seen := map[string]int{}
 	for i, l := range limits {
-		v := validator{field: fmt.Sprintf("rateLimits[%d]", i)}
+		v := validator{confval.Problems{Field: fmt.Sprintf("rateLimits[%d]", i)}}
 		v.limit(l)
 		if l.Name != "" {
 			if j, dup := seen[l.Name]; dup {
-				v.bad("name", "%q is also rateLimits[%d].name; give each limit its own name", l.Name, j)
+				v.Bad("name", "%q is also rateLimits[%d].name; give each limit its own name", l.Name, j)
 			} else {
 				seen[l.Name] = i
 			}
 		}
-		errs = append(errs, v.errs...)
+		errs = append(errs, v.Errs...)
 	}
 	return errors.Join(errs...)
 }
 
-type validator struct {
-	field string
-	errs  []error
-}
-
-func (v *validator) bad(field, format string, args ...any) {
-	v.errs = append(v.errs, fmt.Errorf("%s.%s: %s", v.field, field, fmt.Sprintf(format, args...)))
-}
+// validator gathers one entry's problems (confval.Problems).
+type validator struct{ confval.Problems }
 
 func (v *validator) limit(l Limit) {
 	switch {
 	case l.Name == "":
-		v.bad("name", "missing; every limit needs a name, e.g. per-caller")
+		v.Bad("name", "missing; every limit needs a name, e.g. per-caller")
 	case !nameRE.MatchString(l.Name):
-		v.bad("name", "%q: want 1 to 64 letters, digits, '.', '_' or '-'", l.Name)
+		v.Bad("name", "%q: want 1 to 64 letters, digits, '.', '_' or '-'", l.Name)
 	}
 	out := false
 	switch l.Direction {
@@ -296,7 +290,7 @@ func (v *validator) limit(l Limit) {
 	case Outbound:
 		out = true
 	default:
-		v.bad("direction", "%q is not a direction; want inbound or outbound", string(l.Direction))
+		v.Bad("direction", "%q is not a direction; want inbound or outbound", string(l.Direction))
 	}
 	v.key(l.Key, out)
 	if l.Match != nil {
@@ -309,26 +303,26 @@ func (v *validator) limit(l Limit) {
 	case TypeQuota:
 		quota = true
 	default:
-		v.bad("type", "%q: want rate (a token bucket: rate and burst) or quota (at most N requests per window)", string(l.Type))
+		v.Bad("type", "%q: want rate (a token bucket: rate and burst) or quota (at most N requests per window)", string(l.Type))
 	}
 	v.rate("rate", l.Rate)
 	v.burst("burst", l.Burst, quota)
 	switch {
 	case l.MaxKeys < 0:
-		v.bad("maxKeys", "%d: want a positive number, or leave it out for %d", l.MaxKeys, DefaultMaxKeys)
+		v.Bad("maxKeys", "%d: want a positive number, or leave it out for %d", l.MaxKeys, DefaultMaxKeys)
 	case l.MaxKeys > maxMaxKeys:
-		v.bad("maxKeys", "%d is more than %d; each key value takes memory", l.MaxKeys, maxMaxKeys)
+		v.Bad("maxKeys", "%d is more than %d; each key value takes memory", l.MaxKeys, maxMaxKeys)
 	}
 	if l.Overrides != nil && len(l.Overrides) == 0 {
-		v.bad("overrides", "empty list; remove it, or list key values with their own rate")
+		v.Bad("overrides", "empty list; remove it, or list key values with their own rate")
 	}
 	seen := map[string]int{}
 	for i, o := range l.Overrides {
 		f := fmt.Sprintf("overrides[%d]", i)
 		if o.Value == "" {
-			v.bad(f+".value", "missing; want the key value this rate is for")
+			v.Bad(f+".value", "missing; want the key value this rate is for")
 		} else if j, dup := seen[o.Value]; dup {
-			v.bad(f+".value", "%q is also overrides[%d].value; give each key value one override", o.Value, j)
+			v.Bad(f+".value", "%q is also overrides[%d].value; give each key value one override", o.Value, j)
 		} else {
 			seen[o.Value] = i
 		}
@@ -340,7 +334,7 @@ func (v *validator) limit(l Limit) {
 func (v *validator) key(k Key, out bool) {
 	if name, ok := k.Header(); ok {
 		if !tokenRE.MatchString(name) {
-			v.bad("key", "%q is not a header name; want e.g. header:x-api-key", name)
+			v.Bad("key", "%q is not a header name; want e.g. header:x-api-key", name)
 		}
 		return
 	}
@@ -348,12 +342,12 @@ func (v *validator) key(k Key, out bool) {
 	case Route:
 	case SourceIdentity, SourceIP, JWTSubject:
 		if out {
-			v.bad("key", "%s: outbound calls have one caller, the app; key outbound limits by route or header:NAME", k)
+			v.Bad("key", "%s: outbound calls have one caller, the app; key outbound limits by route or header:NAME", k)
 		}
 	case "":
-		v.bad("key", "missing; want sourceIdentity, sourceIP, route, jwtSubject or header:NAME")
+		v.Bad("key", "missing; want sourceIdentity, sourceIP, route, jwtSubject or header:NAME")
 	default:
-		v.bad("key", "%q is not a key; want sourceIdentity, sourceIP, route, jwtSubject or header:NAME", string(k))
+		v.Bad("key", "%q is not a key; want sourceIdentity, sourceIP, route, jwtSubject or header:NAME", string(k))
 	}
 }
 
@@ -366,60 +360,60 @@ func (v *validator) per(l Limit) {
 		return
 	case PerConnection:
 	default:
-		v.bad("per", "%q: want request or connection", string(l.Per))
+		v.Bad("per", "%q: want request or connection", string(l.Per))
 		return
 	}
 	if l.Direction == Outbound {
-		v.bad("per", "connection: connection limits are inbound only (a new connection's key is its source); "+
+		v.Bad("per", "connection: connection limits are inbound only (a new connection's key is its source); "+
 			"limit the app's calls per request, keyed by route or header:NAME")
 	}
 	switch _, hdr := l.Key.Header(); {
 	case hdr, l.Key == Route, l.Key == JWTSubject:
-		v.bad("key", "%s: a new connection has no HTTP request to read it from; key a connection limit by sourceIP or sourceIdentity, or set per: request", l.Key)
+		v.Bad("key", "%s: a new connection has no HTTP request to read it from; key a connection limit by sourceIP or sourceIdentity, or set per: request", l.Key)
 	}
 	if l.Match != nil && l.Match.HTTP != nil {
-		v.bad("match.http", "a connection limit counts connections before any request is read; remove match.http, or set per: request")
+		v.Bad("match.http", "a connection limit counts connections before any request is read; remove match.http, or set per: request")
 	}
 }
 
 func (v *validator) rate(field string, r Rate) {
 	if r.N == 0 {
-		v.bad(field, "missing; want N/s, N/m, N/h or N/d, e.g. 50/s")
+		v.Bad(field, "missing; want N/s, N/m, N/h or N/d, e.g. 50/s")
 		return
 	}
 	switch r.Window {
 	case time.Second, time.Minute, time.Hour, Day:
 	default:
-		v.bad(field, "window %v: want a second, minute, hour or day", r.Window)
+		v.Bad(field, "window %v: want a second, minute, hour or day", r.Window)
 	}
 	if r.N < 0 || r.N > maxN {
-		v.bad(field, "%d per window: want a whole number from 1 to %d", r.N, maxN)
+		v.Bad(field, "%d per window: want a whole number from 1 to %d", r.N, maxN)
 	}
 }
 
 func (v *validator) burst(field string, b int, quota bool) {
 	switch {
 	case quota && b != 0:
-		v.bad(field, "a quota has no burst: it allows the rate's N requests at any pace within its window; "+
+		v.Bad(field, "a quota has no burst: it allows the rate's N requests at any pace within its window; "+
 			"remove burst, or set type: rate for a token bucket")
 	case b < 0:
-		v.bad(field, "%d: want a positive number, or leave it out for the rate per second", b)
+		v.Bad(field, "%d: want a positive number, or leave it out for the rate per second", b)
 	case b > maxN:
-		v.bad(field, "%d is more than %d", b, maxN)
+		v.Bad(field, "%d is more than %d", b, maxN)
 	}
 }
 
 func (v *validator) match(m *Match) {
 	if m.Ports != nil && len(m.Ports) == 0 {
-		v.bad("match.ports", "empty list; remove it to apply the limit to every port")
+		v.Bad("match.ports", "empty list; remove it to apply the limit to every port")
 	}
 	seenPort := map[uint16]bool{}
 	for i, p := range m.Ports {
 		switch {
 		case p == 0:
-			v.bad(fmt.Sprintf("match.ports[%d]", i), "0 is not a port; want a number from 1 to 65535")
+			v.Bad(fmt.Sprintf("match.ports[%d]", i), "0 is not a port; want a number from 1 to 65535")
 		case seenPort[p]:
-			v.bad(fmt.Sprintf("match.ports[%d]", i), "%d is listed twice", p)
+			v.Bad(fmt.Sprintf("match.ports[%d]", i), "%d is listed twice", p)
 		}
 		seenPort[p] = true
 	}
@@ -428,23 +422,23 @@ func (v *validator) match(m *Match) {
 		return
 	}
 	if h.Methods != nil && len(h.Methods) == 0 {
-		v.bad("match.http.methods", "empty list; remove it to match any method")
+		v.Bad("match.http.methods", "empty list; remove it to match any method")
 	}
 	for i, meth := range h.Methods {
 		if !methodRE.MatchString(meth) {
-			v.bad(fmt.Sprintf("match.http.methods[%d]", i), "%q is not a method; want upper case, e.g. GET", meth)
+			v.Bad(fmt.Sprintf("match.http.methods[%d]", i), "%q is not a method; want upper case, e.g. GET", meth)
 		}
 	}
 	if h.Paths != nil && len(h.Paths) == 0 {
-		v.bad("match.http.paths", "empty list; remove it to match any path")
+		v.Bad("match.http.paths", "empty list; remove it to match any path")
 	}
 	for i, p := range h.Paths {
 		f := fmt.Sprintf("match.http.paths[%d]", i)
 		switch {
 		case !strings.HasPrefix(p, "/"):
-			v.bad(f, "%q does not start with /; want e.g. /login or /api/*", p)
+			v.Bad(f, "%q does not start with /; want e.g. /login or /api/*", p)
 		case strings.Contains(strings.TrimSuffix(p, "*"), "*"):
-			v.bad(f, "%q has a * before its end: * only ends a prefix; want e.g. /api/*", p)
+			v.Bad(f, "%q has a * before its end: * only ends a prefix; want e.g. /api/*", p)
 		}
 	}
 }

@@ -75,35 +75,35 @@ type Duration = confval.Duration
 // Validate reports every problem of c at once (errors.Join, one per
 // line), each with its field path under redis and the fix.
 func (c *RedisConfig) Validate() error {
-	v := validator{field: "redis"}
+	v := validator{confval.Problems{Field: "redis"}}
 	if c.Address == "" {
-		v.bad("address", "missing; want the server's host:port, e.g. 127.0.0.1:6379")
+		v.Bad("address", "missing; want the server's host:port, e.g. 127.0.0.1:6379")
 	} else if host, port, err := net.SplitHostPort(c.Address); err != nil || host == "" {
-		v.bad("address", "%q: want host:port, e.g. 127.0.0.1:6379", c.Address)
+		v.Bad("address", "%q: want host:port, e.g. 127.0.0.1:6379", c.Address)
 	} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		v.bad("address", "%q: port %q is not a number from 1 to 65535", c.Address, port)
+		v.Bad("address", "%q: port %q is not a number from 1 to 65535", c.Address, port)
 	}
 	if c.Username != "" && c.PasswordFile == "" {
-		v.bad("passwordFile", "missing; username %q needs a password: name the file that holds it", c.Username)
+		v.Bad("passwordFile", "missing; username %q needs a password: name the file that holds it", c.Username)
 	}
 	switch c.OnError {
 	case "", FailOpen, FailClosed, FailLocal:
 	default:
-		v.bad("onError", "%q: want failOpen, failClosed or local", string(c.OnError))
+		v.Bad("onError", "%q: want failOpen, failClosed or local", string(c.OnError))
 	}
 	switch t := c.Timeout.D(); {
 	case t < 0:
-		v.bad("timeout", "%v: want a positive duration, or leave it out for %v", t, DefaultRedisTimeout)
+		v.Bad("timeout", "%v: want a positive duration, or leave it out for %v", t, DefaultRedisTimeout)
 	case t > maxRedisTimeout:
-		v.bad("timeout", "%v is more than %v; every request limited globally may wait this long", t, maxRedisTimeout)
+		v.Bad("timeout", "%v is more than %v; every request limited globally may wait this long", t, maxRedisTimeout)
 	}
 	if c.Instances < 0 {
-		v.bad("instances", "%d: want the number of sidecars sharing the limits, or leave it out for 1", c.Instances)
+		v.Bad("instances", "%d: want the number of sidecars sharing the limits, or leave it out for 1", c.Instances)
 	}
 	if strings.ContainsAny(c.KeyPrefix, " \t\r\n") {
-		v.bad("keyPrefix", "%q has white space; want e.g. %s", c.KeyPrefix, DefaultKeyPrefix)
+		v.Bad("keyPrefix", "%q has white space; want e.g. %s", c.KeyPrefix, DefaultKeyPrefix)
 	}
-	return errors.Join(v.errs...)
+	return errors.Join(v.Errs...)
 }
 
 // withDefaults returns c with its unset fields set.
