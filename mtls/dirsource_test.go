@@ -205,7 +205,10 @@ func TestDirSourceReloads(t *testing.T) {
 	if err := WriteDir(dir, second.Chain, second.Key, []*x509.Certificate{ca.Root}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the renamed files", func() bool { return serialOf(s) == serialHex(second) })
+	// The new certificate is in effect a moment before its log line.
+	waitFor(t, "the renamed files", func() bool {
+		return serialOf(s) == serialHex(second) && logs.FilterMessage("workload certificate reloaded").Len() > 0
+	})
 	reloaded := logs.FilterMessage("workload certificate reloaded").All()
 	if len(reloaded) != 1 || reloaded[0].ContextMap()["previous_serial"] != serialHex(first) || reloaded[0].ContextMap()["serial"] != serialHex(second) {
 		t.Errorf("reload log: %v", reloaded)
