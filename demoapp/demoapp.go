@@ -164,6 +164,18 @@ func streamBytes(w io.Writer, n int64) (string, error) {
 func Handler(name string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		if v := r.URL.Query().Get("sleep"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 || d > time.Hour {
+				http.Error(w, "want ?sleep=DURATION between 0 and 1h, e.g. 5ms", http.StatusBadRequest)
+				return
+			}
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+				return // the client is gone: nobody waits for the answer
+			}
+		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]string{
 			"name": name, "method": r.Method, "path": r.URL.Path,

@@ -6,7 +6,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
+	"time"
 )
 
 // TestApp serves both servers on loopback: GET / names the app, /bytes
@@ -66,5 +69,30 @@ func TestApp(t *testing.T) {
 func TestListenNeedsSomething(t *testing.T) {
 	if _, err := Listen("x", "", ""); err == nil || err.Error() != "nothing to serve: give --http ADDR, --echo ADDR or both" {
 		t.Errorf("got %v", err)
+	}
+}
+
+// TestSleep: GET /?sleep=DUR answers no sooner than DUR, and a bad value
+// is a 400 that says what to send.
+func TestSleep(t *testing.T) {
+	srv := httptest.NewServer(Handler("web"))
+	defer srv.Close()
+	start := time.Now()
+	resp, err := http.Get(srv.URL + "/?sleep=50ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if took := time.Since(start); resp.StatusCode != 200 || took < 50*time.Millisecond {
+		t.Errorf("GET /?sleep=50ms: %d after %v, want 200 after 50ms at least", resp.StatusCode, took)
+	}
+	resp, err = http.Get(srv.URL + "/?sleep=soon")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(body), "?sleep=DURATION") {
+		t.Errorf("GET /?sleep=soon: %d %q, want 400 naming ?sleep=DURATION", resp.StatusCode, body)
 	}
 }

@@ -8,7 +8,8 @@
 //
 //	GET  /            who answered and what it saw (JSON: name, method, path,
 //	                  remote, host, proto, and the headers a mesh adds:
-//	                  client_cert, request_id, traceparent)
+//	                  client_cert, request_id, traceparent); ?sleep=DUR answers
+//	                  after DUR, or not at all if the client goes away first
 //	GET  /bytes?n=N   N bytes of deterministic data; X-Content-Sha256 gives their hash
 //	POST /sha256      the length and SHA-256 of the request body (JSON)
 //	GET  /ws          a WebSocket echo

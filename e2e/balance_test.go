@@ -247,11 +247,17 @@ func testServiceBalancing(t *testing.T, e exemption) {
 	// connection (dial and mTLS handshake) and warms the replica up,
 	// which is no latency of the replica's: were it charged, one replica
 	// would look the faster for seconds and take nearly every request.
+	// Each replica takes 10ms to answer: answers of a millisecond make
+	// the estimates follow the scheduler of a busy machine, whose stall of
+	// a replica's sidecar for a few answers in a row is a peak that keeps
+	// it out of serial traffic for a good part of Decay (it failed CI
+	// 37:3 and 3:37 so). That set-up is not charged is pinned exactly by
+	// the unit tests (TestBalancerToldSetUpApart).
 	t.Run("serial requests spread over equal replicas", func(t *testing.T) {
 		serial := cli.NameClient(hostPort(nsPod.IPv4, 53), 10*time.Second, false)
 		got := map[string]int{}
 		for i := range 40 {
-			code, name, err := call(serial, api)
+			code, name, err := call(serial, api+"?sleep=10ms")
 			if err != nil || code != 200 {
 				t.Fatalf("request %d: %d %q %v", i, code, name, err)
 			}
@@ -259,7 +265,7 @@ func testServiceBalancing(t *testing.T, e exemption) {
 		}
 		t.Logf("40 serial requests, a new connection each: %v", got)
 		if got["r1"] < 10 || got["r2"] < 10 {
-			t.Errorf("40 serial requests over two equal replicas: %v; want 10 (25%%) each at least", got)
+			t.Errorf("40 serial requests over two equal replicas: %v; want 10 (25%%) each at least\nthe client sidecar's last warnings:\n%s", got, sc.warnings(10))
 		}
 	})
 
@@ -328,7 +334,8 @@ func testServiceBalancing(t *testing.T, e exemption) {
 			t.Fatalf("no handshake with the impostor refused, or it not ejected, 40s after it joined")
 		}
 		if got := spread(t, app, api, 20); got["bad"] != 0 || got["r1"]+got["r3"] != 20 {
-			t.Fatalf("with an impostor among the replicas: %v; want every request answered by r1 or r3", got)
+			t.Fatalf("with an impostor among the replicas: %v; want every request answered by r1 or r3\nthe last warnings of the sidecars of cli:\n%s\nr1:\n%s\nr2:\n%s\nr3:\n%s",
+				got, sc.warnings(10), sidecars[r1].warnings(5), sidecars[r2].warnings(5), sidecars[r3].warnings(5))
 		}
 	}
 

@@ -431,6 +431,19 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// warnings returns the sidecar's last n log lines at warn level or
+// above: what a failure message quotes, since the whole log printed at
+// the end may be cut.
+func (s *sidecar) warnings(n int) string {
+	var out []string
+	for _, l := range strings.Split(s.proc.Output(), "\n") {
+		if strings.Contains(l, `"level":"warn"`) || strings.Contains(l, `"level":"error"`) {
+			out = append(out, l)
+		}
+	}
+	return tail(strings.Join(out, "\n"), n)
+}
+
 // hostPort formats addr:port with brackets for IPv6.
 func hostPort(a netip.Addr, port int) string {
 	return net.JoinHostPort(a.String(), strconv.Itoa(port))
