@@ -164,18 +164,6 @@ func streamBytes(w io.Writer, n int64) (string, error) {
 func Handler(name string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		if v := r.URL.Query().Get("sleep"); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil || d < 0 || d > time.Hour {
-				http.Error(w, "want ?sleep=DURATION between 0 and 1h, e.g. 5ms", http.StatusBadRequest)
-				return
-			}
-			select {
-			case <-time.After(d):
-			case <-r.Context().Done():
-				return // the client is gone: nobody waits for the answer
-			}
-		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]string{
 			"name": name, "method": r.Method, "path": r.URL.Path,
@@ -208,7 +196,7 @@ func Handler(name string) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{"name": name, "length": n, "sha256": hex.EncodeToString(h.Sum(nil))})
 	})
-	return mux
+	return controlled(mux)
 }
 
 // HashBody reads r to the end and returns its SHA-256 and length: the

@@ -96,3 +96,97 @@ func TestSleep(t *testing.T) {
 		t.Errorf("GET /?sleep=soon: %d %q, want 400 naming ?sleep=DURATION", resp.StatusCode, body)
 	}
 }
+
+// TestControl: on command the app fails a share of its requests with
+// the status asked for, delays its answers, counts a client that left
+// while it waited, and behaves again once told so; bad commands are
+// refused naming the parameter.
+func TestControl(t *testing.T) {
+	srv := httptest.NewServer(Handler("web"))
+	defer srv.Close()
+	post := func(q string) int {
+		t.Helper()
+		resp, err := http.Post(srv.URL+"/control?"+q, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	stats := func() Stats {
+		t.Helper()
+		resp, err := http.Get(srv.URL + "/stats")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var s Stats
+		if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	codes := func(n int) map[int]int {
+		got := map[int]int{}
+		for range n {
+			resp, err := http.Get(srv.URL + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			got[resp.StatusCode]++
+		}
+		return got
+	}
+
+	if code := post("fail=0.3&status=502"); code != 200 {
+		t.Fatalf("POST /control?fail=0.3&status=502: %d", code)
+	}
+	got := codes(1000)
+	if got[502] < 240 || got[502] > 360 || got[200]+got[502] != 1000 {
+		t.Errorf("fail=0.3&status=502 over 1000 requests: %v, want about 300 502s, the rest 200", got)
+	}
+	if s := stats(); s.Requests != 1000 || s.Failed != int64(got[502]) {
+		t.Errorf("stats %+v after 1000 requests of which %d failed", s, got[502])
+	}
+	if code := post("fail=1"); code != 200 {
+		t.Fatal(code)
+	}
+	if got := codes(10); got[503] != 10 {
+		t.Errorf("fail=1 (status not given): %v, want 10 503s", got)
+	}
+	post("")
+	if got := codes(10); got[200] != 10 {
+		t.Errorf("after POST /control alone: %v, want 10 200s", got)
+	}
+
+	post("delay=10s")
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/", nil)
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Errorf("delay=10s: answered %d within 100ms", resp.StatusCode)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for stats().Cancelled != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("a client gone during the delay was not counted: %+v", stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	post("")
+
+	for _, q := range []string{"fail=2", "status=200", "delay=forever"} {
+		resp, err := http.Post(srv.URL+"/control?"+q, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		name, _, _ := strings.Cut(q, "=")
+		if resp.StatusCode != 400 || !strings.Contains(string(body), name+"=") {
+			t.Errorf("POST /control?%s: %d %q, want 400 naming %s", q, resp.StatusCode, body, name)
+		}
+	}
+}

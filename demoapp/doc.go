@@ -8,11 +8,22 @@
 //
 //	GET  /            who answered and what it saw (JSON: name, method, path,
 //	                  remote, host, proto, and the headers a mesh adds:
-//	                  client_cert, request_id, traceparent); ?sleep=DUR answers
-//	                  after DUR, or not at all if the client goes away first
+//	                  client_cert, request_id, traceparent)
 //	GET  /bytes?n=N   N bytes of deterministic data; X-Content-Sha256 gives their hash
 //	POST /sha256      the length and SHA-256 of the request body (JSON)
 //	GET  /ws          a WebSocket echo
+//
+// Any request of the API may carry ?sleep=DUR: it is answered after DUR,
+// or not at all if its client goes away first. The app also fails on
+// command, for resilience tests:
+//
+//	POST /control?fail=0.3&status=503&delay=2s
+//	                  from now on, fail that share of requests with that
+//	                  status (503 if not given) and answer every request
+//	                  after that delay; parameters not given are reset, so
+//	                  POST /control alone makes the app behave again
+//	GET  /stats       requests answered, failed on command, and abandoned
+//	                  by their clients while waiting (JSON)
 //
 // The echo server writes back what it reads and closes its side after the
 // client closes its own (TCP half-close).
