@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"sigs.k8s.io/yaml"
 
 	"meshgate/intercept"
 	"meshgate/internal/confval"
@@ -416,14 +415,11 @@ func LoadConfig(path string) (Config, error) {
 // duplicate fields are errors. Every field that is unknown or cannot be
 // read is reported, each with its path. It does not validate.
 func ParseConfig(data []byte) (Config, error) {
-	// First pass, on the generic document: name every unknown field and
-	// every unreadable value with its path.
-	if err := confval.Check[Config](data); err != nil {
-		return Config{}, err
-	}
+	// confval.Read names every unknown field and every unreadable value
+	// with its path before it decodes anything, and reads keys YAML 1.1
+	// takes for booleans (resilience's retries.on) as written.
 	cfg := DefaultConfig()
-	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
-		// Not reached after confval.Check, short of a bug in it.
+	if err := confval.Read(data, &cfg); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil
