@@ -1176,26 +1176,3 @@ func get[S, V any](levels []*S, field func(*S) *V, def V) V {
 	}
 	return def
 }
-
-// getList is get for a list field, nil when unset.
-func getList[S, V any](levels []*S, field func(*S) []V, def []V) []V {
-	for _, l := range levels {
-		if l == nil {
-			continue
-		}
-		if s := field(l); s != nil {
-			return s
-		}
-	}
-	return def
-}
-
-// first returns the first of ps that is set.
-func first[T any](ps ...*T) *T {
-	for _, p := range ps {
-		if p != nil {
-			return p
-		}
-	}
-	return nil
-}

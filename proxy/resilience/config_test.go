@@ -100,6 +100,9 @@ func TestFullConfig(t *testing.T) {
 	if err := Validate(cfg); err != nil {
 		t.Fatalf("Validate:\n%v", err)
 	}
+	if _, err := New(cfg); err != nil {
+		t.Fatalf("New: %v", err)
+	}
 	set := map[string]bool{}
 	fieldsSet(reflect.ValueOf(cfg), set)
 	for f, ok := range set {
@@ -341,6 +344,9 @@ resilience:
 			}
 			if d := cmp.Diff(tc.want, got); d != "" {
 				t.Errorf("problems (-want +got):\n%s", d)
+			}
+			if _, nerr := New(cfg); nerr == nil || nerr.Error() != err.Error() {
+				t.Errorf("New: %v; want Validate's error", nerr)
 			}
 		})
 	}
