@@ -18,6 +18,7 @@ import (
 	"meshgate/internal/confval"
 	"meshgate/netlist"
 	"meshgate/proxy/ratelimit"
+	"meshgate/proxy/resilience"
 )
 
 // Config is the proxy's whole configuration: one YAML file whose fields
@@ -85,6 +86,17 @@ type Config struct {
 	// Limits protect the sidecar and its app from clients that hold
 	// connections, send slowly or send too much (protect.go).
 	Limits LimitsConfig `json:"limits"`
+	// Resilience is how the app's outbound calls are kept from the
+	// network's failures, per destination service and route: timeouts,
+	// retries within a retry budget, circuit breakers, bulkheads,
+	// fallbacks, mirroring and fault injection (package resilience,
+	// whose Config says what each field does and its default). Empty by
+	// default: every destination then gets the built-in defaults, under
+	// which idempotent requests are retried up to 2 times on a connect
+	// failure, a reset before any response byte and a 503, within a
+	// budget of 20% of the destination's requests plus 3 a second.
+	// Hot-reloaded.
+	Resilience resilience.Config `json:"resilience"`
 }
 
 // LoadBalancingConfig is load balancing across a service's endpoints
@@ -497,6 +509,9 @@ func (c Config) Validate() error {
 	errs = append(errs, c.Access.validate(c.Protocols)...)
 	errs = append(errs, c.validateRateLimits()...)
 	errs = append(errs, c.Limits.validate()...)
+	if err := resilience.Validate(c.Resilience); err != nil {
+		errs = append(errs, splitJoined(err)...)
+	}
 	// A rule with HTTP conditions on a port whose connections are never
 	// HTTP would silently never allow (or always deny): say so.
 	for i, r := range c.Policy.Rules {
