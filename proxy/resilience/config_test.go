@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -364,4 +365,52 @@ func TestRetryOnReading(t *testing.T) {
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v\nwant %s", err, want)
 	}
+}
+
+// TestDesignExample: the section as shared/DESIGN.md §5b writes it (a
+// contract) reads, validates and means what it says.
+func TestDesignExample(t *testing.T) {
+	tb, err := New(parse(t, `
+resilience:
+  destinations:
+  - match: {hosts: [api.shop.mesh], ports: [8080]}        # or identities, cidrs
+    timeouts: {connect: 1s, request: 5s, perTry: 1s}
+    retries: {attempts: 2, on: [connect-failure, reset, "503"], budget: {ratio: 0.2, minPerSecond: 3}}
+    circuitBreaker: {consecutiveFailures: 5, openFor: 10s, halfOpenRequests: 1}
+    bulkhead: {maxConnections: 100, maxPending: 100, maxActive: 100}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := tb.Lookup(dest("10.0.0.1:8080", "", "api.shop.mesh"))
+	p := d.Policy()
+	if d.Key() != "api.shop.mesh:8080" || p.Timeouts.PerTry != time.Second || p.Retry.Attempts != 2 || !p.Retry.On.Statuses.Has(503) ||
+		d.Budget.Ratio != 0.2 || d.Breaker.ConsecutiveFailures != 5 || d.Bulkhead.MaxActive != 100 {
+		t.Errorf("%s: %+v %+v %+v %+v", d.Key(), p, d.Budget, d.Breaker, d.Bulkhead)
+	}
+}
+
+// FuzzConfig: whatever the document, reading, validating and compiling
+// it never panics, and a section that validates compiles, and resolves.
+func FuzzConfig(f *testing.F) {
+	f.Add(fullConfig)
+	f.Add("resilience: {destinations: [{match: {}, mirror: {to: \"[::1]:80\"}, routes: [{match: {paths: [\"*\"]}}]}]}")
+	f.Add("resilience: {defaults: {retries: {on: [503, UNAVAILABLE], backoff: {}}}}")
+	f.Fuzz(func(t *testing.T, text string) {
+		var d doc
+		if confval.Read([]byte(text), &d) != nil {
+			return
+		}
+		if Validate(d.Resilience) != nil {
+			return
+		}
+		tb, err := New(d.Resilience)
+		if err != nil {
+			t.Fatalf("New of a valid section: %v", err)
+		}
+		for _, dp := range tb.Destinations() {
+			dp.Route("GET", "/a/b")
+		}
+		tb.Lookup(dest("10.0.0.1:80", "spiffe://td/ns/a/sa/b", "a.mesh"))
+	})
 }
