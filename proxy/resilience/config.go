@@ -343,10 +343,10 @@ type Backoff struct {
 }
 
 // Budget bounds a destination's retries so that retries cannot multiply
-// the load of a destination already failing: over the last 10 seconds,
-// retries may be at most Ratio of its requests, plus MinPerSecond a
-// second so that a destination with few requests can still retry. A
-// retry over the budget is not made; the failure is the app's.
+// the load of a destination already failing: its retries may be at most
+// Ratio of its recent requests, plus MinPerSecond a second so that a
+// destination with few requests can still retry. A retry over the budget
+// is not made; the failure is the app's.
 //
 // Example: budget: {ratio: 0.1, minPerSecond: 5}
 type Budget struct {
@@ -445,15 +445,16 @@ type Bulkhead struct {
 type Fallback struct {
 	// Stale keeps the last good response of each cacheable GET (a 200
 	// that its Cache-Control allows to store, neither no-store nor
-	// private) and answers it again, marked with a Warning header
-	// (stale-if-error, RFC 5861). Unset: none.
+	// private) and answers it again, as stale-if-error (RFC 5861) would.
+	// Unset: none.
 	Stale *StaleFallback `json:"stale"`
 	// Static is a configured response. Unset: none.
 	Static *StaticResponse `json:"static"`
 }
 
-// StaleFallback bounds the responses kept for stale fallbacks: each
-// destination, and each route with a fallback of its own, keeps its own.
+// StaleFallback bounds the responses kept for stale fallbacks: a
+// destination keeps its own, shared by its routes that set no fallback,
+// and each route with a fallback of its own keeps its own.
 type StaleFallback struct {
 	// MaxAge is how old a kept response may be and still be answered.
 	// More than 0. Unset: 5m.
@@ -492,7 +493,8 @@ type Mirror struct {
 	// as 0.5 too). Unset: 100.
 	Percent *float64 `json:"percent"`
 	// MaxConcurrent caps the copies in flight, 1 to 10000; a request
-	// over it is not copied. Unset: 10.
+	// over it is not copied. A destination's mirror is shared by its
+	// routes that set none, and so is its cap. Unset: 10.
 	MaxConcurrent *int `json:"maxConcurrent"`
 	// MaxBodyBytes is the longest body copied, 0 to 16 MiB; a request
 	// with a longer body is not copied. 0: only requests without a body.

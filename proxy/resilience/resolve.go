@@ -93,7 +93,7 @@ type Policy struct {
 	Timeouts TimeoutPolicy
 	Retry    RetryPolicy
 	Fallback FallbackPolicy
-	Mirror   MirrorPolicy
+	Mirror   *MirrorPolicy // nil: no mirror
 	Faults   FaultPolicy
 
 	dest      *DestPolicy
@@ -176,7 +176,10 @@ type FallbackPolicy struct {
 // Enabled reports whether there is a fallback.
 func (f *FallbackPolicy) Enabled() bool { return f.Stale != nil || f.Static != nil }
 
-// StalePolicy bounds the responses kept for stale fallbacks.
+// StalePolicy bounds the responses kept for stale fallbacks. One cache
+// is kept per StalePolicy: the Policies that take their fallback from
+// the same level (a destination's own and its routes' that set none)
+// share it.
 type StalePolicy struct {
 	MaxAge   time.Duration
 	MaxBytes int64
@@ -190,9 +193,11 @@ type StaticPolicy struct {
 	Body   []byte
 }
 
-// MirrorPolicy is where and how much to mirror.
+// MirrorPolicy is where and how much to mirror. The Policies that take
+// their mirror from the same level (a destination's own and its routes'
+// that set none) share one MirrorPolicy, and so its MaxConcurrent.
 type MirrorPolicy struct {
-	// Addr is Host and Port joined, "" when nothing is mirrored.
+	// Addr is Host and Port joined.
 	Addr string
 	Host string // a lower-case name or an IP address
 	Port uint16
@@ -203,7 +208,7 @@ type MirrorPolicy struct {
 }
 
 // Enabled reports whether any request is mirrored.
-func (m *MirrorPolicy) Enabled() bool { return m.Addr != "" && m.Percent > 0 }
+func (m *MirrorPolicy) Enabled() bool { return m != nil && m.Percent > 0 }
 
 // FaultPolicy is the faults injected into HTTP requests.
 type FaultPolicy struct {
@@ -437,7 +442,8 @@ func compileDest(d Destination, def *Defaults, name string) *DestPolicy {
 		}
 	}
 
-	dp.base = compilePolicy(dp, "", ts, rs, d.Fallback, d.Mirror, d.Faults)
+	sh := shared{fallbacks: map[*Fallback]FallbackPolicy{}, mirrors: map[*Mirror]*MirrorPolicy{}}
+	dp.base = compilePolicy(dp, "", ts, rs, sh.fallback(d.Fallback), sh.mirror(d.Mirror), d.Faults)
 	taken := map[string]bool{}
 	for _, r := range d.Routes {
 		taken[r.Name] = true
@@ -457,7 +463,7 @@ func compileDest(d Destination, def *Defaults, name string) *DestPolicy {
 		c.pol = compilePolicy(dp, name,
 			[]*Timeouts{r.Timeouts, d.Timeouts, def.Timeouts},
 			[]*Retries{r.Retries, d.Retries, def.Retries},
-			first(r.Fallback, d.Fallback), first(r.Mirror, d.Mirror), first(r.Faults, d.Faults))
+			sh.fallback(first(r.Fallback, d.Fallback)), sh.mirror(first(r.Mirror, d.Mirror)), first(r.Faults, d.Faults))
 		dp.routes = append(dp.routes, c)
 	}
 	return dp
@@ -476,7 +482,7 @@ func compileBreaker(consecutive int, rate *FailureRate, openFor confval.Duration
 	return b
 }
 
-func compilePolicy(dp *DestPolicy, name string, ts []*Timeouts, rs []*Retries, fb *Fallback, mi *Mirror, fa *Faults) Policy {
+func compilePolicy(dp *DestPolicy, name string, ts []*Timeouts, rs []*Retries, fb FallbackPolicy, mi *MirrorPolicy, fa *Faults) Policy {
 	dur := func(field func(*Timeouts) *confval.Duration) time.Duration { return get(ts, field, 0).D() }
 	p := Policy{dest: dp, routeName: name}
 	p.Timeouts = TimeoutPolicy{
@@ -503,29 +509,7 @@ func compilePolicy(dp *DestPolicy, name string, ts []*Timeouts, rs []*Retries, f
 	r.MaxBodyBytes = get(rs, func(r *Retries) *int64 { return r.MaxBodyBytes }, DefaultMaxRetryBodyBytes)
 	r.MaxRetryAfter = get(rs, func(r *Retries) *confval.Duration { return r.MaxRetryAfter }, confval.Duration(DefaultMaxRetryAfter)).D()
 
-	if fb != nil && fb.Stale != nil {
-		p.Fallback.Stale = &StalePolicy{
-			MaxAge:   or(fb.Stale.MaxAge, confval.Duration(DefaultStaleMaxAge)).D(),
-			MaxBytes: or(fb.Stale.MaxBytes, DefaultStaleMaxBytes),
-		}
-	}
-	if fb != nil && fb.Static != nil {
-		s := &StaticPolicy{Status: fb.Static.Status, Header: http.Header{}, Body: []byte(fb.Static.Body)}
-		for _, k := range sortedKeys(fb.Static.Headers) {
-			s.Header.Set(k, fb.Static.Headers[k])
-		}
-		p.Fallback.Static = s
-	}
-
-	if mi != nil && *mi != (Mirror{}) {
-		host, port, _ := parseHostPort(mi.To) // validated
-		p.Mirror = MirrorPolicy{
-			Addr: net.JoinHostPort(host, strconv.Itoa(int(port))), Host: host, Port: port,
-			Percent:       or(mi.Percent, 100),
-			MaxConcurrent: or(mi.MaxConcurrent, DefaultMirrorMaxConcurrent),
-			MaxBodyBytes:  or(mi.MaxBodyBytes, DefaultMirrorMaxBodyBytes),
-		}
-	}
+	p.Fallback, p.Mirror = fb, mi
 
 	if fa != nil {
 		if d := fa.Delay; d != nil {
@@ -539,6 +523,57 @@ func compilePolicy(dp *DestPolicy, name string, ts []*Timeouts, rs []*Retries, f
 		}
 	}
 	return p
+}
+
+// shared compiles the fallbacks and mirrors of a destination's levels
+// once each, so that the policies that take one from the same level share
+// it, and the state kept for it.
+type shared struct {
+	fallbacks map[*Fallback]FallbackPolicy
+	mirrors   map[*Mirror]*MirrorPolicy
+}
+
+func (sh shared) fallback(fb *Fallback) FallbackPolicy {
+	if fb == nil {
+		return FallbackPolicy{}
+	}
+	if f, ok := sh.fallbacks[fb]; ok {
+		return f
+	}
+	var f FallbackPolicy
+	if fb.Stale != nil {
+		f.Stale = &StalePolicy{
+			MaxAge:   or(fb.Stale.MaxAge, confval.Duration(DefaultStaleMaxAge)).D(),
+			MaxBytes: or(fb.Stale.MaxBytes, DefaultStaleMaxBytes),
+		}
+	}
+	if fb.Static != nil {
+		s := &StaticPolicy{Status: fb.Static.Status, Header: http.Header{}, Body: []byte(fb.Static.Body)}
+		for _, k := range sortedKeys(fb.Static.Headers) {
+			s.Header.Set(k, fb.Static.Headers[k])
+		}
+		f.Static = s
+	}
+	sh.fallbacks[fb] = f
+	return f
+}
+
+func (sh shared) mirror(mi *Mirror) *MirrorPolicy {
+	if mi == nil || *mi == (Mirror{}) {
+		return nil
+	}
+	if m, ok := sh.mirrors[mi]; ok {
+		return m
+	}
+	host, port, _ := parseHostPort(mi.To) // validated
+	m := &MirrorPolicy{
+		Addr: net.JoinHostPort(host, strconv.Itoa(int(port))), Host: host, Port: port,
+		Percent:       or(mi.Percent, 100),
+		MaxConcurrent: or(mi.MaxConcurrent, DefaultMirrorMaxConcurrent),
+		MaxBodyBytes:  or(mi.MaxBodyBytes, DefaultMirrorMaxBodyBytes),
+	}
+	sh.mirrors[mi] = m
+	return m
 }
 
 func budgetOf(r *Retries) *Budget {

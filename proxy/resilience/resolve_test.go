@@ -232,7 +232,7 @@ resilience:
 		!cmp.Equal(st.Header, http.Header{"Retry-After": {"5"}, "X-Custom": {"a"}}) || base.Fallback.Stale != nil {
 		t.Errorf("destination fallback %+v %+v", base.Fallback, st)
 	}
-	if base.Mirror != (MirrorPolicy{Addr: "audit.mesh:9000", Host: "audit.mesh", Port: 9000, Percent: 10, MaxConcurrent: 10, MaxBodyBytes: 64 << 10}) {
+	if base.Mirror == nil || *base.Mirror != (MirrorPolicy{Addr: "audit.mesh:9000", Host: "audit.mesh", Port: 9000, Percent: 10, MaxConcurrent: 10, MaxBodyBytes: 64 << 10}) {
 		t.Errorf("mirror %+v", base.Mirror)
 	}
 	if base.Faults != (FaultPolicy{Delay: time.Second, DelayPercent: 100}) {
@@ -252,7 +252,7 @@ resilience:
 	if search.Fallback.Static != nil || search.Fallback.Stale == nil || *search.Fallback.Stale != (StalePolicy{MaxAge: 5 * time.Minute, MaxBytes: 1 << 20}) {
 		t.Errorf("route fallback %+v: the route's, whole", search.Fallback)
 	}
-	if search.Mirror.Enabled() || search.Mirror != (MirrorPolicy{}) {
+	if search.Mirror.Enabled() || search.Mirror != nil {
 		t.Errorf("mirror {} left %+v", search.Mirror)
 	}
 	if search.Faults != base.Faults {
@@ -260,11 +260,20 @@ resilience:
 	}
 	pay := api.Route("POST", "/orders/42/pay")
 	if pay.RouteName() != "pay" || pay.Retry.Attempts != 0 ||
-		pay.Faults != (FaultPolicy{AbortGRPC: codes.Unavailable, AbortPercent: 5}) || !cmp.Equal(pay.Fallback.Static, st) {
+		pay.Faults != (FaultPolicy{AbortGRPC: codes.Unavailable, AbortPercent: 5}) || pay.Fallback != base.Fallback {
 		t.Errorf("pay: %q %+v %+v", pay.RouteName(), pay.Retry, pay.Faults)
 	}
-	if admin := api.Route("DELETE", "/admin/users"); admin.RouteName() != "/admin/*" || admin.Faults.Enabled() {
+	admin := api.Route("DELETE", "/admin/users")
+	if admin.RouteName() != "/admin/*" || admin.Faults.Enabled() {
 		t.Errorf("admin: %q %+v", admin.RouteName(), admin.Faults)
+	}
+	// Routes that take the destination's mirror share it (and its cap on
+	// copies in flight), and its stale cache; a route's own is its own.
+	if pay.Mirror != base.Mirror || admin.Mirror != base.Mirror {
+		t.Error("routes inheriting the mirror have one of their own")
+	}
+	if other := api.Route("GET", "/x"); other != base {
+		t.Error("an unmatched request did not get the destination's own policy")
 	}
 	for _, tc := range []struct{ method, path, want string }{
 		{"HEAD", "/search", "search"},
