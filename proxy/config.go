@@ -13,12 +13,12 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"sigs.k8s.io/yaml"
 
 	"meshgate/intercept"
 	"meshgate/internal/confval"
 	"meshgate/netlist"
 	"meshgate/proxy/ratelimit"
+	"meshgate/proxy/resilience"
 )
 
 // Config is the proxy's whole configuration: one YAML file whose fields
@@ -86,6 +86,17 @@ type Config struct {
 	// Limits protect the sidecar and its app from clients that hold
 	// connections, send slowly or send too much (protect.go).
 	Limits LimitsConfig `json:"limits"`
+	// Resilience is how the app's outbound calls are kept from the
+	// network's failures, per destination service and route: timeouts,
+	// retries within a retry budget, circuit breakers, bulkheads,
+	// fallbacks, mirroring and fault injection (package resilience,
+	// whose Config says what each field does and its default). Empty by
+	// default: every destination then gets the built-in defaults, under
+	// which idempotent requests are retried up to 2 times on a connect
+	// failure, a reset before any response byte and a 503, within a
+	// budget of 20% of the destination's requests plus 3 a second.
+	// Hot-reloaded.
+	Resilience resilience.Config `json:"resilience"`
 }
 
 // LoadBalancingConfig is load balancing across a service's endpoints
@@ -416,14 +427,11 @@ func LoadConfig(path string) (Config, error) {
 // duplicate fields are errors. Every field that is unknown or cannot be
 // read is reported, each with its path. It does not validate.
 func ParseConfig(data []byte) (Config, error) {
-	// First pass, on the generic document: name every unknown field and
-	// every unreadable value with its path.
-	if err := confval.Check[Config](data); err != nil {
-		return Config{}, err
-	}
+	// confval.Read names every unknown field and every unreadable value
+	// with its path before it decodes anything, and reads keys YAML 1.1
+	// takes for booleans (resilience's retries.on) as written.
 	cfg := DefaultConfig()
-	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
-		// Not reached after confval.Check, short of a bug in it.
+	if err := confval.Read(data, &cfg); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil
@@ -501,6 +509,9 @@ func (c Config) Validate() error {
 	errs = append(errs, c.Access.validate(c.Protocols)...)
 	errs = append(errs, c.validateRateLimits()...)
 	errs = append(errs, c.Limits.validate()...)
+	if err := resilience.Validate(c.Resilience); err != nil {
+		errs = append(errs, splitJoined(err)...)
+	}
 	// A rule with HTTP conditions on a port whose connections are never
 	// HTTP would silently never allow (or always deny): say so.
 	for i, r := range c.Policy.Rules {

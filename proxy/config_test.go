@@ -313,11 +313,11 @@ limits:
 		{name: "null section keeps defaults", yaml: "timeouts:\n", want: func(*Config) {}},
 
 		{name: "unknown top-level field", yaml: "port: 1",
-			wantErr: "port: unknown field; want one of mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis, limits"},
+			wantErr: "port: unknown field; want one of mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis, limits, resilience"},
 		{name: "unknown nested field", yaml: "timeouts:\n  read: 1s",
 			wantErr: "timeouts.read: unknown field; want one of connect, handshake, idle, drainGrace"},
 		{name: "field names are case-sensitive", yaml: "logLEVEL: debug",
-			wantErr: "logLEVEL: unknown field; want one of mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis, limits"},
+			wantErr: "logLEVEL: unknown field; want one of mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis, limits, resilience"},
 		{name: "port out of range", yaml: "outbound:\n  port: 70000",
 			wantErr: "outbound.port: 70000 is not a port; want a number from 0 to 65535"},
 		{name: "port as a string", yaml: "inbound:\n  port: \"15006\"",
@@ -335,7 +335,7 @@ limits:
 		{name: "section as a scalar", yaml: "outbound: 15001",
 			wantErr: "outbound: want a section with fields port"},
 		{name: "list at the top", yaml: "- mode: redirect",
-			wantErr: "config: want a section with fields mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis, limits"},
+			wantErr: "config: want a section with fields mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis, limits, resilience"},
 		{name: "mtls values that do not parse", yaml: `
 mtls:
   mode: 1
@@ -370,7 +370,7 @@ mtls:
 			wantErr: "yaml: line 1: did not find expected node content"},
 		{name: "every problem at once", yaml: "mode: 1\nfoo: 1\ntimeouts:\n  connect: x\n  bar: 2\n",
 			wantErr: strings.Join([]string{
-				"foo: unknown field; want one of mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis, limits",
+				"foo: unknown field; want one of mode, logLevel, accessLog, mark, outbound, inbound, admin, metrics, health, timeouts, mtls, protocols, loadBalancing, policy, access, rateLimits, redis, limits, resilience",
 				"mode: 1 is not a string",
 				"timeouts.bar: unknown field; want one of connect, handshake, idle, drainGrace",
 				`timeouts.connect: "x" is not a duration; want a number with a unit, e.g. "5s" or "1m30s"`,

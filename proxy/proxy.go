@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"meshgate/proxy/appprobe"
+	"meshgate/proxy/resilience"
 	"meshgate/sockmark"
 )
 
@@ -97,6 +98,9 @@ type Proxy struct {
 	// rateLimits are the rate limits in effect (ratelimit_stage.go),
 	// swapped by a reload under cfgMu.
 	rateLimits atomic.Pointer[rlState]
+	// resilience is the resilience section in effect, compiled
+	// (resilienceTable); a reload swaps it under cfgMu.
+	resilience atomic.Pointer[resilience.Table]
 	cfgMu      sync.Mutex
 	// stopped: Run has returned (under cfgMu); a reload starts nothing.
 	stopped bool
@@ -214,6 +218,11 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: invalid config: %w", err)
 	}
 	p.rateLimits.Store(rl)
+	res, err := resilience.New(cfg.Resilience)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: invalid config: %w", err)
+	}
+	p.resilience.Store(res)
 	p.rebuildChains()
 	return p, nil
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"meshgate/proxy/resilience"
 )
 
 // ReloadPolicy puts pc in effect (shared/DESIGN.md §5, Config): new
@@ -48,12 +50,40 @@ func (p *Proxy) ReloadPolicy(pc PolicyConfig) error {
 	return nil
 }
 
+// ReloadResilience puts rc in effect (it must have passed
+// Config.Validate): the next connections and requests are resolved
+// against it.
+func (p *Proxy) ReloadResilience(rc resilience.Config) error {
+	t, err := resilience.New(rc)
+	if err != nil {
+		return err
+	}
+	p.commitResilience(t, rc)
+	return nil
+}
+
+// commitResilience swaps in t, compiled from rc. Connections and requests
+// already resolved keep the policies they were given: a Table is
+// read-only, and the old one lives as long as they hold its policies.
+func (p *Proxy) commitResilience(t *resilience.Table, rc resilience.Config) {
+	p.cfgMu.Lock()
+	defer p.cfgMu.Unlock()
+	p.resilience.Store(t)
+	p.cfg.Resilience = rc
+}
+
+// resilienceTable returns the resilience section in effect, compiled;
+// the data path resolves each outbound connection and request against
+// the table it loads once for them.
+func (p *Proxy) resilienceTable() *resilience.Table { return p.resilience.Load() }
+
 // WatchConfig reloads the config file at path when it changes, until ctx
-// is done: the policy, access, rateLimits and redis sections take effect
-// (ReloadPolicy, ReloadAccess, ReloadRateLimits); a change to
-// any other section is logged as needing a restart, and the running
-// value stays. A file that does not parse or validate is refused with
-// every problem logged, and nothing changes. The directory is watched,
+// is done: the policy, access, rateLimits, redis and resilience sections
+// take effect (ReloadPolicy, ReloadAccess, ReloadRateLimits,
+// ReloadResilience), all of them or, when one cannot be put in effect,
+// none; a change to any other section is logged as needing a restart,
+// and the running value stays. A file that does not parse or validate is
+// refused with every problem logged, and nothing changes. The directory is watched,
 // not the file, so that editors that write a new file and rename it, and
 // Kubernetes ConfigMap volumes that swap a symlink, are seen.
 func (p *Proxy) WatchConfig(ctx context.Context, path string) error {
@@ -111,6 +141,14 @@ func (p *Proxy) WatchConfig(ctx context.Context, path string) error {
 					zap.Strings("problems", problems(err)))
 				continue
 			}
+			// Everything that can fail is prepared before anything is
+			// committed; ReloadPolicy, which prepares and commits, comes
+			// last among them.
+			res, err := resilience.New(cfg.Resilience)
+			if err != nil {
+				log.Error("config reload refused: the running config stays", zap.String("file", path), zap.Error(err))
+				continue
+			}
 			rl, err := p.prepareRateLimits(cfg.RateLimits, cfg.Redis)
 			if err != nil {
 				log.Error("config reload refused: the running config stays", zap.String("file", path), zap.Error(err))
@@ -129,10 +167,12 @@ func (p *Proxy) WatchConfig(ctx context.Context, path string) error {
 			}
 			p.commitAccess(acc)
 			p.commitRateLimits(rl)
+			p.commitResilience(res, cfg.Resilience)
 			changed := restartFields(prevCfg, cfg)
 			prev, prevCfg = data, cfg
 			log.Info("config reloaded", zap.String("file", path), zap.Int("policy_rules", len(cfg.Policy.Rules)),
-				zap.Int("jwt_providers", len(cfg.Policy.JWTProviders)), zap.Int("rate_limits", len(cfg.RateLimits)))
+				zap.Int("jwt_providers", len(cfg.Policy.JWTProviders)), zap.Int("rate_limits", len(cfg.RateLimits)),
+				zap.Int("resilience_destinations", len(cfg.Resilience.Destinations)))
 			if len(changed) > 0 {
 				log.Warn("config sections changed that take effect only on restart; they keep their running values",
 					zap.Strings("sections", changed))
@@ -151,13 +191,15 @@ func problems(err error) []string {
 }
 
 // restartFields names the top-level sections but those hot-reloaded
-// (policy, access, rateLimits, redis) that differ between a and b.
+// (policy, access, rateLimits, redis, resilience) that differ between a
+// and b.
 func restartFields(a, b Config) []string {
 	var out []string
 	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
 	for i, f := range reflect.VisibleFields(va.Type()) {
 		name := f.Tag.Get("json")
-		if name == "policy" || name == "access" || name == "rateLimits" || name == "redis" {
+		switch name {
+		case "policy", "access", "rateLimits", "redis", "resilience":
 			continue
 		}
 		if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {

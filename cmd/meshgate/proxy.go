@@ -77,9 +77,10 @@ unknown fields are errors. For example:
     - {name: api-read, action: allow, ports: [8080], from: {namespaces: [shop]}, http: {methods: [GET], paths: ["/api/*"]}}
     - {name: egress, action: allow, direction: outbound, to: {cidrs: [10.0.0.0/8]}}
 
-The policy section is reloaded when the --config file changes (within a
-second; a file with problems is refused and the running policy stays);
-other sections take effect on restart. 'meshgate policy explain' and
+The policy, access, rateLimits, redis and resilience sections are
+reloaded when the --config file changes (within a second; a file with
+problems is refused whole, and the running sections stay); other sections
+take effect on restart. 'meshgate policy explain' and
 GET /explain on the admin port say what the policy decides of a call,
 and why. A denied HTTP request is answered 403 (gRPC PERMISSION_DENIED),
 a denied connection that is not HTTP is reset, and nothing of either

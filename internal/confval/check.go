@@ -34,23 +34,77 @@ func (e *ValueError) Error() string { return e.msg }
 // cannot read, each with its path (errors.Join, one per line), or nil.
 // encoding/json would stop at the first one and say neither where it is
 // nor (for unknown fields) in which section, and it matches field names
-// case-insensitively. Check decodes nothing: after it, yaml.UnmarshalStrict
-// into a T succeeds.
+// case-insensitively. Check decodes nothing: after it, Read into a T
+// succeeds (and so does yaml.UnmarshalStrict, unless the data has a key
+// that YAML 1.1 reads as a boolean, see Read).
 func Check[T any](data []byte) error {
+	_, err := check[T](data)
+	return err
+}
+
+// Read reads the YAML data into *v, strictly: when Check finds problems
+// it returns them and decodes nothing; else it sets the fields of *v that
+// data sets, and leaves the others as they are (so *v may hold defaults).
+//
+// Unlike yaml.UnmarshalStrict, it reads a field whose key YAML 1.1 takes
+// for a boolean, such as retries.on: sigs.k8s.io/yaml reads YAML 1.1,
+// where an unquoted on, yes or y is true (and off, no, n false), so the
+// key would arrive as "true". Where the section has no field "true" but
+// has one of those names, the key is read as that field.
+func Read[T any](data []byte, v *T) error {
+	doc, err := check[T](data)
+	if err != nil {
+		return err
+	}
+	j, err := json.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+// check returns the generic document of data, its boolean keys repaired
+// (see Read), and every problem of it against T.
+func check[T any](data []byte) (any, error) {
 	j, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
 		msg := strings.TrimPrefix(err.Error(), "error converting YAML to JSON: ")
-		return errors.New(strings.Replace(msg, "unmarshal errors:\n  ", "", 1))
+		return nil, errors.New(strings.Replace(msg, "unmarshal errors:\n  ", "", 1))
 	}
 	dec := json.NewDecoder(bytes.NewReader(j))
 	dec.UseNumber()
 	var doc any
 	if err := dec.Decode(&doc); err != nil {
-		return err
+		return nil, err
 	}
 	var errs []error
 	checkDoc(doc, reflect.TypeFor[T](), "", &errs)
-	return errors.Join(errs...)
+	return doc, errors.Join(errs...)
+}
+
+// boolKeys are the keys YAML 1.1 reads as true and false (go-yaml v2,
+// which sigs.k8s.io/yaml uses, in lower case: field names are).
+var boolKeys = map[string][]string{"true": {"y", "yes", "on"}, "false": {"n", "no", "off"}}
+
+// boolKeyField returns the field that the key k, "true" or "false" as
+// YAML 1.1 read it, was written as: the one field of fields named by a
+// word YAML 1.1 reads as k; "" when there is none, or k is a field.
+func boolKeyField(k string, fields map[string]reflect.Type) string {
+	if _, ok := fields[k]; ok {
+		return ""
+	}
+	found := ""
+	for _, w := range boolKeys[k] {
+		if _, ok := fields[w]; ok {
+			if found != "" {
+				return ""
+			}
+			found = w
+		}
+	}
+	return found
 }
 
 var (
@@ -84,6 +138,13 @@ func checkDoc(v any, t reflect.Type, path string, errs *[]error) {
 			return
 		}
 		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if f := boolKeyField(k, fields); f != "" {
+				if _, dup := m[f]; !dup {
+					m[f] = m[k]
+					delete(m, k)
+					k = f
+				}
+			}
 			p := k
 			if path != "" {
 				p = path + "." + k

@@ -60,3 +60,35 @@ ports.x: "x" is not a port; want a number from 1 to 65535`
 		t.Errorf("a good document: %v", err)
 	}
 }
+
+// TestReadBoolKeys: a key YAML 1.1 reads as a boolean (an unquoted on) is
+// read as the field it was written as, in Check's paths too; a section
+// with no such field still refuses it.
+func TestReadBoolKeys(t *testing.T) {
+	type retries struct {
+		On       []string `json:"on"`
+		Attempts int      `json:"attempts"`
+	}
+	type doc struct {
+		Retries retries `json:"retries"`
+		Name    string  `json:"name"`
+	}
+	v := doc{Name: "kept"}
+	if err := Read([]byte("retries: {on: [reset], attempts: 2}\n"), &v); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Retries.On) != 1 || v.Retries.On[0] != "reset" || v.Retries.Attempts != 2 || v.Name != "kept" {
+		t.Errorf("read %+v", v)
+	}
+	err := Check[doc]([]byte("retries: {on: [1, {}]}\nyes: 1\n"))
+	want := `retries.on[0]: 1 is not a string
+retries.on[1]: a section is not a string
+true: unknown field; want one of retries, name`
+	if err == nil || err.Error() != want {
+		t.Errorf("Check:\n%v\nwant:\n%s", err, want)
+	}
+	v = doc{}
+	if err := Read([]byte("retries: {attempts: x}\n"), &v); err == nil || err.Error() != `retries.attempts: "x": json: cannot unmarshal string into Go value of type int` {
+		t.Errorf("Read of a bad value: %v", err)
+	}
+}

@@ -361,8 +361,8 @@ func (v *validator) http(field string, h *HTTPMatch, top bool) {
 	}
 	v.list(field+".paths", len(h.Paths), h.Paths != nil)
 	for i, p := range h.Paths {
-		if err := checkPattern(p, "/"); err != "" {
-			v.Bad(fmt.Sprintf("%s.paths[%d]", field, i), "%q %s; want e.g. /api/items, /api/* or /users/*/orders", p, err)
+		if err := CheckPath(p); err != nil {
+			v.Bad(fmt.Sprintf("%s.paths[%d]", field, i), "%v", err)
 		}
 	}
 	v.list(field+".headers", len(h.Headers), h.Headers != nil)
@@ -434,32 +434,58 @@ func (v *validator) jwt(field string, j *JWTMatch, issuers Issuers, top bool) {
 }
 
 func (v *validator) identity(field, id string) {
-	if id == "*" {
-		return
-	}
-	if !strings.HasPrefix(id, "spiffe://") {
-		v.Bad(field, "%q is not a SPIFFE ID pattern; want e.g. spiffe://cluster.local/ns/shop/sa/web, spiffe://cluster.local/ns/shop/* or *", id)
-		return
-	}
-	if err := checkPattern(strings.TrimPrefix(id, "spiffe:/"), "/"); err != "" {
-		v.Bad(field, "%q %s; want e.g. spiffe://cluster.local/ns/shop/sa/web or spiffe://cluster.local/ns/*/sa/web", id, err)
-		return
-	}
-	if !strings.Contains(id, "*") {
-		if _, err := spiffeid.FromString(id); err != nil {
-			v.Bad(field, "%q is not a SPIFFE ID: %v", id, err)
-		}
+	if err := CheckIdentity(id); err != nil {
+		v.Bad(field, "%v", err)
 	}
 }
 
 func (v *validator) host(field, h string) {
+	if err := CheckHost(h); err != nil {
+		v.Bad(field, "%v", err)
+	}
+}
+
+// CheckIdentity says what is wrong with a SPIFFE ID pattern as rules
+// write it (exact, a prefix ending in "*", "*" for one path segment, or
+// "*" alone), and the fix; nil when nothing is.
+func CheckIdentity(id string) error {
+	if id == "*" {
+		return nil
+	}
+	if !strings.HasPrefix(id, "spiffe://") {
+		return fmt.Errorf("%q is not a SPIFFE ID pattern; want e.g. spiffe://cluster.local/ns/shop/sa/web, spiffe://cluster.local/ns/shop/* or *", id)
+	}
+	if err := checkPattern(strings.TrimPrefix(id, "spiffe:/"), "/"); err != "" {
+		return fmt.Errorf("%q %s; want e.g. spiffe://cluster.local/ns/shop/sa/web or spiffe://cluster.local/ns/*/sa/web", id, err)
+	}
+	if !strings.Contains(id, "*") {
+		if _, err := spiffeid.FromString(id); err != nil {
+			return fmt.Errorf("%q is not a SPIFFE ID: %v", id, err)
+		}
+	}
+	return nil
+}
+
+// CheckHost says what is wrong with a host name as rules write it
+// (exact, or "*.example.com"; lower case, no port), and the fix; nil
+// when nothing is.
+func CheckHost(h string) error {
 	if h != strings.ToLower(h) {
-		v.Bad(field, "%q: write host names in lower case", h)
-		return
+		return fmt.Errorf("%q: write host names in lower case", h)
 	}
 	if !hostRE.MatchString(h) {
-		v.Bad(field, "%q is not a host name; want e.g. api.example.com or *.example.com (no port, no scheme)", h)
+		return fmt.Errorf("%q is not a host name; want e.g. api.example.com or *.example.com (no port, no scheme)", h)
 	}
+	return nil
+}
+
+// CheckPath says what is wrong with a request path pattern as rules
+// write it (see HTTPMatch.Paths), and the fix; nil when nothing is.
+func CheckPath(p string) error {
+	if err := checkPattern(p, "/"); err != "" {
+		return fmt.Errorf("%q %s; want e.g. /api/items, /api/* or /users/*/orders", p, err)
+	}
+	return nil
 }
 
 func (v *validator) cidrs(field string, ps []netip.Prefix) {

@@ -82,6 +82,35 @@ func globMatch(g []string, s string) bool {
 	return s == ""
 }
 
+// Patterns is a compiled list of patterns as rules write request paths
+// (HTTPMatch.Paths) and SPIFFE IDs (Source.Identities): exact, a prefix
+// ending in "*", "*" standing for one segment, or "*" alone for anything.
+// Other packages match paths and identities with it, so that a pattern
+// means the same in every section of the config. Its zero value matches
+// nothing. Match does not allocate.
+type Patterns struct{ c *patterns }
+
+// CompilePatterns compiles ps, which CheckPath (paths) or CheckIdentity
+// (SPIFFE IDs) should have accepted.
+func CompilePatterns(ps []string) Patterns { return Patterns{compilePatterns(ps)} }
+
+// Match reports whether s (a normalised path, see NormalizePath, or a
+// SPIFFE ID) matches one of the patterns.
+func (p Patterns) Match(s string) bool { return p.c != nil && p.c.match(s) }
+
+// Hosts is a compiled list of host names as rules write them
+// (Destination.Hosts): exact, or "*.example.com" for any name under
+// example.com. Its zero value matches nothing. Match does not allocate
+// for a name in lower case.
+type Hosts struct{ c *hosts }
+
+// CompileHosts compiles hs, which CheckHost should have accepted.
+func CompileHosts(hs []string) Hosts { return Hosts{compileHosts(hs)} }
+
+// Match reports whether name (any case, a trailing dot and a port
+// allowed) is one of the hosts.
+func (h Hosts) Match(name string) bool { return h.c != nil && h.c.match(name) }
+
 // hosts is a compiled list of host names: exact, or "*.suffix".
 type hosts struct {
 	exact    map[string]struct{}
