@@ -310,3 +310,38 @@ func TestTXTConvention(t *testing.T) {
 		t.Errorf("upstream asked svc.example's TXT record %d times, want once", n)
 	}
 }
+
+// TestLookupNetIP: the proxy's own lookups are answered as the app's are
+// (registry, upstream) and teach the DNS proxy the same: the address's
+// name and mesh identity.
+func TestLookupNetIP(t *testing.T) {
+	up := startUpstream(t)
+	reg, err := ParseRegistry([]byte(`
+services:
+- {name: web.shop.mesh, identity: "spiffe://cluster.local/ns/shop/sa/web", meshed: true, endpoints: [10.1.0.5]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := startProxy(t, reg, up.addr)
+	ctx := context.Background()
+	for _, c := range []struct{ host, addr, id string }{
+		{"web.shop.mesh", "10.1.0.5", "spiffe://cluster.local/ns/shop/sa/web"},
+		{"svc.example", "192.0.2.9", "spiffe://cluster.local/ns/shop/sa/svc"},
+	} {
+		ips, err := s.LookupNetIP(ctx, c.host)
+		if err != nil || len(ips) != 1 || ips[0].String() != c.addr {
+			t.Errorf("LookupNetIP(%s) = %v, %v; want [%s]", c.host, ips, err, c.addr)
+			continue
+		}
+		if name, ok := s.NameOf(ips[0]); !ok || name != c.host {
+			t.Errorf("NameOf(%s) = %q, %v; want %s", ips[0], name, ok, c.host)
+		}
+		if id, ok := s.MeshDestination(ips[0]); !ok || id.String() != c.id {
+			t.Errorf("MeshDestination(%s) = %v, %v; want %s", ips[0], id, ok, c.id)
+		}
+	}
+	if ips, err := s.LookupNetIP(ctx, "nx.example"); err == nil || !strings.Contains(err.Error(), "no such host") {
+		t.Errorf("LookupNetIP(nx.example) = %v, %v; want no such host", ips, err)
+	}
+}
