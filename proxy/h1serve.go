@@ -105,7 +105,7 @@ func (p *Proxy) serveH1(ctx context.Context, dir Direction, tcp *net.TCPConn, tc
 		}
 		c.r.w = copy(c.r.buf, pending)
 	}
-	c.sreq = Request{Dir: dir, Dst: dst, ctx: ctx, authz: peer.authz, msg: h1Fields{&c.req}, limits: &c.limits}
+	c.sreq = Request{Dir: dir, Dst: dst, ctx: ctx, authz: peer.authz, msg: h1Fields{&c.req}, limits: &c.limits, conn: tcp}
 	if dir == Inbound {
 		c.sreq.Peer, c.sreq.Src = peer.peer, addrPort(tcp.RemoteAddr())
 		if !peer.peer.IsZero() {
@@ -205,12 +205,14 @@ func (c *h1Conn) serve(ctx context.Context) {
 				c.req.close = true // its body is not read: the connection cannot go on
 			}
 			c.answerStage(start, a)
+			c.sreq.endInject()
 			if c.req.close {
 				return
 			}
 			continue
 		}
 		keep := c.exchange(ctx, start)
+		c.sreq.endInject()
 		c.w.release()
 		if !keep {
 			return
@@ -246,6 +248,9 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 	// request can be sent again on another connection if the one it went
 	// out on turns out to have been closed.
 	whole := !req.chunked && req.length <= int64(len(c.r.buffered()))
+	if hasBody && whole {
+		c.mirrorWhole(c.r.buffered()[:req.length])
+	}
 	var (
 		u        *h1Up
 		t        try
@@ -276,7 +281,7 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 				c.tcp.SetReadDeadline(time.Time{})
 			}
 			go func(u *h1Up) {
-				err := copyBody(&u.w, &c.r, req.length, req.chunked, false)
+				err := c.copyRequestBody(u, req.length, req.chunked)
 				c.r.src = &c.cc
 				if err == nil {
 					c.bodyRead.Store(true)
@@ -667,6 +672,7 @@ func (c *h1Conn) observe(start time.Time, status int, bytes int64, reason string
 			fields = append(fields, zap.ByteString("upgrade", c.req.get("upgrade")))
 		}
 		fields = rateLimitsField(fields, &c.limits)
+		fields = injectFields(fields, &c.sreq.inject)
 		if reason != "" {
 			fields = append(fields, zap.String("reason", reason))
 			if err != nil {

@@ -120,7 +120,8 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.peer = st.peer
 			h.mu.Unlock()
 		}
-		h.p.observeRequest(Outbound, r, rec, sr.limits, st.peer.peer.String(), time.Since(start))
+		h.p.observeRequest(Outbound, r, rec, sr.limits, &sr.inject, st.peer.peer.String(), time.Since(start))
+		sr.endInject()
 	}()
 	if h.p.protect.limitBody(Outbound, rec, r) {
 		return
@@ -190,7 +191,7 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		sr := Request{Dir: Inbound, Peer: peer.peer, Dst: dst, Src: src, ctx: r.Context(), clientCert: cert, authz: peer.authz, msg: httpFields{r}}
-		defer func() { p.observeRequest(Inbound, r, rec, sr.limits, id, time.Since(start)) }()
+		defer func() { p.observeRequest(Inbound, r, rec, sr.limits, &sr.inject, id, time.Since(start)) }()
 		if p.protect.limitBody(Inbound, rec, r) {
 			return
 		}
@@ -384,8 +385,8 @@ var standardMethods = [...]string{http.MethodGet, http.MethodPost, http.MethodHe
 	http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace}
 
 // observeRequest counts a request and writes its access log line; limits
-// are the rate limits it met.
-func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, limits *rlNotes, peer string, took time.Duration) {
+// are the rate limits it met, inj what fault injection and mirroring did.
+func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, limits *rlNotes, inj *injectNotes, peer string, took time.Duration) {
 	p.metrics.observe(dir, methodLabel(r.Method), rec.status, peer, took)
 	lvl := zapcore.InfoLevel
 	switch {
@@ -411,6 +412,7 @@ func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, li
 			fields = append(fields, zap.String("upgrade", r.Header.Get("Upgrade")))
 		}
 		fields = rateLimitsField(fields, limits)
+		fields = injectFields(fields, inj)
 		if rec.reason != "" {
 			fields = append(fields, zap.String("reason", rec.reason), zap.Error(rec.err))
 		}

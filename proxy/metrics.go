@@ -49,6 +49,10 @@ type metrics struct {
 	// limit (protect.go), by direction and reason.
 	protectionEvents *prometheus.CounterVec
 	requestChildren  sync.Map // requestKey → *requestChildren
+
+	// faultsInjected and mirrors count faults injected and request
+	// copies (inject.go).
+	faultsInjected, mirrors *prometheus.CounterVec
 }
 
 // dirMetrics are the collectors of one direction.
@@ -159,6 +163,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			sent:            sent.WithLabelValues(l),
 			received:        received.WithLabelValues(l),
 			connectFailures: failures.WithLabelValues(l),
+		}
+	}
+	m.faultsInjected, m.mirrors = newFaultsInjected(), newMirrorTotal()
+	for _, c := range []prometheus.Collector{m.faultsInjected, m.mirrors} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
 		}
 	}
 	return m, nil

@@ -133,6 +133,12 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 		return lo
 	}
 
+	if fo, stop := p.tcpFault(client, o); stop {
+		upstream.releasePending()
+		svc.finish(false)
+		fo.detected = &d
+		return fo
+	}
 	pending, pendingBuf := pc.take()
 	kept = true // the flow's now
 	o.flow = &flowPlan{
@@ -225,6 +231,9 @@ func (p *Proxy) outboundByRequest(ctx context.Context, client *net.TCPConn, dst 
 // bytes peeked into pc (if any) first (outcome.flow, which handle runs).
 func (p *Proxy) opaqueOut(ctx context.Context, pc *peekConn, dst netip.AddrPort, meshTLS bool, m *dirMetrics) outcome {
 	o := outcome{dst: dst, mtls: meshTLS}
+	if fo, stop := p.tcpFault(pc.TCPConn, o); stop {
+		return fo
+	}
 	svc, err := p.dialService(ctx, dst, meshTLS, alpnTCP)
 	if err != nil {
 		return p.dialFailed(o, err, m)

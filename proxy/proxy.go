@@ -125,6 +125,8 @@ type Proxy struct {
 	acl atomic.Pointer[accessState]
 	// protect is the connection caps and request limits (protect.go).
 	protect *protection
+	// inject is fault injection and mirroring (inject.go).
+	inject injector
 
 	started atomic.Bool
 	ready   chan struct{} // closed once every listener is bound and serving
@@ -349,6 +351,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		<-drained
 	}
 	handlers.close()
+	p.inject.stop() // the mirror copies still in flight
 
 	p.l7.closeIdle()
 

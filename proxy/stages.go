@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -31,7 +32,9 @@ import (
 //	  … route match
 //	  policy             egress authorization (authz.go): 403, gRPC PERMISSION_DENIED
 //	  rate-limit         rateLimits (ratelimit_stage.go): 429, gRPC RESOURCE_EXHAUSTED
-//	  … fault injection, mirror
+//	  fault              resilience faults (fault_stage.go): a delay; an abort, with the
+//	                     configured status (gRPC status)
+//	  mirror             resilience mirror (mirror_stage.go): a copy sent apart, never an answer
 //	  → exchange (h1serve.go: balance → pooled mesh connection → response)
 //	    where circuit breaking, bulkheads, per-try timeouts and retries wrap the try
 //
@@ -114,6 +117,13 @@ type Request struct {
 	// line (ratelimit_stage.go); nil until one is noted (HTTP/2), or the
 	// connection's (HTTP/1).
 	limits *rlNotes
+	// conn is the client's connection (the HTTP/1 engine's), which the
+	// fault stage watches while it delays the request; nil for HTTP/2,
+	// whose ctx ends with the client.
+	conn *net.TCPConn
+	// inject is what the fault and mirror stages did to the request
+	// (inject.go), ended by endInject once it is answered.
+	inject injectNotes
 }
 
 // context is the request's context: it ends when the client goes away.
@@ -195,6 +205,13 @@ func (p *Proxy) newChains() *[2]chain {
 	rl := p.rateLimits.Load()
 	if len(rl.req[Outbound]) > 0 {
 		c[Outbound] = append(c[Outbound], rateLimitStage{p})
+	}
+	inj := p.injectStateFor(p.resilienceTable())
+	if inj.faults {
+		c[Outbound] = append(c[Outbound], faultStage{p, inj})
+	}
+	if inj.mirrors {
+		c[Outbound] = append(c[Outbound], mirrorStage{p, inj})
 	}
 	c[Inbound] = chain{clientIdentity{}}
 	if b := acc.blocks[Inbound]; len(b) > 0 {

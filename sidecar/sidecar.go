@@ -194,9 +194,10 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	// Names the DNS proxy answered lead to mesh destinations (the
-	// registry's, and those whose TXT record says so), and connections
-	// to a service's address are balanced over its endpoints.
-	p, err := proxy.New(o.Config, log, append(opts, proxy.WithDestinations(dns), proxy.WithBalancer(dns), proxy.WithHostNames(dns))...)
+	// registry's, and those whose TXT record says so), connections to a
+	// service's address are balanced over its endpoints, and the names
+	// the proxy sends to of its own (mirror targets) are resolved by it.
+	p, err := proxy.New(o.Config, log, append(opts, proxy.WithDestinations(dns), proxy.WithBalancer(dns), proxy.WithHostNames(dns), proxy.WithResolver(dns))...)
 	if err != nil {
 		return err
 	}
