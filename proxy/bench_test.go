@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -518,4 +519,81 @@ func fetch1K(b *testing.B, client *http.Client, url string) {
 		b.Fatalf("%d, %d bytes", resp.StatusCode, n)
 	}
 	resp.Body.Close()
+}
+
+// BenchmarkHTTPMirror measures what mirroring costs the requests it
+// copies: HTTP/1.1 keep-alive GETs (1 KiB answer) through a pair of
+// sidecars (mtls-l7, as BenchmarkHTTP's) whose client sidecar has no
+// mirror ("off"), a mirror that never fires (its roll above its share:
+// the stage's cost), and one that copies every request to an audit app
+// behind a sidecar of its own ("firing": each copy mTLS over the pooled
+// HTTP/2 mesh connection, its answer read and dropped). ns/op is the
+// app's request's latency (serial) or the pair's throughput (parallel);
+// cpu-ns/op the whole process's CPU time per request, copies included;
+// copies/op the copies sent per request.
+//
+// Run: go test -run '^$' -bench HTTPMirror -benchtime 2s ./proxy
+func BenchmarkHTTPMirror(b *testing.B) {
+	body := bytes.Repeat([]byte("x"), 1024)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(body) }))
+	b.Cleanup(srv.Close)
+	audit := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) }))
+	b.Cleanup(audit.Close)
+	mca := newMeshCA(b)
+	cm, sm := mca.realMeshes(b, true)
+	backend := benchProxy(b, testConfig(), WithMeshTLS(sm), to(srv.Listener.Addr().String()))
+	auditSide := benchProxy(b, testConfig(), WithMeshTLS(sm), to(audit.Listener.Addr().String()))
+	for _, bc := range []struct {
+		name, mirror string
+		roll         float64
+	}{
+		{"off", "", 0},
+		{"not-firing", "{to: '" + auditSide.in() + "', percent: 50, maxConcurrent: 1000}", 0.99},
+		{"firing", "{to: '" + auditSide.in() + "', maxConcurrent: 1000}", 0},
+	} {
+		cfg := testConfig()
+		cfg.MTLS.MeshCIDRs = prefixes("127.0.0.0/8")
+		if bc.mirror != "" {
+			resilienceOf(b, "resilience:\n  destinations:\n  - name: api\n    match: {cidrs: [127.0.0.1/32]}\n    mirror: "+bc.mirror+"\n")(&cfg)
+		}
+		reg := prometheus.NewRegistry()
+		cli := benchProxy(b, cfg, WithMeshTLS(cm), to(backend.in()), WithRegistry(reg), withFaultRandom(func() float64 { return bc.roll }))
+		cli.reg = reg
+		tr := &http.Transport{MaxIdleConnsPerHost: 64}
+		b.Cleanup(tr.CloseIdleConnections)
+		client := &http.Client{Transport: tr}
+		url := "http://" + cli.out() + "/"
+		for _, mode := range []string{"serial", "parallel"} {
+			b.Run(bc.name+"/"+mode, func(b *testing.B) {
+				sent := func() float64 { return cli.counter(b, "meshgate_mirror_total", map[string]string{"result": "sent"}) }
+				before := sent()
+				b.ReportAllocs()
+				cpu := reportCPU(b)
+				if mode == "serial" {
+					for b.Loop() {
+						fetch1K(b, client, url)
+					}
+				} else {
+					b.SetParallelism(8)
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							fetch1K(b, client, url)
+						}
+					})
+				}
+				// The copies still in flight are the requests' cost too.
+				for st := cli.inject.state.Load(); ; time.Sleep(time.Millisecond) {
+					busy := int64(0)
+					for _, ms := range st.mirror {
+						busy += ms.limit.InUse()
+					}
+					if busy == 0 {
+						break
+					}
+				}
+				cpu()
+				b.ReportMetric((sent()-before)/float64(b.N), "copies/op")
+			})
+		}
+	}
 }

@@ -336,7 +336,7 @@ func (tp *tap) recorded() []byte {
 
 // counter returns the sum of the named counter over the series whose
 // labels include all of want (0 when none has).
-func (r *running) counter(t *testing.T, name string, want map[string]string) float64 {
+func (r *running) counter(t testing.TB, name string, want map[string]string) float64 {
 	t.Helper()
 	mfs, err := r.reg.Gather()
 	if err != nil {
