@@ -79,9 +79,9 @@ func newMirrorTotal() *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshgate_mirror_total",
 		Help: "Copies of requests to a destination (its resilience name) that its mirror chose, by result: sent (the " +
-			"mirror target answered, below 500), failed (no answer, an answer of 500 or more, or the request's body did " +
-			"not all come), dropped_full (mirror.maxConcurrent copies were in flight) and dropped_body (the body is longer " +
-			"than mirror.maxBodyBytes).",
+			"mirror target answered, below 500), failed (no answer, an answer of 500 or more, not sent while the target " +
+			"fails, or the request's body did not all come), dropped_full (mirror.maxConcurrent copies were in flight) " +
+			"and dropped_body (the body is longer than mirror.maxBodyBytes).",
 	}, []string{"destination", "result"})
 }
 
@@ -189,9 +189,11 @@ func (p *Proxy) injectStateFor(t *resilience.Table) *injectState {
 			}
 			if m := pol.Mirror; m.Enabled() && st.mirror[m] == nil {
 				st.mirrors = true
-				ms := &mirrorState{pol: m, dest: key, limit: resilience.NewLimiter(int64(m.MaxConcurrent))}
+				ms := &mirrorState{pol: m, dest: key, limit: resilience.NewLimiter(int64(m.MaxConcurrent)), breaker: newMirrorBreaker()}
 				if o := old.mirrorOf(m, key); o != nil {
-					ms.limit = o.limit // copies in flight still count against the cap
+					// Copies in flight still count against the cap, and
+					// the target's failures still count.
+					ms.limit, ms.breaker = o.limit, o.breaker
 				}
 				for res := range mirrorResults {
 					ms.counted[res] = p.metrics.mirrors.WithLabelValues(key, mirrorResultNames[res])
@@ -280,6 +282,7 @@ const (
 // The notes of injectNotes.mirror.
 const (
 	noteMirrored = 1 + iota
+	noteMirrorFailed
 	noteMirrorDroppedFull
 	noteMirrorDroppedBody
 )
@@ -302,6 +305,8 @@ func injectFields(fields []zap.Field, n *injectNotes) []zap.Field {
 	switch mirror {
 	case noteMirrored:
 		fields = append(fields, zap.String("mirror", "mirrored"))
+	case noteMirrorFailed:
+		fields = append(fields, zap.String("mirror", "failed"))
 	case noteMirrorDroppedFull:
 		fields = append(fields, zap.String("mirror", "dropped_full"))
 	case noteMirrorDroppedBody:

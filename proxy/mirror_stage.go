@@ -54,10 +54,17 @@ import (
 //     tell it from a request of its own. Each copy is bounded by the
 //     request timeout of mirror.to's resilience destination, or 10s.
 //
+// A mirror target that fails (mirrorBreakerFailures copies in a row not
+// answered, or answered 500 or more) is sent no copy for
+// mirrorBreakerOpenFor, then one is tried (a circuit breaker of the
+// mirror's own): the copies of a target that is down cost a counter
+// each, not a round trip.
+//
 // Each copy chosen counts once in meshgate_mirror_total{destination,
-// result}: sent (answered below 500), failed, dropped_full, dropped_body;
-// the request's access log line says mirror: mirrored, dropped_full or
-// dropped_body. A reload that changes or removes a mirror stops new
+// result}: sent (answered below 500), failed (not answered, answered 500
+// or more, not sent while the target fails, or its body did not all
+// come), dropped_full, dropped_body; the request's access log line says
+// mirror: mirrored, failed, dropped_full or dropped_body. A reload that changes or removes a mirror stops new
 // copies at once; copies in flight go on, within their timeout. When the
 // proxy stops, the copies still in flight at the end of the drain are
 // cut, and Run returns once every copy's goroutine has.
@@ -82,6 +89,18 @@ const maxMirrorAnswer = 1 << 20
 // resolved again.
 const mirrorTargetTTL = 5 * time.Second
 
+// A mirror's circuit breaker: after mirrorBreakerFailures copies failed
+// in a row, none is sent for mirrorBreakerOpenFor, then one is tried.
+const (
+	mirrorBreakerFailures = 5
+	mirrorBreakerOpenFor  = 5 * time.Second
+)
+
+// newMirrorBreaker is a mirror's circuit breaker.
+func newMirrorBreaker() *resilience.Breaker {
+	return resilience.NewBreaker(resilience.BreakerOptions{ConsecutiveFailures: mirrorBreakerFailures, OpenFor: mirrorBreakerOpenFor})
+}
+
 // NameResolver resolves a host name to addresses as the app's own
 // lookups are answered. Package discovery's DNS proxy is one: what it
 // answers it learns (the name's mesh identity and its endpoints, for
@@ -102,6 +121,7 @@ type mirrorState struct {
 	pol     *resilience.MirrorPolicy
 	dest    string // the destination's resilience name: the metric's label
 	limit   *resilience.Limiter
+	breaker *resilience.Breaker
 	counted [mirrorResults]prometheus.Counter
 	target  atomic.Pointer[mirrorTarget]
 }
@@ -154,6 +174,11 @@ func (s mirrorStage) Decide(r *Request) *Answer {
 		return nil
 	}
 	ms := s.st.mirror[m]
+	if ms.breaker.State(time.Now()) == resilience.Open {
+		ms.counted[mirrorFailed].Inc()
+		r.inject.mirror = noteMirrorFailed
+		return nil
+	}
 	if length > m.MaxBodyBytes {
 		ms.counted[mirrorDroppedBody].Inc()
 		r.inject.mirror = noteMirrorDroppedBody
@@ -191,6 +216,8 @@ type mirrorCopy struct {
 	target string
 	header http.Header
 	proto  string // the target app's protocol, for hdrAppProtocol: http1, or http2 for gRPC
+
+	ticket resilience.Ticket // the mirror's breaker's, once sent
 
 	mu      sync.Mutex
 	state   int // copyCollecting, then copySent or copyDropped
@@ -312,8 +339,15 @@ func (c *mirrorCopy) noted() uint8 {
 }
 
 // send sends the copy from a goroutine of its own (the proxy's, waited
-// for when it stops); a proxy that has stopped sends nothing.
+// for when it stops), unless the mirror's breaker is open (the target
+// failing) or the proxy has stopped: the copy then fails at once.
 func (c *mirrorCopy) send() {
+	t, ok := c.st.breaker.Allow(time.Now())
+	if !ok {
+		c.drop(mirrorFailed)
+		return
+	}
+	c.ticket = t
 	if !c.p.inject.launch(c.deliver) {
 		c.drop(mirrorFailed)
 	}
@@ -356,6 +390,7 @@ func (inj *injector) stop() {
 func (c *mirrorCopy) deliver(ctx context.Context) {
 	res := mirrorFailed
 	defer func() {
+		c.st.breaker.Done(c.ticket, res == mirrorSent, time.Now())
 		c.st.limit.Release()
 		c.count(res)
 	}()

@@ -344,6 +344,35 @@ func TestMirrorFailure(t *testing.T) {
 	}
 }
 
+// TestMirrorBreaker: a target that fails copies in a row is sent none
+// for a while: they fail at once, a counter each, not a round trip.
+func TestMirrorBreaker(t *testing.T) {
+	audit := startAuditApp(t, 503, false)
+	m := startMirrorPair(t, audit, "{to: 'AUDIT'}")
+	client := h1Client(t)
+	url := "http://" + m.client.out() + "/x"
+	for i := range mirrorBreakerFailures {
+		send(t, client, "GET", url, nil, nil)
+		waitCount(t, "failed", func() float64 { return m.mirrored(t, "failed") }, float64(i+1))
+	}
+	for range 20 {
+		send(t, client, "GET", url, nil, nil)
+	}
+	waitCount(t, "failed", func() float64 { return m.mirrored(t, "failed") }, mirrorBreakerFailures+20)
+	if n := len(audit.seen()); n != mirrorBreakerFailures {
+		t.Errorf("the failing target got %d copies; want the %d before the breaker opened", n, mirrorBreakerFailures)
+	}
+	notes := 0
+	for _, e := range m.client.logs.FilterMessage("request").All() {
+		if field(e, "mirror") == "failed" {
+			notes++
+		}
+	}
+	if notes != 20 {
+		t.Errorf("%d access log lines say mirror: failed; want 20", notes)
+	}
+}
+
 // TestMirrorPercent: a mirror of 25% copies exactly the requests a
 // seeded source's rolls pick.
 func TestMirrorPercent(t *testing.T) {
