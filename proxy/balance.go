@@ -47,7 +47,13 @@ type try struct {
 // false when there is nothing left to try.
 func (p *Proxy) pick(dst netip.AddrPort, tried []netip.AddrPort) (try, bool) {
 	if p.balancer != nil {
-		if ep, done, ok := p.balancer.Pick(dst, tried); ok {
+		if eps := p.guards.endpointGuard(dst); eps != nil {
+			// Endpoints whose own circuit is open are left out
+			// (guard_endpoints.go); refused: all that are left are.
+			if t, ok, refused := eps.pickGuarded(p.balancer, dst, tried); ok || refused {
+				return t, ok
+			}
+		} else if ep, done, ok := p.balancer.Pick(dst, tried); ok {
 			return try{addr: ep, done: done}, true
 		}
 	}
@@ -87,6 +93,7 @@ type service struct {
 	endpoint netip.AddrPort
 	once     sync.Once
 	t        try
+	ct       connTicket // the destination's breaker (admitConn)
 }
 
 // finish ends the connection's try: failed if it failed before the
@@ -94,7 +101,10 @@ type service struct {
 // time, from its set-up to its end, says nothing of how fast the
 // endpoint answers. Later calls do nothing.
 func (s *service) finish(failed bool) {
-	s.once.Do(func() { s.t.report(s.t.connected.Sub(s.t.start), 0, failed) })
+	s.once.Do(func() {
+		s.t.report(s.t.connected.Sub(s.t.start), 0, failed)
+		s.ct.done(failed)
+	})
 }
 
 // eachEndpoint runs attempt on an endpoint of dst the balancer picks and,
@@ -107,6 +117,10 @@ func (p *Proxy) eachEndpoint(ctx context.Context, dst netip.AddrPort, attempt fu
 	for range p.cfg.LoadBalancing.ConnectAttempts {
 		t, ok := p.pick(dst, tried)
 		if !ok {
+			if lastErr == nil {
+				// Nothing tried: every endpoint's circuit is open.
+				lastErr = p.guards.allOpen(dst)
+			}
 			break
 		}
 		t.start = time.Now()
@@ -127,22 +141,30 @@ func (p *Proxy) eachEndpoint(ctx context.Context, dst netip.AddrPort, attempt fu
 
 // dialService connects to an endpoint of dst and, when meshTLS, runs mesh
 // TLS for proto, expecting dst's identity, trying other endpoints as
-// eachEndpoint does; the error is a *dialError or a *handshakeError.
+// eachEndpoint does; the error is a *dialError or a *handshakeError, or
+// a *guardError when dst's guard refused the connection.
 func (p *Proxy) dialService(ctx context.Context, dst netip.AddrPort, meshTLS bool, proto string) (*service, error) {
 	if !meshTLS {
 		proto = ""
 	}
+	// The destination's circuit breaker: open, the connection is
+	// refused at once (a *guardError).
+	ct, err := p.guards.admitConn(dst)
+	if err != nil {
+		return nil, err
+	}
 	var svc *service
-	err := p.eachEndpoint(ctx, dst, func(t *try) error {
+	err = p.eachEndpoint(ctx, dst, func(t *try) error {
 		conn, info, err := p.dialEndpoint(ctx, t.addr, dst, proto)
 		if err != nil {
 			return err
 		}
 		t.connected = time.Now()
-		svc = &service{conn: conn, info: info, endpoint: t.addr, t: *t}
+		svc = &service{conn: conn, info: info, endpoint: t.addr, t: *t, ct: ct}
 		return nil
 	})
 	if err != nil {
+		ct.doneErr(err)
 		return nil, err
 	}
 	return svc, nil
@@ -151,9 +173,18 @@ func (p *Proxy) dialService(ctx context.Context, dst netip.AddrPort, meshTLS boo
 // dialEndpoint connects to endpoint, an endpoint of dst (the address the
 // app dialed), and, unless proto is "", runs mesh TLS for proto on it,
 // expecting dst's identity; a connection whose handshake failed is
-// closed. The error is a *dialError or a *handshakeError.
+// closed. The error is a *dialError or a *handshakeError, or a
+// *guardError when dst's destination has no connection left (bulkhead
+// maxConnections).
 func (p *Proxy) dialEndpoint(ctx context.Context, endpoint, dst netip.AddrPort, proto string) (upConn, tlsInfo, error) {
+	// A place under the destination's maxConnections, held until
+	// closeUpstream; none left: refused (a *guardError).
+	slot, err := p.guards.connSlot(ctx, dst)
+	if err != nil {
+		return upConn{}, tlsInfo{}, err
+	}
 	c, err := p.dialUpstream(ctx, endpoint)
+	p.guards.bindSlot(slot, c)
 	if err != nil {
 		return upConn{}, tlsInfo{}, &dialError{err}
 	}

@@ -46,6 +46,7 @@ func (p *Proxy) dialApp(ctx context.Context, from netip.Addr, dst netip.AddrPort
 // closeUpstream closes a connection of dialUpstream.
 func (p *Proxy) closeUpstream(c *net.TCPConn) {
 	p.upstreams.Delete(upstreamKeyOf(c))
+	p.guards.closed(c)
 	c.Close()
 }
 
@@ -138,5 +139,8 @@ func (p *Proxy) dialFailed(o outcome, err error, m *dirMetrics) outcome {
 		o.err = de.err
 	}
 	o.reason = reasonOf(err)
+	if e, ok := asGuardError(err); ok {
+		o.reason = e.Error()
+	}
 	return o
 }

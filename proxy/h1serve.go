@@ -81,6 +81,9 @@ type h1Conn struct {
 	// limited: the answer being written is a limit's, logged by the
 	// protection event (see refuse).
 	limited bool
+	// gc is the request's passage through its destination's guard
+	// (outbound; guard_h1.go).
+	gc guardCall
 }
 
 // serveH1 serves an HTTP/1 client connection until it ends: tcp, through
@@ -210,7 +213,7 @@ func (c *h1Conn) serve(ctx context.Context) {
 			}
 			continue
 		}
-		keep := c.exchange(ctx, start)
+		keep := c.guardedExchange(ctx, start)
 		c.w.release()
 		if !keep {
 			return
@@ -255,6 +258,7 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 	)
 	for attempt := 0; ; attempt++ {
 		u, t, reused, err = c.upstream(ctx)
+		c.gc.connected()
 		if err != nil {
 			c.fail(start, err, t)
 			return !req.close && !hasBody
@@ -339,6 +343,9 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 		}
 	}
 	resp := &c.resp
+	if served, keep := c.fallbackInstead(start, u, t, got); served {
+		return keep
+	}
 	head := equalFold(req.method, "HEAD")
 	switched := (resp.status == 101 && req.upgrade) || (connect && resp.status/100 == 2)
 	framed := resp.bodyless(head) || resp.chunked || resp.length >= 0
@@ -354,6 +361,7 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 		resp.del("trailer")
 		keepClient = false
 	}
+	kept := c.keepResponse(switched, dechunk, got)
 	switch {
 	case switched:
 	case !keepClient:
@@ -382,6 +390,8 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 	switch {
 	case dechunk:
 		err = copyChunked(&c.w, &u.r, true)
+	case kept != nil:
+		err = c.copyKept(kept, &u.r)
 	case !resp.bodyless(head):
 		err = copyBody(&c.w, &u.r, resp.length, resp.chunked, resp.length < 0 && !resp.chunked)
 	}
@@ -534,12 +544,16 @@ func (c *h1Conn) fail(start time.Time, err error, t try) {
 		setup, latency := t.spent(time.Now())
 		t.report(setup, latency, true)
 	}
+	if c.failGuarded(start, err) {
+		return
+	}
 	status, reason := errorAnswer(err)
 	c.answer(start, status, reason, "", err)
 }
 
 // done accounts for an exchange that ended: metrics, access log, the try.
 func (c *h1Conn) done(start time.Time, t try, got time.Time, failed bool, status int, bytes int64, reason string, err error) {
+	c.gc.finish(!failedStatus(status), got)
 	c.observe(start, status, bytes, reason, err)
 	setup, latency := t.spent(got)
 	t.report(setup, latency, failed)
@@ -667,6 +681,7 @@ func (c *h1Conn) observe(start time.Time, status int, bytes int64, reason string
 			fields = append(fields, zap.ByteString("upgrade", c.req.get("upgrade")))
 		}
 		fields = rateLimitsField(fields, &c.limits)
+		fields = guardFields(fields, &c.gc.note)
 		if reason != "" {
 			fields = append(fields, zap.String("reason", reason))
 			if err != nil {

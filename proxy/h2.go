@@ -31,6 +31,9 @@ func (p *Proxy) serveOutboundH2(ctx context.Context, pc *peekConn, dst netip.Add
 	h := &outboundHTTP{p: p, dst: dst, appProto: appProtoLabel(proto), authz: az}
 	host := dst.String()
 	var transport http.RoundTripper = balancedTransport{p: p, dst: dst}
+	// The destination's circuit breaker, bulkhead and fallbacks, around
+	// the tries (fallback.go).
+	transport = guardTransport{p: p, dst: dst, next: transport}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "https"
@@ -92,6 +95,9 @@ type outboundRequest struct {
 	// balancedTransport adds none, and sets try to the try under way.
 	traced bool
 	try    *try
+	// guard is the request's passage through its destination's guard
+	// (guardTransport).
+	guard guardCall
 }
 
 // gotConn notes the connection a try of the request went on: its peer
@@ -100,6 +106,7 @@ func (st *outboundRequest) gotConn(c httptrace.GotConnInfo) {
 	if mc, ok := c.Conn.(*meshHTTPConn); ok {
 		st.peer = mc.info
 	}
+	st.guard.connected()
 	if t := st.try; t != nil && t.done != nil {
 		if t.connected = time.Now(); c.Reused {
 			t.connected = t.start
@@ -115,6 +122,7 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Deferred: ReverseProxy aborts the handler with a panic when the
 	// client goes away mid-response, and the request still counts.
 	defer func() {
+		st.guard.end()
 		if !st.peer.peer.IsZero() {
 			h.mu.Lock()
 			h.peer = st.peer
@@ -345,6 +353,7 @@ type recorder struct {
 	hijacked    bool
 	reason      string // the proxy's own error, when it answered
 	err         error
+	guard       *guardNote // what the guard did, outbound (guardTransport)
 }
 
 func (r *recorder) WriteHeader(code int) {
@@ -411,6 +420,7 @@ func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, li
 			fields = append(fields, zap.String("upgrade", r.Header.Get("Upgrade")))
 		}
 		fields = rateLimitsField(fields, limits)
+		fields = guardFields(fields, rec.guard)
 		if rec.reason != "" {
 			fields = append(fields, zap.String("reason", rec.reason), zap.Error(rec.err))
 		}

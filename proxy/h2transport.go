@@ -141,6 +141,9 @@ func (t balancedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 					if mc, ok := c.Conn.(*meshHTTPConn); ok && st != nil {
 						st.peer = mc.info
 					}
+					if st != nil {
+						st.guard.connected()
+					}
 					if tr.done != nil {
 						if tr.connected = time.Now(); c.Reused {
 							tr.connected = tr.start

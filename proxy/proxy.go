@@ -101,7 +101,10 @@ type Proxy struct {
 	// resilience is the resilience section in effect, compiled
 	// (resilienceTable); a reload swaps it under cfgMu.
 	resilience atomic.Pointer[resilience.Table]
-	cfgMu      sync.Mutex
+	// guards are the circuit breakers, bulkheads and stale caches per
+	// destination (guard.go), following resilience.
+	guards *guards
+	cfgMu  sync.Mutex
 	// stopped: Run has returned (under cfgMu); a reload starts nothing.
 	stopped bool
 	mesh    *meshState // cfg.MTLS resolved against meshTLS
@@ -223,6 +226,10 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: invalid config: %w", err)
 	}
 	p.resilience.Store(res)
+	if p.guards, err = newGuards(p, p.reg); err != nil {
+		return nil, fmt.Errorf("proxy: register metrics: %w", err)
+	}
+	p.guards.retable(res, cfg.Resilience)
 	p.rebuildChains()
 	return p, nil
 }
