@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"meshgate/proxy/resilience"
 )
 
@@ -35,6 +37,9 @@ type endpointBreaker struct {
 	b     *resilience.Breaker
 	state atomic.Uint32
 	until atomic.Int64 // unix nanoseconds; set when it opens
+	// gone: dropped for another endpoint's; its changes are no longer
+	// counted or shown.
+	gone atomic.Bool
 }
 
 // get returns ep's breaker, made closed when ep has none; nil when there
@@ -49,7 +54,10 @@ func (e *endpointBreakers) get(ep netip.AddrPort) *endpointBreaker {
 		for a, eb := range e.m {
 			if resilience.State(eb.state.Load()) == resilience.Closed {
 				delete(e.m, a)
-				e.st.gs.m.state.DeleteLabelValues(e.st.key, a.String())
+				eb.gone.Store(true)
+				labels := prometheus.Labels{"destination": e.st.key, "endpoint": a.String()}
+				e.st.gs.m.state.DeletePartialMatch(labels)
+				e.st.gs.m.transitions.DeletePartialMatch(labels)
 				break
 			}
 		}
@@ -60,6 +68,9 @@ func (e *endpointBreakers) get(ep netip.AddrPort) *endpointBreaker {
 	eb := &endpointBreaker{}
 	label := ep.String()
 	eb.b = resilience.NewBreaker(breakerOptions(e.pol, func(from, to resilience.State) {
+		if eb.gone.Load() {
+			return // dropped: a try still out told it late
+		}
 		eb.state.Store(uint32(to))
 		if to == resilience.Open {
 			eb.until.Store(time.Now().Add(e.pol.OpenFor).UnixNano())

@@ -817,3 +817,47 @@ func TestGuardOpaque(t *testing.T) {
 		t.Errorf("%v connect failures, want 2 (the third not dialed)", got)
 	}
 }
+
+// TestEndpointBreakersBounded: a destination keeps breakers for at most
+// endpointBreakersMax endpoints; a new one takes a closed one's place,
+// and when none is closed it goes without.
+func TestEndpointBreakersBounded(t *testing.T) {
+	cfg := testConfig()
+	cfg.Resilience = guardConfig(t, `
+  destinations:
+  - name: api
+    match: {cidrs: [10.0.0.0/8]}
+    circuitBreaker: {consecutiveFailures: 0, perEndpoint: {consecutiveFailures: 1, openFor: 1m}}
+`)
+	reg := prometheus.NewRegistry()
+	p, err := New(cfg, nil, WithRegistry(reg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &running{Proxy: p, reg: reg}
+	eps := p.guards.forDst(netip.MustParseAddrPort("10.0.0.7:80"), time.Now()).eps
+	ep := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 80)
+	}
+	for i := range endpointBreakersMax + 10 {
+		eps.get(ep(i))
+	}
+	if n := len(eps.m); n != endpointBreakersMax {
+		t.Errorf("%d endpoint breakers kept, want %d", n, endpointBreakersMax)
+	}
+	if n := r.series(t, "meshgate_circuit_state", "destination", "api"); n != endpointBreakersMax {
+		t.Errorf("%d state series, want %d", n, endpointBreakersMax)
+	}
+	// Every one open: no room for another.
+	now := time.Now()
+	for _, eb := range eps.m {
+		tk, _ := eb.b.Allow(now)
+		eb.b.Done(tk, false, now)
+	}
+	if eb := eps.get(ep(999)); eb != nil {
+		t.Error("a breaker made with every kept one open")
+	}
+	if avoid := eps.open(nil, now); len(avoid) != endpointBreakersMax {
+		t.Errorf("%d endpoints to avoid, want %d", len(avoid), endpointBreakersMax)
+	}
+}
