@@ -29,7 +29,8 @@ import (
 // status of every answer (0: 200, with the path and the request's
 // number as the body); hold, when set, what every request waits for
 // (or its client to go). ?cc= sets the answer's Cache-Control, ?size=N
-// pads its body to N bytes.
+// pads its body to N bytes, ?stream=DUR sends part of the body and the
+// rest after DUR.
 type guardApp struct {
 	addr string
 	fail atomic.Int32
@@ -57,6 +58,18 @@ func startGuardApp(t *testing.T) *guardApp {
 		}
 		if s := a.fail.Load(); s != 0 {
 			w.WriteHeader(int(s))
+			return
+		}
+		if d, err := time.ParseDuration(r.URL.Query().Get("stream")); err == nil {
+			// Part of the body at once, the rest after d.
+			io.WriteString(w, "partial ")
+			w.(http.Flusher).Flush()
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+				return
+			}
+			io.WriteString(w, "rest")
 			return
 		}
 		if cc := r.URL.Query().Get("cc"); cc != "" {
@@ -465,6 +478,23 @@ func TestBulkhead(t *testing.T) {
 			if resp, _ := get(t, c, base+"/after", nil); resp.StatusCode != 200 {
 				t.Errorf("after the clients went: %d", resp.StatusCode)
 			}
+
+			// A client that goes away in the middle of the answer: the
+			// HTTP/2 path aborts its handler (a panic, as ReverseProxy's),
+			// the HTTP/1 engine fails its next write; the place is given
+			// back either way.
+			ctx, cancel = context.WithCancel(context.Background())
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/stream?stream=300ms", nil)
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a := cli.resilienceStatus(t).dest(t, "api").Bulkhead.Active; a.InUse != 1 {
+				t.Errorf("while the answer streams: %+v active, want 1", a)
+			}
+			cancel()
+			resp.Body.Close()
+			waitFor(t, func() bool { return cli.resilienceStatus(t).dest(t, "api").Bulkhead.Active.InUse == 0 })
 		})
 	}
 }
