@@ -101,7 +101,9 @@ type Proxy struct {
 	// resilience is the resilience section in effect, compiled
 	// (resilienceTable); a reload swaps it under cfgMu.
 	resilience atomic.Pointer[resilience.Table]
-	cfgMu      sync.Mutex
+	// res is the state of retries and timeouts (retry.go).
+	res   *resRuntime
+	cfgMu sync.Mutex
 	// stopped: Run has returned (under cfgMu); a reload starts nothing.
 	stopped bool
 	mesh    *meshState // cfg.MTLS resolved against meshTLS
@@ -202,6 +204,9 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: register metrics: %w", err)
 	}
 	p.metrics = m
+	if p.res, err = newResRuntime(p.reg); err != nil {
+		return nil, fmt.Errorf("proxy: register metrics: %w", err)
+	}
 	p.protect = newProtection(cfg.Limits, m.protectionEvents, log)
 	st, err := p.newPolicyState(cfg.Policy, nil)
 	if err != nil {

@@ -69,6 +69,7 @@ func (p *Proxy) commitResilience(t *resilience.Table, rc resilience.Config) {
 	p.cfgMu.Lock()
 	defer p.cfgMu.Unlock()
 	p.resilience.Store(t)
+	p.res.reload(t)
 	p.cfg.Resilience = rc
 }
 
