@@ -1055,3 +1055,99 @@ func TestResStatesReload(t *testing.T) {
 	}
 	res.mu.RUnlock()
 }
+
+// TestDestinationIdleTimeout: a destination's idle timeout closes the pooled HTTP/1
+// connections to it that stay unused that long (the pool's own limit is
+// 90s).
+func TestDestinationIdleTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		res    string
+		closed bool
+	}{{"defaults: {timeouts: {idle: 200ms}}", true}, {"", false}} {
+		t.Run(fmt.Sprint("closed ", tc.closed), func(t *testing.T) {
+			l := startRetryLab(t, tc.res, nil, startScriptApp(t, ok))
+			if r := send(t, h1Client(t), "GET", l.url("/"), nil, nil); r.status != 200 {
+				t.Fatalf("%d, want 200", r.status)
+			}
+			closed := func() bool { return l.srvs[0].metric(t, "meshgate_tcp_connections_closed_total", Inbound) > 0 }
+			if tc.closed {
+				waitFor(t, closed)
+				return
+			}
+			time.Sleep(500 * time.Millisecond)
+			if closed() {
+				t.Error("the pooled connection was closed with no idle timeout set")
+			}
+		})
+	}
+}
+
+// retryHotPath is what the retry loop adds to a request of the default
+// policy that succeeds at once, on either path: the policy resolved
+// (cached per connection), the budget's deposit, the try's deadline,
+// the endpoint noted, the answer's status looked at.
+func retryHotPath(tb testing.TB) func() {
+	p, err := New(testConfig(), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dst := netip.MustParseAddrPort("10.0.0.1:8080")
+	var rc resConn
+	var rr reqRes
+	method, target := "GET", []byte("/api/items?x=1")
+	return func() {
+		now := time.Now()
+		p.resolveRes(&rc, dst, now)
+		rr.begin(p, routePolicy(rc.dp, method, target), rc.st, method, now)
+		rr.beginTry(now)
+		if t, ok := p.pickRetry(dst, rr.tried); ok {
+			rr.attempts++
+			rr.endpoint = t.addr
+			rr.tried = append(rr.tried, t.addr)
+		}
+		if _, retry := rr.retriesStatus(200, ""); retry {
+			tb.Fatal("200 retried")
+		}
+	}
+}
+
+// TestRetryHotPathAllocs: a request of the default policy that succeeds
+// costs the retry loop no allocation.
+func TestRetryHotPathAllocs(t *testing.T) {
+	f := retryHotPath(t)
+	if n := testing.AllocsPerRun(1000, f); n != 0 {
+		t.Errorf("%v allocations a request, want 0", n)
+	}
+}
+
+// BenchmarkRetryHotPath is retryHotPath's cost per request, serial and
+// from every CPU at once (one destination's budget, shared).
+func BenchmarkRetryHotPath(b *testing.B) {
+	b.Run("serial", func(b *testing.B) {
+		f := retryHotPath(b)
+		b.ReportAllocs()
+		for b.Loop() {
+			f()
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		p, err := New(testConfig(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		dst := netip.MustParseAddrPort("10.0.0.1:8080")
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			// A connection each, the destination's budget shared.
+			var rc resConn
+			var rr reqRes
+			for pb.Next() {
+				now := time.Now()
+				p.resolveRes(&rc, dst, now)
+				rr.begin(p, routePolicy(rc.dp, "GET", "/api/items"), rc.st, "GET", now)
+				rr.beginTry(now)
+				rr.retriesStatus(200, "")
+			}
+		})
+	})
+}
