@@ -112,10 +112,33 @@ func (s *service) finish(failed bool) {
 // failure and tries the next, up to loadBalancing.connectAttempts. An
 // attempt that succeeds reports its own try. The error is the last try's.
 func (p *Proxy) eachEndpoint(ctx context.Context, dst netip.AddrPort, attempt func(t *try) error) error {
+	return p.endpointsFor(ctx, dst, nil, attempt)
+}
+
+// endpointsFor is eachEndpoint for one try of an HTTP request whose
+// retries rr follows (nil: none, as eachEndpoint). With rr, the endpoints
+// the request's earlier tries went to are avoided where another is left
+// (pickRetry), every endpoint tried joins rr.tried, and the connect
+// failures that move on to another endpoint at once are rr's free ones:
+// connectAttempts - 1 for the whole request, not for each try. A connect
+// failure past them ends the try, which rr's retries may try again
+// (retry.go).
+func (p *Proxy) endpointsFor(ctx context.Context, dst netip.AddrPort, rr *reqRes, attempt func(t *try) error) error {
 	var tried []netip.AddrPort
+	free := p.cfg.LoadBalancing.ConnectAttempts - 1
+	if rr != nil {
+		tried, free = rr.tried, rr.freeConnects
+		defer func() { rr.tried, rr.freeConnects = tried, free }()
+	}
 	var lastErr error
-	for range p.cfg.LoadBalancing.ConnectAttempts {
-		t, ok := p.pick(dst, tried)
+	for first := true; ; first = false {
+		var t try
+		var ok bool
+		if first && rr != nil {
+			t, ok = p.pickRetry(dst, tried)
+		} else {
+			t, ok = p.pick(dst, tried)
+		}
 		if !ok {
 			if lastErr == nil {
 				// Nothing tried: every endpoint's circuit is open.
@@ -123,18 +146,27 @@ func (p *Proxy) eachEndpoint(ctx context.Context, dst netip.AddrPort, attempt fu
 			}
 			break
 		}
+		if rr != nil {
+			rr.attempts++
+			rr.endpoint = t.addr
+		}
+		tried = append(tried, t.addr)
 		t.start = time.Now()
 		err := attempt(&t)
 		if err == nil {
 			return nil
 		}
-		setup, latency := t.spent(time.Now())
+		now := time.Now()
+		setup, latency := t.spent(now)
 		t.report(setup, latency, true)
+		if rr != nil {
+			err = rr.connectErr(err, now)
+		}
 		lastErr = err
-		if t.done == nil || !retriable(err) || ctx.Err() != nil {
+		if t.done == nil || !retriable(err) || ctx.Err() != nil || free <= 0 || rr != nil && rr.tryOver(now) {
 			break
 		}
-		tried = append(tried, t.addr)
+		free--
 	}
 	return lastErr
 }
@@ -177,6 +209,27 @@ func (p *Proxy) dialService(ctx context.Context, dst netip.AddrPort, meshTLS boo
 // *guardError when dst's destination has no connection left (bulkhead
 // maxConnections).
 func (p *Proxy) dialEndpoint(ctx context.Context, endpoint, dst netip.AddrPort, proto string) (upConn, tlsInfo, error) {
+	if d, ok := ctx.Value(connectKey{}).(time.Duration); ok {
+		// The destination's connect timeout (resilience timeouts.connect)
+		// bounds the dial and the handshake, instead of the proxy's.
+		cctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		conn, info, err := p.dialEndpointIn(cctx, endpoint, dst, proto)
+		if err != nil && cctx.Err() != nil && ctx.Err() == nil {
+			err = &dialError{&timeoutError{kind: tkConnect, d: d}}
+		}
+		return conn, info, err
+	}
+	return p.dialEndpointIn(ctx, endpoint, dst, proto)
+}
+
+// connectKey is the context key of a dial's connect timeout when the
+// destination's resilience policy sets one (a time.Duration): it then
+// bounds the dial and the mesh handshake instead of timeouts.connect.
+type connectKey struct{}
+
+// dialEndpointIn is dialEndpoint within ctx.
+func (p *Proxy) dialEndpointIn(ctx context.Context, endpoint, dst netip.AddrPort, proto string) (upConn, tlsInfo, error) {
 	// A place under the destination's maxConnections, held until
 	// closeUpstream; none left: refused (a *guardError).
 	slot, err := p.guards.connSlot(ctx, dst)

@@ -565,9 +565,10 @@ type guardCall struct {
 	ticket resilience.Ticket
 	owed   bool
 	// active and pending: the request holds a place under maxActive, and
-	// under maxPending until it has a connection.
-	active, pending bool
-	note            guardNote
+	// under maxPending until it has a connection; retry, a place under
+	// maxRetries for its retry under way (tryRetry).
+	active, pending, retry bool
+	note                   guardNote
 }
 
 // guardNote is what the request's access log line says of the guard,
@@ -645,6 +646,7 @@ func (gc *guardCall) connected() {
 // release gives back every place the request holds.
 func (gc *guardCall) release() {
 	gc.connected()
+	gc.doneRetry()
 	if gc.active {
 		gc.active = false
 		gc.g.active.Release()
@@ -693,17 +695,30 @@ func (gc *guardCall) end() {
 }
 
 // tryRetry is destGuard.tryRetry for the request, noting an overflow in
-// its access log line.
+// its access log line. The request holds one place at most: the retry
+// before this one is over when this one is asked for, and the last is
+// given back when the request ends (release).
 func (gc *guardCall) tryRetry() bool {
+	gc.doneRetry()
+	if gc.g == nil {
+		return true // no guard: nothing to hold
+	}
 	if gc.g.tryRetry() {
+		gc.retry = true
 		return true
 	}
 	gc.note.dest, gc.note.overflow = gc.g.key, capNames[capRetries]
 	return false
 }
 
-// doneRetry is destGuard.doneRetry.
-func (gc *guardCall) doneRetry() { gc.g.doneRetry() }
+// doneRetry gives back the place of the request's retry, if it holds one
+// (a nil gc holds none).
+func (gc *guardCall) doneRetry() {
+	if gc != nil && gc.retry {
+		gc.retry = false
+		gc.g.doneRetry()
+	}
+}
 
 // failedStatus reports whether a response status is a failure for the
 // breakers (and the balancer): 502, 503 or 504.

@@ -370,6 +370,7 @@ func TestEndpointBreaker(t *testing.T) {
   - name: api
     match: {cidrs: [127.0.0.1/32]}
     circuitBreaker: {consecutiveFailures: 0, perEndpoint: {consecutiveFailures: 2, openFor: 1m}}
+    retries: {attempts: 0}   # each 503 is the client's: the breaker alone is tested
 `)
 	cli := startProxy(t, ccfg, WithMeshTLS(cm), WithBalancer(b), to(badEP.String()))
 	c := h1Client(t)
@@ -578,7 +579,8 @@ func TestBulkheadPending(t *testing.T) {
 }
 
 // TestRetryPlaces: a retry takes a place under maxRetries (tryRetry)
-// until doneRetry; none left, it is refused and counted.
+// until doneRetry, the request's next retry or its end; none left, it is
+// refused and counted.
 func TestRetryPlaces(t *testing.T) {
 	cfg := testConfig()
 	cfg.Resilience = guardConfig(t, `
@@ -592,24 +594,32 @@ func TestRetryPlaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := p.guards.forDst(netip.MustParseAddrPort("10.0.0.7:80"), time.Now())
-	var gc guardCall
-	if e := gc.admit(g, g.pol.Route("GET", "/"), time.Now()); e != nil {
-		t.Fatal(e)
+	var gc, other guardCall
+	for _, c := range []*guardCall{&gc, &other} {
+		if e := c.admit(g, g.pol.Route("GET", "/"), time.Now()); e != nil {
+			t.Fatal(e)
+		}
 	}
 	if !gc.tryRetry() {
 		t.Fatal("first retry refused")
 	}
-	if gc.tryRetry() {
-		t.Fatal("second retry at once allowed; maxRetries is 1")
+	if !gc.tryRetry() {
+		t.Fatal("the same request's next retry refused: its first is over")
 	}
-	if gc.note.overflow != "retries" {
-		t.Errorf("note %+v, want overflow retries", gc.note)
+	if other.tryRetry() {
+		t.Fatal("another request's retry at once allowed; maxRetries is 1")
+	}
+	if other.note.overflow != "retries" {
+		t.Errorf("note %+v, want overflow retries", other.note)
 	}
 	gc.doneRetry()
-	if !gc.tryRetry() {
+	if !other.tryRetry() {
 		t.Fatal("retry after doneRetry refused")
 	}
-	gc.doneRetry()
+	other.end() // gives its retry's place back
+	if !gc.tryRetry() {
+		t.Fatal("retry after the other request's end refused")
+	}
 	gc.end()
 	if got := p.guards.status(time.Now()).Destinations[0].Bulkhead.Retries; got != (Usage{InUse: 0, Max: 1}) {
 		t.Errorf("retries in use after: %+v", got)

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -73,6 +74,8 @@ type outboundHTTP struct {
 	authz    *connAuthz // the connection's authorization
 	rp       *httputil.ReverseProxy
 	h2       *h2Proxy // the requests it handles
+	// res is the connection's resilience policy (h2retry.go).
+	res atomic.Pointer[resConn]
 
 	mu   sync.Mutex
 	peer tlsInfo // the peer sidecar of the last request
@@ -98,6 +101,8 @@ type outboundRequest struct {
 	// guard is the request's passage through its destination's guard
 	// (guardTransport).
 	guard guardCall
+	// res is the request's retries and timeouts (retry.go).
+	res reqRes
 }
 
 // gotConn notes the connection a try of the request went on: its peer
@@ -137,6 +142,9 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.p.answerHTTP(rec, r, a)
 		return
 	}
+	h.beginRes(&st.res, r, start)
+	st.res.gate = &st.guard
+	rec.res = &st.res
 	if h.h2.handles(r) {
 		st.traced = true
 		h.h2.serve(rec, r, context.WithValue(r.Context(), outboundKey{}, st), st.gotConn)
@@ -205,6 +213,16 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 		if a := p.chains.Load()[Inbound].decide(&sr); a != nil {
 			p.answerHTTP(rec, r, a)
 			return
+		}
+		if dr, done := inboundDeadline(r, !peer.peer.IsZero()); done != nil {
+			r = dr
+			defer func() {
+				if timeoutCause(r.Context()) != nil {
+					rec.timeout = tkDeadline
+					p.res.countTimeout(Inbound, host, tkDeadline)
+				}
+				done()
+			}()
 		}
 		if h2.handles(r) {
 			h2.serve(rec, r, r.Context(), nil)
@@ -286,6 +304,18 @@ func (copyBuffers) Put(b []byte) { bufPool.Put(&b) }
 // upstream could not be reached or refused us, 504 when it did not answer
 // in time, with the reason in hdrError and the body.
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	te, _ := errors.AsType[*timeoutError](err)
+	if te == nil {
+		te = timeoutCause(r.Context()) // inbound: the deadline propagated (deadline.go)
+	}
+	if te != nil {
+		if rec, ok := w.(*recorder); ok {
+			rec.err = err
+			p.answerHTTP(rec, r, &Answer{Status: http.StatusGatewayTimeout, Reason: te.kind.name() + " " + te.d.String(),
+				stage: "timeout", grpcStatus: grpcDeadlineExceeded})
+			return
+		}
+	}
 	if r.Context().Err() != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return // the client went away: nobody to answer
 	}
@@ -354,6 +384,10 @@ type recorder struct {
 	reason      string // the proxy's own error, when it answered
 	err         error
 	guard       *guardNote // what the guard did, outbound (guardTransport)
+	// res is an outbound request's retries and timeouts, for the log;
+	// timeout, an inbound request's timeout, if one ended it.
+	res     *reqRes
+	timeout timeoutKind
 }
 
 func (r *recorder) WriteHeader(code int) {
@@ -421,6 +455,11 @@ func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, li
 		}
 		fields = rateLimitsField(fields, limits)
 		fields = guardFields(fields, rec.guard)
+		if rec.res != nil {
+			fields = rec.res.logFields(fields)
+		} else if rec.timeout != tkNone {
+			fields = append(fields, zap.String("timeout", rec.timeout.label()))
+		}
 		if rec.reason != "" {
 			fields = append(fields, zap.String("reason", rec.reason), zap.Error(rec.err))
 		}

@@ -104,7 +104,9 @@ type Proxy struct {
 	// guards are the circuit breakers, bulkheads and stale caches per
 	// destination (guard.go), following resilience.
 	guards *guards
-	cfgMu  sync.Mutex
+	// res is the state of retries and timeouts (retry.go).
+	res   *resRuntime
+	cfgMu sync.Mutex
 	// stopped: Run has returned (under cfgMu); a reload starts nothing.
 	stopped bool
 	mesh    *meshState // cfg.MTLS resolved against meshTLS
@@ -205,6 +207,9 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: register metrics: %w", err)
 	}
 	p.metrics = m
+	if p.res, err = newResRuntime(p.reg); err != nil {
+		return nil, fmt.Errorf("proxy: register metrics: %w", err)
+	}
 	p.protect = newProtection(cfg.Limits, m.protectionEvents, log)
 	st, err := p.newPolicyState(cfg.Policy, nil)
 	if err != nil {

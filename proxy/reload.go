@@ -70,6 +70,7 @@ func (p *Proxy) commitResilience(t *resilience.Table, rc resilience.Config) {
 	defer p.cfgMu.Unlock()
 	p.resilience.Store(t)
 	p.guards.retable(t, rc)
+	p.res.reload(t)
 	p.cfg.Resilience = rc
 }
 
