@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,7 +101,12 @@ func controlled(api http.Handler) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(c.snapshot())
 	})
+	gs := grpcServer(&f, &c)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			gs.ServeHTTP(w, r) // counted, delayed and failed by the service itself
+			return
+		}
 		c.requests.Add(1)
 		fail, status, delay := f.get()
 		if v := r.URL.Query().Get("sleep"); v != "" {

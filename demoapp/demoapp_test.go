@@ -10,6 +10,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // TestApp serves both servers on loopback: GET / names the app, /bytes
@@ -188,5 +195,65 @@ func TestControl(t *testing.T) {
 		if resp.StatusCode != 400 || !strings.Contains(string(body), name+"=") {
 			t.Errorf("POST /control?%s: %d %q, want 400 naming %s", q, resp.StatusCode, body, name)
 		}
+	}
+}
+
+// TestGRPC: the health service answers on the HTTP port; "sleep"
+// metadata delays a call, whose client going away (its deadline) is
+// counted as cancelled; a commanded failure is UNAVAILABLE.
+func TestGRPC(t *testing.T) {
+	a, err := Listen("web", "127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Serve(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	base := "http://" + a.HTTPAddr().String()
+	cc, err := grpc.NewClient(a.HTTPAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	hc := healthpb.NewHealthClient(cc)
+	resp, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("Check: %v %v, want SERVING", resp, err)
+	}
+	cctx, ccancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "sleep", "1h"), 50*time.Millisecond)
+	defer ccancel()
+	if _, err := hc.Check(cctx, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("Check sleeping past its deadline: %v, want DEADLINE_EXCEEDED", err)
+	}
+	if r, err := http.Post(base+"/control?fail=1", "", nil); err != nil {
+		t.Fatal(err)
+	} else {
+		r.Body.Close()
+	}
+	if _, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{}); status.Code(err) != codes.Unavailable {
+		t.Errorf("Check failing on command: %v, want UNAVAILABLE", err)
+	}
+	var st Stats
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, err := http.Get(base + "/stats")
+		if err != nil {
+			t.Fatal(err)
+		}
+		json.NewDecoder(r.Body).Decode(&st)
+		r.Body.Close()
+		if st.Cancelled == 1 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st != (Stats{Requests: 3, Failed: 1, Cancelled: 1}) {
+		t.Errorf("stats %+v, want 3 requests, 1 failed, 1 cancelled", st)
 	}
 }

@@ -25,6 +25,13 @@
 //	GET  /stats       requests answered, failed on command, and abandoned
 //	                  by their clients while waiting (JSON)
 //
+// gRPC, on the HTTP port (HTTP/2 requests of content type
+// application/grpc): the standard health service,
+// grpc.health.v1.Health/Check, which answers SERVING. A call may carry
+// "sleep" metadata (a duration), and the faults and counters below apply
+// to it too: it waits the commanded delay, is counted cancelled when its
+// client goes away first, and fails with UNAVAILABLE on command.
+//
 // The echo server writes back what it reads and closes its side after the
 // client closes its own (TCP half-close).
 package demoapp

@@ -17,6 +17,7 @@ import (
 // adminEndpoints are listed by the admin index, in order.
 var adminEndpoints = []struct{ path, what string }{
 	{"/config", "the effective configuration, as YAML (?format=json for JSON)"},
+	{"/resilience", "circuit breakers, bulkheads and stale caches per destination, as JSON"},
 	{"/explain", "how policy decides a call: ?from=SPIFFE_ID&port=N&method=GET&path=/x&header=k:v, the flags of meshgate policy explain"},
 	{"/quitquitquit", "POST: drain and exit"},
 	{"/debug/pprof/", "Go profiles"},
@@ -35,6 +36,7 @@ func (p *Proxy) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /config", p.serveConfig)
 	mux.HandleFunc("GET /explain", p.serveExplain)
+	mux.HandleFunc("GET /resilience", p.serveResilience)
 	mux.HandleFunc("/quitquitquit", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)

@@ -47,7 +47,13 @@ type try struct {
 // false when there is nothing left to try.
 func (p *Proxy) pick(dst netip.AddrPort, tried []netip.AddrPort) (try, bool) {
 	if p.balancer != nil {
-		if ep, done, ok := p.balancer.Pick(dst, tried); ok {
+		if eps := p.guards.endpointGuard(dst); eps != nil {
+			// Endpoints whose own circuit is open are left out
+			// (guard_endpoints.go); refused: all that are left are.
+			if t, ok, refused := eps.pickGuarded(p.balancer, dst, tried); ok || refused {
+				return t, ok
+			}
+		} else if ep, done, ok := p.balancer.Pick(dst, tried); ok {
 			return try{addr: ep, done: done}, true
 		}
 	}
@@ -87,6 +93,7 @@ type service struct {
 	endpoint netip.AddrPort
 	once     sync.Once
 	t        try
+	ct       connTicket // the destination's breaker (admitConn)
 }
 
 // finish ends the connection's try: failed if it failed before the
@@ -94,7 +101,10 @@ type service struct {
 // time, from its set-up to its end, says nothing of how fast the
 // endpoint answers. Later calls do nothing.
 func (s *service) finish(failed bool) {
-	s.once.Do(func() { s.t.report(s.t.connected.Sub(s.t.start), 0, failed) })
+	s.once.Do(func() {
+		s.t.report(s.t.connected.Sub(s.t.start), 0, failed)
+		s.ct.done(failed)
+	})
 }
 
 // eachEndpoint runs attempt on an endpoint of dst the balancer picks and,
@@ -102,47 +112,91 @@ func (s *service) finish(failed bool) {
 // failure and tries the next, up to loadBalancing.connectAttempts. An
 // attempt that succeeds reports its own try. The error is the last try's.
 func (p *Proxy) eachEndpoint(ctx context.Context, dst netip.AddrPort, attempt func(t *try) error) error {
+	return p.endpointsFor(ctx, dst, nil, attempt)
+}
+
+// endpointsFor is eachEndpoint for one try of an HTTP request whose
+// retries rr follows (nil: none, as eachEndpoint). With rr, the endpoints
+// the request's earlier tries went to are avoided where another is left
+// (pickRetry), every endpoint tried joins rr.tried, and the connect
+// failures that move on to another endpoint at once are rr's free ones:
+// connectAttempts - 1 for the whole request, not for each try. A connect
+// failure past them ends the try, which rr's retries may try again
+// (retry.go).
+func (p *Proxy) endpointsFor(ctx context.Context, dst netip.AddrPort, rr *reqRes, attempt func(t *try) error) error {
 	var tried []netip.AddrPort
+	free := p.cfg.LoadBalancing.ConnectAttempts - 1
+	if rr != nil {
+		tried, free = rr.tried, rr.freeConnects
+		defer func() { rr.tried, rr.freeConnects = tried, free }()
+	}
 	var lastErr error
-	for range p.cfg.LoadBalancing.ConnectAttempts {
-		t, ok := p.pick(dst, tried)
+	for first := true; ; first = false {
+		var t try
+		var ok bool
+		if first && rr != nil {
+			t, ok = p.pickRetry(dst, tried)
+		} else {
+			t, ok = p.pick(dst, tried)
+		}
 		if !ok {
+			if lastErr == nil {
+				// Nothing tried: every endpoint's circuit is open.
+				lastErr = p.guards.allOpen(dst)
+			}
 			break
 		}
+		if rr != nil {
+			rr.attempts++
+			rr.endpoint = t.addr
+		}
+		tried = append(tried, t.addr)
 		t.start = time.Now()
 		err := attempt(&t)
 		if err == nil {
 			return nil
 		}
-		setup, latency := t.spent(time.Now())
+		now := time.Now()
+		setup, latency := t.spent(now)
 		t.report(setup, latency, true)
+		if rr != nil {
+			err = rr.connectErr(err, now)
+		}
 		lastErr = err
-		if t.done == nil || !retriable(err) || ctx.Err() != nil {
+		if t.done == nil || !retriable(err) || ctx.Err() != nil || free <= 0 || rr != nil && rr.tryOver(now) {
 			break
 		}
-		tried = append(tried, t.addr)
+		free--
 	}
 	return lastErr
 }
 
 // dialService connects to an endpoint of dst and, when meshTLS, runs mesh
 // TLS for proto, expecting dst's identity, trying other endpoints as
-// eachEndpoint does; the error is a *dialError or a *handshakeError.
+// eachEndpoint does; the error is a *dialError or a *handshakeError, or
+// a *guardError when dst's guard refused the connection.
 func (p *Proxy) dialService(ctx context.Context, dst netip.AddrPort, meshTLS bool, proto string) (*service, error) {
 	if !meshTLS {
 		proto = ""
 	}
+	// The destination's circuit breaker: open, the connection is
+	// refused at once (a *guardError).
+	ct, err := p.guards.admitConn(dst)
+	if err != nil {
+		return nil, err
+	}
 	var svc *service
-	err := p.eachEndpoint(ctx, dst, func(t *try) error {
+	err = p.eachEndpoint(ctx, dst, func(t *try) error {
 		conn, info, err := p.dialEndpoint(ctx, t.addr, dst, proto)
 		if err != nil {
 			return err
 		}
 		t.connected = time.Now()
-		svc = &service{conn: conn, info: info, endpoint: t.addr, t: *t}
+		svc = &service{conn: conn, info: info, endpoint: t.addr, t: *t, ct: ct}
 		return nil
 	})
 	if err != nil {
+		ct.doneErr(err)
 		return nil, err
 	}
 	return svc, nil
@@ -151,9 +205,39 @@ func (p *Proxy) dialService(ctx context.Context, dst netip.AddrPort, meshTLS boo
 // dialEndpoint connects to endpoint, an endpoint of dst (the address the
 // app dialed), and, unless proto is "", runs mesh TLS for proto on it,
 // expecting dst's identity; a connection whose handshake failed is
-// closed. The error is a *dialError or a *handshakeError.
+// closed. The error is a *dialError or a *handshakeError, or a
+// *guardError when dst's destination has no connection left (bulkhead
+// maxConnections).
 func (p *Proxy) dialEndpoint(ctx context.Context, endpoint, dst netip.AddrPort, proto string) (upConn, tlsInfo, error) {
+	if d, ok := ctx.Value(connectKey{}).(time.Duration); ok {
+		// The destination's connect timeout (resilience timeouts.connect)
+		// bounds the dial and the handshake, instead of the proxy's.
+		cctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		conn, info, err := p.dialEndpointIn(cctx, endpoint, dst, proto)
+		if err != nil && cctx.Err() != nil && ctx.Err() == nil {
+			err = &dialError{&timeoutError{kind: tkConnect, d: d}}
+		}
+		return conn, info, err
+	}
+	return p.dialEndpointIn(ctx, endpoint, dst, proto)
+}
+
+// connectKey is the context key of a dial's connect timeout when the
+// destination's resilience policy sets one (a time.Duration): it then
+// bounds the dial and the mesh handshake instead of timeouts.connect.
+type connectKey struct{}
+
+// dialEndpointIn is dialEndpoint within ctx.
+func (p *Proxy) dialEndpointIn(ctx context.Context, endpoint, dst netip.AddrPort, proto string) (upConn, tlsInfo, error) {
+	// A place under the destination's maxConnections, held until
+	// closeUpstream; none left: refused (a *guardError).
+	slot, err := p.guards.connSlot(ctx, dst)
+	if err != nil {
+		return upConn{}, tlsInfo{}, err
+	}
 	c, err := p.dialUpstream(ctx, endpoint)
+	p.guards.bindSlot(slot, c)
 	if err != nil {
 		return upConn{}, tlsInfo{}, &dialError{err}
 	}

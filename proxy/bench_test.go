@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +26,8 @@ import (
 
 	"meshgate/internal/testca"
 	"meshgate/mtls"
+	"meshgate/proxy/policy"
+	"meshgate/proxy/resilience"
 )
 
 // BenchmarkL4 measures what one proxy on loopback costs against talking to
@@ -595,5 +598,146 @@ func BenchmarkHTTPMirror(b *testing.B) {
 				b.ReportMetric((sent()-before)/float64(b.N), "copies/op")
 			})
 		}
+	}
+}
+
+// BenchmarkGuard measures what circuit breaking and bulkheads cost a
+// request's path: what the HTTP paths call per request to admit it and
+// report its end (guard.go), for an outbound request to 10.0.0.7:8080.
+//
+//	none:             no resilience section: the destination has no guard
+//	                  (what every request pays when nothing is configured);
+//	other-guarded:    a section whose one guarded destination is another:
+//	                  this one is resolved (remembered per address) and has
+//	                  no guard;
+//	breaker+bulkhead: the destination has a circuit breaker and a bulkhead
+//	                  (maxActive, maxPending): resolve, route, admit,
+//	                  connected, outcome, end;
+//	+stale:           and its route a stale fallback: the GET's answer is
+//	                  also judged for keeping (Cacheable, Wants), and kept
+//	                  once a second.
+//
+// serial is one goroutine; parallel, 8 per CPU on the one destination
+// (its breaker's lock and the bulkhead's counters shared).
+//
+// Run: go test -run '^$' -bench Guard -benchtime 2s ./proxy
+func BenchmarkGuard(b *testing.B) {
+	dst := netip.MustParseAddrPort("10.0.0.7:8080")
+	for _, c := range []struct{ name, doc string }{
+		{"none", ""},
+		{"other-guarded", `
+  destinations:
+  - name: other
+    match: {ports: [9999]}
+    circuitBreaker: {consecutiveFailures: 5}
+`},
+		{"breaker+bulkhead", `
+  destinations:
+  - name: api
+    match: {ports: [8080]}
+    circuitBreaker: {consecutiveFailures: 5, openFor: 10s}
+    bulkhead: {maxActive: 100000, maxPending: 100000}
+`},
+		{"+stale", `
+  destinations:
+  - name: api
+    match: {ports: [8080]}
+    circuitBreaker: {consecutiveFailures: 5, openFor: 10s}
+    bulkhead: {maxActive: 100000, maxPending: 100000}
+    routes:
+    - name: items
+      match: {paths: ["/items/*"]}
+      fallback: {stale: {maxAge: 1m}}
+`},
+	} {
+		cfg := testConfig()
+		if c.doc != "" {
+			cfg.Resilience = guardConfig(b, c.doc)
+		}
+		p, err := New(cfg, nil, WithRegistry(prometheus.NewRegistry()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		reqHeader := http.Header{}
+		respHeader := http.Header{"Content-Type": {"application/json"}, "Content-Length": {"13"}}
+		body := []byte(`{"items": []}`)
+		methodBytes, targetBytes := []byte("GET"), []byte("/items/1")
+		// The request's start, which its path has at hand: taken once
+		// here, so that the clock's cost is not counted as the guard's.
+		var now time.Time
+		one := func() {
+			g := p.guards.forDst(dst, now)
+			if g == nil {
+				return
+			}
+			// As the HTTP/1 engine has them: bytes off the wire.
+			target := string(targetBytes)
+			var gc guardCall
+			if e := gc.admit(g, g.pol.Route(string(methodBytes), policy.NormalizePath(target)), now); e != nil {
+				b.Fatal(e)
+			}
+			gc.connected()
+			gc.outcome(true, now)
+			if gc.keeps("GET") {
+				key := staleKeyOf("api.shop.mesh", target)
+				if k := gc.keepIn(200, int64(len(body)), reqHeader, respHeader, key, now); k != nil {
+					k.Put(key, resilience.Response{Status: 200, Header: respHeader, Body: body}, now)
+				}
+			}
+			gc.end()
+		}
+		b.Run(c.name+"/serial", func(b *testing.B) {
+			b.ReportAllocs()
+			now = time.Now()
+			for b.Loop() {
+				one()
+			}
+		})
+		b.Run(c.name+"/parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			now = time.Now()
+			b.SetParallelism(8)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					one()
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkHTTPGuarded measures HTTP/1.1 keep-alive requests through a
+// pair of sidecars (mtls-l7, as BenchmarkHTTP's) with no resilience
+// section, and with a circuit breaker and a bulkhead on the destination:
+// the guard's cost in a whole request's.
+//
+// Run: go test -run '^$' -bench HTTPGuarded -benchtime 2s ./proxy
+func BenchmarkHTTPGuarded(b *testing.B) {
+	body := bytes.Repeat([]byte("x"), 1024)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(body) }))
+	b.Cleanup(srv.Close)
+	mca := newMeshCA(b)
+	for _, c := range []struct{ name, doc string }{
+		{"none", ""},
+		{"breaker+bulkhead", `
+  destinations:
+  - name: api
+    match: {cidrs: [127.0.0.1/32]}
+    circuitBreaker: {consecutiveFailures: 5, openFor: 10s}
+    bulkhead: {maxActive: 100000, maxPending: 100000, maxConnections: 100000}
+`},
+	} {
+		cm, sm := mca.realMeshes(b, true)
+		scfg, ccfg := testConfig(), testConfig()
+		ccfg.MTLS.MeshCIDRs = prefixes("127.0.0.0/8")
+		if c.doc != "" {
+			ccfg.Resilience = guardConfig(b, c.doc)
+		}
+		s := benchProxy(b, scfg, WithMeshTLS(sm), to(srv.Listener.Addr().String()))
+		addr := benchProxy(b, ccfg, WithMeshTLS(cm), to(s.in())).out()
+		tr := &http.Transport{MaxIdleConnsPerHost: 64}
+		b.Cleanup(tr.CloseIdleConnections)
+		client := &http.Client{Transport: tr}
+		serialAndParallel(b, c.name, func(b *testing.B) { fetch1K(b, client, "http://"+addr+"/") })
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -46,6 +47,7 @@ func (p *Proxy) dialApp(ctx context.Context, from netip.Addr, dst netip.AddrPort
 // closeUpstream closes a connection of dialUpstream.
 func (p *Proxy) closeUpstream(c *net.TCPConn) {
 	p.upstreams.Delete(upstreamKeyOf(c))
+	p.guards.closed(c)
 	c.Close()
 }
 
@@ -57,6 +59,9 @@ func (p *Proxy) closeUpstream(c *net.TCPConn) {
 // All are marked (when marking works).
 func (p *Proxy) dial(ctx context.Context, dir Direction, from netip.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
 	d := net.Dialer{Timeout: p.cfg.Timeouts.Connect.D(), Control: p.markCtl}
+	if _, ok := ctx.Value(connectKey{}).(time.Duration); ok {
+		d.Timeout = 0 // ctx's deadline is the destination's connect timeout (dialEndpoint)
+	}
 	if dir == Inbound {
 		d.KeepAlive = -1 // the app is on this host (see the outbound listener)
 	}
@@ -138,5 +143,8 @@ func (p *Proxy) dialFailed(o outcome, err error, m *dirMetrics) outcome {
 		o.err = de.err
 	}
 	o.reason = reasonOf(err)
+	if e, ok := asGuardError(err); ok {
+		o.reason = e.Error()
+	}
 	return o
 }

@@ -16,6 +16,7 @@ import (
 
 	"meshgate/proxy/jwtauth"
 	"meshgate/proxy/policy"
+	"meshgate/proxy/resilience"
 )
 
 // ExplainQuery is a call to explain: what the access control (IP lists,
@@ -54,6 +55,9 @@ type ExplainResult struct {
 	// it would count the call and under which key value. They decide
 	// nothing here: no token is taken.
 	RateLimits []ExplainRateLimit
+	// Resilience is the resilience policy an outbound call would get:
+	// its destination and route, timeouts and retries (nil inbound).
+	Resilience *ExplainResilience
 	claims     policy.Claims // the token's, when it was valid
 }
 
@@ -71,6 +75,7 @@ func (r *ExplainResult) Format(w io.Writer) {
 	}
 	r.Trace.Format(w)
 	formatRateLimits(w, r.RateLimits)
+	r.Resilience.format(w)
 }
 
 // Explain explains q under the policy of cfg (which must have passed
@@ -102,6 +107,11 @@ func Explain(ctx context.Context, cfg Config, q ExplainQuery) (*ExplainResult, e
 	res := explainWith(ctx, eng, set, q)
 	res.Access = acc.explain(q)
 	res.RateLimits = explainRateLimits(cfg.RateLimits, q, res.claims)
+	table, err := resilience.New(cfg.Resilience)
+	if err != nil {
+		return nil, err
+	}
+	res.Resilience = explainResilience(table, q, cfg.Timeouts)
 	return res, nil
 }
 
@@ -234,6 +244,7 @@ func (p *Proxy) serveExplain(w http.ResponseWriter, r *http.Request) {
 	res := explainWith(r.Context(), st.eng, st.jwt, q)
 	res.Access = p.acl.Load().explain(q)
 	res.RateLimits = explainRateLimits(p.rateLimits.Load().limits, q, res.claims)
+	res.Resilience = explainResilience(p.resilienceTable(), q, p.cfg.Timeouts)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	res.Format(w)
 }

@@ -31,6 +31,18 @@ type h1Up struct {
 	key  poolKey
 	// idleSince is when it went back to the pool; zero for a new one.
 	idleSince time.Time
+	// idle, when set and shorter than h1PoolIdle, is how long it may
+	// stay idle: its destination's resilience timeouts.idle.
+	idle time.Duration
+}
+
+// expired reports whether u, idle in the pool, has been for too long.
+func (u *h1Up) expired(now time.Time) bool {
+	limit := h1PoolIdle
+	if u.idle > 0 && u.idle < limit {
+		limit = u.idle
+	}
+	return now.Sub(u.idleSince) > limit
 }
 
 func newH1Up(tcp *net.TCPConn, tc *tls.Conn, info tlsInfo, key poolKey) *h1Up {
@@ -53,11 +65,13 @@ type poolKey struct {
 
 // h1Pool keeps idle upstream connections, newest first.
 type h1Pool struct {
-	p      *Proxy
-	mu     sync.Mutex
-	idle   map[poolKey][]*h1Up
-	timer  *time.Timer
-	closed bool
+	p     *Proxy
+	mu    sync.Mutex
+	idle  map[poolKey][]*h1Up
+	timer *time.Timer
+	// sweepAt is when timer fires.
+	sweepAt time.Time
+	closed  bool
 }
 
 func newH1Pool(p *Proxy) *h1Pool { return &h1Pool{p: p, idle: make(map[poolKey][]*h1Up)} }
@@ -74,8 +88,9 @@ func (pl *h1Pool) get(key poolKey, now time.Time) *h1Up {
 		u := list[len(list)-1]
 		list[len(list)-1] = nil
 		pl.idle[key] = list[:len(list)-1]
-		if now.Sub(u.idleSince) > h1PoolIdle {
-			// The rest are older still.
+		if u.expired(now) {
+			// The rest are older still (and have the same idle timeout
+			// but for endpoints of destinations with different ones).
 			rest := pl.idle[key]
 			delete(pl.idle, key)
 			pl.mu.Unlock()
@@ -122,8 +137,21 @@ func (pl *h1Pool) put(u *h1Up, now time.Time) {
 		return
 	}
 	pl.idle[u.key] = append(pl.idle[u.key], u)
-	if pl.timer == nil {
-		pl.timer = time.AfterFunc(h1PoolIdle, pl.sweep)
+	switch due := now.Add(h1PoolIdle); {
+	case u.idle > 0 && u.idle < h1PoolIdle && pl.timer != nil && now.Add(u.idle).Before(pl.sweepAt):
+		// Sooner than the sweep planned: a destination's idle timeout.
+		// (A timer that fired already has its sweep about to run, which
+		// plans the next one by u.)
+		if pl.timer.Stop() {
+			pl.timer.Reset(u.idle)
+			pl.sweepAt = now.Add(u.idle)
+		}
+	case pl.timer == nil:
+		if u.idle > 0 && u.idle < h1PoolIdle {
+			due = now.Add(u.idle)
+		}
+		pl.timer = time.AfterFunc(due.Sub(now), pl.sweep)
+		pl.sweepAt = due
 	}
 	pl.mu.Unlock()
 }
@@ -134,21 +162,30 @@ func (pl *h1Pool) sweep() {
 	now := time.Now()
 	var expired []*h1Up
 	pl.mu.Lock()
+	next := h1PoolIdle / 3
 	for k, list := range pl.idle {
-		n := 0
-		for n < len(list) && now.Sub(list[n].idleSince) > h1PoolIdle {
-			n++
+		kept := list[:0]
+		for _, u := range list {
+			if u.expired(now) {
+				expired = append(expired, u)
+				continue
+			}
+			kept = append(kept, u)
+			if u.idle > 0 && u.idle < h1PoolIdle {
+				next = min(next, u.idleSince.Add(u.idle).Sub(now)+time.Millisecond)
+			}
 		}
-		expired = append(expired, list[:n]...)
-		if n == len(list) {
+		clear(list[len(kept):])
+		if len(kept) == 0 {
 			delete(pl.idle, k)
 		} else {
-			pl.idle[k] = append(list[:0], list[n:]...)
+			pl.idle[k] = kept
 		}
 	}
 	pl.timer = nil
 	if len(pl.idle) > 0 && !pl.closed {
-		pl.timer = time.AfterFunc(h1PoolIdle/3, pl.sweep)
+		pl.timer = time.AfterFunc(next, pl.sweep)
+		pl.sweepAt = now.Add(next)
 	}
 	pl.mu.Unlock()
 	for _, u := range expired {

@@ -81,6 +81,13 @@ type h1Conn struct {
 	// limited: the answer being written is a limit's, logged by the
 	// protection event (see refuse).
 	limited bool
+	// gc is the request's passage through its destination's guard
+	// (outbound; guard_h1.go).
+	gc guardCall
+	// res is the connection's resilience policy (outbound); rr, the
+	// retries and timeouts of the request under way (h1retry.go).
+	res resConn
+	rr  reqRes
 }
 
 // serveH1 serves an HTTP/1 client connection until it ends: tcp, through
@@ -175,6 +182,7 @@ func (c *h1Conn) serve(ctx context.Context) {
 		}
 		c.r.release() // nothing of a next request yet: no buffer held
 		c.limits.n = 0
+		c.rr.clear()
 		err := c.r.readHead(&c.req, false)
 		c.idle.Store(false)
 		if err != nil {
@@ -211,7 +219,7 @@ func (c *h1Conn) serve(ctx context.Context) {
 			}
 			continue
 		}
-		keep := c.exchange(ctx, start)
+		keep := c.guardedExchange(ctx, start)
 		c.sreq.endInject()
 		c.w.release()
 		if !keep {
@@ -244,10 +252,20 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 		}
 	}
 	hasBody := req.chunked || req.length > 0
+	// Outbound, the request's retries and timeouts (h1retry.go); inbound,
+	// the deadline its client's sidecar propagated.
+	rr, inDeadline := c.beginRes(start)
+	if rr != nil && c.keepBody(rr) && !c.readBody(rr, start) {
+		return false
+	}
 	// All of the body is here already: it leaves with the head, and the
 	// request can be sent again on another connection if the one it went
-	// out on turns out to have been closed.
+	// out on turns out to have been closed, or (retries) to another
+	// endpoint.
 	whole := !req.chunked && req.length <= int64(len(c.r.buffered()))
+	resend := whole || !hasBody
+	// A retry sends a body again only within retries.maxBodyBytes.
+	replayable := resend && (!hasBody || rr == nil || req.length <= rr.pol.Retry.MaxBodyBytes)
 	if hasBody && whole {
 		c.mirrorWhole(c.r.buffered()[:req.length])
 	}
@@ -257,10 +275,26 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 		err      error
 		reused   bool
 		answered bool // the upstream sent a byte of a response
+		stale    int  // pooled connections found closed
 	)
-	for attempt := 0; ; attempt++ {
-		u, t, reused, err = c.upstream(ctx)
+	for {
+		deadline := inDeadline
+		if rr != nil {
+			rr.beginTry(time.Now())
+			c.setTimeoutHeader(rr)
+			deadline = rr.tryDeadline
+		}
+		u, t, reused, err = c.upstream(ctx, rr)
+		c.gc.connected()
 		if err != nil {
+			if rr != nil {
+				if retriable(err) {
+					if wait, ok := rr.again(retryWhy{kind: retryConnect}, true, ""); ok && rr.sleep(ctx, wait) {
+						continue
+					}
+				}
+				rr.failed(err)
+			}
 			c.fail(start, err, t)
 			return !req.close && !hasBody
 		}
@@ -297,19 +331,58 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 			}(u)
 		}
 		if err == nil {
+			if !deadline.IsZero() {
+				u.tcp.SetReadDeadline(deadline)
+			}
 			err = u.r.readHead(&c.resp, true)
 			answered = err == nil || len(u.r.buffered()) > 0
+			if err == nil && !deadline.IsZero() {
+				u.tcp.SetReadDeadline(time.Time{})
+			}
+		}
+		if err == nil && rr != nil && !deadline.IsZero() && peerDeadline(c.resp.status, c.resp.get(hdrErrorLower)) {
+			// The peer sidecar cut the app's request at the deadline this
+			// try gave it: this try's own timeout, a moment early.
+			c.dropAnswer(u, t)
+			err = rr.tryTimeout()
+			if rr.perTry {
+				if wait, ok := rr.again(retryWhy{kind: retryPerTry}, replayable, ""); ok {
+					if !rr.sleep(ctx, wait) {
+						return false
+					}
+					continue
+				}
+			}
+			rr.failed(err)
+			c.endBody()
+			c.fail(start, err, try{})
+			return false
 		}
 		if err == nil {
+			if rr != nil && c.resp.status >= 200 {
+				// A status the policy retries: the answer is dropped (its
+				// connection kept when its body is all in, else closed)
+				// and the request tried again.
+				if why, ok := rr.retriesStatus(c.resp.status, ""); ok {
+					if wait, ok := rr.again(why, replayable, string(c.resp.get("retry-after"))); ok {
+						c.dropAnswer(u, t)
+						if !rr.sleep(ctx, wait) {
+							return false
+						}
+						continue
+					}
+				}
+			}
 			break
 		}
 		c.p.closeUpstream(u.tcp)
-		if reused && !answered && (whole || !hasBody) && attempt < 3 && ctx.Err() == nil {
+		if reused && !answered && resend && stale < 3 && ctx.Err() == nil && !isDeadline(err) {
 			// A pooled connection the upstream had closed: the request
 			// never got there, so it goes again, on a new connection (the
 			// other idle ones to that upstream are likely closed too, as
 			// when its sidecar or app restarted, and are dropped). The try
 			// measured nothing of the endpoint.
+			stale++
 			c.p.l7.h1.drop(u.key)
 			setup, _ := t.spent(time.Now())
 			t.report(setup, 0, false)
@@ -320,6 +393,34 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 			c.req.close = true
 			c.refuse(start, c.bodyErr)
 			return false
+		}
+		switch {
+		case !deadline.IsZero() && isDeadline(err) && rr != nil:
+			// Cut at the try's deadline: its per-try timeout, with the
+			// request's time left, may go again.
+			err = rr.tryTimeout()
+			if rr.perTry {
+				if wait, ok := rr.again(retryWhy{kind: retryPerTry}, replayable, ""); ok {
+					c.tryFailed(t)
+					if !rr.sleep(ctx, wait) {
+						return false
+					}
+					continue
+				}
+			}
+		case !deadline.IsZero() && isDeadline(err):
+			err = c.inboundTimeout(inDeadline.Sub(start))
+		case rr != nil && !answered:
+			if wait, ok := rr.again(retryWhy{kind: retryReset}, replayable, ""); ok {
+				c.tryFailed(t)
+				if !rr.sleep(ctx, wait) {
+					return false
+				}
+				continue
+			}
+		}
+		if rr != nil {
+			rr.failed(err)
 		}
 		c.fail(start, err, t)
 		return false
@@ -344,6 +445,9 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 		}
 	}
 	resp := &c.resp
+	if served, keep := c.fallbackInstead(start, u, t, got); served {
+		return keep
+	}
 	head := equalFold(req.method, "HEAD")
 	switched := (resp.status == 101 && req.upgrade) || (connect && resp.status/100 == 2)
 	framed := resp.bodyless(head) || resp.chunked || resp.length >= 0
@@ -359,6 +463,7 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 		resp.del("trailer")
 		keepClient = false
 	}
+	kept := c.keepResponse(switched, dechunk, got)
 	switch {
 	case switched:
 	case !keepClient:
@@ -384,11 +489,17 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 		c.p.closeUpstream(u.tcp)
 		return false
 	}
+	watched := c.watchStream(u, rr)
 	switch {
 	case dechunk:
 		err = copyChunked(&c.w, &u.r, true)
+	case kept != nil:
+		err = c.copyKept(kept, &u.r)
 	case !resp.bodyless(head):
 		err = copyBody(&c.w, &u.r, resp.length, resp.chunked, resp.length < 0 && !resp.chunked)
+	}
+	if watched != nil && watched() {
+		keepUp = false
 	}
 	// Counted before the last bytes leave: a client that has its answer
 	// finds it in the metrics.
@@ -432,6 +543,9 @@ func (c *h1Conn) keepUpstream(u *h1Up, keep bool) {
 	case keep && c.from.IsValid():
 		c.own = u
 	case keep:
+		if c.dir == Outbound && c.res.dp != nil {
+			u.idle = c.res.dp.Policy().Timeouts.Idle // the destination's idle timeout, when set
+		}
 		c.p.l7.h1.put(u, time.Now())
 	default:
 		c.p.closeUpstream(u.tcp)
@@ -486,9 +600,13 @@ func (c *h1Conn) tunnel(u *h1Up) {
 	}
 	c.r.consume(len(c.r.buffered()))
 	u.r.consume(len(u.r.buffered()))
-	sent, received, _ := forward(client, up, c.p.fwdTimes(), copyBuffer, c.m)
+	times, kind := c.tunnelTimes()
+	sent, received, err := forward(client, up, times, copyBuffer, c.m)
 	c.cc.sent.Add(sent)
 	c.cc.received.Add(received)
+	if kind != tkNone && errors.Is(err, ErrIdleTimeout) {
+		c.p.res.countTimeout(Outbound, c.rr.st.key, kind)
+	}
 }
 
 // upstream returns a connection for the request: outbound, to an
@@ -497,7 +615,7 @@ func (c *h1Conn) tunnel(u *h1Up) {
 // app. t is the try to report once the response is in (its done is nil
 // when there is nothing to balance); reused says the connection was
 // pooled.
-func (c *h1Conn) upstream(ctx context.Context) (u *h1Up, t try, reused bool, err error) {
+func (c *h1Conn) upstream(ctx context.Context, rr *reqRes) (u *h1Up, t try, reused bool, err error) {
 	p := c.p
 	if c.dir == Inbound {
 		if c.from.IsValid() {
@@ -514,14 +632,18 @@ func (c *h1Conn) upstream(ctx context.Context) (u *h1Up, t try, reused bool, err
 		}
 		return newH1Up(tcp, nil, tlsInfo{}, poolKey{addr: c.dst}), try{}, false, nil
 	}
-	err = p.eachEndpoint(ctx, c.dst, func(tr *try) error {
+	err = p.endpointsFor(ctx, c.dst, rr, func(tr *try) error {
 		key := poolKey{addr: tr.addr, mesh: true}
 		if u = p.l7.h1.get(key, time.Now()); u != nil {
 			tr.connected, reused = tr.start, true
 			t = *tr
 			return nil
 		}
-		conn, info, err := p.dialEndpoint(ctx, tr.addr, c.dst, alpnHTTP1)
+		dctx, cancel := rr.dialContext(ctx)
+		conn, info, err := p.dialEndpoint(dctx, tr.addr, c.dst, alpnHTTP1)
+		if cancel != nil {
+			cancel()
+		}
 		if err != nil {
 			return err
 		}
@@ -539,12 +661,16 @@ func (c *h1Conn) fail(start time.Time, err error, t try) {
 		setup, latency := t.spent(time.Now())
 		t.report(setup, latency, true)
 	}
+	if c.failGuarded(start, err) {
+		return
+	}
 	status, reason := errorAnswer(err)
 	c.answer(start, status, reason, "", err)
 }
 
 // done accounts for an exchange that ended: metrics, access log, the try.
 func (c *h1Conn) done(start time.Time, t try, got time.Time, failed bool, status int, bytes int64, reason string, err error) {
+	c.gc.finish(!failedStatus(status), got)
 	c.observe(start, status, bytes, reason, err)
 	setup, latency := t.spent(got)
 	t.report(setup, latency, failed)
@@ -619,6 +745,9 @@ func (c *h1Conn) respond(start time.Time, status int, why, logWhy, challenge str
 // when it did not answer in time.
 func errorAnswer(err error) (int, string) {
 	var he *handshakeError
+	if te, ok := errors.AsType[*timeoutError](err); ok {
+		return http.StatusGatewayTimeout, te.Error()
+	}
 	switch {
 	case errors.As(err, new(*http.MaxBytesError)):
 		return http.StatusRequestEntityTooLarge, "limits: request body too large"
@@ -672,6 +801,8 @@ func (c *h1Conn) observe(start time.Time, status int, bytes int64, reason string
 			fields = append(fields, zap.ByteString("upgrade", c.req.get("upgrade")))
 		}
 		fields = rateLimitsField(fields, &c.limits)
+		fields = guardFields(fields, &c.gc.note)
+		fields = c.rr.logFields(fields)
 		fields = injectFields(fields, &c.sreq.inject)
 		if reason != "" {
 			fields = append(fields, zap.String("reason", reason))

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -31,6 +32,9 @@ func (p *Proxy) serveOutboundH2(ctx context.Context, pc *peekConn, dst netip.Add
 	h := &outboundHTTP{p: p, dst: dst, appProto: appProtoLabel(proto), authz: az}
 	host := dst.String()
 	var transport http.RoundTripper = balancedTransport{p: p, dst: dst}
+	// The destination's circuit breaker, bulkhead and fallbacks, around
+	// the tries (fallback.go).
+	transport = guardTransport{p: p, dst: dst, next: transport}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "https"
@@ -70,6 +74,8 @@ type outboundHTTP struct {
 	authz    *connAuthz // the connection's authorization
 	rp       *httputil.ReverseProxy
 	h2       *h2Proxy // the requests it handles
+	// res is the connection's resilience policy (h2retry.go).
+	res atomic.Pointer[resConn]
 
 	mu   sync.Mutex
 	peer tlsInfo // the peer sidecar of the last request
@@ -92,6 +98,11 @@ type outboundRequest struct {
 	// balancedTransport adds none, and sets try to the try under way.
 	traced bool
 	try    *try
+	// guard is the request's passage through its destination's guard
+	// (guardTransport).
+	guard guardCall
+	// res is the request's retries and timeouts (retry.go).
+	res reqRes
 }
 
 // gotConn notes the connection a try of the request went on: its peer
@@ -100,6 +111,7 @@ func (st *outboundRequest) gotConn(c httptrace.GotConnInfo) {
 	if mc, ok := c.Conn.(*meshHTTPConn); ok {
 		st.peer = mc.info
 	}
+	st.guard.connected()
 	if t := st.try; t != nil && t.done != nil {
 		if t.connected = time.Now(); c.Reused {
 			t.connected = t.start
@@ -115,6 +127,7 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Deferred: ReverseProxy aborts the handler with a panic when the
 	// client goes away mid-response, and the request still counts.
 	defer func() {
+		st.guard.end()
 		if !st.peer.peer.IsZero() {
 			h.mu.Lock()
 			h.peer = st.peer
@@ -130,6 +143,9 @@ func (h *outboundHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.p.answerHTTP(rec, r, a)
 		return
 	}
+	h.beginRes(&st.res, r, start)
+	st.res.gate = &st.guard
+	rec.res = &st.res
 	if h.h2.handles(r) {
 		st.traced = true
 		h.h2.serve(rec, r, context.WithValue(r.Context(), outboundKey{}, st), st.gotConn)
@@ -198,6 +214,16 @@ func (p *Proxy) serveInboundH2(ctx context.Context, c net.Conn, appProto string,
 		if a := p.chains.Load()[Inbound].decide(&sr); a != nil {
 			p.answerHTTP(rec, r, a)
 			return
+		}
+		if dr, done := inboundDeadline(r, !peer.peer.IsZero()); done != nil {
+			r = dr
+			defer func() {
+				if timeoutCause(r.Context()) != nil {
+					rec.timeout = tkDeadline
+					p.res.countTimeout(Inbound, host, tkDeadline)
+				}
+				done()
+			}()
 		}
 		if h2.handles(r) {
 			h2.serve(rec, r, r.Context(), nil)
@@ -279,6 +305,18 @@ func (copyBuffers) Put(b []byte) { bufPool.Put(&b) }
 // upstream could not be reached or refused us, 504 when it did not answer
 // in time, with the reason in hdrError and the body.
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	te, _ := errors.AsType[*timeoutError](err)
+	if te == nil {
+		te = timeoutCause(r.Context()) // inbound: the deadline propagated (deadline.go)
+	}
+	if te != nil {
+		if rec, ok := w.(*recorder); ok {
+			rec.err = err
+			p.answerHTTP(rec, r, &Answer{Status: http.StatusGatewayTimeout, Reason: te.kind.name() + " " + te.d.String(),
+				stage: "timeout", grpcStatus: grpcDeadlineExceeded})
+			return
+		}
+	}
 	if r.Context().Err() != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return // the client went away: nobody to answer
 	}
@@ -346,6 +384,11 @@ type recorder struct {
 	hijacked    bool
 	reason      string // the proxy's own error, when it answered
 	err         error
+	guard       *guardNote // what the guard did, outbound (guardTransport)
+	// res is an outbound request's retries and timeouts, for the log;
+	// timeout, an inbound request's timeout, if one ended it.
+	res     *reqRes
+	timeout timeoutKind
 }
 
 func (r *recorder) WriteHeader(code int) {
@@ -412,6 +455,12 @@ func (p *Proxy) observeRequest(dir Direction, r *http.Request, rec *recorder, li
 			fields = append(fields, zap.String("upgrade", r.Header.Get("Upgrade")))
 		}
 		fields = rateLimitsField(fields, limits)
+		fields = guardFields(fields, rec.guard)
+		if rec.res != nil {
+			fields = rec.res.logFields(fields)
+		} else if rec.timeout != tkNone {
+			fields = append(fields, zap.String("timeout", rec.timeout.label()))
+		}
 		fields = injectFields(fields, inj)
 		if rec.reason != "" {
 			fields = append(fields, zap.String("reason", rec.reason), zap.Error(rec.err))

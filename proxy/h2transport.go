@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -98,10 +99,17 @@ type appTransport struct {
 func (t appTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	proto := r.Header.Get(hdrAppProtocol)
 	r.Header.Del(hdrAppProtocol)
+	var resp *http.Response
+	var err error
 	if proto == "http2" {
-		return t.h2c.RoundTrip(r)
+		resp, err = t.h2c.RoundTrip(r)
+	} else {
+		resp, err = t.h1.RoundTrip(r)
 	}
-	return t.h1.RoundTrip(r)
+	// The answer's headers are in: a deadline the client's sidecar
+	// propagated no longer applies (deadline.go).
+	stopHeadDeadline(r.Context())
+	return resp, err
 }
 
 // closeIdle closes the app connections no request uses.
@@ -123,9 +131,30 @@ type balancedTransport struct {
 type outboundKey struct{}
 
 func (t balancedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	var resp *http.Response
 	st, _ := r.Context().Value(outboundKey{}).(*outboundRequest)
-	err := t.p.eachEndpoint(r.Context(), t.dst, func(tr *try) error {
+	if st == nil || st.res.pol == nil {
+		return t.send(r, st, nil, nil)
+	}
+	return t.retry(r, st, &st.res)
+}
+
+// send makes a try of r: to an endpoint the balancer picks, another one
+// while connecting fails (endpointsFor). With rr, it is a try of rr's
+// request: bounded by its deadline, its body read through rb when rb is
+// not nil (replay.go).
+func (t balancedTransport) send(r *http.Request, st *outboundRequest, rr *reqRes, rb *replayBody) (*http.Response, error) {
+	var resp *http.Response
+	ctx := r.Context()
+	var tw *tryWatch
+	if rr != nil {
+		if tw = rr.watchTry(ctx); tw != nil {
+			ctx = tw.ctx
+		}
+		if d := rr.pol.Timeouts.Connect; d > 0 {
+			ctx = context.WithValue(ctx, connectKey{}, d)
+		}
+	}
+	err := t.p.endpointsFor(ctx, t.dst, rr, func(tr *try) error {
 		// One trace per try, and only when someone listens: the request's
 		// peer sidecar (st) and the balancer's set-up time. The pooled
 		// transport dials and runs the mesh handshake, when it has no
@@ -136,10 +165,13 @@ func (t balancedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		case st != nil && st.traced:
 			st.try = tr // the request's own trace notes its connection
 		case st != nil || tr.done != nil:
-			out = r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
+			out = r.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 				GotConn: func(c httptrace.GotConnInfo) {
 					if mc, ok := c.Conn.(*meshHTTPConn); ok && st != nil {
 						st.peer = mc.info
+					}
+					if st != nil {
+						st.guard.connected()
 					}
 					if tr.done != nil {
 						if tr.connected = time.Now(); c.Reused {
@@ -148,6 +180,9 @@ func (t balancedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 					}
 				},
 			}))
+		}
+		if out == r && ctx != r.Context() {
+			out = r.WithContext(ctx)
 		}
 		// r is the proxy's own copy of the app's request (ReverseProxy's,
 		// or h2Proxy's), so a shallow copy will do: the transport changes neither its header nor its
@@ -161,19 +196,38 @@ func (t balancedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 			u.Host = tr.addr.String()
 			out.URL = &u
 		}
-		if tr.done != nil && r.Body != nil && r.Body != http.NoBody {
+		if r.Body != nil && r.Body != http.NoBody {
 			// The transport closes the body when the try fails; another
-			// try needs it (unread: a try that failed to connect read
-			// nothing). The server closes it once the handler is done.
-			// Unbalanced, there is no other try.
-			if out == r {
-				out = r.WithContext(r.Context())
+			// try needs it: unread after a connect failure, or kept
+			// (replayBody). The server closes it once the handler is
+			// done. Unbalanced and without retries, there is no other
+			// try; h2Proxy's body is one the transport cannot close.
+			body := r.Body
+			switch _, noClose := body.(*noCloseBody); {
+			case rb != nil:
+				body = rb.reader()
+			case (tr.done != nil || rr != nil) && !noClose:
+				body = io.NopCloser(body)
 			}
-			out.Body = io.NopCloser(r.Body)
+			if tw != nil && tw.idle > 0 {
+				body = &watchedRequestBody{watchedBody{ReadCloser: body, tw: tw}}
+			}
+			if body != r.Body {
+				if out == r {
+					out = r.WithContext(r.Context())
+				}
+				out.Body = body
+			}
 		}
 		var err error
 		if resp, err = t.p.l7.mesh.RoundTrip(out); err != nil {
 			return err
+		}
+		if tw != nil && !tw.headers() {
+			// The try's deadline passed as its answer came.
+			resp.Body.Close()
+			resp = nil
+			return errTryDeadline
 		}
 		if tr.done != nil {
 			if tr.connected.IsZero() {
@@ -184,12 +238,104 @@ func (t balancedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 				resp.StatusCode == http.StatusGatewayTimeout
 			resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { tr.report(setup, latency, failed) }}
 		}
+		if tw != nil {
+			resp.Body = &watchedBody{ReadCloser: resp.Body, tw: tw}
+		}
 		return nil
 	})
 	if err != nil {
+		if tw != nil {
+			tw.end()
+			if _, ok := errors.AsType[*timeoutError](err); !ok && tw.deadlinePassed() {
+				err = rr.tryTimeout()
+			}
+		}
 		return nil, err
 	}
 	return resp, nil
+}
+
+// retry sends r, a request of rr's, and tries it again while its policy
+// says (retry.go): on a connect failure, a reset before its answer, a
+// retried status or gRPC status (of a trailers-only answer), a try cut by
+// its per-try timeout.
+func (t balancedTransport) retry(r *http.Request, st *outboundRequest, rr *reqRes) (*http.Response, error) {
+	ctx := r.Context()
+	var rb *replayBody
+	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+	if hasBody && rr.methodOK && rr.pol.Retry.Attempts > 0 && rr.pol.Retry.MaxBodyBytes > 0 && r.ContentLength <= rr.pol.Retry.MaxBodyBytes {
+		rb = newReplayBody(r.Body, rr.pol.Retry.MaxBodyBytes)
+	}
+	replayable := func() bool { return !hasBody || rb != nil && rb.replayable() }
+	for tries := 0; ; tries++ {
+		now := time.Now()
+		rr.beginTry(now)
+		req := r
+		if !rr.tryDeadline.IsZero() {
+			if tries > 0 {
+				// An earlier try's transport may still be writing its
+				// header: this one gets its own.
+				req = r.WithContext(ctx)
+				req.Header = r.Header.Clone()
+			}
+			left := rr.tryDeadline.Sub(now)
+			var b [24]byte
+			req.Header[hdrTimeout] = []string{string(formatTimeout(b[:0], left))}
+			if rr.grpcTimeout {
+				req.Header[hdrGRPCTimeout] = []string{formatGRPCTimeout(left)}
+			}
+		}
+		resp, err := t.send(req, st, rr, rb)
+		if err == nil && !rr.tryDeadline.IsZero() && peerDeadline(resp.StatusCode, resp.Header.Get(hdrError)) {
+			// The peer sidecar cut the app's request at the deadline this
+			// try gave it: this try's own timeout, a moment early.
+			resp.Body.Close()
+			resp, err = nil, rr.tryTimeout()
+		}
+		var why retryWhy
+		switch {
+		case err == nil:
+			grpcStatus := ""
+			if rr.pol.Retry.On.GRPC != 0 {
+				grpcStatus = resp.Header.Get("Grpc-Status")
+			}
+			var ok bool
+			if why, ok = rr.retriesStatus(resp.StatusCode, grpcStatus); !ok {
+				return resp, nil
+			}
+			wait, ok := rr.again(why, replayable(), resp.Header.Get("Retry-After"))
+			if !ok {
+				return resp, nil
+			}
+			resp.Body.Close() // the answer is dropped: its stream is reset, the try reported
+			if !rr.sleep(ctx, wait) {
+				return nil, ctx.Err()
+			}
+			continue
+		case ctx.Err() != nil:
+			return nil, err // the client went away
+		case retriable(err):
+			why.kind = retryConnect
+		default:
+			if te, ok := errors.AsType[*timeoutError](err); ok {
+				if te.kind != tkPerTry {
+					rr.failed(err)
+					return nil, err
+				}
+				why.kind = retryPerTry
+			} else {
+				why.kind = retryReset
+			}
+		}
+		if wait, ok := rr.again(why, replayable(), ""); ok && rr.sleep(ctx, wait) {
+			continue
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		rr.failed(err)
+		return nil, err
+	}
 }
 
 // doneBody reports a request's try when its response body is closed (the

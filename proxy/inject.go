@@ -4,14 +4,12 @@ import (
 	"context"
 	"math/rand/v2"
 	"net/http"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"meshgate/proxy/policy"
 	"meshgate/proxy/resilience"
 )
 
@@ -235,33 +233,9 @@ func (st *injectState) mirrorOf(m *resilience.MirrorPolicy, dest string) *mirror
 }
 
 // policy returns the settings in effect for r, outbound: those of the
-// route of r's destination that r matches.
+// route of r's destination that r matches (lookupRes, routePolicy).
 func (st *injectState) policy(p *Proxy, r *Request) *resilience.Policy {
-	var names [1]string
-	dp := st.table.Lookup(p.injectDest(r.Dst, &names))
-	if !dp.HasRoutes() {
-		return dp.Policy()
-	}
-	return dp.Route(r.Method(), policy.NormalizePath(r.Target()))
-}
-
-// injectDest is what the proxy knows of an outbound destination, for
-// resilience.Table.Lookup: the name the app resolved its address by
-// (names holds it, so that nothing is allocated), the identity its
-// sidecar must present, its address.
-func (p *Proxy) injectDest(dst netip.AddrPort, names *[1]string) resilience.Dest {
-	ip := dst.Addr().Unmap()
-	d := resilience.Dest{IP: ip, Port: dst.Port()}
-	if p.names != nil {
-		if n, ok := p.names.NameOf(ip); ok {
-			names[0] = n
-			d.Names = names[:]
-		}
-	}
-	if id := p.mesh.expected(ip); id != nil {
-		d.Identity = *id
-	}
-	return d
+	return routePolicy(p.lookupRes(st.table, r.Dst), r.Method(), r.Target())
 }
 
 // injectNotes are what fault injection and mirroring did to a request,

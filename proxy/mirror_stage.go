@@ -262,7 +262,7 @@ func newMirrorCopy(p *Proxy, ms *mirrorState, r *Request, h2 *http.Request) *mir
 	if te == "trailers" {
 		c.header.Set("Te", te) // gRPC's, which HTTP/2 allows
 	}
-	for _, k := range []string{"Host", "Content-Length", hdrAppProtocol} {
+	for _, k := range []string{"Host", "Content-Length", hdrAppProtocol, hdrTimeout} {
 		delete(c.header, k)
 	}
 	c.header.Set(hdrMirror, "1")
@@ -428,6 +428,12 @@ func (c *mirrorCopy) roundTrip(ctx context.Context, dst netip.AddrPort) (int, er
 		return 0, fmt.Errorf("request target %q: %w", c.target, err)
 	}
 	u.Scheme, u.Host = "http", dst.String()
+	if dl, ok := ctx.Deadline(); ok && mesh {
+		// The target's sidecar cancels its app's work on the copy when
+		// the copy's time is up (deadline.go).
+		var b [24]byte
+		c.header.Set(hdrTimeout, string(formatTimeout(b[:0], time.Until(dl))))
+	}
 	var rt http.RoundTripper
 	switch {
 	case mesh && c.proto == "http1":
@@ -492,8 +498,7 @@ func (p *Proxy) mirrorDst(ctx context.Context, ms *mirrorState) (netip.AddrPort,
 // mirrorTimeout bounds a copy to dst: the request timeout of dst's
 // resilience destination, or defaultMirrorTimeout.
 func (p *Proxy) mirrorTimeout(dst netip.AddrPort) time.Duration {
-	var names [1]string
-	if t := p.resilienceTable().Lookup(p.injectDest(dst, &names)).Policy().Timeouts.Request; t > 0 {
+	if t := p.lookupRes(p.resilienceTable(), dst).Policy().Timeouts.Request; t > 0 {
 		return t
 	}
 	return defaultMirrorTimeout

@@ -169,8 +169,8 @@ func waitCount(t *testing.T, what string, count func() float64, want float64) {
 	}
 }
 
-// send makes one request of the app's and checks the main answer.
-func send(t *testing.T, c *http.Client, method, url string, body io.Reader, want []byte) {
+// sendMain makes one request of the app's and checks the main answer.
+func sendMain(t *testing.T, c *http.Client, method, url string, body io.Reader, want []byte) {
 	t.Helper()
 	req, _ := http.NewRequest(method, url, body)
 	resp, err := c.Do(req)
@@ -219,12 +219,12 @@ func TestMirror(t *testing.T) {
 			base := "http://" + m.client.out()
 			small := []byte("hello")
 			piece := bytes.Repeat([]byte("0123456789"), 1000) // 10 kB
-			send(t, client, "GET", base+"/a?x=1", nil, nil)
-			send(t, client, "POST", base+"/b", bytes.NewReader(small), small)
-			send(t, client, "PUT", base+"/c", streamed(piece, piece, piece), slices.Concat(piece, piece, piece))
-			send(t, client, "POST", base+"/d", streamed(piece, piece, piece, piece, piece), slices.Concat(piece, piece, piece, piece, piece))
+			sendMain(t, client, "GET", base+"/a?x=1", nil, nil)
+			sendMain(t, client, "POST", base+"/b", bytes.NewReader(small), small)
+			sendMain(t, client, "PUT", base+"/c", streamed(piece, piece, piece), slices.Concat(piece, piece, piece))
+			sendMain(t, client, "POST", base+"/d", streamed(piece, piece, piece, piece, piece), slices.Concat(piece, piece, piece, piece, piece))
 			big := bytes.Repeat(piece, 5)
-			send(t, client, "POST", base+"/e", bytes.NewReader(big), big)
+			sendMain(t, client, "POST", base+"/e", bytes.NewReader(big), big)
 			waitCount(t, "sent", func() float64 { return m.mirrored(t, "sent") }, 3)
 			if got := m.mirrored(t, "dropped_body"); got != 2 {
 				t.Errorf("dropped_body %v; want 2 (one declared, one streamed over 40000 bytes)", got)
@@ -297,7 +297,7 @@ func TestMirrorFull(t *testing.T) {
 	client := h1Client(t)
 	for i := range 6 {
 		start := time.Now()
-		send(t, client, "POST", "http://"+m.client.out()+"/x", strings.NewReader("body"), []byte("body"))
+		sendMain(t, client, "POST", "http://"+m.client.out()+"/x", strings.NewReader("body"), []byte("body"))
 		if d := time.Since(start); d > 2*time.Second {
 			t.Errorf("request %d took %v while its copy is held", i, d)
 		}
@@ -309,7 +309,7 @@ func TestMirrorFull(t *testing.T) {
 	audit.release()
 	waitCount(t, "sent", func() float64 { return m.mirrored(t, "sent") }, 2)
 	// The places are free again.
-	send(t, client, "GET", "http://"+m.client.out()+"/y", nil, nil)
+	sendMain(t, client, "GET", "http://"+m.client.out()+"/y", nil, nil)
 	waitCount(t, "sent", func() float64 { return m.mirrored(t, "sent") }, 3)
 }
 
@@ -327,7 +327,7 @@ func TestMirrorFailure(t *testing.T) {
 		m := startMirrorPair(t, startAuditApp(t, 200, false), "{to: '"+down+"'}")
 		for _, client := range []*http.Client{h1Client(t), h2cClient(t)} {
 			for range 5 {
-				send(t, client, "POST", "http://"+m.client.out()+"/x", strings.NewReader("b"), []byte("b"))
+				sendMain(t, client, "POST", "http://"+m.client.out()+"/x", strings.NewReader("b"), []byte("b"))
 			}
 		}
 		waitCount(t, "failed", func() float64 { return m.mirrored(t, "failed") }, 10)
@@ -336,7 +336,7 @@ func TestMirrorFailure(t *testing.T) {
 		t.Run(strconv.Itoa(status), func(t *testing.T) {
 			m := startMirrorPair(t, startAuditApp(t, status, false), "{to: 'AUDIT'}")
 			for range 5 {
-				send(t, h1Client(t), "GET", "http://"+m.client.out()+"/x", nil, nil)
+				sendMain(t, h1Client(t), "GET", "http://"+m.client.out()+"/x", nil, nil)
 			}
 			res := map[int]string{500: "failed", 404: "sent"}[status]
 			waitCount(t, res, func() float64 { return m.mirrored(t, res) }, 5)
@@ -352,11 +352,11 @@ func TestMirrorBreaker(t *testing.T) {
 	client := h1Client(t)
 	url := "http://" + m.client.out() + "/x"
 	for i := range mirrorBreakerFailures {
-		send(t, client, "GET", url, nil, nil)
+		sendMain(t, client, "GET", url, nil, nil)
 		waitCount(t, "failed", func() float64 { return m.mirrored(t, "failed") }, float64(i+1))
 	}
 	for range 20 {
-		send(t, client, "GET", url, nil, nil)
+		sendMain(t, client, "GET", url, nil, nil)
 	}
 	waitCount(t, "failed", func() float64 { return m.mirrored(t, "failed") }, mirrorBreakerFailures+20)
 	if n := len(audit.seen()); n != mirrorBreakerFailures {
@@ -381,7 +381,7 @@ func TestMirrorPercent(t *testing.T) {
 	client := h1Client(t)
 	const n = 200
 	for range n {
-		send(t, client, "GET", "http://"+m.client.out()+"/x", nil, nil)
+		sendMain(t, client, "GET", "http://"+m.client.out()+"/x", nil, nil)
 	}
 	want := picked(5, n, 25)
 	waitCount(t, "sent", func() float64 { return m.mirrored(t, "sent") }, float64(want))
@@ -398,14 +398,14 @@ func TestMirrorReload(t *testing.T) {
 	m := startMirrorPair(t, audit, "{to: 'AUDIT'}")
 	client := h1Client(t)
 	url := "http://" + m.client.out() + "/x"
-	send(t, client, "GET", url, nil, nil)
+	sendMain(t, client, "GET", url, nil, nil)
 	waitFor(t, func() bool { return len(audit.seen()) == 1 })
 	on := m.client.cfg.Resilience
 	if err := m.client.ReloadResilience(resilience.Config{}); err != nil {
 		t.Fatal(err)
 	}
 	for range 5 {
-		send(t, client, "GET", url, nil, nil)
+		sendMain(t, client, "GET", url, nil, nil)
 	}
 	audit.release()
 	waitCount(t, "sent", func() float64 { return m.mirrored(t, "sent") }, 1)
@@ -415,7 +415,7 @@ func TestMirrorReload(t *testing.T) {
 	if err := m.client.ReloadResilience(on); err != nil {
 		t.Fatal(err)
 	}
-	send(t, client, "GET", url, nil, nil)
+	sendMain(t, client, "GET", url, nil, nil)
 	waitFor(t, func() bool { return len(audit.seen()) == 2 })
 }
 
@@ -427,7 +427,7 @@ func TestMirrorShutdown(t *testing.T) {
 	m := startMirrorPair(t, audit, "{to: 'AUDIT'}")
 	client := h1Client(t)
 	for range 3 {
-		send(t, client, "GET", "http://"+m.client.out()+"/x", nil, nil)
+		sendMain(t, client, "GET", "http://"+m.client.out()+"/x", nil, nil)
 	}
 	waitFor(t, func() bool { return len(audit.seen()) == 3 })
 	client.CloseIdleConnections()
@@ -469,7 +469,7 @@ func (r fixedResolver) LookupNetIP(_ context.Context, host string) ([]netip.Addr
 func TestMirrorByName(t *testing.T) {
 	audit := startAuditApp(t, 200, false)
 	m := startMirrorPair(t, audit, "{to: 'audit.shop.test:AUDITPORT'}", WithResolver(fixedResolver{"audit.shop.test": "127.0.0.1"}))
-	send(t, h2cClient(t), "GET", "http://"+m.client.out()+"/x", nil, nil)
+	sendMain(t, h2cClient(t), "GET", "http://"+m.client.out()+"/x", nil, nil)
 	waitCount(t, "sent", func() float64 { return m.mirrored(t, "sent") }, 1)
 	to := "audit.shop.test:" + strconv.Itoa(int(m.auditSide.Addrs().Inbound[0].Port()))
 	if g := audit.seen(); len(g) != 1 || g[0].host != to {
@@ -491,7 +491,7 @@ func TestMirrorOutsideMesh(t *testing.T) {
 			c.MTLS.MeshCIDRs = prefixes("127.0.0.1/32")
 			c.MTLS.PlaintextOutsideMesh = plain
 		}})
-		send(t, h2cClient(t), "GET", "http://"+p.client.out()+"/x", nil, nil)
+		sendMain(t, h2cClient(t), "GET", "http://"+p.client.out()+"/x", nil, nil)
 		res := map[bool]string{true: "sent", false: "failed"}[plain]
 		waitFor(t, func() bool {
 			return p.client.counter(t, "meshgate_mirror_total", map[string]string{"destination": "api", "result": res}) == 1

@@ -76,6 +76,12 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	}
 	op, err := race.run(ctx)
 	if err != nil {
+		if _, refused := asGuardError(err); refused && l7 {
+			// The destination's circuit is open (or its connections
+			// are all taken): an app that speaks HTTP hears it as a
+			// 503 per request, with the reason (or its fallback).
+			return p.detectKnownHTTP(ctx, pc, dst, start, az, m)
+		}
 		return p.dialFailed(o, err, m)
 	}
 	kept := false // handed to the HTTP/1 pool

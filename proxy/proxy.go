@@ -101,7 +101,12 @@ type Proxy struct {
 	// resilience is the resilience section in effect, compiled
 	// (resilienceTable); a reload swaps it under cfgMu.
 	resilience atomic.Pointer[resilience.Table]
-	cfgMu      sync.Mutex
+	// guards are the circuit breakers, bulkheads and stale caches per
+	// destination (guard.go), following resilience.
+	guards *guards
+	// res is the state of retries and timeouts (retry.go).
+	res   *resRuntime
+	cfgMu sync.Mutex
 	// stopped: Run has returned (under cfgMu); a reload starts nothing.
 	stopped bool
 	mesh    *meshState // cfg.MTLS resolved against meshTLS
@@ -204,6 +209,9 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: register metrics: %w", err)
 	}
 	p.metrics = m
+	if p.res, err = newResRuntime(p.reg); err != nil {
+		return nil, fmt.Errorf("proxy: register metrics: %w", err)
+	}
 	p.protect = newProtection(cfg.Limits, m.protectionEvents, log)
 	st, err := p.newPolicyState(cfg.Policy, nil)
 	if err != nil {
@@ -225,6 +233,10 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: invalid config: %w", err)
 	}
 	p.resilience.Store(res)
+	if p.guards, err = newGuards(p, p.reg); err != nil {
+		return nil, fmt.Errorf("proxy: register metrics: %w", err)
+	}
+	p.guards.retable(res, cfg.Resilience)
 	p.rebuildChains()
 	return p, nil
 }

@@ -37,6 +37,7 @@ import (
 //	  mirror             resilience mirror (mirror_stage.go): a copy sent apart, never an answer
 //	  → exchange (h1serve.go: balance → pooled mesh connection → response)
 //	    where circuit breaking, bulkheads, per-try timeouts and retries wrap the try
+//	    (retries and timeouts: retry.go)
 //
 //	inbound (a client's request, to the app):
 //	  client-identity    X-Forwarded-Client-Cert set to the verified peer, any other removed

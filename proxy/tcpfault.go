@@ -41,8 +41,7 @@ func (p *Proxy) tcpFault(client *net.TCPConn, o outcome) (outcome, bool) {
 	if st == nil || !st.tcpFaults {
 		return o, false
 	}
-	var names [1]string
-	dp := st.table.Lookup(p.injectDest(o.dst, &names))
+	dp := p.lookupRes(st.table, o.dst)
 	f := &dp.TCPFaults
 	if !f.Enabled() {
 		return o, false

@@ -76,6 +76,10 @@ unknown fields are errors. For example:
     rules:                  # deny beats allow; once an allow rule applies to a port, default deny there
     - {name: api-read, action: allow, ports: [8080], from: {namespaces: [shop]}, http: {methods: [GET], paths: ["/api/*"]}}
     - {name: egress, action: allow, direction: outbound, to: {cidrs: [10.0.0.0/8]}}
+  resilience:               # the app's outbound calls, per destination and route
+    defaults: {timeouts: {request: 15s}, retries: {attempts: 2, on: [connect-failure, reset, "503"]}}
+    destinations:
+    - {name: shop-api, match: {hosts: [api.shop.mesh]}, timeouts: {request: 5s, perTry: 1s}}
 
 The policy, access, rateLimits, redis and resilience sections are
 reloaded when the --config file changes (within a second; a file with
@@ -85,6 +89,15 @@ GET /explain on the admin port say what the policy decides of a call,
 and why. A denied HTTP request is answered 403 (gRPC PERMISSION_DENIED),
 a denied connection that is not HTTP is reset, and nothing of either
 reaches the app.
+
+Outbound HTTP requests to the mesh are retried and bounded by the
+resilience section; with none, an idempotent request (GET, HEAD, OPTIONS,
+PUT, DELETE) is retried up to 2 times, on another endpoint, on a connect
+failure, a reset before any byte of its answer and a 503, within a retry
+budget of 20% of the destination's requests plus 3 a second. A timeout
+answers 504 naming it (gRPC: DEADLINE_EXCEEDED), and the time a request
+has left travels to the server's sidecar, which cancels the app's request
+when it is over.
 
 Outbound, the app's first bytes are classified (its own TLS, HTTP/1.x,
 HTTP/2, or opaque) while the destination is dialed, so a server that

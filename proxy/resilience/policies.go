@@ -12,8 +12,3 @@ func (d *DestPolicy) Policies() []*Policy {
 	}
 	return out
 }
-
-// HasRoutes reports whether the destination has routes: when it has
-// none, Route returns Policy whatever the request, and its path need not
-// be normalised.
-func (d *DestPolicy) HasRoutes() bool { return len(d.routes) > 0 }
