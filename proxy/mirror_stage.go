@@ -69,6 +69,9 @@ import (
 // proxy stops, the copies still in flight at the end of the drain are
 // cut, and Run returns once every copy's goroutine has.
 //
+// A copy carries the request's header fields as the app sent them (the
+// outbound stages' changes included: request IDs), credentials too
+// (Authorization, Cookie): a mirror is for services trusted with them.
 // Not copied: CONNECT and requests that switch protocols (tunnels), and
 // an HTTP/1 request's trailers. The copy does not pass the outbound
 // stages (policy, rate limits) again: the mirror is the operator's own
@@ -262,7 +265,8 @@ func newMirrorCopy(p *Proxy, ms *mirrorState, r *Request, h2 *http.Request) *mir
 	if te == "trailers" {
 		c.header.Set("Te", te) // gRPC's, which HTTP/2 allows
 	}
-	for _, k := range []string{"Host", "Content-Length", hdrAppProtocol, hdrTimeout} {
+	// Expect: the copy has its body whole before it is sent.
+	for _, k := range []string{"Host", "Content-Length", "Expect", hdrAppProtocol, hdrTimeout} {
 		delete(c.header, k)
 	}
 	c.header.Set(hdrMirror, "1")
