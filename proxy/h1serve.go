@@ -632,7 +632,16 @@ func (c *h1Conn) upstream(ctx context.Context, rr *reqRes) (u *h1Up, t try, reus
 		}
 		return newH1Up(tcp, nil, tlsInfo{}, poolKey{addr: c.dst}), try{}, false, nil
 	}
-	err = p.endpointsFor(ctx, c.dst, rr, func(tr *try) error {
+	return p.meshH1Upstream(ctx, c.dst, rr)
+}
+
+// meshH1Upstream returns a connection to an endpoint of dst, a mesh
+// destination, that the balancer picks (another one while connecting
+// fails, see endpointsFor; rr, when not nil, is the request's retries):
+// pooled, or dialed with mesh TLS for meshgate/http1. t is the try to
+// report once the response is in; reused says the connection was pooled.
+func (p *Proxy) meshH1Upstream(ctx context.Context, dst netip.AddrPort, rr *reqRes) (u *h1Up, t try, reused bool, err error) {
+	err = p.endpointsFor(ctx, dst, rr, func(tr *try) error {
 		key := poolKey{addr: tr.addr, mesh: true}
 		if u = p.l7.h1.get(key, time.Now()); u != nil {
 			tr.connected, reused = tr.start, true
@@ -640,7 +649,7 @@ func (c *h1Conn) upstream(ctx context.Context, rr *reqRes) (u *h1Up, t try, reus
 			return nil
 		}
 		dctx, cancel := rr.dialContext(ctx)
-		conn, info, err := p.dialEndpoint(dctx, tr.addr, c.dst, alpnHTTP1)
+		conn, info, err := p.dialEndpoint(dctx, tr.addr, dst, alpnHTTP1)
 		if cancel != nil {
 			cancel()
 		}

@@ -21,7 +21,7 @@ import (
 func (c *mirrorCopy) roundTripH1(ctx context.Context, dst netip.AddrPort) (int, error) {
 	p := c.p
 	for attempt := 0; ; attempt++ {
-		u, t, reused, err := p.mirrorUpstream(ctx, dst)
+		u, t, reused, err := p.meshH1Upstream(ctx, dst, nil)
 		if err != nil {
 			return 0, err
 		}
@@ -46,29 +46,6 @@ func (c *mirrorCopy) roundTripH1(ctx context.Context, dst netip.AddrPort) (int, 
 		}
 		return status, nil
 	}
-}
-
-// mirrorUpstream returns a connection to an endpoint of dst, a mesh
-// destination, as h1Conn.upstream does for the app's requests: pooled,
-// or dialed with mesh TLS for meshgate/http1.
-func (p *Proxy) mirrorUpstream(ctx context.Context, dst netip.AddrPort) (u *h1Up, t try, reused bool, err error) {
-	err = p.eachEndpoint(ctx, dst, func(tr *try) error {
-		key := poolKey{addr: tr.addr, mesh: true}
-		if u = p.l7.h1.get(key, time.Now()); u != nil {
-			tr.connected, reused = tr.start, true
-			t = *tr
-			return nil
-		}
-		conn, info, err := p.dialEndpoint(ctx, tr.addr, dst, alpnHTTP1)
-		if err != nil {
-			return err
-		}
-		u = newH1Up(conn.tcp, conn.tls, info, key)
-		tr.connected = time.Now()
-		t = *tr
-		return nil
-	})
-	return u, t, reused, err
 }
 
 // exchangeH1 writes the copy on u and reads the answer, within ctx;
