@@ -419,21 +419,10 @@ func (gs *guards) forDst(dst netip.AddrPort, now time.Time) *destGuard {
 	return g
 }
 
-// resolve looks up the guard of dst: its destination policy as
-// resilience.Table.Lookup finds it from what the proxy knows of dst.
+// resolve looks up the guard of dst: its destination policy, found as
+// the retries find theirs (lookupRes), so that both follow one entry.
 func (s *guardSet) resolve(p *Proxy, dst netip.AddrPort) *destGuard {
-	d := resilience.Dest{IP: dst.Addr().Unmap(), Port: dst.Port()}
-	if p.names != nil {
-		if name, ok := p.names.NameOf(d.IP); ok {
-			d.Names = []string{name}
-		}
-	}
-	if p.mesh.inMesh(d.IP) {
-		if id := p.mesh.expected(d.IP); id != nil {
-			d.Identity = *id
-		}
-	}
-	dp := s.tbl.Lookup(d)
+	dp := p.lookupRes(s.tbl, dst)
 	if !dp.IsDefault() {
 		return s.named[dp]
 	}
