@@ -116,11 +116,11 @@ func (t guardTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if st == nil {
 		return t.next.RoundTrip(r)
 	}
-	start := time.Now()
-	g := t.p.guards.forDst(t.dst, start)
-	if g == nil {
+	g := st.res.g // the request's destination (outboundHTTP.beginRes)
+	if g == nil || !g.guarded() {
 		return t.next.RoundTrip(r)
 	}
+	start := time.Now()
 	gc := &st.guard
 	st.rec.guard = &gc.note
 	target := r.URL.RequestURI()

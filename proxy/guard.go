@@ -42,19 +42,24 @@ import (
 // fails before the destination sent a byte is a failure.
 //
 // The state lives per destination (a DestPolicy's Key; for the default
-// policy, per destination address, at most defaultGuards of them), and
-// follows config reloads: a destination whose name and settings are
-// unchanged keeps its breakers, counts and cached responses; one whose
-// settings changed starts afresh. A destination with no breaker, no
-// bulkhead and no fallback has no state, and its requests pay two
-// atomic loads for the guard (see forDst).
+// policy, per destination address, at most defaultGuards of them, least
+// recently used first out), in one registry with the retries' budget
+// (retry.go): a destGuard is found once per outbound connection
+// (resolveRes) and holds the destination's retry budget, breakers,
+// bulkhead and stale caches. It follows config reloads: a destination
+// whose name and settings are unchanged keeps its breakers, counts and
+// cached responses, and its budget while its budget is unchanged; one
+// whose settings changed starts afresh. A destination with no breaker,
+// no bulkhead and no fallback is not guarded: its requests pay a field
+// load for the guard, and the callers that know only an address
+// (forDst) two atomic loads while no destination is guarded.
 
 // defaultGuards bounds the destinations of the default policy that keep
-// state (when defaults set a breaker or bulkhead), least recently used
-// first out; endpointBreakersMax bounds the endpoints per destination
-// with a breaker of their own.
+// state (a retry budget, and a guard when defaults set one), least
+// recently used first out; endpointBreakersMax bounds the endpoints per
+// destination with a breaker of their own.
 const (
-	defaultGuards       = 1024
+	defaultGuards       = 4096
 	endpointBreakersMax = 256
 )
 
@@ -66,8 +71,8 @@ const (
 	resolvedMax = 4096
 )
 
-// guards is the proxy's circuit breakers, bulkheads and stale caches,
-// per destination.
+// guards is the proxy's per-destination state: retry budgets, circuit
+// breakers, bulkheads and stale caches.
 type guards struct {
 	p   *Proxy
 	m   *guardMetrics
@@ -84,15 +89,14 @@ type guards struct {
 	held  atomic.Int64
 }
 
-// guardSet is the guards of one resilience table.
+// guardSet is the per-destination state of one resilience table.
 type guardSet struct {
 	tbl *resilience.Table
-	// any: some destination has state; without, forDst answers nil at
+	// any: some destination is guarded; without, forDst answers nil at
 	// once.
 	any   bool
 	named map[*resilience.DestPolicy]*destGuard
-	// def is the default policy when it has state (kept per address in
-	// defs), nil otherwise.
+	// def is the default policy, whose state is kept per address in defs.
 	def   *resilience.DestPolicy
 	defMu sync.Mutex
 	defs  *simplelru.LRU[netip.AddrPort, *destGuard] // guarded by defMu
@@ -108,15 +112,18 @@ type resolvedGuard struct {
 	at time.Time
 }
 
-// destGuard is one destination's guard: its policy in the table in
-// effect, and its state, which a reload that keeps the destination
-// carries over to the new table's policy.
+// destGuard is one destination's state: its policy in the table in
+// effect, its retry budget, and its guard, which a reload that keeps the
+// destination carries over to the new table's policy (the budget too,
+// while its budget policy is unchanged).
 type destGuard struct {
-	pol *resilience.DestPolicy
+	pol    *resilience.DestPolicy
+	budget *resilience.RetryBudget
 	*guardState
 }
 
-// guardState is what is kept per destination.
+// guardState is the guard kept per destination: nothing but its key and
+// settings when it is not guarded.
 type guardState struct {
 	gs  *guards
 	key string // the destination label of metrics and logs
@@ -135,7 +142,7 @@ type guardState struct {
 	overflows                       [numCaps]prometheus.Counter
 
 	staleMu sync.Mutex
-	stale   map[staleKey]*resilience.StaleCache // guarded by staleMu
+	stale   map[staleKey]*resilience.StaleCache // guarded by staleMu; made when first used
 
 	// retired: replaced by a reload or dropped; its metrics are gone,
 	// and a late change of its breakers must not bring them back.
@@ -186,28 +193,30 @@ func newGuards(p *Proxy, reg prometheus.Registerer) (*guards, error) {
 	return &guards{p: p, m: m, log: p.log.Named("resilience")}, nil
 }
 
-// retable puts the guards of tbl, compiled from rc, in effect: a
-// destination whose key and settings are unchanged keeps its state, the
-// others start afresh, and the state of those gone is dropped (its
-// metrics too). Called at New and by each reload, under cfgMu.
+// retable puts the state of tbl, compiled from rc, in effect: a
+// destination whose key and guard settings are unchanged keeps its
+// guard, and its budget when its budget policy is unchanged; the others
+// start afresh, and the state of those gone is dropped (its metrics
+// too). Called at New and by each reload, under cfgMu.
 func (gs *guards) retable(tbl *resilience.Table, rc resilience.Config) {
 	gs.mu.Lock()
 	defer gs.mu.Unlock()
 	old := gs.cur.Load()
 	ns := &guardSet{tbl: tbl, named: map[*resilience.DestPolicy]*destGuard{}}
-	oldByKey := map[string]*guardState{}
+	oldByKey := map[string]*destGuard{}
 	if old != nil {
 		for _, g := range old.named {
-			oldByKey[g.key] = g.guardState
+			oldByKey[g.key] = g
 		}
 	}
 	// Which states go on: decided first, and those that do not retired
 	// (their series deleted) before any new state makes its own, which
 	// may have the same labels.
 	type plan struct {
-		dp  *resilience.DestPolicy
-		set guardSettings
-		st  *guardState // kept; nil: a new one
+		dp     *resilience.DestPolicy
+		set    guardSettings
+		st     *guardState             // kept; nil: a new one
+		budget *resilience.RetryBudget // kept; nil: a new one
 	}
 	var plans []plan
 	kept := map[*guardState]bool{}
@@ -219,26 +228,29 @@ func (gs *guards) retable(tbl *resilience.Table, rc resilience.Config) {
 		if i < len(rc.Destinations) {
 			fp = fallbackFingerprint(rc.Destinations[i])
 		}
-		set := settingsOf(dp, fp)
-		if !set.guarded() {
-			continue
-		}
-		pl := plan{dp: dp, set: set}
-		if st := oldByKey[dp.Key()]; st != nil && st.set == set {
-			pl.st = st
-			kept[st] = true
+		pl := plan{dp: dp, set: settingsOf(dp, fp)}
+		if og := oldByKey[dp.Key()]; og != nil {
+			if og.set == pl.set {
+				pl.st = og.guardState
+				kept[og.guardState] = true
+			}
+			if og.pol.Budget == dp.Budget {
+				pl.budget = og.budget
+			}
 		}
 		plans = append(plans, pl)
 	}
 	def := tbl.Default()
-	keepDefs := settingsOf(def, "").guarded() && old != nil && old.def != nil && settingsOf(old.def, "") == settingsOf(def, "")
+	// The default policy's states go on when its guard settings are
+	// unchanged; a changed budget policy gives each a new budget.
+	keepDefs := old != nil && settingsOf(old.def, "") == settingsOf(def, "")
 	if old != nil {
-		for _, st := range oldByKey {
-			if !kept[st] {
-				st.retire()
+		for _, g := range oldByKey {
+			if !kept[g.guardState] {
+				g.retire()
 			}
 		}
-		if old.def != nil && !keepDefs {
+		if !keepDefs {
 			old.defMu.Lock()
 			for _, a := range old.defs.Keys() {
 				g, _ := old.defs.Peek(a)
@@ -251,24 +263,36 @@ func (gs *guards) retable(tbl *resilience.Table, rc resilience.Config) {
 		if pl.st == nil {
 			pl.st = gs.newState(pl.dp.Key(), pl.set)
 		}
-		ns.named[pl.dp] = &destGuard{pol: pl.dp, guardState: pl.st}
-	}
-	if settingsOf(def, "").guarded() {
-		ns.def = def
-		ns.defs, _ = simplelru.NewLRU[netip.AddrPort, *destGuard](defaultGuards, func(_ netip.AddrPort, g *destGuard) {
-			g.retire()
-		})
-		if keepDefs {
-			old.defMu.Lock()
-			for _, a := range old.defs.Keys() { // oldest first
-				g, _ := old.defs.Peek(a)
-				ns.defs.Add(a, &destGuard{pol: def, guardState: g.guardState})
-			}
-			old.defMu.Unlock()
+		if pl.budget == nil {
+			pl.budget = newBudget(pl.dp)
 		}
+		ns.named[pl.dp] = &destGuard{pol: pl.dp, budget: pl.budget, guardState: pl.st}
+		ns.any = ns.any || pl.set.guarded()
 	}
-	ns.any = len(ns.named) > 0 || ns.def != nil
+	ns.def = def
+	ns.defs, _ = simplelru.NewLRU[netip.AddrPort, *destGuard](defaultGuards, func(_ netip.AddrPort, g *destGuard) {
+		g.retire()
+	})
+	if keepDefs {
+		sameBudget := old.def.Budget == def.Budget
+		old.defMu.Lock()
+		for _, a := range old.defs.Keys() { // oldest first
+			g, _ := old.defs.Peek(a)
+			b := g.budget
+			if !sameBudget {
+				b = newBudget(def)
+			}
+			ns.defs.Add(a, &destGuard{pol: def, budget: b, guardState: g.guardState})
+		}
+		old.defMu.Unlock()
+	}
+	ns.any = ns.any || settingsOf(def, "").guarded()
 	gs.cur.Store(ns)
+}
+
+// newBudget is a new retry budget of dp's budget policy.
+func newBudget(dp *resilience.DestPolicy) *resilience.RetryBudget {
+	return resilience.NewRetryBudget(dp.Budget.Ratio, float64(dp.Budget.MinPerSecond), budgetWindow)
 }
 
 // settingsOf is what of dp's policy the guard keeps state for; fp is
@@ -309,10 +333,10 @@ func fallbackFingerprint(d resilience.Destination) string {
 	return string(b)
 }
 
-// newState makes a destination's state: its breakers (closed), its
+// newState makes a destination's guard: its breakers (closed), its
 // bulkhead (empty) and its metrics' children.
 func (gs *guards) newState(key string, set guardSettings) *guardState {
-	st := &guardState{gs: gs, key: key, set: set, stale: map[staleKey]*resilience.StaleCache{}}
+	st := &guardState{gs: gs, key: key, set: set}
 	if set.breaker.Enabled() {
 		st.breaker = resilience.NewBreaker(breakerOptions(set.breaker, func(from, to resilience.State) {
 			st.state.Store(uint32(to))
@@ -378,8 +402,8 @@ func (st *guardState) changed(endpoint string, from, to resilience.State, openFo
 // retire drops the state's metrics; its breakers may still be used by
 // requests in flight, but their changes are no longer shown.
 func (st *guardState) retire() {
-	if st.retired.Swap(true) {
-		return
+	if !st.set.guarded() || st.retired.Swap(true) {
+		return // an unguarded state has no series
 	}
 	for _, v := range []*prometheus.GaugeVec{st.gs.m.state} {
 		v.DeletePartialMatch(prometheus.Labels{"destination": st.key})
@@ -397,9 +421,15 @@ func (gs *guards) curSet() *guardSet {
 	return gs.cur.Load()
 }
 
-// forDst returns the guard of the destination at dst, nil when it has
-// none: the cost of the guard to a request when nothing is configured is
-// this call's two atomic loads. now is the request's start.
+// guarded reports whether the destination has a breaker, a bulkhead
+// or a fallback.
+func (st *guardState) guarded() bool { return st.set.guarded() }
+
+// forDst returns the guard of the destination at dst, nil when it is not
+// guarded, for the callers that know only the address (a connection's
+// requests have theirs from resolveRes): the cost of the guard to them
+// when no destination is guarded is this call's two atomic loads. now is
+// the request's start.
 func (gs *guards) forDst(dst netip.AddrPort, now time.Time) *destGuard {
 	s := gs.curSet()
 	if s == nil || !s.any {
@@ -410,7 +440,10 @@ func (gs *guards) forDst(dst netip.AddrPort, now time.Time) *destGuard {
 			return r.g
 		}
 	}
-	g := s.resolve(gs.p, dst)
+	g := s.get(gs.p, gs.p.lookupRes(s.tbl, dst), dst)
+	if g != nil && !g.guarded() {
+		g = nil
+	}
 	if s.n.Add(1) > resolvedMax {
 		s.resolved.Clear()
 		s.n.Store(1)
@@ -419,23 +452,19 @@ func (gs *guards) forDst(dst netip.AddrPort, now time.Time) *destGuard {
 	return g
 }
 
-// resolve looks up the guard of dst: its destination policy, found as
-// the retries find theirs (lookupRes), so that both follow one entry.
-func (s *guardSet) resolve(p *Proxy, dst netip.AddrPort) *destGuard {
-	dp := p.lookupRes(s.tbl, dst)
+// get returns the state of the destination at dst whose policy in s's
+// table is dp: a named destination's, or the default policy's for dst,
+// made when there is none.
+func (s *guardSet) get(p *Proxy, dp *resilience.DestPolicy, dst netip.AddrPort) *destGuard {
 	if !dp.IsDefault() {
 		return s.named[dp]
-	}
-	if s.def == nil {
-		return nil
 	}
 	s.defMu.Lock()
 	defer s.defMu.Unlock()
 	if g, ok := s.defs.Get(dst); ok {
 		return g
 	}
-	key := dp.Key() + "/" + dst.String()
-	g := &destGuard{pol: dp, guardState: p.guards.newState(key, settingsOf(dp, ""))}
+	g := &destGuard{pol: dp, budget: newBudget(dp), guardState: p.guards.newState(dp.Key()+"/"+dst.String(), settingsOf(dp, ""))}
 	s.defs.Add(dst, g)
 	return g
 }
@@ -450,6 +479,9 @@ func (g *destGuard) staleCache(pol *resilience.Policy) *resilience.StaleCache {
 	}
 	g.staleMu.Lock()
 	defer g.staleMu.Unlock()
+	if g.stale == nil {
+		g.stale = map[staleKey]*resilience.StaleCache{}
+	}
 	c := g.stale[k]
 	if c == nil {
 		c = resilience.NewStaleCache(sp.MaxBytes, sp.MaxBytes, sp.MaxAge)

@@ -99,14 +99,17 @@ func (gs *guards) status(now time.Time) ResilienceStatus {
 		return out
 	}
 	for _, g := range s.named {
-		out.Destinations = append(out.Destinations, g.status(now))
+		if g.guarded() {
+			out.Destinations = append(out.Destinations, g.status(now))
+		}
 	}
-	if s.def != nil {
+	{
 		s.defMu.Lock()
 		var defs []*destGuard
 		for _, a := range s.defs.Keys() {
-			g, _ := s.defs.Peek(a)
-			defs = append(defs, g)
+			if g, _ := s.defs.Peek(a); g.guarded() {
+				defs = append(defs, g)
+			}
 		}
 		s.defMu.Unlock()
 		for _, g := range defs {

@@ -27,11 +27,12 @@ import (
 // fallback or a 503, and nothing is sent. It reports whether the client
 // connection can carry another request.
 func (c *h1Conn) guardedExchange(ctx context.Context, start time.Time) bool {
-	var g *destGuard
-	if c.dir == Outbound {
-		g = c.p.guards.forDst(c.dst, start)
+	if c.dir != Outbound {
+		return c.exchange(ctx, start)
 	}
-	if g == nil {
+	c.p.resolveRes(&c.res, c.dst)
+	g := c.res.g
+	if g == nil || !g.guarded() {
 		return c.exchange(ctx, start)
 	}
 	// After the exchange (whose log line has the guard's note), the

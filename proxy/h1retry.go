@@ -38,9 +38,9 @@ func (c *h1Conn) beginRes(start time.Time) (*reqRes, time.Time) {
 		return nil, time.Time{}
 	}
 	c.req.del(hdrTimeoutLower)
-	c.p.resolveRes(&c.res, c.dst, start)
+	c.p.resolveRes(&c.res, c.dst) // done by guardedExchange: a check
 	pol := routePolicy(c.res.dp, string(c.req.method), c.req.target)
-	c.rr.begin(c.p, pol, c.res.st, string(c.req.method), start)
+	c.rr.begin(c.p, pol, c.res.g, string(c.req.method), start)
 	c.rr.gate = &c.gc
 	return &c.rr, time.Time{}
 }
@@ -101,7 +101,7 @@ func (c *h1Conn) readBody(rr *reqRes, start time.Time) bool {
 
 // tryTimeoutOf counts the request timeout e (not a try's) and notes it.
 func (rr *reqRes) tryTimeoutOf(e timeoutError) *timeoutError {
-	rr.p.res.countTimeout(Outbound, rr.st.key, e.kind)
+	rr.p.res.countTimeout(Outbound, rr.g.pol.Key(), e.kind)
 	rr.timeout = e.kind
 	return &e
 }
@@ -207,7 +207,7 @@ func (c *h1Conn) watchStream(u *h1Up, rr *reqRes) func() bool {
 		u.tcp.SetReadDeadline(time.Time{})
 		if r.fired {
 			rr.timeout = tkStreamIdle
-			c.p.res.countTimeout(Outbound, rr.st.key, tkStreamIdle)
+			c.p.res.countTimeout(Outbound, rr.g.pol.Key(), tkStreamIdle)
 		}
 		return r.fired
 	}

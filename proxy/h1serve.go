@@ -605,7 +605,7 @@ func (c *h1Conn) tunnel(u *h1Up) {
 	c.cc.sent.Add(sent)
 	c.cc.received.Add(received)
 	if kind != tkNone && errors.Is(err, ErrIdleTimeout) {
-		c.p.res.countTimeout(Outbound, c.rr.st.key, kind)
+		c.p.res.countTimeout(Outbound, c.rr.g.pol.Key(), kind)
 	}
 }
 

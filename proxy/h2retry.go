@@ -19,12 +19,12 @@ import (
 func (h *outboundHTTP) beginRes(rr *reqRes, r *http.Request, start time.Time) {
 	delete(r.Header, hdrTimeout)
 	rc := h.res.Load()
-	if rc == nil || rc.t != h.p.resilienceTable() {
+	if rc == nil || rc.s != h.p.guards.curSet() {
 		rc = &resConn{}
-		h.p.resolveRes(rc, h.dst, start)
+		h.p.resolveRes(rc, h.dst)
 		h.res.Store(rc)
 	}
-	rr.begin(h.p, routePolicy(rc.dp, r.Method, r.RequestURI), rc.st, r.Method, start)
+	rr.begin(h.p, routePolicy(rc.dp, r.Method, r.RequestURI), rc.g, r.Method, start)
 	if v := r.Header[hdrGRPCTimeout]; len(v) == 1 && isGRPC(r.Header.Get("Content-Type")) {
 		if d, ok := parseGRPCTimeout(v[0]); ok {
 			rr.limit(d, tkGRPC)
@@ -97,7 +97,7 @@ func (tw *tryWatch) checkIdle() {
 		return
 	}
 	tw.idled.Store(true)
-	tw.rr.p.res.countTimeout(Outbound, tw.rr.st.key, tkStreamIdle)
+	tw.rr.p.res.countTimeout(Outbound, tw.rr.g.pol.Key(), tkStreamIdle)
 	tw.cancel(&timeoutError{kind: tkStreamIdle, d: tw.idle})
 }
 

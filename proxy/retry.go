@@ -5,8 +5,6 @@ import (
 	"errors"
 	"net/netip"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,16 +52,10 @@ import (
 // retry budget lasts (Linkerd's and Finagle's default TTL).
 const budgetWindow = 10 * time.Second
 
-// maxResStates bounds the states kept per destination address for the
-// destinations of the default policy before idle ones are dropped.
-const maxResStates = 4096
-
-// resRuntime is the proxy's retry and timeout state: the state of each
-// destination, and the metrics.
+// resRuntime is the metrics of retries and timeouts; the state they
+// keep per destination (the retry budget) is in the per-destination
+// registry (guards, guard.go).
 type resRuntime struct {
-	mu     sync.RWMutex
-	states map[resKey]*resDest
-
 	// retries counts retries by destination (resilience.DestPolicy.Key)
 	// and reason; exhausted, the retries a destination's budget refused;
 	// timeouts, timeouts by direction, destination and kind.
@@ -72,28 +64,9 @@ type resRuntime struct {
 	timeouts  *prometheus.CounterVec
 }
 
-// resKey names a destination's state: its policy's key, and for the
-// default policy (shared by every destination no entry matches) its
-// address.
-type resKey struct {
-	name string
-	addr netip.AddrPort
-}
-
-// resDest is what is kept per destination: its retry budget.
-type resDest struct {
-	key    string
-	policy resilience.BudgetPolicy
-	budget *resilience.RetryBudget
-	// used is when a request last went there (Unix nanoseconds): a state
-	// unused for budgetWindow holds nothing a new one would not.
-	used atomic.Int64
-}
-
 // newResRuntime registers the retry and timeout metrics with reg.
 func newResRuntime(reg prometheus.Registerer) (*resRuntime, error) {
 	r := &resRuntime{
-		states: make(map[resKey]*resDest),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshgate_retries_total",
 			Help: "Outbound HTTP requests tried again, by destination (the resilience destination's name; \"default\" for the built-in one) " +
@@ -118,79 +91,24 @@ func newResRuntime(reg prometheus.Registerer) (*resRuntime, error) {
 	return r, nil
 }
 
-// state returns the state of dp's destination (dst, for the default
-// policy), made when there is none.
-func (r *resRuntime) state(dp *resilience.DestPolicy, dst netip.AddrPort, now time.Time) *resDest {
-	k := resKey{name: dp.Key()}
-	if dp.IsDefault() {
-		k.addr = dst
-	}
-	r.mu.RLock()
-	st := r.states[k]
-	r.mu.RUnlock()
-	if st != nil && st.policy == dp.Budget {
-		return st
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if st = r.states[k]; st != nil && st.policy == dp.Budget {
-		return st
-	}
-	if len(r.states) >= maxResStates {
-		r.dropIdle(now)
-	}
-	st = &resDest{key: dp.Key(), policy: dp.Budget,
-		budget: resilience.NewRetryBudget(dp.Budget.Ratio, float64(dp.Budget.MinPerSecond), budgetWindow)}
-	st.used.Store(now.UnixNano())
-	r.states[k] = st
-	return st
-}
-
-// dropIdle drops the states unused for a budget window (under mu): their
-// budget holds no deposit, and its floor would be full again.
-func (r *resRuntime) dropIdle(now time.Time) {
-	for k, st := range r.states {
-		if now.UnixNano()-st.used.Load() > int64(budgetWindow) {
-			delete(r.states, k)
-		}
-	}
-}
-
-// reload keeps the states of the destinations t still has (by key),
-// and of the default policy's; the others go. A destination whose budget
-// changed gets a new one when next used (state).
-func (r *resRuntime) reload(t *resilience.Table) {
-	keep := map[string]bool{}
-	for _, dp := range t.Destinations() {
-		keep[dp.Key()] = true
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for k := range r.states {
-		if !keep[k.name] {
-			delete(r.states, k)
-		}
-	}
-}
-
-// resConn is a connection's view of the resilience section: the table it
-// was resolved against, its destination's policy and state.
+// resConn is a connection's view of the resilience section: the state
+// set it was resolved against, its destination's policy and state.
 type resConn struct {
-	t  *resilience.Table
+	s  *guardSet
 	dp *resilience.DestPolicy
-	st *resDest
+	g  *destGuard
 }
 
 // resolveRes resolves rc for an outbound connection to dst against the
-// table in effect, unless it already is: once per connection, and again
-// after a reload.
-func (p *Proxy) resolveRes(rc *resConn, dst netip.AddrPort, now time.Time) {
-	t := p.resilienceTable()
-	if rc.dp != nil && rc.t == t {
+// state set in effect, unless it already is: once per connection, and
+// again after a reload.
+func (p *Proxy) resolveRes(rc *resConn, dst netip.AddrPort) {
+	s := p.guards.curSet()
+	if rc.g != nil && rc.s == s {
 		return
 	}
-	rc.t, rc.dp = t, p.lookupRes(t, dst)
-	rc.st = p.res.state(rc.dp, dst, now)
+	rc.s, rc.dp = s, p.lookupRes(s.tbl, dst)
+	rc.g = s.get(p, rc.dp, dst)
 }
 
 // lookupRes is the policy of dst in t: by what the proxy knows of the
@@ -224,7 +142,7 @@ func routePolicy[T string | []byte](dp *resilience.DestPolicy, method string, ta
 type reqRes struct {
 	p     *Proxy
 	pol   *resilience.Policy // nil: the request has none (not begun)
-	st    *resDest
+	g     *destGuard         // its destination's state: the retry budget
 	start time.Time
 	// methodOK: the method is among those retried.
 	methodOK bool
@@ -264,17 +182,16 @@ type reqRes struct {
 }
 
 // begin readies rr for an outbound request with method under pol to the
-// destination of st, had at start: the request deposits in the retry
+// destination of g, had at start: the request deposits in the retry
 // budget, and its timeout starts.
-func (rr *reqRes) begin(p *Proxy, pol *resilience.Policy, st *resDest, method string, start time.Time) {
-	*rr = reqRes{p: p, pol: pol, st: st, start: start, freeConnects: p.cfg.LoadBalancing.ConnectAttempts - 1,
+func (rr *reqRes) begin(p *Proxy, pol *resilience.Policy, g *destGuard, method string, start time.Time) {
+	*rr = reqRes{p: p, pol: pol, g: g, start: start, freeConnects: p.cfg.LoadBalancing.ConnectAttempts - 1,
 		methodOK: pol.Retry.Methods.Has(method)}
 	rr.tried = rr.triedArr[:0]
 	if d := pol.Timeouts.Request; d > 0 {
 		rr.deadline, rr.dl = start.Add(d), timeoutError{kind: tkRequest, d: d}
 	}
-	st.budget.Request(start)
-	st.used.Store(start.UnixNano())
+	g.budget.Request(start)
 }
 
 // limit bounds rr's request by d from its start too, as kind, when that
@@ -299,10 +216,10 @@ func (rr *reqRes) beginTry(now time.Time) {
 // tryTimeout is the timeout that ended a try cut at its deadline, counted.
 func (rr *reqRes) tryTimeout() *timeoutError {
 	if rr.perTry {
-		rr.p.res.countTimeout(Outbound, rr.st.key, tkPerTry)
+		rr.p.res.countTimeout(Outbound, rr.g.pol.Key(), tkPerTry)
 		return &timeoutError{kind: tkPerTry, d: rr.pol.Timeouts.PerTry}
 	}
-	rr.p.res.countTimeout(Outbound, rr.st.key, rr.dl.kind)
+	rr.p.res.countTimeout(Outbound, rr.g.pol.Key(), rr.dl.kind)
 	e := rr.dl
 	return &e
 }
@@ -338,13 +255,13 @@ func (rr *reqRes) connectErr(err error, now time.Time) error {
 	}
 	if te, ok := errors.AsType[*timeoutError](err); ok {
 		// The connect timeout of the destination's policy (dialEndpoint).
-		rr.p.res.countTimeout(Outbound, rr.st.key, te.kind)
+		rr.p.res.countTimeout(Outbound, rr.g.pol.Key(), te.kind)
 		return err
 	}
 	if _, ok := errors.AsType[*dialError](err); !ok {
 		return err // the mesh handshake's own timeout (timeouts.handshake)
 	}
-	rr.p.res.countTimeout(Outbound, rr.st.key, tkConnect)
+	rr.p.res.countTimeout(Outbound, rr.g.pol.Key(), tkConnect)
 	return &dialError{&timeoutError{kind: tkConnect, d: rr.connectTimeout()}}
 }
 
@@ -479,14 +396,14 @@ func (rr *reqRes) again(why retryWhy, replayable bool, retryAfter string) (time.
 	if rr.gate != nil && !rr.gate.tryRetry() {
 		return 0, false // bulkhead.maxRetries: counted as an overflow
 	}
-	if !rr.st.budget.TryRetry(now) {
+	if !rr.g.budget.TryRetry(now) {
 		rr.gate.doneRetry()
 		rr.budgetOut = true
-		rr.p.res.exhausted.WithLabelValues(rr.st.key).Inc()
+		rr.p.res.exhausted.WithLabelValues(rr.g.pol.Key()).Inc()
 		return 0, false
 	}
 	rr.retries++
-	rr.p.res.retries.WithLabelValues(rr.st.key, why.reason()).Inc()
+	rr.p.res.retries.WithLabelValues(rr.g.pol.Key(), why.reason()).Inc()
 	return wait, true
 }
 

@@ -946,10 +946,9 @@ func TestRetryDecision(t *testing.T) {
 		t.Fatal(err)
 	}
 	dp := table.Default()
-	dst := netip.MustParseAddrPort("10.0.0.1:80")
 	fresh := func(method string) *reqRes {
 		rr := &reqRes{}
-		rr.begin(p, dp.Policy(), res.state(dp, dst, time.Now()), method, time.Now())
+		rr.begin(p, dp.Policy(), &destGuard{pol: dp, budget: newBudget(dp), guardState: &guardState{}}, method, time.Now())
 		return rr
 	}
 	st503 := retryWhy{kind: retryStatus, status: 503}
@@ -1010,50 +1009,68 @@ func TestRetryDecision(t *testing.T) {
 }
 
 // TestResStatesReload: a destination keeps its retry budget over a reload
-// that keeps its name and budget, gets a new one when its budget
-// changed, and loses it when it is gone; the default policy's are kept
-// per destination address.
+// that keeps its name and budget (even when its guard changed), gets a
+// new one when its budget changed (keeping its guard when that did not),
+// and loses its state when it is gone; the default policy's are kept
+// per destination address, over a reload too.
 func TestResStatesReload(t *testing.T) {
-	res, err := newResRuntime(prometheus.NewRegistry())
+	p, err := New(testConfig(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	compile := func(y string) *resilience.Table {
-		tb, err := resilience.New(resilienceYAML(t, y))
+	load := func(y string) {
+		rc := resilienceYAML(t, y)
+		tb, err := resilience.New(rc)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return tb
+		p.commitResilience(tb, rc)
 	}
-	now := time.Now()
+	state := func(dst netip.AddrPort) *destGuard {
+		var rc resConn
+		p.resolveRes(&rc, dst)
+		return rc.g
+	}
 	a, b := netip.MustParseAddrPort("10.0.0.1:80"), netip.MustParseAddrPort("10.0.0.2:80")
-	t1 := compile("destinations:\n- {name: api, match: {ports: [80]}}\n- {name: db, match: {ports: [5432]}}")
-	api := t1.Lookup(resilience.Dest{Port: 80})
-	s1 := res.state(api, a, now)
-	if res.state(api, b, now) != s1 {
-		t.Error("two addresses of one named destination have budgets of their own")
+	a81, b81 := netip.MustParseAddrPort("10.0.0.1:81"), netip.MustParseAddrPort("10.0.0.2:81")
+	load("destinations:\n- {name: api, match: {ports: [80]}}\n- {name: db, match: {ports: [5432]}}")
+	s1 := state(a)
+	if state(b) != s1 {
+		t.Error("two addresses of one named destination have states of their own")
 	}
-	if d := t1.Default(); res.state(d, a, now) == res.state(d, b, now) {
+	d1 := state(a81)
+	if d1 == state(b81) || d1.budget == state(b81).budget {
 		t.Error("two destinations of the default policy share a budget")
 	}
-	t2 := compile("destinations:\n- {name: api, match: {ports: [80]}}")
-	res.reload(t2)
-	if res.state(t2.Lookup(resilience.Dest{Port: 80}), a, now) != s1 {
-		t.Error("a reload that kept the destination dropped its budget")
+	if state(a81) != d1 {
+		t.Error("a default destination's state was not kept between connections")
 	}
-	t3 := compile("destinations:\n- {name: api, match: {ports: [80]}, retries: {budget: {ratio: 0.5}}}")
-	res.reload(t3)
-	if res.state(t3.Lookup(resilience.Dest{Port: 80}), a, now) == s1 {
+	load("destinations:\n- {name: api, match: {ports: [80]}, circuitBreaker: {consecutiveFailures: 3}}")
+	s2 := state(a)
+	if s2.budget != s1.budget {
+		t.Error("a reload that kept the destination and its budget dropped its budget")
+	}
+	if s2.guardState == s1.guardState || s2.breaker == nil {
+		t.Error("a reload that set a breaker kept the guard without one")
+	}
+	if state(a81).budget != d1.budget {
+		t.Error("a reload dropped the default policy's budgets")
+	}
+	load("destinations:\n- {name: api, match: {ports: [80]}, circuitBreaker: {consecutiveFailures: 3}, retries: {budget: {ratio: 0.5}}}")
+	s3 := state(a)
+	if s3.budget == s2.budget {
 		t.Error("a changed budget kept the old one")
 	}
-	res.reload(compile(""))
-	res.mu.RLock()
-	for k := range res.states {
-		if k.name != resilience.DefaultName {
-			t.Errorf("state of %q kept after its destination went", k.name)
-		}
+	if s3.guardState != s2.guardState {
+		t.Error("a reload that changed only the budget dropped the breaker")
 	}
-	res.mu.RUnlock()
+	load("")
+	if n := len(p.guards.curSet().named); n != 0 {
+		t.Errorf("%d named destinations' states kept after they went", n)
+	}
+	if g := state(a); !g.pol.IsDefault() || g == s3 {
+		t.Error("the destination gone still has its state")
+	}
 }
 
 // TestDestinationIdleTimeout: a destination's idle timeout closes the pooled HTTP/1
@@ -1097,8 +1114,8 @@ func retryHotPath(tb testing.TB) func() {
 	method, target := "GET", []byte("/api/items?x=1")
 	return func() {
 		now := time.Now()
-		p.resolveRes(&rc, dst, now)
-		rr.begin(p, routePolicy(rc.dp, method, target), rc.st, method, now)
+		p.resolveRes(&rc, dst)
+		rr.begin(p, routePolicy(rc.dp, method, target), rc.g, method, now)
 		rr.beginTry(now)
 		if t, ok := p.pickRetry(dst, rr.tried); ok {
 			rr.attempts++
@@ -1143,8 +1160,8 @@ func BenchmarkRetryHotPath(b *testing.B) {
 			var rr reqRes
 			for pb.Next() {
 				now := time.Now()
-				p.resolveRes(&rc, dst, now)
-				rr.begin(p, routePolicy(rc.dp, "GET", "/api/items"), rc.st, "GET", now)
+				p.resolveRes(&rc, dst)
+				rr.begin(p, routePolicy(rc.dp, "GET", "/api/items"), rc.g, "GET", now)
 				rr.beginTry(now)
 				rr.retriesStatus(200, "")
 			}
