@@ -438,3 +438,25 @@ func TestAccessLogOff(t *testing.T) {
 		t.Errorf("the server sidecar logged %d requests, want none", n)
 	}
 }
+
+// TestH1MeshTimeoutNoted: the codec notes an X-Meshgate-Timeout field in
+// any case as it parses a head (the engine strips or reads the field only
+// then), and the next head on the connection starts without the note.
+func TestH1MeshTimeoutNoted(t *testing.T) {
+	r := h1Reader{src: strings.NewReader("GET / HTTP/1.1\r\nHost: x\r\nx-MESHGATE-timeout: 5ms\r\n\r\n" +
+		"GET / HTTP/1.1\r\nHost: x\r\nX-Meshgate-Timeouts: 5ms\r\n\r\n")}
+	var m h1Msg
+	if err := r.readHead(&m, false); err != nil {
+		t.Fatal(err)
+	}
+	if !m.meshTimeout || string(m.get(hdrTimeoutLower)) != "5ms" {
+		t.Errorf("first head: meshTimeout %v, value %q; want it noted", m.meshTimeout, m.get(hdrTimeoutLower))
+	}
+	m = m.keep()
+	if err := r.readHead(&m, false); err != nil {
+		t.Fatal(err)
+	}
+	if m.meshTimeout {
+		t.Error("second head, with no such field: meshTimeout still set")
+	}
+}

@@ -233,6 +233,11 @@ type h1Msg struct {
 	upgrade bool // Connection: upgrade with an Upgrade field
 	// host counts Host fields (a request must have one, HTTP/1.1).
 	host int
+	// meshTimeout: the head has an X-Meshgate-Timeout field, which the
+	// engine removes (outbound) or reads (inbound); noted as the fields
+	// are parsed, so that the many requests without one are not scanned
+	// for it again.
+	meshTimeout bool
 }
 
 // h1KeepHead is the largest head storage kept for the next message: a
@@ -266,7 +271,7 @@ func (m *h1Msg) reset() {
 	m.fields = m.fields[:0]
 	m.added, m.pending = m.added[:0], m.pending[:0]
 	m.length, m.chunked, m.otherCoding = -1, false, false
-	m.close, m.upgrade, m.host = false, false, 0
+	m.close, m.upgrade, m.host, m.meshTimeout = false, false, 0, false
 }
 
 // parseRequest parses m.raw as a request head.
@@ -389,6 +394,8 @@ func (m *h1Msg) parseFields(raw []byte) error {
 			}
 		case equalFold(name, "host"):
 			m.host++
+		case equalFold(name, hdrTimeoutLower):
+			m.meshTimeout = true
 		}
 	}
 	if m.minor == 0 && !hasToken(connTokens, "keep-alive") {

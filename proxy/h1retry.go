@@ -27,17 +27,20 @@ const (
 // none).
 func (c *h1Conn) beginRes(start time.Time) (*reqRes, time.Time) {
 	if c.dir == Inbound {
-		v := c.req.get(hdrTimeoutLower)
-		if v == nil {
+		if !c.req.meshTimeout {
 			return nil, time.Time{}
 		}
+		v := c.req.get(hdrTimeoutLower)
 		c.req.del(hdrTimeoutLower)
 		if d, ok := parseTimeout(string(v)); ok && !c.sreq.Peer.IsZero() {
 			return nil, start.Add(d)
 		}
 		return nil, time.Time{}
 	}
-	c.req.del(hdrTimeoutLower)
+	if c.req.meshTimeout {
+		c.req.del(hdrTimeoutLower)
+		c.req.meshTimeout = false
+	}
 	c.p.resolveRes(&c.res, c.dst) // done by guardedExchange: a check
 	pol := routePolicy(c.res.dp, string(c.req.method), c.req.target)
 	c.rr.begin(c.p, pol, c.res.g, string(c.req.method), start)
