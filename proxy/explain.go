@@ -56,7 +56,8 @@ type ExplainResult struct {
 	// nothing here: no token is taken.
 	RateLimits []ExplainRateLimit
 	// Resilience is the resilience policy an outbound call would get:
-	// its destination and route, timeouts and retries (nil inbound).
+	// its destination and route, timeouts and retries, faults and
+	// mirror, circuit breakers, bulkhead and fallback (nil inbound).
 	Resilience *ExplainResilience
 	claims     policy.Claims // the token's, when it was valid
 }

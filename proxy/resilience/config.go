@@ -1147,6 +1147,18 @@ func grpcCode(s string) (codes.Code, bool) {
 	return c, ok
 }
 
+// CodeName is the name of gRPC status code c as the config writes it
+// (retries.on, faults.abort.grpc): unavailable, resource-exhausted,
+// cancelled; its number for a code gRPC does not define.
+func CodeName(c codes.Code) string {
+	for name, code := range grpcNames {
+		if code == c {
+			return name
+		}
+	}
+	return strconv.Itoa(int(c))
+}
+
 // statusCode reads an HTTP status written as digits, lo to hi.
 func statusCode(s string, lo, hi int) (int, bool) {
 	if len(s) != 3 {

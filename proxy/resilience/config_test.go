@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
 
 	"meshgate/internal/confval"
 )
@@ -364,6 +365,22 @@ func TestRetryOnReading(t *testing.T) {
 	want := `resilience.destinations[0].retries.on[0]: true is not a condition; want connect-failure, reset, a status code such as "503", or a gRPC code such as unavailable`
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v\nwant %s", err, want)
+	}
+}
+
+// TestCodeName: explain names a gRPC code as the config writes it, so
+// that what it shows can be written back (cancelled, not Go's Canceled).
+func TestCodeName(t *testing.T) {
+	for c := codes.OK; c <= codes.Unauthenticated; c++ {
+		if got, ok := grpcCode(CodeName(c)); !ok || got != c {
+			t.Errorf("CodeName(%v) = %q, read back as %v, %v", c, CodeName(c), got, ok)
+		}
+	}
+	if got := CodeName(codes.Canceled); got != "cancelled" {
+		t.Errorf("CodeName(Canceled) = %q, want cancelled", got)
+	}
+	if got := CodeName(codes.Code(42)); got != "42" {
+		t.Errorf("CodeName(42) = %q, want 42", got)
 	}
 }
 
