@@ -107,6 +107,18 @@ func (s *service) finish(failed bool) {
 	})
 }
 
+// handOver ends the connection's try as finish does, but leaves the
+// destination's breaker unjudged (its ticket given back): the
+// connection was dialed while the app's first bytes were awaited, and
+// what it was for is now served request by request, each judged on its
+// own. Later calls, and finish after it, do nothing.
+func (s *service) handOver(failed bool) {
+	s.once.Do(func() {
+		s.t.report(s.t.connected.Sub(s.t.start), 0, failed)
+		s.ct.cancel()
+	})
+}
+
 // eachEndpoint runs attempt on an endpoint of dst the balancer picks and,
 // while it fails with nothing of the app's sent (retriable), reports the
 // failure and tries the next, up to loadBalancing.connectAttempts. An

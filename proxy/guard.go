@@ -696,11 +696,13 @@ func (gc *guardCall) finish(success bool, now time.Time) {
 // outcomeErr tells the breaker of a request that ended with err before
 // a response: a failure, unless the guard itself refused it (a
 // connection over maxConnections, every endpoint's circuit open), which
-// says nothing of the destination (the ticket is dropped; a lost trial
-// is let go after openFor, see resilience.Breaker).
+// says nothing of the destination (the ticket is given back unjudged).
 func (gc *guardCall) outcomeErr(err error, now time.Time) {
 	if e, ok := asGuardError(err); ok {
-		gc.owed = false
+		if gc.owed {
+			gc.owed = false
+			gc.g.breaker.Cancel(gc.ticket, now)
+		}
 		gc.noteRefusal(e)
 		return
 	}
@@ -709,10 +711,14 @@ func (gc *guardCall) outcomeErr(err error, now time.Time) {
 
 // end gives back what the request still holds: its places, and (as
 // neither success nor failure) a ticket no outcome was told of, as when
-// the client went away. Safe to call more than once.
+// the client went away, so that a half-open circuit's trial place is
+// free again at once. Safe to call more than once.
 func (gc *guardCall) end() {
 	gc.release()
-	gc.owed = false
+	if gc.owed {
+		gc.owed = false
+		gc.g.breaker.Cancel(gc.ticket, time.Now())
+	}
 }
 
 // tryRetry is destGuard.tryRetry for the request, noting an overflow in

@@ -236,6 +236,16 @@ func (ct connTicket) done(failed bool) {
 	}
 }
 
+// cancel gives the ticket back unjudged: the connection was made for
+// the app's first bytes, which turned out to be HTTP, and the requests
+// that go on are judged each by its own outcome (the guard judges a
+// request once).
+func (ct connTicket) cancel() {
+	if ct.g != nil {
+		ct.g.breaker.Cancel(ct.ticket, time.Now())
+	}
+}
+
 // doneErr is done for a connection that could not be made: a failure,
 // unless the guard refused it (over maxConnections), which says nothing
 // of the destination.

@@ -72,7 +72,7 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	}
 	race.drop = func(u upConn) {
 		p.closeUpstream(u.tcp)
-		svc.finish(false)
+		svc.handOver(false)
 	}
 	op, err := race.run(ctx)
 	if err != nil {
@@ -99,7 +99,7 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 		// not a reset, so its bytes are awaited as if dst were known to
 		// speak HTTP.
 		upstream.releasePending()
-		svc.finish(true)
+		svc.handOver(true) // the HTTP requests' own outcomes tell the breaker
 		return p.detectKnownHTTP(ctx, pc, dst, start, az, m)
 	}
 	if op.upErr != nil {
@@ -133,7 +133,7 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 			kept = true
 		}
 		upstream.releasePending()
-		svc.finish(false)
+		svc.handOver(false)
 		lo := p.serveOutboundHTTP(ctx, pc, dst, d.proto.Protocol, az, m)
 		lo.detected = &d
 		return lo

@@ -176,6 +176,21 @@ func (b *Breaker) Done(t Ticket, success bool, now time.Time) {
 	}
 }
 
+// Cancel gives back the ticket of a request Allow admitted that ends
+// with no outcome to report: it was not sent after all, or what it was
+// for is judged by another request's ticket. Half-open, its trial's
+// place is free again at once (a ticket never reported holds it for
+// OpenFor); otherwise it changes nothing. Cancel a ticket instead of
+// reporting it with Done, not as well.
+func (b *Breaker) Cancel(t Ticket, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.tick(now)
+	if t.gen == b.gen && b.state == HalfOpen && t.round == b.round && b.trials > 0 {
+		b.trials--
+	}
+}
+
 // outcome counts a closed breaker's outcome and opens it if that was one
 // failure too many.
 func (b *Breaker) outcome(success bool, now time.Time) {

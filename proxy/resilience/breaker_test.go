@@ -134,6 +134,41 @@ func TestBreakerOpenThenHalfOpen(t *testing.T) {
 	}
 }
 
+// TestBreakerCancel: a trial cancelled gives its place to the next
+// request at once and judges nothing; a cancelled ticket of a closed
+// breaker changes nothing either.
+func TestBreakerCancel(t *testing.T) {
+	const openFor = 5 * time.Second
+	b := NewBreaker(BreakerOptions{ConsecutiveFailures: 2, OpenFor: openFor, HalfOpenRequests: 1})
+	tk, _ := b.Allow(t0)
+	call(b, t0, false)
+	b.Cancel(tk, t0)
+	if s := b.Status(t0); s.State != Closed || s.ConsecutiveFailures != 1 {
+		t.Fatalf("closed, after a failure and a cancel: %+v; want closed with 1 failure", s)
+	}
+	call(b, t0, false)
+	half := t0.Add(openFor)
+	trial, ok := b.Allow(half)
+	if !ok {
+		t.Fatal("half-open breaker refused its trial")
+	}
+	if _, ok := b.Allow(half); ok {
+		t.Fatal("half-open breaker let a second trial through with one allowed")
+	}
+	b.Cancel(trial, half)
+	if s := b.Status(half); s.State != HalfOpen {
+		t.Fatalf("after the trial was cancelled: %v, want still half-open", s.State)
+	}
+	next, ok := b.Allow(half)
+	if !ok {
+		t.Fatal("the cancelled trial's place was not given back")
+	}
+	b.Done(next, true, half)
+	if s := b.State(half); s != Closed {
+		t.Errorf("after the next trial succeeded: %v, want closed", s)
+	}
+}
+
 func TestBreakerTrialFailureReopens(t *testing.T) {
 	var ch changes
 	const openFor = 5 * time.Second
