@@ -30,13 +30,7 @@ import (
 // resilienceOf parses a config holding a resilience section for a test.
 func resilienceOf(t testing.TB, doc string) func(*Config) {
 	t.Helper()
-	cfg, err := ParseConfig([]byte(doc))
-	if err != nil {
-		t.Fatalf("parse: %v", err)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("validate: %v", err)
-	}
+	cfg := configOf(t, doc)
 	return func(c *Config) { c.Resilience = cfg.Resilience }
 }
 
@@ -65,9 +59,19 @@ func picked(seed uint64, n int, percent float64) int {
 	return k
 }
 
-// The client sidecar's destinations in a pair are on 127.0.0.1 (the
-// server sidecar's inbound listener).
-const pairDest = "  - name: api\n    match: {cidrs: [127.0.0.1/32]}\n"
+// apiSection is a resilience section (YAML, below its key) of one
+// destination, api: every address on 127.0.0.1, which in a pair is the
+// server sidecar's inbound listener. settings are api's (YAML, as under
+// a destination).
+func apiSection(settings string) string {
+	return "  destinations:\n  - name: api\n    match: {cidrs: [127.0.0.1/32]}\n" + indent(settings, "    ")
+}
+
+// apiResilience gives a config the resilience section apiSection(settings).
+func apiResilience(t testing.TB, settings string) func(*Config) {
+	t.Helper()
+	return resilienceOf(t, "resilience:\n"+apiSection(settings))
+}
 
 // TestFaultAbort: an abort rule of 10% answers its share of requests
 // with the configured status and reason, without sending them, over
@@ -75,20 +79,14 @@ const pairDest = "  - name: api\n    match: {cidrs: [127.0.0.1/32]}\n"
 // requests its rolls pick, within 10% ± 3% of 1000; each counted and
 // logged.
 func TestFaultAbort(t *testing.T) {
-	for _, c := range []struct {
-		name   string
-		client func(*testing.T) *http.Client
-	}{{"http1", h1Client}, {"h2c", h2cClient}} {
+	for _, c := range clients {
 		t.Run(c.name, func(t *testing.T) {
-			mca := newMeshCA(t)
-			cm, sm := mca.meshes()
 			app, seen := startL7App(t)
-			p := startPair(t, app, cm, sm, pairOptions{
-				clientCfg: resilienceOf(t, "resilience:\n  destinations:\n"+pairDest+
-					"    faults: {abort: {status: 503, percent: 10}}\n"),
+			p := startMeshPair(t, app, pairOptions{
+				clientCfg:  apiResilience(t, "faults: {abort: {status: 503, percent: 10}}"),
 				clientOpts: []Option{withFaultRandom(seeded(1))},
 			})
-			client := c.client(t)
+			client := c.new(t)
 			const n = 1000
 			aborted := 0
 			for i := range n {
@@ -140,10 +138,8 @@ func TestFaultAbortGRPC(t *testing.T) {
 		{"http status alone", "{status: 503}", codes.Unavailable, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			mca := newMeshCA(t)
-			cm, sm := mca.meshes()
-			p := startPair(t, grpcH2CServer(t), cm, sm, pairOptions{
-				clientCfg: resilienceOf(t, "resilience:\n  destinations:\n"+pairDest+"    faults: {abort: "+c.abort+"}\n"),
+			p := startMeshPair(t, grpcH2CServer(t), pairOptions{
+				clientCfg: apiResilience(t, "faults: {abort: "+c.abort+"}"),
 			})
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -155,11 +151,9 @@ func TestFaultAbortGRPC(t *testing.T) {
 		})
 	}
 	t.Run("grpc alone, not gRPC", func(t *testing.T) {
-		mca := newMeshCA(t)
-		cm, sm := mca.meshes()
 		app, _ := startL7App(t)
-		p := startPair(t, app, cm, sm, pairOptions{
-			clientCfg: resilienceOf(t, "resilience:\n  destinations:\n"+pairDest+"    faults: {abort: {grpc: unavailable}}\n"),
+		p := startMeshPair(t, app, pairOptions{
+			clientCfg: apiResilience(t, "faults: {abort: {grpc: unavailable}}"),
 		})
 		for _, client := range []*http.Client{h1Client(t), h2cClient(t)} {
 			if a := do(t, client, http.MethodGet, "http://"+p.client.out()+"/", nil); a.status != http.StatusOK {
@@ -189,18 +183,17 @@ func grpcH2CServer(t *testing.T) string {
 // alone, and a route's faults: {} turns the destination's off; a request
 // both delayed and aborted is delayed first.
 func TestFaultDelay(t *testing.T) {
-	mca := newMeshCA(t)
-	cm, sm := mca.meshes()
 	app, seen := startL7App(t)
-	p := startPair(t, app, cm, sm, pairOptions{
-		clientCfg: resilienceOf(t, "resilience:\n  destinations:\n"+pairDest+`    faults: {delay: {duration: 300ms, percent: 50}}
-    routes:
-    - name: slow
-      match: {paths: [/slow]}
-      faults: {delay: {duration: 300ms}, abort: {status: 500}}
-    - name: fast
-      match: {paths: [/fast]}
-      faults: {}
+	p := startMeshPair(t, app, pairOptions{
+		clientCfg: apiResilience(t, `
+faults: {delay: {duration: 300ms, percent: 50}}
+routes:
+- name: slow
+  match: {paths: [/slow]}
+  faults: {delay: {duration: 300ms}, abort: {status: 500}}
+- name: fast
+  match: {paths: [/fast]}
+  faults: {}
 `),
 		clientOpts: []Option{withFaultRandom(seeded(7))},
 	})
@@ -268,11 +261,9 @@ func TestFaultDelay(t *testing.T) {
 // ended; over HTTP/1.1 (the engine watches the client's socket) and
 // HTTP/2 (the stream's context).
 func TestFaultDelayClientGone(t *testing.T) {
-	mca := newMeshCA(t)
-	cm, sm := mca.meshes()
 	app, seen := startL7App(t)
-	p := startPair(t, app, cm, sm, pairOptions{
-		clientCfg: resilienceOf(t, "resilience:\n  destinations:\n"+pairDest+"    faults: {delay: {duration: 1m}}\n"),
+	p := startMeshPair(t, app, pairOptions{
+		clientCfg: apiResilience(t, "faults: {delay: {duration: 1m}}"),
 	})
 	gone := func() int {
 		n := 0
@@ -318,13 +309,11 @@ func TestFaultDelayClientGone(t *testing.T) {
 // delayed gets to the app whole once the delay is over, and the client
 // connection carries the next request.
 func TestFaultHTTP1BodyAfterDelay(t *testing.T) {
-	mca := newMeshCA(t)
-	cm, sm := mca.meshes()
 	app := startRawApp(t, func(req *http.Request, body []byte) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + string(body)
 	})
-	p := startPair(t, app, cm, sm, pairOptions{
-		clientCfg: resilienceOf(t, "resilience:\n  destinations:\n"+pairDest+"    faults: {delay: {duration: 200ms}}\n"),
+	p := startMeshPair(t, app, pairOptions{
+		clientCfg: apiResilience(t, "faults: {delay: {duration: 200ms}}"),
 	})
 	c := dial(t, p.client.out())
 	c.SetDeadline(time.Now().Add(10 * time.Second))
@@ -349,10 +338,7 @@ func TestFaultHTTP1BodyAfterDelay(t *testing.T) {
 // mirror, so that they cost nothing otherwise; a reload adds and removes
 // them.
 func TestFaultStageOnlyWithFaults(t *testing.T) {
-	p, err := New(testConfig(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newProxy(t, testConfig())
 	names := func() []string {
 		var out []string
 		for _, s := range p.chains.Load()[Outbound] {
@@ -373,9 +359,7 @@ func TestFaultStageOnlyWithFaults(t *testing.T) {
 			[]string{stageFault, stageMirror}},
 		{"  - match: {ports: [80]}\n    mirror: {to: 'audit:80', percent: 0}\n    faults: {delay: {duration: 1s, percent: 0}}\n", nil},
 	} {
-		var cfg Config
-		resilienceOf(t, "resilience:\n  destinations:\n"+c.doc)(&cfg)
-		if err := p.ReloadResilience(cfg.Resilience); err != nil {
+		if err := p.ReloadResilience(configOf(t, "resilience:\n  destinations:\n"+c.doc).Resilience); err != nil {
 			t.Fatal(err)
 		}
 		var got []string

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -16,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -43,7 +41,7 @@ type guardApp struct {
 func startGuardApp(t *testing.T) *guardApp {
 	t.Helper()
 	a := &guardApp{}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	a.addr = startHTTPApp(t, "", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := a.hits.Add(1)
 		a.mu.Lock()
 		hold := a.hold
@@ -82,13 +80,7 @@ func startGuardApp(t *testing.T) *guardApp {
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		io.WriteString(w, body)
 	}))
-	srv.Config.Protocols = new(http.Protocols)
-	srv.Config.Protocols.SetHTTP1(true)
-	srv.Config.Protocols.SetUnencryptedHTTP2(true)
-	srv.Start()
-	t.Cleanup(srv.Close)
-	t.Cleanup(a.release) // first: Close waits for the requests held
-	a.addr = srv.Listener.Addr().String()
+	t.Cleanup(a.release) // before the server's Close, which waits for the requests held
 	return a
 }
 
@@ -114,23 +106,24 @@ func (a *guardApp) release() {
 // guardConfig reads a resilience section (YAML, without its key).
 func guardConfig(t testing.TB, doc string) resilience.Config {
 	t.Helper()
-	cfg, err := ParseConfig([]byte("resilience:\n" + doc))
-	if err == nil {
-		err = cfg.Validate()
-	}
-	if err != nil {
-		t.Fatalf("resilience section: %v\n%s", err, doc)
-	}
-	return cfg.Resilience
+	return configOf(t, "resilience:\n"+doc).Resilience
 }
 
-// startGuarded starts a pair of sidecars in front of app whose client
-// sidecar has the resilience section doc.
-func startGuarded(t *testing.T, app string, doc string) *pair {
+// guardedConfig is testConfig with the resilience section doc (YAML,
+// without its key).
+func guardedConfig(t testing.TB, doc string) Config {
 	t.Helper()
-	res := guardConfig(t, doc)
-	cm, sm := newMeshCA(t).meshes()
-	return startPair(t, app, cm, sm, pairOptions{clientCfg: func(c *Config) { c.Resilience = res }})
+	cfg := testConfig()
+	cfg.Resilience = guardConfig(t, doc)
+	return cfg
+}
+
+// startGuarded starts a pair of sidecars in front of app and returns
+// the client sidecar, whose resilience section has the destination api
+// (the server sidecar) with the settings api (apiSection).
+func startGuarded(t *testing.T, app string, api string) *running {
+	t.Helper()
+	return startMeshPair(t, app, pairOptions{clientCfg: apiResilience(t, api)}).client
 }
 
 // gauge returns the value of the gauge name whose labels are exactly
@@ -211,13 +204,6 @@ func (s ResilienceStatus) dest(t *testing.T, key string) DestinationStatus {
 	return DestinationStatus{}
 }
 
-// clients are the two ways an app's request reaches the client sidecar's
-// two HTTP paths: HTTP/1.1 (the engine) and h2c (net/http).
-var guardClients = []struct {
-	name string
-	make func(*testing.T) *http.Client
-}{{"h1", h1Client}, {"h2c", h2cClient}}
-
 // lastAccess returns the client sidecar's last outbound access log line:
 // that of the request just answered (it is written before the answer
 // leaves). The HTTP/1 engine's fields point into its buffers, which the
@@ -243,21 +229,18 @@ func lastAccess(t *testing.T, r *running) map[string]any {
 // after openFor a trial request goes through: failing, it opens the
 // circuit again, succeeding, it closes it. On both HTTP paths.
 func TestCircuitBreaker(t *testing.T) {
-	for _, cl := range guardClients {
+	for _, cl := range clients {
 		t.Run(cl.name, func(t *testing.T) {
 			app := startGuardApp(t)
-			pr := startGuarded(t, app.addr, `
-  destinations:
-  - name: api
-    match: {cidrs: [127.0.0.1/32]}
-    circuitBreaker: {consecutiveFailures: 3, openFor: 400ms, halfOpenRequests: 1}
-    routes:
-    - name: items
-      match: {methods: [GET], paths: ["/items/*"]}
-      fallback: {stale: {maxAge: 1m}}
+			cli := startGuarded(t, app.addr, `
+circuitBreaker: {consecutiveFailures: 3, openFor: 400ms, halfOpenRequests: 1}
+routes:
+- name: items
+  match: {methods: [GET], paths: ["/items/*"]}
+  fallback: {stale: {maxAge: 1m}}
 `)
-			c := cl.make(t)
-			base := "http://" + pr.client.out()
+			c := cl.new(t)
+			base := "http://" + cli.out()
 			if resp, body := get(t, c, base+"/items/1", nil); resp.StatusCode != 200 || body != "/items/1 #1" {
 				t.Fatalf("first GET: %d %q", resp.StatusCode, body)
 			}
@@ -272,7 +255,6 @@ func TestCircuitBreaker(t *testing.T) {
 			if want := "circuit-breaker: circuit open (destination api)"; resp.StatusCode != 503 || resp.Header.Get(hdrError) != want {
 				t.Fatalf("after 3 failures: %d %q %q; want 503 %q", resp.StatusCode, resp.Header.Get(hdrError), body, want)
 			}
-			cli := pr.client
 			checkFields(t, "refused request", lastAccess(t, cli), map[string]string{"status": "503", "circuit": "open", "destination": "api"})
 			// The stale copy of a cacheable GET, while open.
 			resp, body = get(t, c, base+"/items/1", nil)
@@ -333,13 +315,8 @@ func TestCircuitBreaker(t *testing.T) {
 // TestCircuitBreakerGRPC: a gRPC call refused by an open circuit is
 // answered UNAVAILABLE, trailers-only, with the reason.
 func TestCircuitBreakerGRPC(t *testing.T) {
-	pr := startGuarded(t, closedAddr(t).String(), `
-  destinations:
-  - name: api
-    match: {cidrs: [127.0.0.1/32]}
-    circuitBreaker: {consecutiveFailures: 2, openFor: 1m}
-`)
-	hc := grpcHealthClient(t, pr.client.out())
+	cli := startGuarded(t, closedAddr(t).String(), "circuitBreaker: {consecutiveFailures: 2, openFor: 1m}")
+	hc := grpcHealthClient(t, cli.out())
 	for i := range 2 {
 		_, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{})
 		if status.Code(err) != codes.Unavailable || strings.Contains(err.Error(), "circuit open") {
@@ -363,15 +340,11 @@ func TestEndpointBreaker(t *testing.T) {
 	goodEP := netip.MustParseAddrPort(startProxy(t, testConfig(), WithMeshTLS(sm), to(good.addr)).in())
 	badEP := netip.MustParseAddrPort(startProxy(t, testConfig(), WithMeshTLS(sm), to(bad.addr)).in())
 	b := &fakeBalancer{eps: []netip.AddrPort{badEP, goodEP}}
-	ccfg := testConfig()
+	ccfg := guardedConfig(t, apiSection(`
+circuitBreaker: {consecutiveFailures: 0, perEndpoint: {consecutiveFailures: 2, openFor: 1m}}
+retries: {attempts: 0}   # each 503 is the client's: the breaker alone is tested
+`))
 	ccfg.MTLS.MeshCIDRs = prefixes("127.0.0.0/8")
-	ccfg.Resilience = guardConfig(t, `
-  destinations:
-  - name: api
-    match: {cidrs: [127.0.0.1/32]}
-    circuitBreaker: {consecutiveFailures: 0, perEndpoint: {consecutiveFailures: 2, openFor: 1m}}
-    retries: {attempts: 0}   # each 503 is the client's: the breaker alone is tested
-`)
 	cli := startProxy(t, ccfg, WithMeshTLS(cm), WithBalancer(b), to(badEP.String()))
 	c := h1Client(t)
 	var got []int
@@ -412,18 +385,12 @@ func TestEndpointBreaker(t *testing.T) {
 // once with 503 "overflow", nothing sent, counted; the places are given
 // back when the requests end, and when their clients go away.
 func TestBulkhead(t *testing.T) {
-	for _, cl := range guardClients {
+	for _, cl := range clients {
 		t.Run(cl.name, func(t *testing.T) {
 			app := startGuardApp(t)
-			pr := startGuarded(t, app.addr, `
-  destinations:
-  - name: api
-    match: {cidrs: [127.0.0.1/32]}
-    bulkhead: {maxActive: 2}
-`)
-			cli := pr.client
+			cli := startGuarded(t, app.addr, "bulkhead: {maxActive: 2}")
 			base := "http://" + cli.out()
-			c := cl.make(t)
+			c := cl.new(t)
 			get(t, c, base+"/warm", nil) // the mesh connection is set up
 			app.holdRequests()
 			var wg sync.WaitGroup
@@ -471,7 +438,7 @@ func TestBulkhead(t *testing.T) {
 			waitFor(t, func() bool { return app.hits.Load() == 5 })
 			cancel()
 			wg.Wait()
-			if cl.name == "h1" {
+			if cl.name == "http1" {
 				app.release()
 			}
 			waitFor(t, func() bool { return cli.resilienceStatus(t).dest(t, "api").Bulkhead.Active.InUse == 0 })
@@ -505,13 +472,7 @@ func TestBulkhead(t *testing.T) {
 // given back when the connection closes.
 func TestBulkheadConnections(t *testing.T) {
 	app := startGuardApp(t)
-	pr := startGuarded(t, app.addr, `
-  destinations:
-  - name: api
-    match: {cidrs: [127.0.0.1/32]}
-    bulkhead: {maxConnections: 1}
-`)
-	cli := pr.client
+	cli := startGuarded(t, app.addr, "bulkhead: {maxConnections: 1}")
 	base := "http://" + cli.out()
 	get(t, h1Client(t), base+"/warm", nil)
 	app.holdRequests()
@@ -548,16 +509,10 @@ func TestBulkheadConnections(t *testing.T) {
 // the next is refused at once.
 func TestBulkheadPending(t *testing.T) {
 	hole := blackhole(t)
-	cfg := testConfig()
+	cfg := guardedConfig(t, apiSection("bulkhead: {maxPending: 1}"))
 	cfg.MTLS.MeshCIDRs = prefixes("127.0.0.0/8")
 	cfg.Timeouts.Connect = Duration(time.Second)
 	cfg.Protocols.Ports = map[uint16]PortProtocol{netip.MustParseAddrPort(hole).Port(): PortHTTP}
-	cfg.Resilience = guardConfig(t, `
-  destinations:
-  - name: api
-    match: {cidrs: [127.0.0.1/32]}
-    bulkhead: {maxPending: 1}
-`)
 	cm, _ := newMeshCA(t).meshes()
 	cli := startProxy(t, cfg, WithMeshTLS(cm), to(hole))
 	done := make(chan int)
@@ -582,17 +537,12 @@ func TestBulkheadPending(t *testing.T) {
 // until doneRetry, the request's next retry or its end; none left, it is
 // refused and counted.
 func TestRetryPlaces(t *testing.T) {
-	cfg := testConfig()
-	cfg.Resilience = guardConfig(t, `
+	p := newProxy(t, guardedConfig(t, `
   destinations:
   - name: api
     match: {cidrs: [10.0.0.0/8]}
     bulkhead: {maxRetries: 1}
-`)
-	p, err := New(cfg, nil, WithRegistry(prometheus.NewRegistry()))
-	if err != nil {
-		t.Fatal(err)
-	}
+`))
 	g := p.guards.forDst(netip.MustParseAddrPort("10.0.0.7:80"), time.Now())
 	var gc, other guardCall
 	for _, c := range []*guardCall{&gc, &other} {
@@ -637,25 +587,21 @@ func TestRetryPlaces(t *testing.T) {
 // cacheable, or too large to keep) gets the static fallback; a kept
 // answer past maxAge is not served.
 func TestStaleFallback(t *testing.T) {
-	for _, cl := range guardClients {
+	for _, cl := range clients {
 		t.Run(cl.name, func(t *testing.T) {
 			app := startGuardApp(t)
-			pr := startGuarded(t, app.addr, `
-  destinations:
-  - name: api
-    match: {cidrs: [127.0.0.1/32]}
-    routes:
-    - name: items
-      match: {paths: ["/items/*"]}
-      fallback:
-        stale: {maxAge: 1m, maxBytes: 2048}
-        static: {status: 200, headers: {content-type: application/json}, body: '{"items": []}'}
-    - name: short
-      match: {paths: ["/short/*"]}
-      fallback: {stale: {maxAge: 300ms}}
+			cli := startGuarded(t, app.addr, `
+routes:
+- name: items
+  match: {paths: ["/items/*"]}
+  fallback:
+    stale: {maxAge: 1m, maxBytes: 2048}
+    static: {status: 200, headers: {content-type: application/json}, body: '{"items": []}'}
+- name: short
+  match: {paths: ["/short/*"]}
+  fallback: {stale: {maxAge: 300ms}}
 `)
-			cli := pr.client
-			c := cl.make(t)
+			c := cl.new(t)
 			base := "http://" + cli.out()
 			for _, path := range []string{"/items/a", "/items/big?size=4096", "/items/private?cc=no-store", "/short/s"} {
 				if resp, _ := get(t, c, base+path, nil); resp.StatusCode != 200 {
@@ -703,14 +649,11 @@ func TestStaleFallback(t *testing.T) {
 // the static fallback, a HEAD its head alone.
 func TestStaticFallbackWhenRefused(t *testing.T) {
 	app := startGuardApp(t)
-	pr := startGuarded(t, app.addr, `
-  destinations:
-  - name: api
-    match: {cidrs: [127.0.0.1/32]}
-    bulkhead: {maxActive: 1}
-    fallback: {static: {status: 503, headers: {retry-after: "5"}, body: "busy, try later"}}
+	cli := startGuarded(t, app.addr, `
+bulkhead: {maxActive: 1}
+fallback: {static: {status: 503, headers: {retry-after: "5"}, body: "busy, try later"}}
 `)
-	base := "http://" + pr.client.out()
+	base := "http://" + cli.out()
 	get(t, h1Client(t), base+"/warm", nil)
 	app.holdRequests()
 	done := make(chan struct{})
@@ -738,7 +681,6 @@ func TestStaticFallbackWhenRefused(t *testing.T) {
 // one whose settings changed, and drops one gone, with its metrics; the
 // default policy's state, per destination address, is bounded.
 func TestGuardReload(t *testing.T) {
-	cfg := testConfig()
 	doc := func(openFor string) string {
 		return `
   defaults:
@@ -749,13 +691,7 @@ func TestGuardReload(t *testing.T) {
     circuitBreaker: {consecutiveFailures: 1, openFor: ` + openFor + `}
 `
 	}
-	cfg.Resilience = guardConfig(t, doc("1m"))
-	reg := prometheus.NewRegistry()
-	p, err := New(cfg, nil, WithRegistry(reg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &running{Proxy: p, reg: reg}
+	p := newProxy(t, guardedConfig(t, doc("1m")))
 	api := netip.MustParseAddrPort("10.0.0.7:80")
 	now := time.Now()
 	g := p.guards.forDst(api, now)
@@ -798,7 +734,7 @@ func TestGuardReload(t *testing.T) {
 	if s := state(); s != "closed" {
 		t.Errorf("after openFor changed: %s, want closed (fresh)", s)
 	}
-	if got := r.gauge(t, "meshgate_circuit_state", map[string]string{"destination": "api", "endpoint": ""}); got != 0 {
+	if got := p.gauge(t, "meshgate_circuit_state", map[string]string{"destination": "api", "endpoint": ""}); got != 0 {
 		t.Errorf("gauge after the change: %v", got)
 	}
 	// Gone: no guard, no series.
@@ -808,7 +744,7 @@ func TestGuardReload(t *testing.T) {
 	if g := p.guards.forDst(api, time.Now().Add(time.Hour)); g != nil {
 		t.Errorf("a guard for a destination no longer configured: %s", g.key)
 	}
-	if n := r.series(t, "meshgate_circuit_state", "destination", "api") + r.series(t, "meshgate_circuit_transitions_total", "destination", "api"); n != 0 {
+	if n := p.series(t, "meshgate_circuit_state", "destination", "api") + p.series(t, "meshgate_circuit_transitions_total", "destination", "api"); n != 0 {
 		t.Errorf("%d series of api left after it was removed", n)
 	}
 
@@ -822,7 +758,7 @@ func TestGuardReload(t *testing.T) {
 	if n := len(p.guards.status(now).Destinations); n != defaultGuards+1 {
 		t.Errorf("%d destinations kept, want %d (the default's bounded) and api", n, defaultGuards+1)
 	}
-	if n := r.series(t, "meshgate_overflows_total", "limit", "active"); n > defaultGuards+1 {
+	if n := p.series(t, "meshgate_overflows_total", "limit", "active"); n > defaultGuards+1 {
 		t.Errorf("%d overflow series: the evicted destinations' are left", n)
 	}
 }
@@ -832,14 +768,12 @@ func TestGuardReload(t *testing.T) {
 // next are refused at once, without a dial.
 func TestGuardOpaque(t *testing.T) {
 	dead := closedAddr(t)
-	cfg := testConfig()
-	cfg.Resilience = guardConfig(t, `
+	cli := startProxy(t, guardedConfig(t, `
   destinations:
   - name: db
     match: {cidrs: [127.0.0.1/32]}
     circuitBreaker: {consecutiveFailures: 2, openFor: 1m}
-`)
-	cli := startProxy(t, cfg, to(dead.String()))
+`), to(dead.String()))
 	for i := range 3 {
 		// Refused with a reset, which may come while connecting.
 		if c, err := net.DialTimeout("tcp", cli.out(), 5*time.Second); err == nil {
@@ -862,19 +796,12 @@ func TestGuardOpaque(t *testing.T) {
 // endpointBreakersMax endpoints; a new one takes a closed one's place,
 // and when none is closed it goes without.
 func TestEndpointBreakersBounded(t *testing.T) {
-	cfg := testConfig()
-	cfg.Resilience = guardConfig(t, `
+	p := newProxy(t, guardedConfig(t, `
   destinations:
   - name: api
     match: {cidrs: [10.0.0.0/8]}
     circuitBreaker: {consecutiveFailures: 0, perEndpoint: {consecutiveFailures: 1, openFor: 1m}}
-`)
-	reg := prometheus.NewRegistry()
-	p, err := New(cfg, nil, WithRegistry(reg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &running{Proxy: p, reg: reg}
+`))
 	eps := p.guards.forDst(netip.MustParseAddrPort("10.0.0.7:80"), time.Now()).eps
 	ep := func(i int) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 80)
@@ -885,7 +812,7 @@ func TestEndpointBreakersBounded(t *testing.T) {
 	if n := len(eps.m); n != endpointBreakersMax {
 		t.Errorf("%d endpoint breakers kept, want %d", n, endpointBreakersMax)
 	}
-	if n := r.series(t, "meshgate_circuit_state", "destination", "api"); n != endpointBreakersMax {
+	if n := p.series(t, "meshgate_circuit_state", "destination", "api"); n != endpointBreakersMax {
 		t.Errorf("%d state series, want %d", n, endpointBreakersMax)
 	}
 	// Every one open: no room for another.

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
 	"strings"
@@ -17,23 +16,10 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// startH2App starts an h2c app on loopback serving h.
-func startH2App(t *testing.T, h http.HandlerFunc) string {
-	srv := httptest.NewUnstartedServer(h)
-	srv.Config.Protocols = new(http.Protocols)
-	srv.Config.Protocols.SetHTTP1(true)
-	srv.Config.Protocols.SetUnencryptedHTTP2(true)
-	srv.Start()
-	t.Cleanup(srv.Close)
-	return srv.Listener.Addr().String()
-}
-
 // h2Pair starts an h2c app serving h behind a pair of sidecars and
 // returns the address its clients dial.
 func h2Pair(t *testing.T, h http.HandlerFunc) string {
-	mca := newMeshCA(t)
-	cm, sm := mca.meshes()
-	return startPair(t, startH2App(t, h), cm, sm, pairOptions{}).client.out()
+	return startMeshPair(t, startHTTPApp(t, "", h), pairOptions{}).client.out()
 }
 
 // TestH2TrailersOnly: a gRPC answer that is all headers (an error before

@@ -7,8 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -43,9 +47,10 @@ type running struct {
 	err    error
 }
 
-// startProxy runs a proxy for the test; it is stopped (and Run must
-// return nil) at cleanup, if the test did not stop it.
-func startProxy(t *testing.T, cfg Config, opts ...Option) *running {
+// newProxy makes a proxy for the test without running it: its log lines
+// and metrics are kept for the test to read, as a running one's. Not
+// run, it has nothing to stop (stop is for startProxy's).
+func newProxy(t *testing.T, cfg Config, opts ...Option) *running {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	log := zap.New(zapcore.NewTee(core, zaptest.NewLogger(t).Core()))
@@ -54,8 +59,17 @@ func startProxy(t *testing.T, cfg Config, opts ...Option) *running {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &running{Proxy: p, reg: reg, logs: logs}
+}
+
+// startProxy runs a proxy for the test; it is stopped (and Run must
+// return nil) at cleanup, if the test did not stop it.
+func startProxy(t *testing.T, cfg Config, opts ...Option) *running {
+	t.Helper()
+	r := newProxy(t, cfg, opts...)
+	p := r.Proxy
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{Proxy: p, reg: reg, logs: logs, cancel: cancel, errc: make(chan error, 1)}
+	r.cancel, r.errc = cancel, make(chan error, 1)
 	go func() { r.errc <- p.Run(ctx) }()
 	select {
 	case <-p.Ready():
@@ -316,4 +330,73 @@ func grpcHealthClient(t *testing.T, target string) healthpb.HealthClient {
 	}
 	t.Cleanup(func() { cc.Close() })
 	return healthpb.NewHealthClient(cc)
+}
+
+// configOf reads doc as a config file would be read, and validates it:
+// the sections a test sets, over the defaults.
+func configOf(t testing.TB, doc string) Config {
+	t.Helper()
+	cfg, err := ParseConfig([]byte(doc))
+	if err != nil {
+		t.Fatalf("parse: %v\n%s", err, doc)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("validate: %v\n%s", err, doc)
+	}
+	return cfg
+}
+
+// indent puts prefix before each line of yaml that is not blank, and
+// ends it with a newline: YAML to go under a key.
+func indent(yaml, prefix string) string {
+	var b strings.Builder
+	for line := range strings.Lines(yaml) {
+		if strings.TrimSpace(line) != "" {
+			b.WriteString(prefix + strings.TrimSuffix(line, "\n") + "\n")
+		}
+	}
+	return b.String()
+}
+
+// startHTTPApp serves h on a loopback address of ip (127.0.0.1 when
+// empty) over HTTP/1.1 and h2c, as an app behind a sidecar, until the
+// test ends, and returns the address.
+func startHTTPApp(t *testing.T, ip string, h http.Handler) string {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	if ip != "" {
+		ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Listener.Close()
+		srv.Listener = ln
+	}
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetHTTP1(true)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
+// watchConfigFile has p watch a config file of its own, first holding
+// a config that changes nothing, until the test ends; write replaces
+// the file's content.
+func watchConfigFile(t *testing.T, p *Proxy) (write func(doc string)) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "proxy.yaml")
+	write = func(doc string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("logLevel: info\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.WatchConfig(ctx, file) }()
+	t.Cleanup(func() { cancel(); <-done })
+	time.Sleep(50 * time.Millisecond) // the watch is set up
+	return write
 }

@@ -122,6 +122,13 @@ func h2cClient(t *testing.T) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
 
+// clients are the app's two ways to speak HTTP: the HTTP/1 engine and
+// the HTTP/2 path serve them.
+var clients = []struct {
+	name string
+	new  func(*testing.T) *http.Client
+}{{"http1", h1Client}, {"h2c", h2cClient}}
+
 func get(t *testing.T, c *http.Client, url string, hdr http.Header) (*http.Response, string) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, url, nil)

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -48,7 +47,11 @@ func startAuditApp(t *testing.T, status int, hold bool, ip ...string) *auditApp 
 	if hold {
 		a.hold = make(chan struct{})
 	}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	on := "" // startHTTPApp's default, 127.0.0.1
+	if len(ip) > 0 {
+		on = ip[0]
+	}
+	a.addr = startHTTPApp(t, on, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		a.mu.Lock()
 		a.got = append(a.got, auditReq{method: r.Method, uri: r.RequestURI, host: r.Host, mirror: r.Header.Get(hdrMirror),
@@ -64,20 +67,6 @@ func startAuditApp(t *testing.T, status int, hold bool, ip ...string) *auditApp 
 		w.WriteHeader(a.status)
 		io.WriteString(w, strings.Repeat("x", 100))
 	}))
-	if len(ip) > 0 {
-		ln, err := net.Listen("tcp", ip[0]+":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv.Listener.Close()
-		srv.Listener = ln
-	}
-	srv.Config.Protocols = new(http.Protocols)
-	srv.Config.Protocols.SetHTTP1(true)
-	srv.Config.Protocols.SetUnencryptedHTTP2(true)
-	srv.Start()
-	t.Cleanup(srv.Close)
-	a.addr = srv.Listener.Addr().String()
 	return a
 }
 
@@ -95,7 +84,7 @@ func (a *auditApp) release() { close(a.hold) }
 func startBodyApp(t *testing.T) (addr string, ids func() []string) {
 	var mu sync.Mutex
 	var seen []string
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr = startHTTPApp(t, "", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := sha256.New()
 		l, _ := io.Copy(h, r.Body)
 		mu.Lock()
@@ -103,12 +92,7 @@ func startBodyApp(t *testing.T) (addr string, ids func() []string) {
 		mu.Unlock()
 		fmt.Fprintf(w, "%d %s", l, hex.EncodeToString(h.Sum(nil)))
 	}))
-	srv.Config.Protocols = new(http.Protocols)
-	srv.Config.Protocols.SetHTTP1(true)
-	srv.Config.Protocols.SetUnencryptedHTTP2(true)
-	srv.Start()
-	t.Cleanup(srv.Close)
-	return srv.Listener.Addr().String(), func() []string {
+	return addr, func() []string {
 		mu.Lock()
 		defer mu.Unlock()
 		return slices.Clone(seen)
@@ -141,7 +125,7 @@ func startMirrorPair(t *testing.T, audit *auditApp, mirror string, opts ...Optio
 	mirror = strings.ReplaceAll(mirror, "AUDIT", as.in())
 	app, ids := startBodyApp(t)
 	p := startPair(t, app, cm, sm, pairOptions{
-		clientCfg:  resilienceOf(t, "resilience:\n  destinations:\n"+pairDest+"    mirror: "+mirror+"\n"),
+		clientCfg:  apiResilience(t, "mirror: "+mirror),
 		clientOpts: opts,
 	})
 	return &mirrorPair{pair: p, audit: audit, auditSide: as, mainIDs: ids}
@@ -207,15 +191,12 @@ func streamed(pieces ...[]byte) io.Reader {
 // declared or streamed, is not copied, and still reaches the
 // destination whole; each copy is counted and the access log says it.
 func TestMirror(t *testing.T) {
-	for _, c := range []struct {
-		name   string
-		client func(*testing.T) *http.Client
-	}{{"http1", h1Client}, {"h2c", h2cClient}} {
+	for _, c := range clients {
 		t.Run(c.name, func(t *testing.T) {
 			const wantProto = 1 // HTTP/1.1 whatever the app spoke, gRPC aside
 			audit := startAuditApp(t, 200, false)
 			m := startMirrorPair(t, audit, "{to: 'AUDIT', maxBodyBytes: 40000}")
-			client := c.client(t)
+			client := c.new(t)
 			base := "http://" + m.client.out()
 			small := []byte("hello")
 			piece := bytes.Repeat([]byte("0123456789"), 1000) // 10 kB
@@ -318,12 +299,7 @@ func TestMirrorFull(t *testing.T) {
 // are counted failed.
 func TestMirrorFailure(t *testing.T) {
 	t.Run("down", func(t *testing.T) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		down := ln.Addr().String()
-		ln.Close()
+		down := closedAddr(t).String()
 		m := startMirrorPair(t, startAuditApp(t, 200, false), "{to: '"+down+"'}")
 		for _, client := range []*http.Client{h1Client(t), h2cClient(t)} {
 			for range 5 {
@@ -482,12 +458,10 @@ func TestMirrorByName(t *testing.T) {
 // is not.
 func TestMirrorOutsideMesh(t *testing.T) {
 	audit := startAuditApp(t, 200, false, "127.0.0.2")
-	mca := newMeshCA(t)
-	cm, sm := mca.meshes()
 	app, _ := startBodyApp(t)
 	for _, plain := range []bool{true, false} {
-		p := startPair(t, app, cm, sm, pairOptions{clientCfg: func(c *Config) {
-			resilienceOf(t, "resilience:\n  destinations:\n"+pairDest+"    mirror: {to: '"+audit.addr+"'}\n")(c)
+		p := startMeshPair(t, app, pairOptions{clientCfg: func(c *Config) {
+			apiResilience(t, "mirror: {to: '"+audit.addr+"'}")(c)
 			c.MTLS.MeshCIDRs = prefixes("127.0.0.1/32")
 			c.MTLS.PlaintextOutsideMesh = plain
 		}})

@@ -271,6 +271,15 @@ func startPair(t *testing.T, backend string, cm, sm MeshTLS, po pairOptions) *pa
 	return &pair{client: cli, server: srv, tap: tp}
 }
 
+// startMeshPair is startPair with mesh TLS of a trust domain of its own:
+// a pair in front of backend, when the test is about neither
+// certificates nor peers.
+func startMeshPair(t *testing.T, backend string, po pairOptions) *pair {
+	t.Helper()
+	cm, sm := newMeshCA(t).meshes()
+	return startPair(t, backend, cm, sm, po)
+}
+
 // tap relays TCP connections to dst and records what crosses it client
 // to server, to look at what the sidecars put on the wire.
 type tap struct {

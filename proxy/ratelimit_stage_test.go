@@ -8,8 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -33,13 +31,7 @@ import (
 // rateLimitsOf parses a config holding rateLimits (and redis) for a test.
 func rateLimitsOf(t testing.TB, doc string) func(*Config) {
 	t.Helper()
-	cfg, err := ParseConfig([]byte(doc))
-	if err != nil {
-		t.Fatalf("parse: %v", err)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("validate: %v", err)
-	}
+	cfg := configOf(t, doc)
 	return func(c *Config) { c.RateLimits, c.Redis = cfg.RateLimits, cfg.Redis }
 }
 
@@ -80,22 +72,17 @@ func statuses(t *testing.T, c *http.Client, url string, hdr http.Header, n int) 
 // nothing refused reaches the app; every decision is counted and the
 // refusal logged with the limit's name.
 func TestRateLimitPerCaller(t *testing.T) {
-	for _, c := range []struct {
-		name   string
-		client func(*testing.T) *http.Client
-	}{{"http1", h1Client}, {"h2c", h2cClient}} {
+	for _, c := range clients {
 		t.Run(c.name, func(t *testing.T) {
-			mca := newMeshCA(t)
-			cm, sm := mca.meshes()
 			app, seen := startL7App(t)
-			p := startPair(t, app, cm, sm, pairOptions{serverCfg: rateLimitsOf(t, `
+			p := startMeshPair(t, app, pairOptions{serverCfg: rateLimitsOf(t, `
 rateLimits:
 - name: per-caller
   key: sourceIdentity
   rate: 1000/s
   overrides: [{value: "`+clientID+`", rate: 1/h, burst: 2}]
 `)})
-			client := c.client(t)
+			client := c.new(t)
 			url := "http://" + p.client.out() + "/api/items"
 			if got := statuses(t, client, url, nil, 2); !slices.Equal(got, []int{200, 200}) {
 				t.Fatalf("the burst: %v; want 200 200", got)
@@ -151,15 +138,10 @@ rateLimits:
 // seconds to the end, RateLimit-Policy its N and window; an override
 // gives a key value its own quota.
 func TestRateLimitQuota(t *testing.T) {
-	for _, c := range []struct {
-		name   string
-		client func(*testing.T) *http.Client
-	}{{"http1", h1Client}, {"h2c", h2cClient}} {
+	for _, c := range clients {
 		t.Run(c.name, func(t *testing.T) {
-			mca := newMeshCA(t)
-			cm, sm := mca.meshes()
 			app, seen := startL7App(t)
-			p := startPair(t, app, cm, sm, pairOptions{serverCfg: rateLimitsOf(t, `
+			p := startMeshPair(t, app, pairOptions{serverCfg: rateLimitsOf(t, `
 rateLimits:
 - name: daily
   type: quota
@@ -167,7 +149,7 @@ rateLimits:
   rate: 1000/d
   overrides: [{value: "`+clientID+`", rate: 3/h}]
 `)})
-			client := c.client(t)
+			client := c.new(t)
 			url := "http://" + p.client.out() + "/api/items"
 			if got := statuses(t, client, url, nil, 3); !slices.Equal(got, []int{200, 200, 200}) {
 				t.Fatalf("the quota: %v; want 200 200 200", got)
@@ -226,10 +208,8 @@ func TestRateLimitAccessLogBound(t *testing.T) {
 // counts the app's calls in the client sidecar. The most specific
 // matching limit is asked first, and the first refusal answers.
 func TestRateLimitKeys(t *testing.T) {
-	mca := newMeshCA(t)
-	cm, sm := mca.meshes()
 	app, _ := startL7App(t)
-	p := startPair(t, app, cm, sm, pairOptions{
+	p := startMeshPair(t, app, pairOptions{
 		serverCfg: rateLimitsOf(t, `
 rateLimits:
 - name: by-api-key
@@ -300,10 +280,7 @@ rateLimits:
 // TestRateLimitGRPC: a gRPC call over its limit gets RESOURCE_EXHAUSTED
 // with the reason, the gRPC way.
 func TestRateLimitGRPC(t *testing.T) {
-	mca := newMeshCA(t)
-	cm, sm := mca.meshes()
-	app := grpcHealthServer(t)
-	p := startPair(t, app, cm, sm, pairOptions{serverCfg: rateLimitsOf(t, `
+	p := startMeshPair(t, grpcHealthServer(t), pairOptions{serverCfg: rateLimitsOf(t, `
 rateLimits:
 - {name: health, key: sourceIdentity, rate: 1/h}
 `)})
@@ -359,10 +336,8 @@ func TestRateLimitConnections(t *testing.T) {
 		}
 	})
 	t.Run("sourceIdentity, mesh", func(t *testing.T) {
-		mca := newMeshCA(t)
-		cm, sm := mca.meshes()
 		b := startBackend(t, "127.0.0.1:0", echo)
-		p := startPair(t, b.addr(), cm, sm, pairOptions{serverCfg: rateLimitsOf(t, `
+		p := startMeshPair(t, b.addr(), pairOptions{serverCfg: rateLimitsOf(t, `
 rateLimits:
 - {name: mesh-conns, per: connection, key: sourceIdentity, rate: 1/h}
 `)})
@@ -398,12 +373,7 @@ func (r *running) tlsOK(t *testing.T) float64 {
 // does what redis.onError says, at once, and says so in the metric.
 func TestRateLimitRedisDown(t *testing.T) {
 	// A port nothing listens on: the connection is refused at once.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	down := ln.Addr().String()
-	ln.Close()
+	down := closedAddr(t).String()
 	for _, tc := range []struct {
 		onError string
 		status  int
@@ -448,27 +418,13 @@ redis: {address: "`+down+`", onError: `+tc.onError+`, timeout: 1s}
 // left unchanged keeps its buckets; a file with a bad limit changes
 // nothing; explain shows the limits in effect.
 func TestRateLimitReload(t *testing.T) {
-	mca := newMeshCA(t)
-	cm, sm := mca.meshes()
 	app, _ := startL7App(t)
-	p := startPair(t, app, cm, sm, pairOptions{})
+	p := startMeshPair(t, app, pairOptions{})
 	client := h1Client(t)
 	url := "http://" + p.client.out() + "/x"
-	cfgFile := filepath.Join(t.TempDir(), "proxy.yaml")
-	os.WriteFile(cfgFile, []byte("logLevel: info\n"), 0o600)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.server.WatchConfig(ctx, cfgFile) }()
-	defer func() { cancel(); <-done }()
-	time.Sleep(50 * time.Millisecond) // the watch is set up
+	write := watchConfigFile(t, p.server.Proxy)
 
 	limit := "rateLimits:\n- {name: per-caller, key: sourceIdentity, rate: 1/h, burst: 1}\n"
-	write := func(doc string) {
-		t.Helper()
-		if err := os.WriteFile(cfgFile, []byte(doc), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
 	reloads := func() int { return len(p.server.logs.FilterMessage("config reloaded").All()) }
 	write(limit)
 	waitFor(t, func() bool { return reloads() == 1 })
@@ -657,19 +613,14 @@ func BenchmarkRateLimitStage(b *testing.B) {
 // direction's chain only while that direction has request limits, so
 // limits that are off cost nothing; a reload adds and removes it.
 func TestRateLimitStageOnlyWithLimits(t *testing.T) {
-	p, err := New(testConfig(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newProxy(t, testConfig())
 	in := func() bool {
 		return slices.ContainsFunc(p.chains.Load()[Inbound], func(s Stage) bool { return s.Name() == stageRateLimit })
 	}
 	if in() {
 		t.Error("the rate-limit stage is in the inbound chain with no limits")
 	}
-	var cfg Config
-	rateLimitsOf(t, "rateLimits:\n- {name: a, key: sourceIP, rate: 1/s}\n")(&cfg)
-	if err := p.ReloadRateLimits(cfg.RateLimits, nil); err != nil {
+	if err := p.ReloadRateLimits(configOf(t, "rateLimits:\n- {name: a, key: sourceIP, rate: 1/s}\n").RateLimits, nil); err != nil {
 		t.Fatal(err)
 	}
 	if !in() {
@@ -688,10 +639,7 @@ func TestRateLimitStageOnlyWithLimits(t *testing.T) {
 func TestRateLimitConnectionQuota(t *testing.T) {
 	cfg := testConfig()
 	rateLimitsOf(t, "rateLimits:\n- {name: conns, type: quota, per: connection, key: sourceIP, rate: 2/d}\n")(&cfg)
-	p, err := New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newProxy(t, cfg)
 	dst, src := netip.MustParseAddrPort("10.0.0.2:8080"), netip.MustParseAddrPort("10.0.0.1:40000")
 	for i := range 2 {
 		if o := p.connLimited(dst, src, spiffeid.ID{}, connKeySourceIP); o != nil {

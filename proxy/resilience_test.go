@@ -1,18 +1,11 @@
 package proxy
 
 import (
-	"context"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
 	"meshgate/proxy/resilience"
@@ -32,32 +25,16 @@ func TestResilienceReload(t *testing.T) {
 		Name:  "api-v1",
 		Match: &resilience.Match{Hosts: []string{"api.shop.mesh"}},
 	}}
-	core, logs := observer.New(zapcore.DebugLevel)
-	p, err := New(cfg, zap.New(core), WithRegistry(prometheus.NewRegistry()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newProxy(t, cfg)
 	dst := resilience.Dest{Names: []string{"api.shop.mesh"}, IP: netip.MustParseAddr("10.0.0.7"), Port: 8080}
 	if got := p.resilienceTable().Lookup(dst).Key(); got != "api-v1" {
 		t.Fatalf("at New: %s; want api-v1", got)
 	}
 
-	file := filepath.Join(t.TempDir(), "proxy.yaml")
-	write := func(doc string) {
-		t.Helper()
-		if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("logLevel: info\n")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.WatchConfig(ctx, file) }()
-	defer func() { cancel(); <-done }()
-	time.Sleep(50 * time.Millisecond) // the watch is set up
-	reloads := func() int { return logs.FilterMessage("config reloaded").Len() }
+	write := watchConfigFile(t, p.Proxy)
+	reloads := func() int { return p.logs.FilterMessage("config reloaded").Len() }
 	refusals := func() []observer.LoggedEntry {
-		return logs.FilterMessage("config reload refused: the running config stays").All()
+		return p.logs.FilterMessage("config reload refused: the running config stays").All()
 	}
 
 	// A new section: in effect, in /config, and not a restart.
@@ -80,7 +57,7 @@ resilience:
 	if len(shown.Destinations) != 1 || shown.Destinations[0].Name != "api-v2" {
 		t.Errorf("/config shows %+v", shown)
 	}
-	if n := logs.FilterMessage("config sections changed that take effect only on restart; they keep their running values").Len(); n != 0 {
+	if n := p.logs.FilterMessage("config sections changed that take effect only on restart; they keep their running values").Len(); n != 0 {
 		t.Errorf("resilience reported as needing a restart")
 	}
 

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"strings"
@@ -52,7 +51,7 @@ type appReq struct {
 func startScriptApp(t *testing.T, answer func(n int, w http.ResponseWriter, r *http.Request)) *scriptApp {
 	t.Helper()
 	a := &scriptApp{answer: answer}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	a.addr = startHTTPApp(t, "", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		h := sha256.New()
 		n, _ := io.Copy(h, r.Body)
@@ -69,12 +68,6 @@ func startScriptApp(t *testing.T, answer func(n int, w http.ResponseWriter, r *h
 			a.mu.Unlock()
 		}
 	}))
-	srv.Config.Protocols = new(http.Protocols)
-	srv.Config.Protocols.SetHTTP1(true)
-	srv.Config.Protocols.SetUnencryptedHTTP2(true)
-	srv.Start()
-	t.Cleanup(srv.Close)
-	a.addr = srv.Listener.Addr().String()
 	return a
 }
 
@@ -180,18 +173,7 @@ func resilienceYAML(t *testing.T, y string) resilience.Config {
 	if strings.TrimSpace(y) == "" {
 		return resilience.Config{}
 	}
-	var indented strings.Builder
-	for _, line := range strings.Split(y, "\n") {
-		indented.WriteString("  " + line + "\n")
-	}
-	cfg, err := ParseConfig([]byte("resilience:\n" + indented.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := resilience.Validate(cfg.Resilience); err != nil {
-		t.Fatal(err)
-	}
-	return cfg.Resilience
+	return configOf(t, "resilience:\n"+indent(y, "  ")).Resilience
 }
 
 // picks returns the endpoints picked, by app index.
@@ -253,13 +235,6 @@ func send(t *testing.T, c *http.Client, method, url string, body []byte, hdr htt
 	}
 	return result{status: resp.StatusCode, header: resp.Header, body: string(b), took: time.Since(start)}
 }
-
-// clients are the app's two ways to speak HTTP: the HTTP/1 engine and
-// the HTTP/2 path serve them.
-var clients = []struct {
-	name string
-	new  func(*testing.T) *http.Client
-}{{"http1", h1Client}, {"h2c", h2cClient}}
 
 // TestRetryStatus: with no configuration, a 503 is retried, on the next
 // endpoint, and the app gets the answer of the try that worked; when
@@ -823,18 +798,12 @@ func TestLargeBodyStreams(t *testing.T) {
 				a := startScriptApp(t, answerStatus(503))
 				// The app behind the first endpoint says when a request
 				// begins, before it reads the body.
-				first := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				a.addr = startHTTPApp(t, "", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					begun <- struct{}{}
 					n, _ := io.Copy(io.Discard, r.Body)
 					w.WriteHeader(503)
 					fmt.Fprintf(w, "%d", n)
 				}))
-				first.Config.Protocols = new(http.Protocols)
-				first.Config.Protocols.SetHTTP1(true)
-				first.Config.Protocols.SetUnencryptedHTTP2(true)
-				first.Start()
-				t.Cleanup(first.Close)
-				a.addr = first.Listener.Addr().String()
 				b := startScriptApp(t, ok)
 				l := startRetryLab(t, "", nil, a, b)
 				pr, pw := io.Pipe()

@@ -134,11 +134,9 @@ func TestTCPFaultDelay(t *testing.T) {
 // TestTCPFaultsNotHTTP: an HTTP connection to a destination with
 // tcpFaults is not reset: its requests meet faults, not tcpFaults.
 func TestTCPFaultsNotHTTP(t *testing.T) {
-	mca := newMeshCA(t)
-	cm, sm := mca.meshes()
 	app, _ := startL7App(t)
-	p := startPair(t, app, cm, sm, pairOptions{
-		clientCfg: resilienceOf(t, "resilience:\n  destinations:\n"+pairDest+"    tcpFaults: {reset: {}}\n"),
+	p := startMeshPair(t, app, pairOptions{
+		clientCfg: apiResilience(t, "tcpFaults: {reset: {}}"),
 	})
 	if a := do(t, h1Client(t), "GET", "http://"+p.client.out()+"/", nil); a.status != 200 {
 		t.Errorf("an HTTP request to a destination whose TCP connections are reset: %+v", a)
