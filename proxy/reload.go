@@ -71,6 +71,7 @@ func (p *Proxy) commitResilience(t *resilience.Table, rc resilience.Config) {
 	p.resilience.Store(t)
 	p.guards.retable(t, rc)
 	p.res.reload(t)
+	p.l7.mesh.retable(t)
 	p.cfg.Resilience = rc
 	p.rebuildChains() // the fault and mirror stages are in a chain only while some destination has them
 }
