@@ -224,10 +224,13 @@ func (p *Proxy) dialEndpoint(ctx context.Context, endpoint, dst netip.AddrPort, 
 	if d, ok := ctx.Value(connectKey{}).(time.Duration); ok {
 		// The destination's connect timeout (resilience timeouts.connect)
 		// bounds the dial and the handshake, instead of the proxy's.
-		cctx, cancel := context.WithTimeout(ctx, d)
+		at := time.Now().Add(d)
+		cctx, cancel := context.WithDeadline(ctx, at)
 		defer cancel()
 		conn, info, err := p.dialEndpointIn(cctx, endpoint, dst, proto)
-		if err != nil && cctx.Err() != nil && ctx.Err() == nil {
+		// The dial can fail on its deadline (an i/o timeout) a moment
+		// before cctx's own timer has cancelled it: the time says.
+		if err != nil && ctx.Err() == nil && (cctx.Err() != nil || !time.Now().Before(at)) {
 			err = &dialError{&timeoutError{kind: tkConnect, d: d}}
 		}
 		return conn, info, err

@@ -246,14 +246,18 @@ type ServerConfig struct {
 
 // Timeouts bound the life of connections.
 type Timeouts struct {
-	// Connect bounds dialing the original destination or the app.
+	// Connect bounds dialing the original destination or the app; an
+	// outbound connection's resilience destination may set its own
+	// (resilience timeouts.connect).
 	Connect Duration `json:"connect"`
 	// Handshake bounds the start of a mesh connection: inbound on a port
 	// with mTLS on, the wait for the client's first bytes and the TLS
 	// handshake; outbound to the mesh, the TLS handshake.
 	Handshake Duration `json:"handshake"`
 	// Idle closes a connection when no byte has moved either way for
-	// this long.
+	// this long, and a pooled HTTP/2 mesh connection that has carried no
+	// request for this long; an outbound connection's resilience
+	// destination may set its own (resilience timeouts.idle).
 	Idle Duration `json:"idle"`
 	// DrainGrace is how long in-flight connections may run after shutdown
 	// starts (SIGTERM, /quitquitquit) before they are closed. 0 closes

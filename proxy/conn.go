@@ -68,7 +68,11 @@ func (p *Proxy) handle(ctx context.Context, l *captureListener, client *net.TCPC
 func (p *Proxy) runFlow(client *net.TCPConn, m *dirMetrics, o outcome, end func(*outcome)) {
 	fp := o.flow
 	o.flow = nil
-	f := newFlow(fp.client, fp.upstream, p.fwdTimes(), p.copyMode, m)
+	times := p.fwdTimes()
+	if fp.idle > 0 {
+		times.idle = fp.idle
+	}
+	f := newFlow(fp.client, fp.upstream, times, p.copyMode, m)
 	p.setFlow(client, f)
 	f.start(true, func(sent, received int64, err error) {
 		o.sent, o.received, o.err = sent, received, err

@@ -150,6 +150,9 @@ type flow struct {
 // stages' goroutine stack is not under the flow, which may outlive it.
 type flowPlan struct {
 	client, upstream leg
+	// idle, when set, is the flow's idle timeout instead of the proxy's
+	// timeouts.idle: its destination's (resilience timeouts.idle).
+	idle time.Duration
 	// after runs once the flow is over, with the connection's outcome
 	// (bytes and error filled in): what the stage that set it up does
 	// after a forward (close the upstream, count the endpoint, ...).

@@ -13,11 +13,15 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"meshgate/proxy/resilience"
 )
 
-// newMeshTransport returns the HTTP/2 path's transport to peer sidecars
-// (see l7): it dials an endpoint and originates mesh TLS for meshgate/h2.
-func (p *Proxy) newMeshTransport() *http2.Transport {
+// newMeshTransport returns a transport of the HTTP/2 path to peer
+// sidecars (see meshTransports): it dials an endpoint and originates mesh
+// TLS for meshgate/h2, and closes a pooled connection that has carried no
+// request for idle.
+func (p *Proxy) newMeshTransport(idle time.Duration) *http2.Transport {
 	return &http2.Transport{
 		DialTLSContext: func(ctx context.Context, _, addr string, _ *tls.Config) (net.Conn, error) {
 			dst, err := netip.ParseAddrPort(addr)
@@ -34,6 +38,86 @@ func (p *Proxy) newMeshTransport() *http2.Transport {
 		MaxHeaderListSize:  maxHeaderBytes + 64<<10,
 		ReadIdleTimeout:    30 * time.Second,
 		PingTimeout:        15 * time.Second,
+		IdleConnTimeout:    idle,
+	}
+}
+
+// meshTransports are the HTTP/2 path's transports to peer sidecars, one
+// for each idle timeout in use. An http2.Transport closes a pooled
+// connection once it has carried no request for its IdleConnTimeout, one
+// value for its whole pool (pooled by endpoint address), and its pool is
+// not for us to close connections in: one closed from outside as a
+// request is put on it fails that request, where the transport's own
+// idle close is taken under the connection's lock and a request racing
+// it goes on a new connection. So the connections of a destination whose
+// resilience timeouts.idle is not the proxy's timeouts.idle are pooled
+// by a transport of their own with that timeout: made when first needed,
+// dropped when a reload leaves no destination with it (its connections
+// still in use close once idle that long, as they would have). Two
+// destinations with different idle timeouts that share an endpoint then
+// use a connection each.
+type meshTransports struct {
+	p       *Proxy
+	def     *http2.Transport // the proxy's timeouts.idle
+	defIdle time.Duration
+	mu      sync.RWMutex
+	by      map[time.Duration]*http2.Transport // the other idle timeouts'
+}
+
+func newMeshTransports(p *Proxy) *meshTransports {
+	idle := p.cfg.Timeouts.Idle.D()
+	return &meshTransports{p: p, def: p.newMeshTransport(idle), defIdle: idle, by: make(map[time.Duration]*http2.Transport)}
+}
+
+// forIdle returns the transport whose connections close after idle
+// without a request; 0 is the proxy's timeouts.idle.
+func (m *meshTransports) forIdle(idle time.Duration) *http2.Transport {
+	if idle <= 0 || idle == m.defIdle {
+		return m.def
+	}
+	m.mu.RLock()
+	t := m.by[idle]
+	m.mu.RUnlock()
+	if t != nil {
+		return t
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if t = m.by[idle]; t == nil {
+		t = m.p.newMeshTransport(idle)
+		m.by[idle] = t
+	}
+	return t
+}
+
+// retable drops the transports of the idle timeouts no destination of t
+// has, closing their idle connections.
+func (m *meshTransports) retable(t *resilience.Table) {
+	keep := map[time.Duration]bool{}
+	for _, dp := range t.Destinations() {
+		keep[dp.Policy().Timeouts.Idle] = true
+	}
+	var gone []*http2.Transport
+	m.mu.Lock()
+	for d, tr := range m.by {
+		if !keep[d] {
+			gone = append(gone, tr)
+			delete(m.by, d)
+		}
+	}
+	m.mu.Unlock()
+	for _, tr := range gone {
+		tr.CloseIdleConnections()
+	}
+}
+
+// closeIdle closes the connections no request uses, of every transport.
+func (m *meshTransports) closeIdle() {
+	m.def.CloseIdleConnections()
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for _, tr := range m.by {
+		tr.CloseIdleConnections()
 	}
 }
 
@@ -219,8 +303,12 @@ func (t balancedTransport) send(r *http.Request, st *outboundRequest, rr *reqRes
 				out.Body = body
 			}
 		}
+		var idle time.Duration // the destination's idle timeout, when set
+		if rr != nil {
+			idle = rr.pol.Timeouts.Idle
+		}
 		var err error
-		if resp, err = t.p.l7.mesh.RoundTrip(out); err != nil {
+		if resp, err = t.p.l7.mesh.forIdle(idle).RoundTrip(out); err != nil {
 			return err
 		}
 		if tw != nil && !tw.headers() {

@@ -9,8 +9,6 @@ import (
 	"net/netip"
 	"sync/atomic"
 
-	"golang.org/x/net/http2"
-
 	"meshgate/proxy/sniff"
 )
 
@@ -51,18 +49,19 @@ const maxHeaderBytes = 1 << 20
 
 // l7 holds the upstream side of L7 HTTP: the HTTP/2 path's transports
 // (h2transport.go), to peer sidecars (pooled, multiplexed HTTP/2 over
-// mesh mTLS, one pool per destination) and to the local app (HTTP/1.1
+// mesh mTLS, pooled by endpoint, a pool for each idle timeout in use:
+// meshTransports) and to the local app (HTTP/1.1
 // keep-alive, or h2c), and the HTTP/1 engine's pool (h1pool.go).
 type l7 struct {
 	p    *Proxy
-	mesh *http2.Transport
+	mesh *meshTransports
 	app  appTransport // from the passthrough source
 	h1   *h1Pool      // the HTTP/1 engine's upstream connections
 }
 
 func newL7(p *Proxy) *l7 {
 	l := &l7{p: p, h1: newH1Pool(p)}
-	l.mesh = p.newMeshTransport()
+	l.mesh = newMeshTransports(p)
 	l.app = p.newAppTransport(netip.Addr{})
 	return l
 }
@@ -70,7 +69,7 @@ func newL7(p *Proxy) *l7 {
 // closeIdle closes the pooled connections no request uses.
 func (l *l7) closeIdle() {
 	l.h1.closeIdle(false)
-	l.mesh.CloseIdleConnections()
+	l.mesh.closeIdle()
 	l.app.closeIdle()
 }
 

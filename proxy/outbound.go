@@ -61,9 +61,10 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 		return p.detectKnownHTTP(ctx, pc, dst, start, az, m)
 	}
 	var svc *service // written by the dial, read once run has returned
+	to := p.destTimeouts(dst)
 	race := detectRace(pc, start.Add(p.cfg.Protocols.DetectTimeout.D()))
 	race.dial = func(ctx context.Context) (upConn, error) {
-		s, err := p.dialService(ctx, dst, meshTLS, alpnTCP)
+		s, err := p.dialService(to.dialing(ctx), dst, meshTLS, alpnTCP)
 		if err != nil {
 			return upConn{}, err
 		}
@@ -150,7 +151,9 @@ func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst net
 	o.flow = &flowPlan{
 		client:   leg{tcp: client, pending: pending, pendingBuf: pendingBuf},
 		upstream: upstream,
+		idle:     to.idle,
 		after: func(o *outcome) {
+			to.countIdle(p, o.err)
 			svc.finish(failedEarly(*o))
 			if meshTLS {
 				p.noteRefusal(o, o.err, o.received)
@@ -240,7 +243,8 @@ func (p *Proxy) opaqueOut(ctx context.Context, pc *peekConn, dst netip.AddrPort,
 	if fo, stop := p.tcpFault(pc.TCPConn, o); stop {
 		return fo
 	}
-	svc, err := p.dialService(ctx, dst, meshTLS, alpnTCP)
+	to := p.destTimeouts(dst)
+	svc, err := p.dialService(to.dialing(ctx), dst, meshTLS, alpnTCP)
 	if err != nil {
 		return p.dialFailed(o, err, m)
 	}
@@ -249,7 +253,9 @@ func (p *Proxy) opaqueOut(ctx context.Context, pc *peekConn, dst netip.AddrPort,
 	o.flow = &flowPlan{
 		client:   leg{tcp: pc.TCPConn, pending: pending, pendingBuf: pendingBuf},
 		upstream: leg{tcp: svc.conn.tcp, tls: svc.conn.tls},
+		idle:     to.idle,
 		after: func(o *outcome) {
+			to.countIdle(p, o.err)
 			svc.finish(failedEarly(*o))
 			if meshTLS {
 				p.noteRefusal(o, o.err, o.received)
@@ -258,6 +264,45 @@ func (p *Proxy) opaqueOut(ctx context.Context, pc *peekConn, dst netip.AddrPort,
 		},
 	}
 	return o
+}
+
+// destTimeouts are the timeouts of an opaque outbound connection that
+// its resilience destination sets (timeouts.connect, timeouts.idle); 0
+// where it sets none, and the proxy's timeouts.connect or timeouts.idle
+// apply. dest is the destination's name, the label its timeouts are
+// counted under.
+type destTimeouts struct {
+	connect, idle time.Duration
+	dest          string
+}
+
+// destTimeouts finds the timeouts of dst's resilience destination for an
+// opaque connection to it: once per connection, against the table in
+// effect then.
+func (p *Proxy) destTimeouts(dst netip.AddrPort) destTimeouts {
+	dp := p.lookupRes(p.resilienceTable(), dst)
+	to := &dp.Policy().Timeouts
+	return destTimeouts{connect: to.Connect, idle: to.Idle, dest: dp.Key()}
+}
+
+// dialing returns ctx carrying the destination's connect timeout, when it
+// sets one: dialEndpoint bounds each endpoint's dial and mesh handshake
+// by it instead of the proxy's timeouts.connect.
+func (t destTimeouts) dialing(ctx context.Context) context.Context {
+	if t.connect > 0 {
+		return context.WithValue(ctx, connectKey{}, t.connect)
+	}
+	return ctx
+}
+
+// countIdle counts err in meshgate_timeouts_total when it is the
+// destination's idle timeout ending the connection (as a WebSocket's is
+// counted, h1Conn.tunnel); the proxy's own timeouts.idle is not a
+// resilience timeout, and is not.
+func (t destTimeouts) countIdle(p *Proxy, err error) {
+	if t.idle > 0 && errors.Is(err, ErrIdleTimeout) {
+		p.res.countTimeout(Outbound, t.dest, tkIdle)
+	}
 }
 
 // failedEarly says whether a forwarded connection failed before the

@@ -70,6 +70,7 @@ func (p *Proxy) commitResilience(t *resilience.Table, rc resilience.Config) {
 	defer p.cfgMu.Unlock()
 	p.resilience.Store(t)
 	p.guards.retable(t, rc)
+	p.l7.mesh.retable(t)
 	p.cfg.Resilience = rc
 	p.rebuildChains() // the fault and mirror stages are in a chain only while some destination has them
 }

@@ -1042,17 +1042,26 @@ func TestResStatesReload(t *testing.T) {
 	}
 }
 
-// TestDestinationIdleTimeout: a destination's idle timeout closes the pooled HTTP/1
-// connections to it that stay unused that long (the pool's own limit is
-// 90s).
+// TestDestinationIdleTimeout: a destination's idle timeout closes the
+// pooled mesh connections to it that stay unused that long: HTTP/1 (the
+// pool's own limit is 90s) and HTTP/2 (the proxy's timeouts.idle, an
+// hour).
 func TestDestinationIdleTimeout(t *testing.T) {
 	for _, tc := range []struct {
 		res    string
+		h2     bool
 		closed bool
-	}{{"defaults: {timeouts: {idle: 200ms}}", true}, {"", false}} {
-		t.Run(fmt.Sprint("closed ", tc.closed), func(t *testing.T) {
+	}{
+		{"defaults: {timeouts: {idle: 200ms}}", false, true}, {"", false, false},
+		{"defaults: {timeouts: {idle: 200ms}}", true, true}, {"", true, false},
+	} {
+		t.Run(fmt.Sprint(map[bool]string{false: "http1", true: "http2"}[tc.h2], " closed ", tc.closed), func(t *testing.T) {
 			l := startRetryLab(t, tc.res, nil, startScriptApp(t, ok))
-			if r := send(t, h1Client(t), "GET", l.url("/"), nil, nil); r.status != 200 {
+			client := h1Client(t)
+			if tc.h2 {
+				client = h2cClient(t)
+			}
+			if r := send(t, client, "GET", l.url("/"), nil, nil); r.status != 200 {
 				t.Fatalf("%d, want 200", r.status)
 			}
 			closed := func() bool { return l.srvs[0].metric(t, "meshgate_tcp_connections_closed_total", Inbound) > 0 }
@@ -1065,6 +1074,37 @@ func TestDestinationIdleTimeout(t *testing.T) {
 				t.Error("the pooled connection was closed with no idle timeout set")
 			}
 		})
+	}
+}
+
+// TestMeshTransportsByIdle: the HTTP/2 path pools a destination's mesh
+// connections by a transport closing them after its idle timeout, shared
+// with every destination with the same one, the proxy's for those with
+// none; a reload drops those no destination has any more.
+func TestMeshTransportsByIdle(t *testing.T) {
+	p, err := New(testConfig(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := p.l7.mesh
+	if tr := m.forIdle(0); tr != m.def || tr.IdleConnTimeout != time.Hour || m.forIdle(time.Hour) != tr {
+		t.Errorf("no idle timeout of the destination's: want the proxy's transport, closing after timeouts.idle (1h)")
+	}
+	tr := m.forIdle(200 * time.Millisecond)
+	if tr.IdleConnTimeout != 200*time.Millisecond || m.forIdle(200*time.Millisecond) != tr || m.forIdle(time.Second) == tr {
+		t.Errorf("idle 200ms: want one transport of its own, closing after 200ms")
+	}
+	tb, err := resilience.New(resilienceYAML(t, "destinations:\n- match: {ports: [80]}\n  timeouts: {idle: 1s}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.retable(tb)
+	m.mu.RLock()
+	_, kept200 := m.by[200*time.Millisecond]
+	_, kept1s := m.by[time.Second]
+	m.mu.RUnlock()
+	if kept200 || !kept1s {
+		t.Errorf("after a reload with only idle 1s: 200ms kept %v, 1s kept %v; want false, true", kept200, kept1s)
 	}
 }
 

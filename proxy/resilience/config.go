@@ -248,8 +248,10 @@ type Timeouts struct {
 	// again. At most Request. 0: no limit. Unset: no limit.
 	PerTry *confval.Duration `json:"perTry"`
 	// Idle closes a connection to the destination when no byte has moved
-	// either way for this long. More than 0. Unset: the proxy's
-	// timeouts.idle (1h). Not in routes.
+	// either way for this long (opaque TCP, a WebSocket), or a pooled
+	// HTTP/1 or HTTP/2 mesh connection that has carried no request for
+	// this long. More than 0. Unset: the proxy's timeouts.idle (1h). Not
+	// in routes.
 	Idle *confval.Duration `json:"idle"`
 	// StreamIdle ends a request whose body or response body has not
 	// moved for this long, for long-lived streams (gRPC streaming,
