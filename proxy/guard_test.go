@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -326,6 +327,37 @@ func TestCircuitBreakerGRPC(t *testing.T) {
 	_, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{})
 	if s := status.Convert(err); s.Code() != codes.Unavailable || s.Message() != "circuit-breaker: circuit open (destination api)" {
 		t.Fatalf("with the circuit open: %v; want UNAVAILABLE, circuit open", err)
+	}
+}
+
+// TestOneRequestOneFailure: an HTTP request on a new connection to a
+// destination whose app is down counts once against its circuit, though
+// the mesh connection dialed while the sidecar waited for the app's first
+// bytes failed too (the peer sidecar closed it: its app refused).
+func TestOneRequestOneFailure(t *testing.T) {
+	cli := startGuarded(t, closedAddr(t).String(), "circuitBreaker: {consecutiveFailures: 5, openFor: 1m}")
+	c, err := net.Dial("tcp", cli.out())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Silent long enough for the sidecar's dial (made while it waits to
+	// hear the app) to reach the peer and be closed by it.
+	time.Sleep(300 * time.Millisecond)
+	if _, err := c.Write([]byte("GET /x HTTP/1.1\r\nHost: api\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 502 {
+		t.Fatalf("status %d, want the 502 of an app that is down", resp.StatusCode)
+	}
+	if b := cli.resilienceStatus(t).dest(t, "api").Breaker; b == nil || b.ConsecutiveFailures != 1 {
+		t.Errorf("breaker after one failed request: %+v, want 1 consecutive failure", b)
 	}
 }
 
