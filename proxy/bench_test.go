@@ -608,10 +608,10 @@ func BenchmarkHTTPMirror(b *testing.B) {
 //	none:             no resilience section: the destination has no guard
 //	                  (what every request pays when nothing is configured);
 //	other-guarded:    a section whose one guarded destination is another:
-//	                  this one is resolved (remembered per address) and has
-//	                  no guard;
+//	                  this one (resolved once, for its connection) has no
+//	                  guard;
 //	breaker+bulkhead: the destination has a circuit breaker and a bulkhead
-//	                  (maxActive, maxPending): resolve, route, admit,
+//	                  (maxActive, maxPending): route, admit,
 //	                  connected, outcome, end;
 //	+stale:           and its route a stale fallback: the GET's answer is
 //	                  also judged for keeping (Cacheable, Wants), and kept
@@ -665,9 +665,13 @@ func BenchmarkGuard(b *testing.B) {
 		// The request's start, which its path has at hand: taken once
 		// here, so that the clock's cost is not counted as the guard's.
 		var now time.Time
+		// The connection's destination, resolved once as the engines do
+		// (resolveRes); each request then reads its guard from there.
+		var rc resConn
+		p.resolveRes(&rc, dst)
 		one := func() {
-			g := p.guards.forDst(dst, now)
-			if g == nil {
+			g := rc.g
+			if !g.guarded() {
 				return
 			}
 			// As the HTTP/1 engine has them: bytes off the wire.
