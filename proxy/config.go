@@ -155,14 +155,19 @@ const (
 // SMTP, SSH: server-first protocols) is heard at once and its greeting
 // passed on: detection never waits for a client that waits for the
 // server. Such a destination is then remembered as server-first and its
-// next connections are not detected at all.
+// next connections are not detected at all. An HTTP/2 server's SETTINGS
+// frame, which grpc-go and others send as soon as they accept, is no such
+// greeting: HTTP/2's client speaks first all the same, so the wait goes
+// on for the app's bytes, which decide (gRPC is served as HTTP/2), and
+// the SETTINGS is held until then; the same holds inbound.
 type ProtocolsConfig struct {
 	// DetectTimeout is how long a connection waits for the client's
 	// first bytes before it is taken for opaque, when the server has not
 	// spoken either: outbound, the app's; inbound, a plaintext client's
 	// (permissive mode) or those carried by meshgate/tcp. It costs nothing
-	// to server-first protocols (the server's greeting ends the wait) and
-	// is no delay to the connection's bytes, which flow on as opaque.
+	// to server-first protocols (the server's greeting ends the wait; an
+	// HTTP/2 server's SETTINGS does not) and is no delay to the
+	// connection's bytes, which flow on as opaque.
 	DetectTimeout Duration `json:"detectTimeout"`
 	// Ports declares what is spoken at destination ports (outbound) and
 	// at the app's ports (inbound): opaque (no detection and no wait: the
@@ -324,7 +329,8 @@ type MTLSConfig struct {
 	// connected, in case a ClientHello arrives, so that a mesh client is
 	// not answered in plaintext. It adds at most this much to a plaintext
 	// client's first greeting, and nothing to anything else. 0 passes the
-	// greeting on at once.
+	// greeting on at once. An app's HTTP/2 SETTINGS is no greeting of a
+	// server-first protocol: it is held until the client has spoken.
 	GreetingHold Duration `json:"greetingHold"`
 }
 

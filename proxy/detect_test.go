@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"io"
 	"net"
@@ -8,8 +9,15 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // detectConfig is testConfig with a long detection timeout, so that a
@@ -216,4 +224,190 @@ func TestServerFirstMemory(t *testing.T) {
 	if off.has(a, now) {
 		t.Error("destMemory 0 remembered a destination")
 	}
+}
+
+// TestDetectHTTP2ServerGreeting: a gRPC server (grpc-go) sends its
+// SETTINGS as soon as it accepts a connection, and its client may say
+// nothing for a while after connecting; the greeting reaching a sidecar
+// first is no server-first protocol. The call is served as HTTP/2 by L7
+// (policy, limits, resilience and metrics per request) on every path the
+// greeting can race the client's preface: through the mesh, where the
+// server sidecar holds the greeting; outbound, when the greeting crosses
+// the mesh (its app's port declared opaque on the server side); the
+// server sidecar's detection of meshgate/tcp (a client sidecar with L7
+// off); and a plaintext client in permissive mode. The destination is not
+// remembered as server-first: the next connection is HTTP/2 too.
+func TestDetectHTTP2ServerGreeting(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		po   func(app string) pairOptions
+		// target is where the app connects; detects says which sidecar
+		// detects the app's HTTP/2 (its direction).
+		target  func(*pair) string
+		detects func(*pair) (*running, Direction)
+	}{
+		{"mesh", func(string) pairOptions { return pairOptions{} },
+			func(p *pair) string { return p.client.out() },
+			func(p *pair) (*running, Direction) { return p.client, Outbound }},
+		{"greeting across the mesh", func(app string) pairOptions {
+			return pairOptions{serverCfg: func(c *Config) {
+				c.Protocols.Ports = map[uint16]PortProtocol{netip.MustParseAddrPort(app).Port(): PortOpaque}
+			}}
+		},
+			func(p *pair) string { return p.client.out() },
+			func(p *pair) (*running, Direction) { return p.client, Outbound }},
+		{"meshgate/tcp", func(string) pairOptions {
+			return pairOptions{clientCfg: func(c *Config) { c.Protocols.L7 = false }}
+		},
+			func(p *pair) string { return p.client.out() },
+			func(p *pair) (*running, Direction) { return p.server, Inbound }},
+		{"permissive plaintext", func(string) pairOptions {
+			return pairOptions{serverCfg: func(c *Config) { c.MTLS.Mode = MTLSPermissive }}
+		},
+			func(p *pair) string { return p.server.in() },
+			func(p *pair) (*running, Direction) { return p.server, Inbound }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			app, greeted := greetingGRPCServer(t)
+			p := startMeshPair(t, app, tc.po(app))
+			r, dir := tc.detects(p)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			for i, hc := range []healthpb.HealthClient{
+				lateGRPCClient(t, tc.target(p), greeted),
+				grpcHealthClient(t, tc.target(p)),
+			} {
+				if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+					t.Fatalf("connection %d: Check: %v", i, err)
+				}
+				if n := r.counter(t, "meshgate_protocol_detections_total", map[string]string{"direction": dir.String(), "protocol": "http2"}); n != float64(i+1) {
+					t.Errorf("connection %d: %s HTTP/2 detections = %v, want %d", i, dir, n, i+1)
+				}
+				calls := 0
+				for _, e := range r.logs.FilterMessage("request").FilterField(zap.String("direction", dir.String())).All() {
+					if field(e, "path") == "/grpc.health.v1.Health/Check" && field(e, "protocol") == "HTTP/2.0" {
+						calls++
+					}
+				}
+				if calls != i+1 {
+					t.Errorf("connection %d: %d %s HTTP/2 calls logged, want %d", i, calls, dir, i+1)
+				}
+			}
+			for _, by := range []string{byServerFirst, byRemembered} {
+				if n := p.client.counter(t, "meshgate_protocol_detections_total", map[string]string{"by": by}); n != 0 {
+					t.Errorf("client sidecar: %v detections by %s, want none", n, by)
+				}
+				if n := p.server.counter(t, "meshgate_protocol_detections_total", map[string]string{"by": by}); n != 0 {
+					t.Errorf("server sidecar: %v detections by %s, want none", n, by)
+				}
+			}
+		})
+	}
+}
+
+// TestDetectHTTP2GreetingSilentClient: an HTTP/2 server's SETTINGS does
+// not end the wait for the client's first bytes, nor is it lost: a client
+// silent for the whole detection timeout gets it then, its connection
+// taken for opaque by timeout, and the destination is not remembered as
+// server-first (its next connection is detected again).
+func TestDetectHTTP2GreetingSilentClient(t *testing.T) {
+	// grpc-go's: SETTINGS_MAX_FRAME_SIZE 16384.
+	const settings = "\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x05\x00\x00\x40\x00"
+	be := startBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		io.WriteString(c, settings)
+		echo(c)
+	})
+	r := startProxy(t, detectConfig(100*time.Millisecond), to(be.addr()))
+	for i := range 2 {
+		c := dial(t, r.out())
+		got := make([]byte, len(settings))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != settings {
+			t.Fatalf("connection %d: greeting % x, %v; want % x", i, got, err, settings)
+		}
+		if got := roundTrip(t, c, "late"); got != "late" {
+			t.Errorf("connection %d: echo = %q", i, got)
+		}
+		c.Close()
+		checkFields(t, "log", r.closedLogs(t, i+1)[i].ContextMap(), map[string]string{"protocol": "opaque", "detected_by": "timeout"})
+	}
+}
+
+// greetingGRPCServer is grpcHealthServer whose connections tell greeted
+// when the server has written its first bytes (its SETTINGS, sent as
+// soon as it accepts).
+func greetingGRPCServer(t *testing.T) (addr string, greeted chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	greeted = make(chan struct{}, 16)
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	go gs.Serve(&greetListener{Listener: ln, greeted: greeted})
+	t.Cleanup(gs.Stop)
+	return ln.Addr().String(), greeted
+}
+
+// greetListener's connections send on greeted after their first write.
+type greetListener struct {
+	net.Listener
+	greeted chan struct{}
+}
+
+func (l *greetListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &greetConn{Conn: c, greeted: l.greeted}, nil
+}
+
+type greetConn struct {
+	net.Conn
+	once    sync.Once
+	greeted chan struct{}
+}
+
+func (c *greetConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.once.Do(func() {
+		select {
+		case c.greeted <- struct{}{}:
+		default:
+		}
+	})
+	return n, err
+}
+
+// lateGRPCClient is a gRPC health client of target whose connection says
+// nothing (no HTTP/2 preface) until the app behind the sidecars has
+// greeted the connection they made for it, and then for long enough for
+// the greeting to cross them: a client slower than its server.
+func lateGRPCClient(t *testing.T, target string, greeted chan struct{}) healthpb.HealthClient {
+	t.Helper()
+	dial := func(ctx context.Context, addr string) (net.Conn, error) {
+		for len(greeted) > 0 {
+			<-greeted
+		}
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-greeted:
+		case <-ctx.Done():
+			c.Close()
+			return nil, ctx.Err()
+		}
+		time.Sleep(150 * time.Millisecond)
+		return c, nil
+	}
+	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(dial))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return healthpb.NewHealthClient(cc)
 }

@@ -51,9 +51,12 @@
 //     peeked and classified by package sniff (its own TLS, with SNI and
 //     ALPN; HTTP/1.x; HTTP/2; opaque) while the destination is dialed and
 //     watched in the same race, so a server-first protocol is heard at
-//     once and never waits for a detection timeout. The verdict labels
-//     the log line and the metrics; the bytes pass as they are, but for
-//     HTTP to a mesh destination, which goes to L7.
+//     once and never waits for a detection timeout. An HTTP/2 server's
+//     SETTINGS (grpc-go sends it on accepting) does not end the race, in
+//     either direction: the client's bytes still decide, and the
+//     SETTINGS waits for them. The verdict labels the log line and the
+//     metrics; the bytes pass as they are, but for HTTP to a mesh
+//     destination, which goes to L7.
 //   - L4 forward: a bidirectional copy that keeps TCP half-close (across
 //     TLS as close_notify), with an idle timeout and byte counters that
 //     move as the bytes do. Plaintext legs use splice(2), TLS legs a

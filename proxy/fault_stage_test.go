@@ -8,7 +8,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -16,11 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/h2c"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
@@ -138,7 +133,7 @@ func TestFaultAbortGRPC(t *testing.T) {
 		{"http status alone", "{status: 503}", codes.Unavailable, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			p := startMeshPair(t, grpcH2CServer(t), pairOptions{
+			p := startMeshPair(t, grpcHealthServer(t), pairOptions{
 				clientCfg: apiResilience(t, "faults: {abort: "+c.abort+"}"),
 			})
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -161,20 +156,6 @@ func TestFaultAbortGRPC(t *testing.T) {
 			}
 		}
 	})
-}
-
-// grpcH2CServer is grpcHealthServer served by net/http's h2c, which
-// waits for the client's preface before it says anything: a gRPC server
-// that speaks first (grpc-go's SETTINGS) can beat the app's preface to
-// the client sidecar, whose detection then takes the connection for a
-// server-first protocol, passed as bytes (no L7: no fault).
-func grpcH2CServer(t *testing.T) string {
-	t.Helper()
-	gs := grpc.NewServer()
-	healthpb.RegisterHealthServer(gs, health.NewServer())
-	srv := httptest.NewServer(h2c.NewHandler(gs, &http2.Server{}))
-	t.Cleanup(srv.Close)
-	return srv.Listener.Addr().String()
 }
 
 // TestFaultDelay: a delay rule holds its share of requests for its

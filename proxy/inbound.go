@@ -30,7 +30,8 @@ import (
 //     plaintext (serveInbound) with the peeked bytes replayed. The app is
 //     dialed while the client's first bytes are awaited (firstBytesRace),
 //     so a server-first app's greeting reaches a silent plaintext client
-//     at once (after mtls.greetingHold) instead of after a timeout; an
+//     at once (after mtls.greetingHold) instead of after a timeout (an
+//     HTTP/2 app's SETTINGS is no such greeting: see h2Greeting); an
 //     app whose clients spoke HTTP before, or whose port is declared
 //     http, is not (see serveInbound).
 //
@@ -178,16 +179,18 @@ func (p *Proxy) readsRequests(port uint16) bool {
 //
 // Nothing is delayed by the wait. The app is dialed meanwhile (or,
 // dialed already, watched), so a server-first app's greeting ends it at
-// once; an app whose clients spoke HTTP before is dialed only if they
-// turn out not to. Until one side speaks there is nothing to forward, so
-// the wait has no timeout of its own (timeouts.idle bounds it): with
-// one, a client could wait it out, then send HTTP to pass as bytes,
-// forged X-Forwarded-Client-Cert and all. For the same reason, to an app
-// whose clients spoke HTTP lately (destMemory), bytes that could still
-// become an HTTP request when the client pauses (for detectQuiet) are
-// served as HTTP, unless the app spoke meanwhile; to any other app they
-// pass as bytes, so that a client-first protocol whose first message
-// looks like the start of a request line is not broken.
+// once (an HTTP/2 app's SETTINGS does not: it is held for the client's
+// bytes to decide, see h2Greeting); an app whose clients spoke HTTP
+// before is dialed only if they turn out not to. Until one side speaks
+// there is nothing to forward, so the wait has no timeout of its own
+// (timeouts.idle bounds it): with one, a client could wait it out, then
+// send HTTP to pass as bytes, forged X-Forwarded-Client-Cert and all. For
+// the same reason, to an app whose clients spoke HTTP lately
+// (destMemory), bytes that could still become an HTTP request when the
+// client pauses (for detectQuiet) are served as HTTP, unless the app
+// spoke meanwhile; to any other app they pass as bytes, so that a
+// client-first protocol whose first message looks like the start of a
+// request line is not broken.
 //
 // Detection is stricter than some servers: a method longer than
 // sniff.MaxMethodLen, or two spaces after it, is not HTTP to it and may
@@ -209,7 +212,7 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, f
 	switch {
 	case declared == PortOpaque:
 		d.by = byDeclared
-	case len(upstream.pending) > 0:
+	case serverGreeting(upstream.pending):
 		// The app greeted before the client's first bytes settled
 		// anything (permissive mode's wait): it speaks first.
 		d.by = byServerFirst
@@ -226,11 +229,16 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, f
 			wait = p.cfg.Protocols.DetectTimeout.D()
 		}
 		race := detectRace(pc, start.Add(wait))
-		if u := upstream.tcp; u != nil {
+		switch u := upstream.tcp; {
+		case len(upstream.pending) > 0:
+			// The app greeted as an HTTP/2 server does (h2Greeting) in
+			// permissive mode's wait: it has said what it says before
+			// the client speaks, and is not watched again.
+		case u != nil:
 			// Watched, not dialed; its owner closes it.
 			race.dial = func(context.Context) (upConn, error) { return upConn{tcp: u}, nil }
 			race.drop = func(upConn) {}
-		} else if !knownHTTP && !held {
+		case !knownHTTP && !held:
 			// Not while policy has yet to allow the client, nor where
 			// stages read the requests.
 			race.dialApp(p, from, dst)
@@ -250,7 +258,7 @@ func (p *Proxy) serveInbound(ctx context.Context, pc *peekConn, upstream *leg, f
 		d = verdict(op, pc.peeked())
 	}
 	switch {
-	case len(upstream.pending) > 0:
+	case serverGreeting(upstream.pending):
 	case declared == PortHTTP:
 		d.proto.Protocol = httpAppProtocol(d)
 	case knownHTTP && d.by == byIncomplete && (d.maybe == sniff.HTTP1 || d.maybe == sniff.HTTP2):

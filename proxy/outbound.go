@@ -48,8 +48,10 @@ func (p *Proxy) outbound(ctx context.Context, client *net.TCPConn, dst netip.Add
 // detectOutbound serves an outbound connection whose protocol is not
 // declared: it dials the destination (with mesh TLS when meshTLS) while
 // it waits for the app's first bytes (firstBytesRace), so that a server
-// that speaks first is heard at once, classifies what the app sent
-// (sniff.Detect), and forwards both sides' first bytes on. The bytes
+// that speaks first is heard at once (not an HTTP/2 server's SETTINGS,
+// held while the app's bytes are awaited: see h2Greeting), classifies
+// what the app sent (sniff.Detect), and forwards both sides' first bytes
+// on. The bytes
 // pass as they are whatever the verdict: it labels the connection.
 func (p *Proxy) detectOutbound(ctx context.Context, client *net.TCPConn, dst netip.AddrPort, meshTLS bool, az *connAuthz, m *dirMetrics) outcome {
 	start := time.Now()

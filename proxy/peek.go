@@ -184,8 +184,11 @@ type opening struct {
 	clientEOF bool
 	// upstream is the connection dialed during the wait, zero if none was.
 	upstream upConn
-	// greeting is what the upstream sent first; greetBuf is its pooled
-	// buffer (put back once the greeting is written).
+	// greeting is what the upstream sent first: a server-first
+	// protocol's greeting, an answer to the client's unsettled bytes, or
+	// an HTTP/2 server's SETTINGS, held while the client was awaited
+	// (h2Greeting). greetBuf is its pooled buffer (put back once the
+	// greeting is written).
 	greeting []byte
 	greetBuf *[]byte
 	// upErr is how the upstream's first read failed, if it did (not EOF):
@@ -198,9 +201,10 @@ type opening struct {
 // settled says they are enough; meanwhile, if dial is set, the upstream
 // is dialed and watched, so that an upstream that speaks first (a
 // server-first protocol: MySQL, SMTP, ...) is heard at once instead of
-// after a detection timeout. Inbound mTLS waits for the ClientHello with
-// it (dialing the app only in permissive mode), and protocol detection
-// waits for the app's first bytes with it (detect.go).
+// after a detection timeout. An HTTP/2 server's SETTINGS is not heard so
+// (h2Greeting): the wait goes on for the client. Inbound mTLS waits for
+// the ClientHello with it (dialing the app only in permissive mode), and
+// protocol detection waits for the app's first bytes with it (detect.go).
 type firstBytesRace struct {
 	client  *peekConn
 	settled func(peeked []byte) bool
@@ -239,7 +243,7 @@ type upReport struct {
 	err   error   // dial failure (conn zero) or first read failure
 	bp    *[]byte // pooled buffer of the first bytes
 	n     int     // how many first bytes
-	spoke bool    // the upstream sent bytes, closed, or failed first
+	spoke bool    // the upstream sent bytes (but an HTTP/2 server's preface), closed, or failed first
 }
 
 // run waits as described on firstBytesRace. An error means the connection
@@ -429,6 +433,10 @@ func (rep *upReport) readFirst() {
 		rep.bp = nil
 	}
 	switch {
+	case rep.n > 0 && err == nil && h2Greeting((*rep.bp)[:rep.n]):
+		// Not spoken: the client is still to speak first (see
+		// h2Greeting). The greeting is kept, and the upstream no longer
+		// watched: an HTTP/2 server says nothing more until it has.
 	case rep.n > 0 || errors.Is(err, io.EOF):
 		rep.spoke = true
 	case errors.Is(err, os.ErrDeadlineExceeded):
@@ -437,6 +445,22 @@ func (rep *upReport) readFirst() {
 		rep.spoke, rep.err = true, err
 	}
 }
+
+// h2Greeting says whether an upstream's first bytes are an HTTP/2
+// server's preface, a SETTINGS frame (sniff.ServerPreface). It makes no
+// server-first protocol: in HTTP/2 the client speaks first all the same,
+// but a server may send its SETTINGS before the client's preface has
+// arrived, and grpc-go's does as soon as it accepts. A firstBytesRace
+// that hears it goes on waiting for the client's bytes, which decide, and
+// holds it for whatever serves the connection: taken for server-first,
+// a gRPC connection would lose L7 (and its destination be remembered as
+// server-first). Anything else an upstream sends first costs a look at a
+// byte or two more than before.
+func h2Greeting(b []byte) bool { return sniff.ServerPreface(b) == nil }
+
+// serverGreeting says whether what an upstream sent first, if anything,
+// makes it speak first: an HTTP/2 server's preface does not.
+func serverGreeting(b []byte) bool { return len(b) > 0 && !h2Greeting(b) }
 
 // release puts back the buffer of the first bytes.
 func (rep *upReport) release() {

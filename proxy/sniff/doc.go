@@ -20,4 +20,8 @@
 // Detect classifies a connection's first bytes for protocol detection: a
 // TLS ClientHello (the app's own TLS, with its SNI and ALPN), an HTTP/1.x
 // request line, the HTTP/2 prior-knowledge preface, or opaque bytes.
+//
+// ServerPreface reads a server's first bytes: whether they are an HTTP/2
+// server's SETTINGS, which makes no server-first protocol (the proxy
+// then waits on for the client's bytes to decide).
 package sniff
