@@ -15,21 +15,20 @@ import (
 )
 
 // dialUpstream dials dst for an outbound connection (see dial) and
-// registers the connection with the loop guard until closeUpstream.
+// registers the connection until closeUpstream (see register).
 func (p *Proxy) dialUpstream(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
 	c, err := p.dial(ctx, Outbound, netip.Addr{}, dst)
 	if err != nil {
 		return nil, err
 	}
-	p.upstreams.Store(upstreamKeyOf(c), c)
-	return c, nil
+	return p.register(c, false)
 }
 
 // dialApp connects to the app at dst for an inbound connection, to be
 // closed with closeUpstream: from the passthrough source, or with from
 // (tproxy mode) from the client's own address (see dial). Only the
-// former is registered with the loop guard: the latter's local address
-// is the client's, and a connection of that client from the same port to
+// former is one the loop guard looks for: the latter's local address is
+// the client's, and a connection of that client from the same port to
 // another port of the pod is no loop. The rules never capture it (nat
 // OUTPUT lets a non-local source to lo pass, mangle PREROUTING returns
 // lo, and MESHGATE_TPROXY_OUTPUT routes the app's replies back here).
@@ -38,17 +37,57 @@ func (p *Proxy) dialApp(ctx context.Context, from netip.Addr, dst netip.AddrPort
 	if err != nil {
 		return nil, err
 	}
-	if !from.IsValid() {
-		p.upstreams.Store(upstreamKeyOf(c), c)
+	return p.register(c, from.IsValid())
+}
+
+// register records c, a connection just dialed, in upstreams until
+// closeUpstream: the loop guard looks there for the proxy's own
+// connections (but for transparent ones, see dialApp), and the end of a
+// drain's grace period resets every connection there (cutUpstreams).
+// A connection registered after that is closed at once, with errKilled:
+// either cutUpstreams sees it, or it sees cut set (both are sequentially
+// consistent), so no dial that was under way escapes the cut.
+func (p *Proxy) register(c *net.TCPConn, transparent bool) (*net.TCPConn, error) {
+	k := upstreamKeyOf(c)
+	k.transparent = transparent
+	p.upstreams.Store(k, c)
+	if p.cut.Load() {
+		p.closeUpstream(c)
+		return nil, errKilled
 	}
 	return c, nil
 }
 
-// closeUpstream closes a connection of dialUpstream.
+// closeUpstream closes a connection of dialUpstream or dialApp.
 func (p *Proxy) closeUpstream(c *net.TCPConn) {
-	p.upstreams.Delete(upstreamKeyOf(c))
+	// Most are not transparent: those cost one look-up.
+	if k := upstreamKeyOf(c); !p.upstreams.CompareAndDelete(k, c) {
+		k.transparent = true
+		p.upstreams.CompareAndDelete(k, c)
+	}
 	p.guards.closed(c)
 	c.Close()
+}
+
+// cutUpstreams resets every connection the proxy dialed and has not
+// closed, and makes register close any dialed after: the drain's grace
+// period is over. An L7 request in flight waits on its upstream (the
+// HTTP/1 engine reads the app's or the peer sidecar's answer; a tunnel's
+// upstream → client direction reads on after its client is done), not
+// on its client, so resetting the clients (killAll) does not end it.
+// The owners of the connections see the failure and close them as
+// always (closeUpstream). It returns how many it reset.
+func (p *Proxy) cutUpstreams() int {
+	p.cut.Store(true)
+	n := 0
+	p.upstreams.Range(func(_, v any) bool {
+		if c, ok := v.(*net.TCPConn); ok {
+			reset(c)
+			n++
+		}
+		return true
+	})
+	return n
 }
 
 // dial connects to the connection's destination: outbound, the original

@@ -289,10 +289,17 @@ type direction struct {
 // end to end, across mesh TLS too. Any failure one way (reset, idle
 // timeout) resets both connections, so neither peer mistakes a broken
 // stream for a complete one. Bytes (plaintext bytes, on a TLS leg) are
-// added to the counters as they flow, pending bytes first.
-func forward(client, upstream leg, t fwdTimes, mode copyMode, m *dirMetrics) (sent, received int64, err error) {
+// added to the counters as they flow, pending bytes first. While it
+// runs, the flow is the client connection's, as an L4 one is (runFlow):
+// the end of a drain's grace period kills it (killAll), which also wakes
+// a direction parked on the upstream; closing the socket under a parked
+// direction would not.
+func (p *Proxy) forward(client, upstream leg, t fwdTimes, mode copyMode, m *dirMetrics) (sent, received int64, err error) {
+	f := newFlow(client, upstream, t, mode, m)
+	p.setFlow(client.tcp, f)
+	defer p.setFlow(client.tcp, nil)
 	done := make(chan struct{})
-	newFlow(client, upstream, t, mode, m).start(false, func(s, r int64, e error) {
+	f.start(false, func(s, r int64, e error) {
 		sent, received, err = s, r, e
 		close(done)
 	})

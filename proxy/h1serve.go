@@ -601,7 +601,7 @@ func (c *h1Conn) tunnel(u *h1Up) {
 	c.r.consume(len(c.r.buffered()))
 	u.r.consume(len(u.r.buffered()))
 	times, kind := c.tunnelTimes()
-	sent, received, err := forward(client, up, times, copyBuffer, c.m)
+	sent, received, err := c.p.forward(client, up, times, copyBuffer, c.m)
 	c.cc.sent.Add(sent)
 	c.cc.received.Add(received)
 	if kind != tkNone && errors.Is(err, ErrIdleTimeout) {

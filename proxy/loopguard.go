@@ -64,10 +64,16 @@ func (p *Proxy) isSelf(dst netip.AddrPort, c *net.TCPConn) bool {
 // address alone is not enough: the kernel gives one local port to
 // connections to different destinations, so the app's own connection
 // may share it with one of the proxy's.
-type upstreamKey struct{ local, remote netip.AddrPort }
+type upstreamKey struct {
+	local, remote netip.AddrPort
+	// transparent: dialed from a client's own address (tproxy mode),
+	// registered only to be cut at the end of a drain; the loop guard,
+	// which looks keys up with it unset, never finds it (see dialApp).
+	transparent bool
+}
 
 func upstreamKeyOf(c *net.TCPConn) upstreamKey {
-	return upstreamKey{addrPort(c.LocalAddr()), addrPort(c.RemoteAddr())}
+	return upstreamKey{local: addrPort(c.LocalAddr()), remote: addrPort(c.RemoteAddr())}
 }
 
 // capturedAgain reports whether client is one of the proxy's own
@@ -82,7 +88,7 @@ func upstreamKeyOf(c *net.TCPConn) upstreamKey {
 // handshake. Seen in peerbench (issue 12), one connection in ~2 000
 // after runs of short connections.
 func (p *Proxy) capturedAgain(client *net.TCPConn, dst netip.AddrPort) bool {
-	v, ok := p.upstreams.Load(upstreamKey{addrPort(client.RemoteAddr()), dst})
+	v, ok := p.upstreams.Load(upstreamKey{local: addrPort(client.RemoteAddr()), remote: dst})
 	if !ok {
 		return false
 	}

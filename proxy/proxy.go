@@ -154,8 +154,12 @@ type Proxy struct {
 
 	// upstreams holds every connection the proxy dialed and still has
 	// open (upstreamKey → *net.TCPConn), so a connection of its own that
-	// the rules capture again is recognised and refused (capturedAgain).
+	// the rules capture again is recognised and refused (capturedAgain),
+	// and so that the end of a drain's grace period cuts them all
+	// (cutUpstreams). cut is set then: a connection registered after is
+	// closed at once (register).
 	upstreams sync.Map
+	cut       atomic.Bool
 
 	mu     sync.Mutex
 	conns  map[*net.TCPConn]*flow // client sides in flight, with their L4 flow once it runs
@@ -356,10 +360,15 @@ func (p *Proxy) Run(ctx context.Context) error {
 	case <-drained:
 		timer.Stop()
 	case <-timer.C:
-		if n := p.killAll(); n > 0 {
-			p.log.Warn("grace period over: closing connections", zap.Int("connections", n))
-		}
+		// Everything still in flight is cut: the client connections
+		// with their L4 flows, the contexts (nothing dials or retries
+		// any more), then the upstream connections, which an L7 request
+		// waits on rather than its client.
+		n := p.killAll()
 		killConns()
+		if up := p.cutUpstreams(); n > 0 || up > 0 {
+			p.log.Warn("grace period over: closing connections", zap.Int("connections", n), zap.Int("upstream_connections", up))
+		}
 		<-drained
 	}
 	handlers.close()
@@ -416,7 +425,8 @@ func (p *Proxy) untrack(c *net.TCPConn) {
 }
 
 // killAll resets every client connection in flight; their forwarders see
-// the error and close the upstream side.
+// the error and close the upstream side (L7 requests need cutUpstreams
+// too).
 func (p *Proxy) killAll() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()

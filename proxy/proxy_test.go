@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -13,11 +14,13 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"sigs.k8s.io/yaml"
@@ -474,7 +477,7 @@ func TestLoopGuard(t *testing.T) {
 			loop   bool
 		}{{netip.MustParseAddrPort("192.0.2.1:80"), false}, {dst, true}} {
 			local := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), testnet.FreePort(t, "tcp"))
-			r.upstreams.Store(upstreamKey{local, tc.remote}, struct{}{})
+			r.upstreams.Store(upstreamKey{local: local, remote: tc.remote}, struct{}{})
 			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local)}
 			c, err := d.Dial("tcp", r.out())
 			if tc.loop {
@@ -495,7 +498,7 @@ func TestLoopGuard(t *testing.T) {
 				}
 				c.Close()
 			}
-			r.upstreams.Delete(upstreamKey{local, tc.remote})
+			r.upstreams.Delete(upstreamKey{local: local, remote: tc.remote})
 			r.closedLogs(t, 1) // logged in order
 		}
 	})
@@ -830,5 +833,227 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 	_, err := New(cfg, zap.NewNop())
 	if want := "proxy: invalid config: timeouts.connect: must be > 0, e.g. 5s"; err == nil || err.Error() != want {
 		t.Errorf("New = %v, want %q", err, want)
+	}
+}
+
+// TestDrainStalledUpstream: a request whose upstream never answers is cut
+// when the drain's grace period is over, as any straggler is, and Run
+// returns just after (DESIGN.md §5, drain). What serves such a request
+// waits on its upstream, not on its client, so resetting the client is
+// not enough. Each sidecar of a pair is stopped in turn: the client
+// sidecar, whose request waits on its mesh peer (the server sidecar,
+// which does not answer either), then the server sidecar, whose request
+// waits on the app. No goroutine of the test's is left after. (HTTP/2
+// did not hang: the HTTP/2 server cancels a stream's context when its
+// connection ends, and the transports to the upstream heed it. The case
+// keeps it so.)
+func TestDrainStalledUpstream(t *testing.T) {
+	const grace = 200 * time.Millisecond
+	// A hang, not a performance, bound: Run is to return just after the
+	// grace period.
+	const bound = grace + 5*time.Second
+	drainCfg := func(c *Config) {
+		c.Timeouts.DrainGrace = Duration(grace)
+		c.MTLS.Mode = MTLSPermissive // the plaintext client of the upgrade
+	}
+	po := pairOptions{clientCfg: drainCfg, serverCfg: drainCfg}
+
+	t.Run("HTTP/1", func(t *testing.T) {
+		checkNoLeaks(t)
+		app, stalled := startStalledApp(t, nil)
+		mca := newMeshCA(t)
+		cm, sm := mca.meshes()
+		p := startPair(t, app, cm, sm, po)
+		c := dial(t, p.client.out())
+		io.WriteString(c, "GET /never HTTP/1.1\r\nHost: app\r\n\r\n")
+		stalled.wait(t)
+
+		stopWithin(t, p.client, bound, stalled.free)
+		if err := expectClosed(t, c, 5*time.Second); err == nil {
+			t.Error("the app's client got EOF, want a reset")
+		}
+		stopWithin(t, p.server, bound, stalled.free)
+		for _, r := range []*running{p.client, p.server} {
+			if n := r.logs.FilterMessage("grace period over: closing connections").Len(); n != 1 {
+				t.Errorf("%d force-close lines, want 1", n)
+			}
+		}
+	})
+
+	for _, req := range []struct{ name, raw string }{
+		{"HTTP/1 plaintext, inbound", "GET /never HTTP/1.1\r\nHost: app\r\n\r\n"},
+		// The body's goroutine waits on the client, the request on the app.
+		{"HTTP/1 plaintext, inbound, body still coming", "POST /never HTTP/1.1\r\nHost: app\r\nContent-Length: 1000000\r\n\r\nsome"},
+	} {
+		t.Run(req.name, func(t *testing.T) {
+			checkNoLeaks(t)
+			app, stalled := startStalledApp(t, nil)
+			mca := newMeshCA(t)
+			cm, sm := mca.meshes()
+			p := startPair(t, app, cm, sm, po)
+			c := dial(t, p.server.in())
+			io.WriteString(c, req.raw)
+			stalled.wait(t)
+
+			stopWithin(t, p.server, bound, stalled.free)
+			if err := expectClosed(t, c, 5*time.Second); err == nil {
+				t.Error("the client got EOF, want a reset")
+			}
+		})
+	}
+
+	t.Run("HTTP/1 upgraded, half-closed by its client", func(t *testing.T) {
+		// The client is done sending; the app has not answered since
+		// the 101, and the tunnel's upstream → client direction parks.
+		checkNoLeaks(t)
+		app, stalled := startStalledApp(t, func(c *net.TCPConn) {
+			io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: stall\r\nConnection: Upgrade\r\n\r\n")
+		})
+		mca := newMeshCA(t)
+		cm, sm := mca.meshes()
+		opts := po
+		opts.serverOpts = []Option{withParkAfter(20 * time.Millisecond)}
+		p := startPair(t, app, cm, sm, opts)
+		c := dial(t, p.server.in()) // plaintext, to the server sidecar
+		io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: app\r\nUpgrade: stall\r\nConnection: Upgrade\r\n\r\n")
+		stalled.wait(t)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != 101 {
+			t.Fatalf("upgrade: %v, %v", resp, err)
+		}
+		c.CloseWrite()
+		waitFor(t, func() bool { return parkedNow() >= 1 })
+
+		stopWithin(t, p.server, bound, stalled.free)
+		if err := expectClosed(t, c, 5*time.Second); err == nil {
+			t.Error("the client got EOF, want a reset")
+		}
+	})
+
+	t.Run("HTTP/2", func(t *testing.T) {
+		checkNoLeaks(t)
+		got := make(chan struct{}, 1)
+		release := make(chan struct{})
+		app := startH2App(t, func(w http.ResponseWriter, r *http.Request) {
+			got <- struct{}{}
+			select {
+			case <-r.Context().Done():
+			case <-release:
+			}
+		})
+		t.Cleanup(func() { closeOnce(release) })
+		mca := newMeshCA(t)
+		cm, sm := mca.meshes()
+		p := startPair(t, app, cm, sm, po)
+		client := h2cClient(t)
+		errc := make(chan error, 1)
+		go func() {
+			resp, err := client.Get("http://" + p.client.out() + "/never")
+			if err == nil {
+				resp.Body.Close()
+				err = fmt.Errorf("answered %s", resp.Status)
+			}
+			errc <- err
+		}()
+		select {
+		case <-got:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the request did not reach the app")
+		}
+
+		stopWithin(t, p.client, bound, func() { closeOnce(release) })
+		select {
+		case err := <-errc:
+			t.Logf("the app's client: %v", err)
+		case <-time.After(5 * time.Second):
+			t.Error("the app's client still waits 5s after its sidecar stopped")
+			closeOnce(release)
+			<-errc
+		}
+		stopWithin(t, p.server, bound, func() { closeOnce(release) })
+	})
+}
+
+// checkNoLeaks fails t if goroutines that were not running when it was
+// called are still running once t and its cleanups are over.
+func checkNoLeaks(t *testing.T) {
+	opts := []goleak.Option{goleak.IgnoreCurrent(), goleak.IgnoreAnyFunction("meshgate/proxy.(*parker).loop")}
+	t.Cleanup(func() { goleak.VerifyNone(t, opts...) })
+}
+
+// stopWithin stops r and fails t if Run has not returned within bound;
+// release then unblocks whatever Run waits on, so that the test ends.
+func stopWithin(t *testing.T, r *running, bound time.Duration, release func()) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- r.stop() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil", err)
+		}
+	case <-time.After(bound):
+		t.Errorf("Run still running %v after the drain began, with a %v grace period", bound, r.cfg.Timeouts.DrainGrace)
+		release()
+		<-done
+	}
+}
+
+// stalledApp is an HTTP/1 app that reads a request and never answers.
+type stalledApp struct {
+	got     chan struct{}
+	release chan struct{}
+	mu      sync.Mutex
+	conns   []*net.TCPConn
+}
+
+// startStalledApp starts a stalledApp; it writes head (when not nil)
+// once it has the request, then holds the connection open, writing
+// nothing, until the test releases it.
+func startStalledApp(t *testing.T, head func(*net.TCPConn)) (string, *stalledApp) {
+	s := &stalledApp{got: make(chan struct{}, 1), release: make(chan struct{})}
+	be := startBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		if head != nil {
+			head(c)
+		}
+		s.mu.Lock()
+		s.conns = append(s.conns, c)
+		s.mu.Unlock()
+		s.got <- struct{}{}
+		io.Copy(io.Discard, c) // until the client's sidecar ends it, or its EOF
+		<-s.release
+	})
+	t.Cleanup(s.free) // before the backend's cleanup waits for fn
+	return be.addr(), s
+}
+
+// wait waits for a request to reach the app.
+func (s *stalledApp) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-s.got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request did not reach the app")
+	}
+}
+
+// free closes the app's connections.
+func (s *stalledApp) free() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	closeOnce(s.release)
+	for _, c := range s.conns {
+		c.Close()
+	}
+}
+
+func closeOnce(c chan struct{}) {
+	select {
+	case <-c:
+	default:
+		close(c)
 	}
 }
