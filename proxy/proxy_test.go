@@ -934,13 +934,13 @@ func TestDrainStalledUpstream(t *testing.T) {
 		checkNoLeaks(t)
 		got := make(chan struct{}, 1)
 		release := make(chan struct{})
-		app := startH2App(t, func(w http.ResponseWriter, r *http.Request) {
+		app := startHTTPApp(t, "", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			got <- struct{}{}
 			select {
 			case <-r.Context().Done():
 			case <-release:
 			}
-		})
+		}))
 		t.Cleanup(func() { closeOnce(release) })
 		mca := newMeshCA(t)
 		cm, sm := mca.meshes()
