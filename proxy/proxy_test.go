@@ -861,9 +861,7 @@ func TestDrainStalledUpstream(t *testing.T) {
 	t.Run("HTTP/1", func(t *testing.T) {
 		checkNoLeaks(t)
 		app, stalled := startStalledApp(t, nil)
-		mca := newMeshCA(t)
-		cm, sm := mca.meshes()
-		p := startPair(t, app, cm, sm, po)
+		p := startMeshPair(t, app, po)
 		c := dial(t, p.client.out())
 		io.WriteString(c, "GET /never HTTP/1.1\r\nHost: app\r\n\r\n")
 		stalled.wait(t)
@@ -888,9 +886,7 @@ func TestDrainStalledUpstream(t *testing.T) {
 		t.Run(req.name, func(t *testing.T) {
 			checkNoLeaks(t)
 			app, stalled := startStalledApp(t, nil)
-			mca := newMeshCA(t)
-			cm, sm := mca.meshes()
-			p := startPair(t, app, cm, sm, po)
+			p := startMeshPair(t, app, po)
 			c := dial(t, p.server.in())
 			io.WriteString(c, req.raw)
 			stalled.wait(t)
@@ -909,11 +905,9 @@ func TestDrainStalledUpstream(t *testing.T) {
 		app, stalled := startStalledApp(t, func(c *net.TCPConn) {
 			io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: stall\r\nConnection: Upgrade\r\n\r\n")
 		})
-		mca := newMeshCA(t)
-		cm, sm := mca.meshes()
 		opts := po
 		opts.serverOpts = []Option{withParkAfter(20 * time.Millisecond)}
-		p := startPair(t, app, cm, sm, opts)
+		p := startMeshPair(t, app, opts)
 		c := dial(t, p.server.in()) // plaintext, to the server sidecar
 		io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: app\r\nUpgrade: stall\r\nConnection: Upgrade\r\n\r\n")
 		stalled.wait(t)
@@ -942,9 +936,7 @@ func TestDrainStalledUpstream(t *testing.T) {
 			}
 		}))
 		t.Cleanup(func() { closeOnce(release) })
-		mca := newMeshCA(t)
-		cm, sm := mca.meshes()
-		p := startPair(t, app, cm, sm, po)
+		p := startMeshPair(t, app, po)
 		client := h2cClient(t)
 		errc := make(chan error, 1)
 		go func() {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -549,15 +550,7 @@ redis: {address: "127.0.0.1:6379"}
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := ParseExplainQuery(map[string][]string{"from": {clientID}, "port": {"8080"}, "path": {"/api"}, "source-ip": {"10.0.0.7"}},
-		func(k string) string { return k })
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := Explain(context.Background(), cfg, q)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := explainOf(t, cfg, url.Values{"from": {clientID}, "port": {"8080"}, "path": {"/api"}, "source-ip": {"10.0.0.7"}})
 	var b bytes.Buffer
 	formatRateLimits(&b, res.RateLimits)
 	want := `rate limits:

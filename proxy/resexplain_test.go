@@ -14,9 +14,9 @@ import (
 	"meshgate/proxy/resilience"
 )
 
-// explainResilienceText is what explain says of the resilience policy of
-// the call v describes (the admin API's query parameters) under cfg.
-func explainResilienceText(t *testing.T, cfg Config, v url.Values) string {
+// explainOf is what explain says of the call v describes (the admin
+// API's query parameters) under cfg.
+func explainOf(t *testing.T, cfg Config, v url.Values) *ExplainResult {
 	t.Helper()
 	q, err := ParseExplainQuery(v, func(k string) string { return k })
 	if err != nil {
@@ -26,6 +26,14 @@ func explainResilienceText(t *testing.T, cfg Config, v url.Values) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return res
+}
+
+// explainResilienceText is what explain says of the resilience policy of
+// the call v describes under cfg.
+func explainResilienceText(t *testing.T, cfg Config, v url.Values) string {
+	t.Helper()
+	res := explainOf(t, cfg, v)
 	var b bytes.Buffer
 	res.Resilience.format(&b)
 	return b.String()
