@@ -400,3 +400,19 @@ func watchConfigFile(t *testing.T, p *Proxy) (write func(doc string)) {
 	time.Sleep(50 * time.Millisecond) // the watch is set up
 	return write
 }
+
+// expectIdleClosed waits for r to close c, silent from now on, for the
+// idle timeout idle: not much before idle has passed, and with the
+// connection's log line naming that timeout.
+func expectIdleClosed(t *testing.T, r *running, c net.Conn, idle time.Duration) {
+	t.Helper()
+	start := time.Now()
+	expectClosed(t, c, 5*time.Second)
+	if d := time.Since(start); d < idle*5/6 {
+		t.Errorf("closed after %v, before the idle timeout of %v", d, idle)
+	}
+	e := r.closedLogs(t, 1)[0]
+	if got, want := field(e, "error"), "idle timeout: no bytes either way for "+idle.String(); !strings.Contains(got, want) {
+		t.Errorf("error = %q, want %q", got, want)
+	}
+}
