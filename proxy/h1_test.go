@@ -460,3 +460,39 @@ func TestH1MeshTimeoutNoted(t *testing.T) {
 		t.Error("second head, with no such field: meshTimeout still set")
 	}
 }
+
+// TestH1EarlyAnswer: an app that answers before it has read a request's
+// body (a 413 on the headers alone) ends the connection, and the client
+// hears it in the answer (Connection: close), through both sidecars,
+// instead of finding the connection closed under its next request.
+func TestH1EarlyAnswer(t *testing.T) {
+	app := startBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\n\r\ntoo large")
+		io.Copy(io.Discard, c) // the rest, until the sidecar closes
+	}).addr()
+	p := startMeshPair(t, app, pairOptions{})
+	c := dial(t, p.client.out())
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	// A body longer than a retry keeps (64 KiB): it streams as it comes,
+	// and most of it never does.
+	io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n"+strings.Repeat("x", 1000))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "POST"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 413 || string(b) != "too large" {
+		t.Fatalf("%d %q, want the app's 413", resp.StatusCode, b)
+	}
+	if !resp.Close {
+		t.Error("the early answer does not say Connection: close, though the connection ends with it")
+	}
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("the connection carried on after an answer that left the body unread")
+	}
+}

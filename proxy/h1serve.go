@@ -74,6 +74,10 @@ type h1Conn struct {
 	// body from the client, and has only the upstream write left.
 	bodyDone chan error
 	bodyRead atomic.Bool
+	// bodyFrom is the client's byte count (cc.sent) where the streaming
+	// body began, and bodyLen its length (-1: chunked): what bodyLeft
+	// counts from.
+	bodyFrom, bodyLen int64
 	// bodyErr is the limit the request body broke (protect.go), set by
 	// its goroutine before it reports on bodyDone.
 	bodyErr *limitError
@@ -305,6 +309,7 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 		if err = u.w.flush(); err == nil && hasBody && !whole {
 			c.bodyDone = make(chan error, 1)
 			c.bodyRead.Store(false)
+			c.bodyFrom, c.bodyLen = c.cc.sent.Load()-int64(len(c.r.buffered())), req.length
 			c.bodyErr = nil
 			rate := c.r.lim.MinRequestBodyRate
 			if rate.BytesPerSecond > 0 {
@@ -453,6 +458,16 @@ func (c *h1Conn) exchange(ctx context.Context, start time.Time) bool {
 	framed := resp.bodyless(head) || resp.chunked || resp.length >= 0
 	keepUp := framed && !resp.close && !switched && !(resp.status == 101)
 	keepClient := framed && !req.close && !switched && !c.p.draining.Load()
+	if !switched && c.bodyLeft() > h1EarlyAnswerMax {
+		// The answer came long before the request's body is all in (the
+		// app answered early, as with a 413 to an upload): the rest will
+		// not be read, so the connection ends with this answer, and the
+		// client is told so (RFC 9112 §9.6) rather than finding it closed
+		// under its next request. With less to come the body may well
+		// end as it streams (an app answering as it reads, full duplex),
+		// and the connection goes on if it does.
+		keepClient = false
+	}
 
 	resp.dropHopByHop(switched && resp.status == 101)
 	// An HTTP/1.0 client cannot read chunked: it gets the data alone,
@@ -550,6 +565,26 @@ func (c *h1Conn) keepUpstream(u *h1Up, keep bool) {
 	default:
 		c.p.closeUpstream(u.tcp)
 	}
+}
+
+// h1EarlyAnswerMax is the most of a request body still to come when the
+// answer comes (an app that answers early) with which the connection is
+// not given up at once: the body may end as the answer streams. Past it,
+// the answer says Connection: close. (Go's net/http server reads on up
+// to 256 KiB of an unread body in the same case.)
+const h1EarlyAnswerMax = 256 << 10
+
+// bodyLeft is how much of the streaming request body has yet to come
+// from the client: 0 when there is none or it is all read, and -1 when
+// its length is not known (chunked) and it is not all read.
+func (c *h1Conn) bodyLeft() int64 {
+	if c.bodyDone == nil || c.bodyRead.Load() {
+		return 0
+	}
+	if c.bodyLen < 0 {
+		return -1
+	}
+	return c.bodyLen - (c.cc.sent.Load() - c.bodyFrom)
 }
 
 // settleBody, once the response is over, waits for the request body's
