@@ -44,10 +44,12 @@ type try struct {
 
 // pick returns the endpoint of dst for a try, avoiding those tried: the
 // balancer's choice, or dst itself when it is no service address. ok is
-// false when there is nothing left to try.
-func (p *Proxy) pick(dst netip.AddrPort, tried []netip.AddrPort) (try, bool) {
+// false when there is nothing left to try. rr is the request the try is
+// for, whose destination's state (and endpoint breakers) its connection
+// resolved already; nil for a connection's dial, whose are looked up.
+func (p *Proxy) pick(dst netip.AddrPort, tried []netip.AddrPort, rr *reqRes) (try, bool) {
 	if p.balancer != nil {
-		if eps := p.guards.endpointGuard(dst); eps != nil {
+		if eps := p.endpointBreakersOf(dst, rr); eps != nil {
 			// Endpoints whose own circuit is open are left out
 			// (guard_endpoints.go); refused: all that are left are.
 			if t, ok, refused := eps.pickGuarded(p.balancer, dst, tried); ok || refused {
@@ -147,9 +149,9 @@ func (p *Proxy) endpointsFor(ctx context.Context, dst netip.AddrPort, rr *reqRes
 		var t try
 		var ok bool
 		if first && rr != nil {
-			t, ok = p.pickRetry(dst, tried)
+			t, ok = p.pickRetry(dst, tried, rr)
 		} else {
-			t, ok = p.pick(dst, tried)
+			t, ok = p.pick(dst, tried, rr)
 		}
 		if !ok {
 			if lastErr == nil {

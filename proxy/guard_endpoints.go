@@ -145,10 +145,14 @@ func (e *endpointBreakers) pickGuarded(b Balancer, dst netip.AddrPort, tried []n
 	}
 }
 
-// endpointGuard returns the endpoint breakers of dst's destination, nil
-// when it has none.
-func (gs *guards) endpointGuard(dst netip.AddrPort) *endpointBreakers {
-	if g := gs.forDst(dst, time.Now()); g != nil {
+// endpointBreakersOf returns the endpoint breakers of dst's destination,
+// nil when it has none: from the state rr's connection resolved, or for
+// a dial with no request (rr nil), looked up by address.
+func (p *Proxy) endpointBreakersOf(dst netip.AddrPort, rr *reqRes) *endpointBreakers {
+	if rr != nil && rr.g != nil {
+		return rr.g.eps
+	}
+	if g := p.guards.forDst(dst, time.Now()); g != nil {
 		return g.eps
 	}
 	return nil

@@ -422,14 +422,14 @@ func (rr *reqRes) sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// pickRetry is pick for the first endpoint of a try: one no earlier try
-// of the request went to where one is left, else one other than the last
-// try's, else any.
-func (p *Proxy) pickRetry(dst netip.AddrPort, tried []netip.AddrPort) (try, bool) {
-	t, ok := p.pick(dst, tried)
+// pickRetry is pick for the first endpoint of a try of rr: one no earlier
+// try of the request went to where one is left, else one other than the
+// last try's, else any.
+func (p *Proxy) pickRetry(dst netip.AddrPort, tried []netip.AddrPort, rr *reqRes) (try, bool) {
+	t, ok := p.pick(dst, tried, rr)
 	if !ok && len(tried) > 0 {
-		if t, ok = p.pick(dst, tried[len(tried)-1:]); !ok {
-			t, ok = p.pick(dst, nil)
+		if t, ok = p.pick(dst, tried[len(tried)-1:], rr); !ok {
+			t, ok = p.pick(dst, nil, rr)
 		}
 	}
 	return t, ok

@@ -1126,7 +1126,7 @@ func retryHotPath(tb testing.TB) func() {
 		p.resolveRes(&rc, dst)
 		rr.begin(p, routePolicy(rc.dp, method, target), rc.g, method, now)
 		rr.beginTry(now)
-		if t, ok := p.pickRetry(dst, rr.tried); ok {
+		if t, ok := p.pickRetry(dst, rr.tried, &rr); ok {
 			rr.attempts++
 			rr.endpoint = t.addr
 			rr.tried = append(rr.tried, t.addr)
