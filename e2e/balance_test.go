@@ -88,21 +88,29 @@ func call(c *http.Client, url string) (int, string, error) {
 // replica name; failures are counted under "!STATUS" or "!error".
 func spread(t *testing.T, c *http.Client, url string, n int) map[string]int {
 	t.Helper()
+	return tally(n, 4, func() string {
+		code, name, err := call(c, url)
+		switch {
+		case err != nil:
+			return "!error"
+		case code != 200:
+			return fmt.Sprintf("!%d", code)
+		}
+		return name
+	})
+}
+
+// tally runs one n times from workers goroutines at once and counts what
+// the runs returned.
+func tally(n, workers int, one func() string) map[string]int {
 	var mu sync.Mutex
 	got := map[string]int{}
 	var wg sync.WaitGroup
 	work := make(chan struct{})
-	for range 4 {
+	for range workers {
 		wg.Go(func() {
 			for range work {
-				code, name, err := call(c, url)
-				key := name
-				switch {
-				case err != nil:
-					key = "!error"
-				case code != 200:
-					key = fmt.Sprintf("!%d", code)
-				}
+				key := one()
 				mu.Lock()
 				got[key]++
 				mu.Unlock()

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -85,38 +84,21 @@ func TestFaultInjectionAbort(t *testing.T) {
 
 	app := cli.NameClient(hostPort(nsPod.IPv4, 53), 10*time.Second, true)
 	const n = 2000
-	var mu sync.Mutex
-	got := map[string]int{}
-	var wg sync.WaitGroup
-	work := make(chan struct{})
-	for range 8 {
-		wg.Go(func() {
-			for range work {
-				key := "200"
-				resp, err := app.Get("http://api.example.test:8080/")
-				if err != nil {
-					key = "error: " + err.Error()
-				} else {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					switch {
-					case resp.StatusCode == 503 && resp.Header.Get("X-Meshgate-Error") == "fault: abort":
-						key = "aborted"
-					case resp.StatusCode != 200:
-						key = fmt.Sprintf("%d %s", resp.StatusCode, resp.Header.Get("X-Meshgate-Error"))
-					}
-				}
-				mu.Lock()
-				got[key]++
-				mu.Unlock()
-			}
-		})
-	}
-	for range n {
-		work <- struct{}{}
-	}
-	close(work)
-	wg.Wait()
+	got := tally(n, 8, func() string {
+		resp, err := app.Get("http://api.example.test:8080/")
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode == 503 && resp.Header.Get("X-Meshgate-Error") == "fault: abort":
+			return "aborted"
+		case resp.StatusCode != 200:
+			return fmt.Sprintf("%d %s", resp.StatusCode, resp.Header.Get("X-Meshgate-Error"))
+		}
+		return "200"
+	})
 	aborted := got["aborted"]
 	s1, s2 := appStats(t, r1), appStats(t, r2)
 	counted := sc.metrics(t)["meshgate_faults_injected_total{destination=api,kind=abort,route=}"]

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -175,33 +174,21 @@ func (m *retryMesh) metric(t *testing.T, name string, want ...string) float64 {
 // took.
 func (m *retryMesh) load(t *testing.T, method, url string, n int) (failed int, took time.Duration) {
 	t.Helper()
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	work := make(chan struct{})
 	start := time.Now()
-	for range 8 {
-		wg.Go(func() {
-			for range work {
-				req, _ := http.NewRequest(method, url, nil)
-				resp, err := m.app.Do(req)
-				if err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-				if err != nil || resp.StatusCode != 200 {
-					mu.Lock()
-					failed++
-					mu.Unlock()
-				}
-			}
-		})
-	}
-	for range n {
-		work <- struct{}{}
-	}
-	close(work)
-	wg.Wait()
-	return failed, time.Since(start)
+	got := tally(n, 8, func() string {
+		req, _ := http.NewRequest(method, url, nil)
+		resp, err := m.app.Do(req)
+		if err != nil {
+			return "failed"
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return "failed"
+		}
+		return "200"
+	})
+	return got["failed"], time.Since(start)
 }
 
 // accessLines returns the client sidecar's access log lines of outbound
