@@ -19,23 +19,32 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// TestApp serves both servers on loopback: GET / names the app, /bytes
-// matches its hash, and echo answers after a half-close; ending ctx stops
-// Serve cleanly.
-func TestApp(t *testing.T) {
-	a, err := Listen("web", "127.0.0.1:0", "127.0.0.1:0")
+// serve starts an app named web on httpAddr and echoAddr ("": no echo
+// server) until the test ends, when ending its context must stop Serve
+// cleanly.
+func serve(t *testing.T, httpAddr, echoAddr string) *App {
+	t.Helper()
+	a, err := Listen("web", httpAddr, echoAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Serve(ctx) }()
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
 		}
-	}()
+	})
+	return a
+}
+
+// TestApp serves both servers on loopback: GET / names the app, /bytes
+// matches its hash, and echo answers after a half-close; ending ctx stops
+// Serve cleanly.
+func TestApp(t *testing.T) {
+	a := serve(t, "127.0.0.1:0", "127.0.0.1:0")
 
 	resp, err := http.Get("http://" + a.HTTPAddr().String() + "/")
 	if err != nil {
@@ -202,19 +211,7 @@ func TestControl(t *testing.T) {
 // metadata delays a call, whose client going away (its deadline) is
 // counted as cancelled; a commanded failure is UNAVAILABLE.
 func TestGRPC(t *testing.T) {
-	a, err := Listen("web", "127.0.0.1:0", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
+	a := serve(t, "127.0.0.1:0", "")
 	base := "http://" + a.HTTPAddr().String()
 	cc, err := grpc.NewClient(a.HTTPAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
