@@ -11,11 +11,15 @@ import (
 	"time"
 )
 
-// fakeBalancer hands out its endpoints in turn and records the reports.
+// fakeBalancer hands out its endpoints in turn, or with inOrder the
+// first not to avoid (so that a test knows where each try goes), and
+// records the picks and the reports.
 type fakeBalancer struct {
 	mu      sync.Mutex
 	eps     []netip.AddrPort
+	inOrder bool
 	next    int
+	picks   []netip.AddrPort
 	reports []fakeReport // as done was called
 }
 
@@ -29,12 +33,16 @@ type fakeReport struct {
 func (b *fakeBalancer) Pick(_ netip.AddrPort, avoid []netip.AddrPort) (netip.AddrPort, func(time.Duration, time.Duration, bool), bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.inOrder {
+		b.next = 0
+	}
 	for range len(b.eps) {
 		ep := b.eps[b.next%len(b.eps)]
 		b.next++
 		if slices.Contains(avoid, ep) {
 			continue
 		}
+		b.picks = append(b.picks, ep)
 		return ep, func(setup, latency time.Duration, failed bool) {
 			b.mu.Lock()
 			defer b.mu.Unlock()

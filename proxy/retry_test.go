@@ -97,32 +97,6 @@ func ok(_ int, w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok")
 // hang waits for its client to go away.
 func hang(_ int, _ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }
 
-// orderBalancer picks the first of its endpoints not to avoid, in order,
-// so that a test knows where each try goes; it records the picks.
-type orderBalancer struct {
-	mu      sync.Mutex
-	eps     []netip.AddrPort
-	picks   []netip.AddrPort
-	reports []fakeReport
-}
-
-func (b *orderBalancer) Pick(_ netip.AddrPort, avoid []netip.AddrPort) (netip.AddrPort, func(time.Duration, time.Duration, bool), bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, ep := range b.eps {
-		if slices.Contains(avoid, ep) {
-			continue
-		}
-		b.picks = append(b.picks, ep)
-		return ep, func(setup, latency time.Duration, failed bool) {
-			b.mu.Lock()
-			defer b.mu.Unlock()
-			b.reports = append(b.reports, fakeReport{ep, setup, latency, failed})
-		}, true
-	}
-	return netip.AddrPort{}, nil, false
-}
-
 // retryLab is a client sidecar whose destination has an endpoint (a
 // server sidecar) in front of each of its apps, balanced in order.
 type retryLab struct {
@@ -130,7 +104,7 @@ type retryLab struct {
 	apps []*scriptApp
 	eps  []netip.AddrPort
 	srvs []*running
-	bal  *orderBalancer
+	bal  *fakeBalancer
 	sm   *testMesh // the server sidecars' mesh TLS
 }
 
@@ -151,7 +125,7 @@ func startRetryLab(t *testing.T, res string, mod func(*Config), apps ...*scriptA
 		l.srvs = append(l.srvs, srv)
 		l.eps = append(l.eps, netip.MustParseAddrPort(srv.in()))
 	}
-	l.bal = &orderBalancer{eps: l.eps}
+	l.bal = &fakeBalancer{eps: l.eps, inOrder: true}
 	ccfg := testConfig()
 	ccfg.MTLS.MeshCIDRs = prefixes("127.0.0.0/8")
 	svc := netip.MustParseAddrPort("127.0.0.1:1") // what the app dialed: any address of the service
